@@ -1,0 +1,444 @@
+/*
+ * pydp.h - the public C API of the pydp fast path and the layout of its shared memory.
+ *
+ * This header is the single definition of the shared-memory layout: the data plane (C) and the control plane
+ * (Python, through cffi) both see it. The part between the cdef markers is handed verbatim to cffi's cdef(), so it
+ * keeps to what cffi parses: integer #defines, enums, plain structs with explicit padding, and prototypes.
+ * Every struct placed in shared memory has a fixed size checked by static assertions in native/src/shm.c.
+ *
+ * Conventions: addresses are in network byte order in 16-byte fields (IPv4 in the first 4 bytes, the rest zero);
+ * ports are in network byte order; times are milliseconds of CLOCK_MONOTONIC (pydp_now_ms()).
+ */
+#ifndef PYDP_H
+#define PYDP_H
+
+#include <stdint.h>
+#include <stddef.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* cdef-begin */
+
+#define PYDP_SHM_MAGIC 0x314d534850445950
+#define PYDP_LAYOUT_VERSION 1
+
+#define PYDP_MAX_CLUSTERS 64
+#define PYDP_MAX_EDGES 16
+#define PYDP_MAX_WORKERS 16
+#define PYDP_MAX_PORTS 4
+#define PYDP_NAME_LEN 32
+#define PYDP_VIP_INDEX_SIZE 256
+#define PYDP_MAGLEV_DEFAULT_SIZE 65537
+#define PYDP_MAGLEV_MAX_SIZE 655373
+#define PYDP_MAGLEV_NONE 255
+#define PYDP_FLOW_WAYS 8
+#define PYDP_CMD_RING_SIZE 256
+#define PYDP_ERR_LEN 256
+
+enum pydp_family {
+    PYDP_AF_NONE = 0,
+    PYDP_AF_INET = 4,
+    PYDP_AF_INET6 = 6
+};
+
+enum pydp_edge_state {
+    PYDP_EDGE_EMPTY = 0,     /* slot not in use */
+    PYDP_EDGE_UP = 1,        /* gets new flows and keeps its flows */
+    PYDP_EDGE_DRAINING = 2,  /* no new flows; keeps its flows */
+    PYDP_EDGE_DOWN = 3,      /* failed health checks: no new flows, its flows are re-hashed */
+    PYDP_EDGE_DISABLED = 4   /* administratively off: like DOWN */
+};
+
+enum pydp_dsr_mode {
+    PYDP_DSR_L2 = 0,         /* rewrite the MAC addresses, IP packet untouched */
+    PYDP_DSR_IPIP = 1        /* IP-in-IP (IPv4 in IPv4, IPv6 in IPv6) to the edge */
+};
+
+enum pydp_flow_state {
+    PYDP_FLOW_EMPTY = 0,
+    PYDP_FLOW_TCP_SYN = 1,   /* opened by a SYN: short timeout until the handshake completes */
+    PYDP_FLOW_TCP_EST = 2,
+    PYDP_FLOW_TCP_FIN = 3,   /* FIN or RST seen: short timeout */
+    PYDP_FLOW_UDP = 4,
+    PYDP_FLOW_OTHER = 5      /* ICMP, IPSec and other protocols */
+};
+
+/* Verdict classes of the parser (pydp_parse). */
+enum pydp_class {
+    PYDP_CLS_MALFORMED = 0,  /* truncated or inconsistent headers: counted and dropped */
+    PYDP_CLS_IP = 1,         /* IPv4/IPv6 packet: forwarded if its destination is a cluster IP, else exception */
+    PYDP_CLS_EXC = 2,        /* not IP (LLDP, VLAN, ...): exception path, bulk class */
+    PYDP_CLS_EXC_PRIO = 3    /* ARP, CARP/VRRP (proto 112), IPv6 neighbour discovery: exception path, priority */
+};
+
+/* Flags of struct pydp_pkt_info. */
+#define PYDP_PF_FRAGMENT 1       /* IPv4 fragment or IPv6 fragment header: key has no ports */
+#define PYDP_PF_ICMP_ERROR 2     /* ICMP/ICMPv6 error: key rebuilt from the embedded header (reversed) */
+#define PYDP_PF_IPSEC 4          /* ESP, AH, UDP 500 or UDP 4500 */
+#define PYDP_PF_ICMP_ECHO 8      /* echo request: key sport = identifier */
+#define PYDP_PF_ND 16            /* IPv6 neighbour discovery (types 133-137) */
+
+/* Drop reasons (index into pydp_port_stats.drops). */
+enum pydp_drop {
+    PYDP_DROP_MALFORMED = 0,     /* truncated or inconsistent headers */
+    PYDP_DROP_NOT_ACTIVE = 1,    /* cluster IP owned by the peer (CARP backup) */
+    PYDP_DROP_DISABLED = 2,      /* cluster disabled */
+    PYDP_DROP_NO_EDGE = 3,       /* no edge up in the cluster */
+    PYDP_DROP_EXC_RATELIMIT = 4, /* exception-path bulk class over its rate */
+    PYDP_DROP_EXC_PRIO_RATELIMIT = 5, /* exception-path priority class over its rate */
+    PYDP_DROP_EXC_NONE = 6,      /* exception traffic but no exception port */
+    PYDP_DROP_EXC_TX = 7,        /* exception port queue full */
+    PYDP_DROP_TX = 8,            /* data port queue full */
+    PYDP_DROP_NO_HEADROOM = 9,   /* IP-in-IP: no room for the outer header */
+    PYDP_DROP_FAMILY = 10,       /* IP-in-IP: edge of the other address family */
+    PYDP_DROP_LOOP = 11,         /* a frame from our own MAC (our transmission seen again) */
+    PYDP_DROP__COUNT = 12
+};
+#define PYDP_DROP_SLOTS 16
+
+/* ---- configuration (double-buffered in shared memory) ---- */
+
+struct pydp_edge {
+    uint8_t  addr[16];
+    uint8_t  mac[6];
+    uint8_t  state;          /* enum pydp_edge_state */
+    uint8_t  family;         /* enum pydp_family */
+    uint16_t weight;         /* relative share of new flows, 1..65535 */
+    uint16_t uid;            /* changes whenever the slot is given to another edge */
+    uint32_t pad0;
+    char     name[32];       /* NUL-terminated */
+};                            /* 64 bytes */
+
+struct pydp_cluster {
+    char     name[32];
+    uint8_t  vip[16];        /* the cluster IP */
+    uint8_t  family;         /* enum pydp_family; PYDP_AF_NONE = slot unused */
+    uint8_t  enabled;
+    uint8_t  dsr_mode;       /* enum pydp_dsr_mode */
+    uint8_t  ipsec_local;    /* IPSec local termination: ESP/AH/IKE/NAT-T hash on (client IP, cluster IP) */
+    uint16_t uid;            /* changes whenever the slot is given to another cluster */
+    uint16_t pad0;
+    uint32_t maglev_size;    /* prime, <= header maglev_max */
+    uint32_t table_version;  /* bumped whenever this cluster's Maglev table is rebuilt */
+    struct pydp_edge edges[16];
+};                            /* 1088 bytes */
+
+struct pydp_config {
+    uint64_t generation;     /* the generation this slot was published as */
+    uint32_t nb_clusters;    /* highest used cluster index + 1 */
+    uint32_t hash_seed;      /* flow hash seed: the same on every load balancer of a cluster */
+    uint32_t tcp_syn_timeout_ms;
+    uint32_t tcp_est_timeout_ms;
+    uint32_t tcp_fin_timeout_ms;
+    uint32_t udp_timeout_ms;
+    uint32_t other_timeout_ms;
+    uint8_t  ipip_src4[4];   /* IP-in-IP outer source prefix (IPv4) ... */
+    uint8_t  ipip_src4_bits; /* ... and its length: host bits come from the flow hash */
+    uint8_t  ipip_src6_bits;
+    uint8_t  gateway_mac[6]; /* next hop for IP-in-IP (edges on another subnet) */
+    uint8_t  ipip_src6[16];
+    uint8_t  pad0[16];
+    uint8_t  vip_index[256]; /* open addressing on the cluster IP hash: cluster index + 1, 0 = empty */
+    struct pydp_cluster clusters[64];
+};
+
+/* ---- flow tables (one per worker; written only by the owning worker) ---- */
+
+struct pydp_flow_key {
+    uint8_t  src[16];
+    uint8_t  dst[16];
+    uint16_t sport;
+    uint16_t dport;
+    uint8_t  proto;
+    uint8_t  family;
+    uint16_t pad0;           /* always zero, so keys compare as bytes */
+};                            /* 40 bytes */
+
+struct pydp_flow {
+    struct pydp_flow_key key;
+    uint32_t hash;
+    uint32_t created_ms;
+    uint32_t packets;
+    uint16_t cluster;
+    uint16_t cluster_uid;
+    uint16_t edge_uid;
+    uint8_t  edge;           /* edge slot in the cluster */
+    uint8_t  state;          /* enum pydp_flow_state */
+    uint32_t pad0;
+};                            /* 64 bytes */
+
+struct pydp_flow_bucket {
+    uint32_t sig[8];         /* 0 = empty way */
+    uint32_t last_ms[8];     /* last packet of each way */
+    struct pydp_flow flows[8];
+};                            /* 576 bytes */
+
+struct pydp_flow_table {
+    uint32_t nb_buckets;     /* power of two */
+    uint32_t mask;
+    uint64_t pad0[7];
+    /* struct pydp_flow_bucket buckets[nb_buckets] follows */
+};
+
+/* ---- counters (per worker; written only by that worker) ---- */
+
+struct pydp_port_stats {
+    uint64_t rx_packets;
+    uint64_t rx_bytes;
+    uint64_t tx_packets;
+    uint64_t tx_bytes;
+    uint64_t exc_to_kernel;      /* frames handed to the exception port */
+    uint64_t exc_from_kernel;    /* frames from the exception port sent out of this port */
+    uint64_t exc_prio;           /* of exc_to_kernel: priority class (ARP, CARP, ND) */
+    uint64_t pad0;
+    uint64_t drops[16];          /* enum pydp_drop */
+};                                /* 192 bytes */
+
+struct pydp_worker_stats {
+    uint64_t polls;              /* poll-loop iterations */
+    uint64_t idle_polls;         /* iterations that received nothing */
+    uint64_t busy_cycles;        /* TSC cycles spent on iterations that received packets */
+    uint64_t sleeps;             /* idle back-off sleeps */
+    uint64_t flow_lookups;
+    uint64_t flow_hits;
+    uint64_t flow_inserts;
+    uint64_t flow_evictions;     /* live flows pushed out of a full bucket */
+    uint64_t flow_expired;       /* expired flows reclaimed */
+    uint64_t flow_rehashed;      /* flows whose edge went down, moved to a new edge */
+    uint64_t flow_active;        /* occupancy (inserts - reclaims), approximate */
+    uint64_t cls_tcp;
+    uint64_t cls_udp;
+    uint64_t cls_icmp;
+    uint64_t cls_fragment;
+    uint64_t cls_icmp_error;
+    uint64_t cls_ipsec;
+    uint64_t cls_ipv6;
+    uint64_t cls_other;
+    uint64_t config_swaps;       /* generations picked up */
+    uint64_t cmds;               /* control commands executed */
+    uint64_t pad0[11];
+    struct pydp_port_stats port[4];
+};                                /* 256 + 768 = 1024 bytes */
+
+struct pydp_edge_stats {
+    uint64_t packets;
+    uint64_t bytes;
+    uint64_t new_flows;
+    uint64_t pad0;
+};                                /* 32 bytes */
+
+struct pydp_cluster_stats {
+    struct pydp_edge_stats edges[16];
+    uint64_t packets;            /* forwarded */
+    uint64_t bytes;
+    uint64_t drop_not_active;
+    uint64_t drop_disabled;
+    uint64_t drop_no_edge;
+    uint64_t pad0[3];
+};                                /* 576 bytes */
+
+/* ---- control commands (control plane -> one worker; single producer, single consumer) ---- */
+
+enum pydp_cmd_op {
+    PYDP_CMD_NONE = 0,
+    PYDP_CMD_FLUSH_ALL = 1,
+    PYDP_CMD_FLUSH_CLUSTER = 2,  /* arg0 = cluster */
+    PYDP_CMD_FLUSH_EDGE = 3,     /* arg0 = cluster, arg1 = edge slot */
+    PYDP_CMD_INSERT = 4          /* flow = the flow to install (flow sync) */
+};
+
+struct pydp_cmd {
+    uint32_t op;
+    uint32_t arg0;
+    uint32_t arg1;
+    uint32_t pad0;
+    struct pydp_flow flow;
+    uint64_t pad1[6];
+};                                /* 128 bytes */
+
+struct pydp_cmd_ring {
+    uint32_t head;               /* written by the producer */
+    uint32_t pad0[15];
+    uint32_t tail;               /* written by the consumer */
+    uint32_t pad1[15];
+    struct pydp_cmd cmds[256];
+};
+
+/* ---- the region ---- */
+
+struct pydp_worker_state {
+    uint64_t seen_gen;           /* generation in use at the last quiescent point; UINT64_MAX = offline */
+    uint64_t heartbeat_ms;       /* last loop iteration */
+    uint32_t lcore;
+    uint32_t online;
+    uint64_t pad0[5];
+};                                /* 64 bytes */
+
+struct pydp_port_info {
+    char     name[32];           /* DPDK device name */
+    char     exc_name[32];       /* exception device name, "" = none */
+    uint8_t  mac[6];
+    uint8_t  link_up;
+    uint8_t  pad0;
+    uint32_t link_speed_mbps;
+    uint16_t port_id;
+    uint16_t exc_port_id;        /* 65535 = none */
+    uint32_t pad1[12];
+};                                /* 128 bytes */
+
+struct pydp_shm_header {
+    uint64_t magic;
+    uint32_t layout_version;
+    uint32_t header_size;
+    uint64_t total_size;
+    uint32_t nb_workers;
+    uint32_t nb_ports;
+    uint32_t maglev_max;         /* room per cluster table */
+    uint32_t flow_capacity;      /* flows per worker (buckets x ways) */
+    int32_t  dp_pid;             /* the data plane process */
+    uint32_t pad0;
+    uint64_t created_ms;
+    uint64_t heartbeat_ms;       /* data plane main thread, every ~100 ms */
+    uint64_t off_config[2];
+    uint64_t off_maglev[2];      /* [cluster][maglev_max] uint8_t edge slots */
+    uint64_t off_worker_stats;   /* [worker] struct pydp_worker_stats */
+    uint64_t off_cluster_stats;  /* [worker][cluster] struct pydp_cluster_stats */
+    uint64_t off_flows;          /* [worker] flow table, flow_table_stride bytes each */
+    uint64_t flow_table_stride;
+    uint64_t off_cmds;           /* [worker] struct pydp_cmd_ring */
+    uint64_t pad1[7];
+    /* cache line: published generation */
+    uint64_t generation;         /* the slot in use is generation & 1 */
+    uint64_t pad2[7];
+    /* cache line: ownership flags (CARP master), written by the control plane */
+    uint8_t  active[64];
+    struct pydp_worker_state workers[16];
+    struct pydp_port_info ports[4];
+};
+
+struct pydp_shm {
+    void    *base;
+    uint64_t size;
+    int      fd;
+    int      owner;              /* created (and unlinked at close) by this handle */
+    struct pydp_shm_header *hdr;
+    char     path[256];
+};
+
+struct pydp_shm_params {
+    uint32_t nb_workers;
+    uint32_t nb_ports;
+    uint32_t maglev_max;
+    uint32_t flow_capacity;      /* rounded up to a power of two */
+};
+
+/* shared memory (shm.c); errors are written to err (PYDP_ERR_LEN bytes) */
+int pydp_shm_create(struct pydp_shm *shm, const char *path, const struct pydp_shm_params *p, char *err);
+int pydp_shm_attach(struct pydp_shm *shm, const char *path, char *err);
+void pydp_shm_close(struct pydp_shm *shm);
+struct pydp_config *pydp_shm_config(struct pydp_shm *shm, uint32_t slot);
+uint8_t *pydp_shm_maglev(struct pydp_shm *shm, uint32_t slot, uint32_t cluster);
+struct pydp_flow_table *pydp_shm_flows(struct pydp_shm *shm, uint32_t worker);
+struct pydp_worker_stats *pydp_shm_worker_stats(struct pydp_shm *shm, uint32_t worker);
+struct pydp_cluster_stats *pydp_shm_cluster_stats(struct pydp_shm *shm, uint32_t worker, uint32_t cluster);
+struct pydp_cmd_ring *pydp_shm_cmds(struct pydp_shm *shm, uint32_t worker);
+
+/* config swap (one writer at a time; see DESIGN.md): begin returns the idle slot holding a copy of the current
+ * config, once every online worker has left the slot; NULL on timeout. publish makes it current. */
+struct pydp_config *pydp_config_begin(struct pydp_shm *shm, uint32_t timeout_ms, char *err);
+int pydp_config_rebuild(struct pydp_shm *shm, struct pydp_config *slot, uint32_t cluster, char *err);
+int pydp_config_publish(struct pydp_shm *shm, struct pydp_config *slot, char *err);
+void pydp_config_defaults(struct pydp_config *cfg);
+int pydp_config_lookup_vip(const struct pydp_config *cfg, uint8_t family, const uint8_t *addr);
+int pydp_cmd_push(struct pydp_shm *shm, uint32_t worker, const struct pydp_cmd *cmd);
+
+/* Maglev (maglev.c): table[i] = index into names of the edge for slot i, PYDP_MAGLEV_NONE if no edge has weight.
+ * A weight of 0 leaves that edge out. size must be prime. Returns 0, or -1 with err set. */
+int pydp_maglev_build(const char *const *names, const uint16_t *weights, uint32_t n, uint32_t size,
+                      uint8_t *table, char *err);
+int pydp_is_prime(uint32_t n);
+uint64_t pydp_hash_name(const char *name, uint64_t seed);
+
+/* flow hash shared by Maglev lookup and the flow table (hash.c) */
+uint32_t pydp_flow_hash(const struct pydp_flow_key *key, uint32_t seed);
+uint32_t pydp_maglev_slot(uint32_t hash, uint32_t size);
+
+/* parser (parse.c) */
+struct pydp_pkt_info {
+    struct pydp_flow_key key;    /* the flow: client -> cluster IP */
+    uint8_t  dst[16];            /* outer destination (the cluster IP candidate) */
+    uint16_t l3_off;             /* offset of the IP header in the frame */
+    uint16_t l3_len;             /* IP total length (IPv6: header + payload) */
+    uint16_t ethertype;
+    uint8_t  klass;              /* enum pydp_class */
+    uint8_t  flags;              /* PYDP_PF_* */
+    uint8_t  tcp_flags;          /* of the packet itself (not of an embedded header) */
+    uint8_t  l4_proto;           /* outer L4 protocol after extension headers */
+    uint8_t  family;
+    uint8_t  pad0;
+};
+int pydp_parse(const uint8_t *frame, uint32_t len, struct pydp_pkt_info *info);
+
+/* flow table (flow.c); the table memory is caller-provided */
+uint64_t pydp_flow_table_bytes(uint32_t capacity);
+void pydp_flow_table_init(struct pydp_flow_table *t, uint32_t capacity);
+struct pydp_flow *pydp_flow_lookup(struct pydp_flow_table *t, const struct pydp_flow_key *key, uint32_t hash,
+                                   uint32_t now_ms, const struct pydp_config *cfg);
+struct pydp_flow *pydp_flow_insert(struct pydp_flow_table *t, const struct pydp_flow_key *key, uint32_t hash,
+                                   uint32_t now_ms, const struct pydp_config *cfg, int *evicted);
+void pydp_flow_touch(struct pydp_flow_table *t, struct pydp_flow *f, uint8_t tcp_flags, uint32_t now_ms);
+uint32_t pydp_flow_timeout(const struct pydp_config *cfg, uint8_t state);
+uint32_t pydp_flow_last_ms(const struct pydp_flow_table *t, const struct pydp_flow *f);
+uint64_t pydp_flow_flush(struct pydp_flow_table *t, int cluster, int edge);
+uint64_t pydp_flow_count(const struct pydp_flow_table *t, uint32_t now_ms, const struct pydp_config *cfg);
+
+/* DSR rewrite (dsr.c). l2 rewrites the Ethernet addresses in place. encap writes a new Ethernet header and an outer
+ * IPv4 (20 bytes) or IPv6 (40 bytes) header at out, where out = the frame start moved back by that many bytes;
+ * the inner IP packet stays where it was (at out + 14 + outer length). Returns the outer length or -1. */
+void pydp_dsr_l2(uint8_t *frame, const uint8_t *dst_mac, const uint8_t *src_mac);
+int pydp_dsr_encap(uint8_t *out, uint8_t family, const uint8_t *outer_src, const uint8_t *outer_dst,
+                   uint16_t inner_len, const uint8_t *dst_mac, const uint8_t *src_mac);
+void pydp_ipip_source(const struct pydp_config *cfg, uint8_t family, uint32_t hash, uint8_t *out);
+
+/* the data plane (dataplane.c) */
+struct pydp_dp_params {
+    const char *shm_path;
+    uint32_t nb_workers;
+    uint32_t nb_ports;
+    const char *port_names[4];   /* DPDK device names (as given to --vdev / -a) */
+    const char *exc_names[4];    /* exception device per port, NULL = none */
+    uint32_t flow_capacity;
+    uint32_t maglev_max;
+    uint32_t rx_desc;
+    uint32_t tx_desc;
+    uint32_t nb_mbufs;
+    uint32_t burst;
+    uint32_t busy_poll;          /* 1 = never sleep when idle */
+    uint32_t idle_sleep_max_us;  /* back-off ceiling */
+    uint32_t tx_drain_us;
+    uint32_t exc_pps;            /* exception path, bulk class, per worker */
+    uint32_t exc_prio_pps;       /* exception path, priority class (ARP, CARP, ND), per worker */
+    uint32_t promiscuous;
+    uint32_t pcap_mode;          /* run to completion on the calling thread, stop when the input is drained */
+};
+
+int pydp_eal_init(int argc, char **argv);
+const char *pydp_last_error(void);
+struct pydp_shm *pydp_dp_setup(const struct pydp_dp_params *p);
+int pydp_dp_launch(void);
+int pydp_dp_run_pcap(uint32_t idle_polls);
+void pydp_dp_stop(void);
+int pydp_dp_wait(void);
+int pydp_dp_poll(void);
+void pydp_dp_teardown(void);
+uint64_t pydp_now_ms(void);
+
+/* cdef-end */
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* PYDP_H */

@@ -1,0 +1,420 @@
+/*
+ * flow.c - the per-worker flow table: a bucketed, 8-way set-associative hash table in caller-provided memory.
+ *
+ * Layout (see pydp.h): struct pydp_flow_table (one cache line), then nb_buckets x struct pydp_flow_bucket. A bucket
+ * is one cache line of signatures and last-packet times (sig[8], last_ms[8]) followed by eight 64-byte flows, so a
+ * lookup reads the signature line, then only the flow lines whose signature matches.
+ *
+ * Signatures: a way holds sig = hash | 1, so 0 always means "empty way". The bucket is hash & mask.
+ *
+ * Expiry: times are uint32 milliseconds that wrap; a way is expired when (int32_t)(now - last_ms) > timeout of its
+ * state. Expired ways are reclaimed lazily: by a lookup that finds its key expired, or by an insert that needs room.
+ *
+ * Per-packet use by the owning worker:
+ *
+ *     f = pydp_flow_lookup(t, &key, hash, now, cfg);
+ *     if (f == NULL) {
+ *         f = pydp_flow_insert(t, &key, hash, now, cfg, &evicted);
+ *         f->cluster = ...; f->edge = ...; f->cluster_uid = ...; f->edge_uid = ...;
+ *         f->state = PYDP_FLOW_EMPTY;      <- the caller sets EMPTY before the first touch ...
+ *     }
+ *     pydp_flow_touch(t, f, tcp_flags, now); <- ... and touch derives the initial state from this first packet
+ *
+ * TCP states are tracked from the client side only (DSR: the replies do not come through us):
+ *     EMPTY --SYN without ACK--> SYN         EMPTY --anything else--> EST
+ *     SYN --ACK without SYN--> EST           any --FIN or RST--> FIN (checked first)
+ *     FIN --SYN without ACK--> SYN (port reuse)
+ * UDP flows are UDP, every other protocol OTHER.
+ *
+ * Concurrency: only the owning worker writes the table; the control plane reads it at any time. A way is never
+ * visible with a non-zero signature and a half-written flow: a way being reused is first unpublished (sig = 0),
+ * then the flow and last_ms are written, then the signature is published last (release store; a compiler barrier
+ * on x86). A reader should copy sig, then the flow, then re-read sig and keep the copy only if both reads agree
+ * and are non-zero.
+ */
+#include <stdint.h>
+#include <stddef.h>
+#include <string.h>
+
+#ifdef __SSE2__
+#include <emmintrin.h>
+#endif
+
+#include "pydp.h"
+
+#define FLW_MIN_BUCKETS 8u
+
+#define FLW_TCP_FIN 0x01
+#define FLW_TCP_SYN 0x02
+#define FLW_TCP_RST 0x04
+#define FLW_TCP_ACK 0x10
+
+#define FLW_PROTO_TCP 6
+#define FLW_PROTO_UDP 17
+
+#define flw_barrier() __asm__ volatile("" ::: "memory")
+
+_Static_assert(sizeof(struct pydp_flow_key) == 40, "flow key must be 40 bytes");
+_Static_assert(sizeof(struct pydp_flow) == 64, "flow must be 64 bytes");
+_Static_assert(sizeof(struct pydp_flow_bucket) == 576, "bucket must be 9 cache lines");
+_Static_assert(sizeof(struct pydp_flow_table) == 64, "table header must be one cache line");
+_Static_assert(offsetof(struct pydp_flow_bucket, flows) == 64, "flows must follow the signature line");
+
+static inline struct pydp_flow_bucket *
+flw_buckets(const struct pydp_flow_table *t)
+{
+    return (struct pydp_flow_bucket *)(uintptr_t)(t + 1);
+}
+
+static inline struct pydp_flow_bucket *
+flw_bucket(const struct pydp_flow_table *t, uint32_t hash)
+{
+    return flw_buckets(t) + (hash & t->mask);
+}
+
+static inline uint32_t
+flw_sig(uint32_t hash)
+{
+    return hash | 1u;
+}
+
+/* The bucket holding f, and f's way in it. */
+static inline struct pydp_flow_bucket *
+flw_bucket_of(const struct pydp_flow_table *t, const struct pydp_flow *f, unsigned *way)
+{
+    struct pydp_flow_bucket *base = flw_buckets(t);
+    size_t idx = (size_t)((uintptr_t)f - (uintptr_t)base) / sizeof(struct pydp_flow_bucket);
+    struct pydp_flow_bucket *b = base + idx;
+
+    *way = (unsigned)(f - b->flows);
+    return b;
+}
+
+static inline void
+flw_publish(struct pydp_flow_bucket *b, unsigned way, uint32_t sig)
+{
+    flw_barrier();
+    __atomic_store_n(&b->sig[way], sig, __ATOMIC_RELEASE);
+}
+
+static inline void
+flw_unpublish(struct pydp_flow_bucket *b, unsigned way)
+{
+    __atomic_store_n(&b->sig[way], 0, __ATOMIC_RELAXED);
+    flw_barrier();
+}
+
+/* Bit w set for every way whose signature equals sig (sig = 0 gives the empty ways). */
+static inline unsigned
+flw_match(const struct pydp_flow_bucket *b, uint32_t sig)
+{
+#ifdef __SSE2__
+    __m128i s = _mm_set1_epi32((int)sig);
+    __m128i lo = _mm_loadu_si128((const __m128i *)(const void *)&b->sig[0]);
+    __m128i hi = _mm_loadu_si128((const __m128i *)(const void *)&b->sig[4]);
+    unsigned mlo = (unsigned)_mm_movemask_ps(_mm_castsi128_ps(_mm_cmpeq_epi32(lo, s)));
+    unsigned mhi = (unsigned)_mm_movemask_ps(_mm_castsi128_ps(_mm_cmpeq_epi32(hi, s)));
+
+    return mlo | (mhi << 4);
+#else
+    unsigned m = 0, w;
+
+    for (w = 0; w < PYDP_FLOW_WAYS; w++)
+        m |= (unsigned)(b->sig[w] == sig) << w;
+    return m;
+#endif
+}
+
+static inline uint64_t
+flw_load64(const void *p)
+{
+    uint64_t v;
+
+    memcpy(&v, p, sizeof(v));
+    return v;
+}
+
+static inline int
+flw_key_eq(const struct pydp_flow_key *a, const struct pydp_flow_key *b)
+{
+    const uint8_t *pa = (const uint8_t *)a, *pb = (const uint8_t *)b;
+    uint64_t d;
+
+    d = flw_load64(pa) ^ flw_load64(pb);
+    d |= flw_load64(pa + 8) ^ flw_load64(pb + 8);
+    d |= flw_load64(pa + 16) ^ flw_load64(pb + 16);
+    d |= flw_load64(pa + 24) ^ flw_load64(pb + 24);
+    d |= flw_load64(pa + 32) ^ flw_load64(pb + 32);
+    return d == 0;
+}
+
+/* Signed age of a way; negative if last is "in the future" (treated as fresh). */
+static inline int32_t
+flw_age(uint32_t now, uint32_t last)
+{
+    return (int32_t)(now - last);
+}
+
+static inline int
+flw_expired_age(int32_t age, uint32_t timeout)
+{
+    return (int64_t)age > (int64_t)timeout;
+}
+
+static void
+flw_timeout_range(const struct pydp_config *cfg, uint32_t *lo, uint32_t *hi)
+{
+    const uint32_t v[5] = {
+        cfg->tcp_syn_timeout_ms, cfg->tcp_est_timeout_ms, cfg->tcp_fin_timeout_ms,
+        cfg->udp_timeout_ms, cfg->other_timeout_ms,
+    };
+    uint32_t mn = v[0], mx = v[0];
+    unsigned i;
+
+    for (i = 1; i < 5; i++) {
+        if (v[i] < mn)
+            mn = v[i];
+        if (v[i] > mx)
+            mx = v[i];
+    }
+    *lo = mn;
+    *hi = mx;
+}
+
+/* Is way w of b (occupied) expired at now? Reads the flow line only when its age alone cannot tell. */
+static inline int
+flw_way_expired(const struct pydp_flow_bucket *b, unsigned w, uint32_t now, const struct pydp_config *cfg,
+                uint32_t tmin, uint32_t tmax)
+{
+    int32_t age = flw_age(now, b->last_ms[w]);
+
+    if (!flw_expired_age(age, tmin))
+        return 0;
+    if (flw_expired_age(age, tmax))
+        return 1;
+    return flw_expired_age(age, pydp_flow_timeout(cfg, b->flows[w].state));
+}
+
+/* TCP state after a packet with the given flags (client to server direction). */
+static inline uint8_t
+flw_tcp_next(uint8_t state, uint8_t flags)
+{
+    int syn_only = (flags & (FLW_TCP_SYN | FLW_TCP_ACK)) == FLW_TCP_SYN;
+
+    if (flags & (FLW_TCP_FIN | FLW_TCP_RST))
+        return PYDP_FLOW_TCP_FIN;
+    switch (state) {
+    case PYDP_FLOW_EMPTY:
+        return syn_only ? PYDP_FLOW_TCP_SYN : PYDP_FLOW_TCP_EST;
+    case PYDP_FLOW_TCP_SYN:
+        return (flags & (FLW_TCP_SYN | FLW_TCP_ACK)) == FLW_TCP_ACK ? PYDP_FLOW_TCP_EST : PYDP_FLOW_TCP_SYN;
+    case PYDP_FLOW_TCP_FIN:
+        return syn_only ? PYDP_FLOW_TCP_SYN : PYDP_FLOW_TCP_FIN;
+    case PYDP_FLOW_TCP_EST:
+        return PYDP_FLOW_TCP_EST;
+    default:
+        /* a TCP flow in a non-TCP state (e.g. installed by flow sync): restart from the first-packet rule */
+        return syn_only ? PYDP_FLOW_TCP_SYN : PYDP_FLOW_TCP_EST;
+    }
+}
+
+/* The state of flow f after a packet; also computes the initial state of a new flow (state EMPTY). */
+static inline uint8_t
+flw_next_state(const struct pydp_flow *f, uint8_t tcp_flags)
+{
+    if (f->key.proto == FLW_PROTO_TCP)
+        return flw_tcp_next(f->state, tcp_flags);
+    if (f->key.proto == FLW_PROTO_UDP)
+        return PYDP_FLOW_UDP;
+    return PYDP_FLOW_OTHER;
+}
+
+uint64_t
+pydp_flow_table_bytes(uint32_t capacity)
+{
+    uint64_t want = ((uint64_t)capacity + PYDP_FLOW_WAYS - 1) / PYDP_FLOW_WAYS;
+    uint64_t n = FLW_MIN_BUCKETS;
+
+    while (n < want)
+        n <<= 1;
+    return sizeof(struct pydp_flow_table) + n * sizeof(struct pydp_flow_bucket);
+}
+
+void
+pydp_flow_table_init(struct pydp_flow_table *t, uint32_t capacity)
+{
+    uint64_t bytes = pydp_flow_table_bytes(capacity);
+    uint64_t n = (bytes - sizeof(*t)) / sizeof(struct pydp_flow_bucket);
+
+    memset(t, 0, (size_t)bytes);
+    t->nb_buckets = (uint32_t)n;
+    t->mask = (uint32_t)(n - 1);
+}
+
+uint32_t
+pydp_flow_timeout(const struct pydp_config *cfg, uint8_t state)
+{
+    switch (state) {
+    case PYDP_FLOW_TCP_SYN:
+        return cfg->tcp_syn_timeout_ms;
+    case PYDP_FLOW_TCP_EST:
+        return cfg->tcp_est_timeout_ms;
+    case PYDP_FLOW_TCP_FIN:
+        return cfg->tcp_fin_timeout_ms;
+    case PYDP_FLOW_UDP:
+        return cfg->udp_timeout_ms;
+    default:
+        return cfg->other_timeout_ms;
+    }
+}
+
+struct pydp_flow *
+pydp_flow_lookup(struct pydp_flow_table *t, const struct pydp_flow_key *key, uint32_t hash, uint32_t now_ms,
+                 const struct pydp_config *cfg)
+{
+    struct pydp_flow_bucket *b = flw_bucket(t, hash);
+    unsigned m = flw_match(b, flw_sig(hash));
+
+    while (m != 0) {
+        unsigned w = (unsigned)__builtin_ctz(m);
+        struct pydp_flow *f = &b->flows[w];
+
+        m &= m - 1;
+        if (__builtin_expect(!flw_key_eq(&f->key, key), 0))
+            continue;
+        if (__builtin_expect(flw_expired_age(flw_age(now_ms, b->last_ms[w]),
+                                             pydp_flow_timeout(cfg, f->state)), 0)) {
+            flw_unpublish(b, w);
+            return NULL;
+        }
+        return f;
+    }
+    return NULL;
+}
+
+struct pydp_flow *
+pydp_flow_insert(struct pydp_flow_table *t, const struct pydp_flow_key *key, uint32_t hash, uint32_t now_ms,
+                 const struct pydp_config *cfg, int *evicted)
+{
+    struct pydp_flow_bucket *b = flw_bucket(t, hash);
+    unsigned empty = flw_match(b, 0);
+    unsigned w;
+    int ev = 0;
+    struct pydp_flow nf;
+
+    if (__builtin_expect(empty != 0, 1)) {
+        w = (unsigned)__builtin_ctz(empty);
+    } else {
+        /* full bucket: the first expired way, else the least recently used one */
+        uint32_t tmin, tmax;
+        unsigned i, lru = 0, found = PYDP_FLOW_WAYS;
+        int32_t oldest = INT32_MIN;
+
+        flw_timeout_range(cfg, &tmin, &tmax);
+        for (i = 0; i < PYDP_FLOW_WAYS; i++) {
+            int32_t age = flw_age(now_ms, b->last_ms[i]);
+
+            if (flw_way_expired(b, i, now_ms, cfg, tmin, tmax)) {
+                found = i;
+                break;
+            }
+            if (age > oldest) {
+                oldest = age;
+                lru = i;
+            }
+        }
+        if (found < PYDP_FLOW_WAYS) {
+            w = found;
+        } else {
+            w = lru;
+            ev = 1;
+        }
+        flw_unpublish(b, w);
+    }
+
+    memset(&nf, 0, sizeof(nf));
+    nf.key = *key;
+    nf.hash = hash;
+    nf.created_ms = now_ms;
+    nf.state = PYDP_FLOW_OTHER;
+    b->flows[w] = nf;
+    b->last_ms[w] = now_ms;
+    flw_publish(b, w, flw_sig(hash));
+
+    if (evicted != NULL)
+        *evicted = ev;
+    return &b->flows[w];
+}
+
+void
+pydp_flow_touch(struct pydp_flow_table *t, struct pydp_flow *f, uint8_t tcp_flags, uint32_t now_ms)
+{
+    unsigned w;
+    struct pydp_flow_bucket *b = flw_bucket_of(t, f, &w);
+    uint8_t st = flw_next_state(f, tcp_flags);
+
+    b->last_ms[w] = now_ms;
+    f->packets++;
+    if (st != f->state)
+        f->state = st;
+}
+
+uint32_t
+pydp_flow_last_ms(const struct pydp_flow_table *t, const struct pydp_flow *f)
+{
+    unsigned w;
+    const struct pydp_flow_bucket *b = flw_bucket_of(t, f, &w);
+
+    return b->last_ms[w];
+}
+
+uint64_t
+pydp_flow_flush(struct pydp_flow_table *t, int cluster, int edge)
+{
+    struct pydp_flow_bucket *b = flw_buckets(t);
+    uint64_t cleared = 0;
+    uint32_t i;
+
+    for (i = 0; i < t->nb_buckets; i++, b++) {
+        unsigned m = ~flw_match(b, 0) & ((1u << PYDP_FLOW_WAYS) - 1);
+
+        while (m != 0) {
+            unsigned w = (unsigned)__builtin_ctz(m);
+            const struct pydp_flow *f = &b->flows[w];
+
+            m &= m - 1;
+            if (cluster >= 0) {
+                if (f->cluster != (unsigned)cluster)
+                    continue;
+                if (edge >= 0 && f->edge != (unsigned)edge)
+                    continue;
+            }
+            __atomic_store_n(&b->sig[w], 0, __ATOMIC_RELAXED);
+            cleared++;
+        }
+    }
+    flw_barrier();
+    return cleared;
+}
+
+uint64_t
+pydp_flow_count(const struct pydp_flow_table *t, uint32_t now_ms, const struct pydp_config *cfg)
+{
+    const struct pydp_flow_bucket *b = flw_buckets(t);
+    uint64_t live = 0;
+    uint32_t tmin, tmax, i;
+
+    flw_timeout_range(cfg, &tmin, &tmax);
+    for (i = 0; i < t->nb_buckets; i++, b++) {
+        unsigned m = ~flw_match(b, 0) & ((1u << PYDP_FLOW_WAYS) - 1);
+
+        while (m != 0) {
+            unsigned w = (unsigned)__builtin_ctz(m);
+
+            m &= m - 1;
+            if (!flw_way_expired(b, w, now_ms, cfg, tmin, tmax))
+                live++;
+        }
+    }
+    return live;
+}

@@ -1,0 +1,369 @@
+/*
+ * worker.c - the poll loop of one worker lcore: burst RX -> parse -> classify -> flow table -> Maglev ->
+ * DSR rewrite -> burst TX, with a TX drain timer, an idle back-off and a quiescent point after every iteration.
+ */
+#include <string.h>
+
+#include <rte_cycles.h>
+#include <rte_ethdev.h>
+#include <rte_lcore.h>
+#include <rte_prefetch.h>
+
+#include "dp.h"
+
+#define WRK_PREFETCH_AHEAD 4
+#define WRK_IDLE_SPIN 64          /* empty polls before the first sleep */
+#define WRK_CMDS_PER_LOOP 16
+#define WRK_ESP 50
+
+void dp_txq_flush(struct dp_txq *q)
+{
+    uint16_t sent, i;
+    uint64_t bytes = 0;
+
+    if (q->len == 0)
+        return;
+    sent = rte_eth_tx_burst(q->port, q->queue, q->pkts, q->len);
+    if (!q->is_exc) {
+        for (i = 0; i < sent; i++)
+            bytes += rte_pktmbuf_pkt_len(q->pkts[i]);
+        q->stats->tx_packets += sent;
+        q->stats->tx_bytes += bytes;
+    }
+    if (unlikely(sent < q->len)) {
+        q->stats->drops[q->is_exc ? PYDP_DROP_EXC_TX : PYDP_DROP_TX] += q->len - sent;
+        rte_pktmbuf_free_bulk(&q->pkts[sent], q->len - sent);
+    }
+    q->len = 0;
+}
+
+static void wrk_flush_all(struct dp_worker *w)
+{
+    uint32_t pi;
+
+    for (pi = 0; pi < dp.p.nb_ports; pi++) {
+        dp_txq_flush(&w->tx[pi]);
+        if (dp.ports[pi].exc_id != DP_NO_PORT)
+            dp_txq_flush(&w->exc_tx[pi]);
+    }
+}
+
+static inline uint32_t wrk_now_ms(void)
+{
+    return (uint32_t)(dp.base_ms + (rte_rdtsc() - dp.base_tsc) / dp.tsc_per_ms);
+}
+
+/* Picks up a newly published config: the slot is generation & 1. */
+static inline void wrk_load_config(struct dp_worker *w)
+{
+    uint64_t gen = __atomic_load_n(&dp.shm.hdr->generation, __ATOMIC_ACQUIRE);
+
+    if (likely(gen == w->gen && w->cfg != NULL))
+        return;
+    w->gen = gen;
+    w->cfg = pydp_shm_config(&dp.shm, (uint32_t)gen);
+    w->maglev = pydp_shm_maglev(&dp.shm, (uint32_t)gen, 0);
+    w->stats->config_swaps++;
+}
+
+static inline int wrk_edge_usable(const struct pydp_cluster *c, const struct pydp_flow *f)
+{
+    const struct pydp_edge *e = &c->edges[f->edge & (PYDP_MAX_EDGES - 1)];
+
+    return e->uid == f->edge_uid && (e->state == PYDP_EDGE_UP || e->state == PYDP_EDGE_DRAINING);
+}
+
+static inline void wrk_count_class(struct pydp_worker_stats *s, const struct pydp_pkt_info *info)
+{
+    if (info->family == PYDP_AF_INET6)
+        s->cls_ipv6++;
+    if (info->flags & PYDP_PF_FRAGMENT)
+        s->cls_fragment++;
+    else if (info->flags & PYDP_PF_ICMP_ERROR)
+        s->cls_icmp_error++;
+    else if (info->flags & PYDP_PF_IPSEC)
+        s->cls_ipsec++;
+    else if (info->key.proto == IPPROTO_TCP)
+        s->cls_tcp++;
+    else if (info->key.proto == IPPROTO_UDP)
+        s->cls_udp++;
+    else if (info->key.proto == IPPROTO_ICMP || info->key.proto == IPPROTO_ICMPV6)
+        s->cls_icmp++;
+    else
+        s->cls_other++;
+}
+
+/* Chooses the edge slot of a packet for a cluster: the flow's pinned edge while it is usable, else Maglev.
+ * Returns PYDP_MAGLEV_NONE when the cluster has no edge up. */
+static inline uint32_t wrk_choose_edge(struct dp_worker *w, const struct pydp_cluster *c, uint32_t ci,
+                                       const struct pydp_pkt_info *info, const struct pydp_flow_key *key,
+                                       uint32_t hash, uint32_t now)
+{
+    const struct pydp_config *cfg = w->cfg;
+    struct pydp_worker_stats *s = w->stats;
+    const uint8_t *table = w->maglev + (uint64_t)ci * dp.shm.hdr->maglev_max;
+    struct pydp_flow *f;
+    uint32_t slot;
+    int evicted = 0;
+
+    s->flow_lookups++;
+    f = pydp_flow_lookup(w->flows, key, hash, now, cfg);
+    if (f != NULL) {
+        s->flow_hits++;
+        if (likely(f->cluster == ci && f->cluster_uid == c->uid && wrk_edge_usable(c, f))) {
+            slot = f->edge;
+        } else {
+            slot = table[pydp_maglev_slot(hash, c->maglev_size)];
+            if (unlikely(slot == PYDP_MAGLEV_NONE))
+                return slot;
+            f->cluster = (uint16_t)ci;
+            f->cluster_uid = c->uid;
+            f->edge = (uint8_t)slot;
+            f->edge_uid = c->edges[slot].uid;
+            s->flow_rehashed++;
+        }
+        if (!(info->flags & PYDP_PF_ICMP_ERROR))
+            pydp_flow_touch(w->flows, f, info->tcp_flags, now);
+        return slot;
+    }
+    slot = table[pydp_maglev_slot(hash, c->maglev_size)];
+    if (unlikely(slot == PYDP_MAGLEV_NONE))
+        return slot;
+    /* Fragments hash on addresses only and ICMP errors belong to a flow: neither opens one. */
+    if (info->flags & (PYDP_PF_FRAGMENT | PYDP_PF_ICMP_ERROR))
+        return slot;
+    f = pydp_flow_insert(w->flows, key, hash, now, cfg, &evicted);
+    s->flow_inserts++;
+    s->flow_evictions += (uint64_t)evicted;
+    f->cluster = (uint16_t)ci;
+    f->cluster_uid = c->uid;
+    f->edge = (uint8_t)slot;
+    f->edge_uid = c->edges[slot].uid;
+    f->state = PYDP_FLOW_EMPTY;
+    pydp_flow_touch(w->flows, f, info->tcp_flags, now);
+    w->cstats[ci].edges[slot].new_flows++;
+    return slot;
+}
+
+static inline void wrk_forward(struct dp_worker *w, uint32_t pi, struct rte_mbuf *m, uint32_t now)
+{
+    struct pydp_port_stats *ps = &w->stats->port[pi];
+    const struct pydp_config *cfg = w->cfg;
+    uint8_t *frame = rte_pktmbuf_mtod(m, uint8_t *);
+    struct pydp_pkt_info info;
+    struct pydp_flow_key key;
+    const struct pydp_cluster *c;
+    const struct pydp_edge *e;
+    struct pydp_cluster_stats *cs;
+    uint32_t slot, hash, len;
+    int cls, ci;
+
+    if (unlikely(rte_pktmbuf_data_len(m) >= RTE_ETHER_HDR_LEN &&
+                 memcmp(frame + 6, dp.ports[pi].mac.addr_bytes, RTE_ETHER_ADDR_LEN) == 0)) {
+        dp_drop(ps, m, PYDP_DROP_LOOP);
+        return;
+    }
+    cls = pydp_parse(frame, rte_pktmbuf_data_len(m), &info);
+    if (unlikely(cls != PYDP_CLS_IP)) {
+        if (cls == PYDP_CLS_MALFORMED)
+            dp_drop(ps, m, PYDP_DROP_MALFORMED);
+        else
+            dp_exc_send(w, pi, m, cls == PYDP_CLS_EXC_PRIO);
+        return;
+    }
+    ci = pydp_config_lookup_vip(cfg, info.family, info.dst);
+    if (ci < 0) {
+        dp_exc_send(w, pi, m, 0);
+        return;
+    }
+    c = &cfg->clusters[ci];
+    cs = &w->cstats[ci];
+    if (unlikely(!c->enabled)) {
+        cs->drop_disabled++;
+        dp_drop(ps, m, PYDP_DROP_DISABLED);
+        return;
+    }
+    if (unlikely(!dp.shm.hdr->active[ci])) {
+        cs->drop_not_active++;
+        dp_drop(ps, m, PYDP_DROP_NOT_ACTIVE);
+        return;
+    }
+    wrk_count_class(w->stats, &info);
+    key = info.key;
+    if ((info.flags & PYDP_PF_IPSEC) && c->ipsec_local) {
+        /* IKE, NAT-T, ESP and AH of one client land on one edge */
+        key.sport = 0;
+        key.dport = 0;
+        key.proto = WRK_ESP;
+    }
+    hash = pydp_flow_hash(&key, cfg->hash_seed);
+    slot = wrk_choose_edge(w, c, (uint32_t)ci, &info, &key, hash, now);
+    if (unlikely(slot == PYDP_MAGLEV_NONE)) {
+        cs->drop_no_edge++;
+        dp_drop(ps, m, PYDP_DROP_NO_EDGE);
+        return;
+    }
+    e = &c->edges[slot];
+    if (c->dsr_mode == PYDP_DSR_L2) {
+        pydp_dsr_l2(frame, e->mac, dp.ports[pi].mac.addr_bytes);
+    } else {
+        uint32_t olen = info.family == PYDP_AF_INET ? 20 : 40;
+        uint32_t want = info.l3_off + info.l3_len;
+        uint8_t src[16];
+        uint8_t *out;
+
+        if (unlikely(e->family != info.family)) {
+            dp_drop(ps, m, PYDP_DROP_FAMILY);
+            return;
+        }
+        if (rte_pktmbuf_pkt_len(m) > want)       /* Ethernet padding must not enter the tunnel */
+            rte_pktmbuf_trim(m, (uint16_t)(rte_pktmbuf_pkt_len(m) - want));
+        out = (uint8_t *)rte_pktmbuf_prepend(m, (uint16_t)olen);
+        if (unlikely(out == NULL)) {
+            dp_drop(ps, m, PYDP_DROP_NO_HEADROOM);
+            return;
+        }
+        pydp_ipip_source(cfg, info.family, hash, src);
+        pydp_dsr_encap(out, info.family, src, e->addr, info.l3_len, cfg->gateway_mac,
+                       dp.ports[pi].mac.addr_bytes);
+    }
+    len = rte_pktmbuf_pkt_len(m);
+    cs->packets++;
+    cs->bytes += len;
+    cs->edges[slot].packets++;
+    cs->edges[slot].bytes += len;
+    dp_txq_put(&w->tx[pi], m, dp.p.burst);
+}
+
+static void wrk_run_cmds(struct dp_worker *w)
+{
+    struct pydp_cmd_ring *r = w->cmds;
+    uint32_t tail = r->tail;
+    uint32_t head = __atomic_load_n(&r->head, __ATOMIC_ACQUIRE);
+    uint32_t n = 0;
+
+    while (tail != head && n < WRK_CMDS_PER_LOOP) {
+        const struct pydp_cmd *cmd = &r->cmds[tail & (PYDP_CMD_RING_SIZE - 1)];
+        uint64_t cleared = 0;
+
+        switch (cmd->op) {
+        case PYDP_CMD_FLUSH_ALL:
+            cleared = pydp_flow_flush(w->flows, -1, -1);
+            break;
+        case PYDP_CMD_FLUSH_CLUSTER:
+            cleared = pydp_flow_flush(w->flows, (int)cmd->arg0, -1);
+            break;
+        case PYDP_CMD_FLUSH_EDGE:
+            cleared = pydp_flow_flush(w->flows, (int)cmd->arg0, (int)cmd->arg1);
+            break;
+        case PYDP_CMD_INSERT: {
+            const struct pydp_flow *in = &cmd->flow;
+            uint32_t now = wrk_now_ms();
+            struct pydp_flow *f = pydp_flow_lookup(w->flows, &in->key, in->hash, now, w->cfg);
+            int evicted = 0;
+
+            if (f == NULL) {
+                f = pydp_flow_insert(w->flows, &in->key, in->hash, now, w->cfg, &evicted);
+                w->stats->flow_inserts++;
+                w->stats->flow_evictions += (uint64_t)evicted;
+            }
+            f->cluster = in->cluster;
+            f->cluster_uid = in->cluster_uid;
+            f->edge = in->edge;
+            f->edge_uid = in->edge_uid;
+            f->state = in->state;
+            break;
+        }
+        default:
+            break;
+        }
+        (void)cleared;
+        tail++;
+        n++;
+    }
+    w->stats->cmds += n;
+    __atomic_store_n(&r->tail, tail, __ATOMIC_RELEASE);
+}
+
+/* The loop. stop_after_idle > 0 (pcap mode): return after that many consecutive empty polls. */
+int dp_worker_loop(struct dp_worker *w, uint32_t stop_after_idle)
+{
+    struct rte_mbuf *pkts[DP_MAX_BURST];
+    const uint32_t burst = dp.p.burst;
+    const uint32_t nb_ports = dp.p.nb_ports;
+    uint64_t sleep_us = 0;
+    uint32_t idle = 0;
+
+    /* online, and behind every generation until the first quiescent point */
+    __atomic_store_n(&w->state->seen_gen, 0, __ATOMIC_SEQ_CST);
+    w->state->lcore = w->lcore;
+    w->state->online = 1;
+    w->last_drain = rte_rdtsc();
+
+    while (likely(!dp.quit)) {
+        uint64_t start = rte_rdtsc();
+        uint32_t now = wrk_now_ms();
+        uint32_t got = 0, pi, i;
+
+        wrk_load_config(w);
+        for (pi = 0; pi < nb_ports; pi++) {
+            uint16_t n = rte_eth_rx_burst(dp.ports[pi].port_id, (uint16_t)w->id, pkts, (uint16_t)burst);
+            struct pydp_port_stats *ps = &w->stats->port[pi];
+
+            if (n == 0)
+                continue;
+            got += n;
+            ps->rx_packets += n;
+            for (i = 0; i < n && i < WRK_PREFETCH_AHEAD; i++)
+                rte_prefetch0(rte_pktmbuf_mtod(pkts[i], void *));
+            for (i = 0; i < n; i++) {
+                if (i + WRK_PREFETCH_AHEAD < n)
+                    rte_prefetch0(rte_pktmbuf_mtod(pkts[i + WRK_PREFETCH_AHEAD], void *));
+                ps->rx_bytes += rte_pktmbuf_pkt_len(pkts[i]);
+                wrk_forward(w, pi, pkts[i], now);
+            }
+        }
+        if (w->id == 0)
+            dp_exc_poll(w);
+        if (unlikely(w->cmds->head != w->cmds->tail))
+            wrk_run_cmds(w);
+
+        /* drain: at once when the queues ran dry (latency), else on the timer */
+        if (got < burst || start - w->last_drain > w->drain_tsc) {
+            wrk_flush_all(w);
+            w->last_drain = start;
+        }
+        __atomic_store_n(&w->state->seen_gen, w->gen, __ATOMIC_RELEASE);
+        w->stats->polls++;
+        if (got) {
+            w->stats->busy_cycles += rte_rdtsc() - start;
+            idle = 0;
+            sleep_us = 0;
+            continue;
+        }
+        w->stats->idle_polls++;
+        idle++;
+        w->state->heartbeat_ms = now;
+        if (stop_after_idle && idle >= stop_after_idle)
+            break;
+        if (dp.p.busy_poll || idle < WRK_IDLE_SPIN) {
+            rte_pause();
+            continue;
+        }
+        /* exponential back-off up to the ceiling; the quiescent point above is already published */
+        sleep_us = sleep_us ? sleep_us * 2 : 1;
+        if (sleep_us > dp.p.idle_sleep_max_us)
+            sleep_us = dp.p.idle_sleep_max_us;
+        w->stats->sleeps++;
+        rte_delay_us_sleep((unsigned int)sleep_us);
+    }
+    wrk_flush_all(w);
+    w->state->online = 0;
+    __atomic_store_n(&w->state->seen_gen, UINT64_MAX, __ATOMIC_RELEASE);
+    return 0;
+}
+
+int dp_worker_main(void *arg)
+{
+    return dp_worker_loop(arg, 0);
+}

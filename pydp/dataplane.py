@@ -1,0 +1,301 @@
+"""pydp-dataplane: starts the DPDK fast path for an appliance config (or runs a capture through it).
+
+The launcher is thin: it turns the config into EAL arguments and parameters, calls the C fast path through cffi,
+publishes the config into shared memory and then only watches links and signals. No packet passes through Python.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import re
+import shutil
+import signal
+import sys
+import time
+
+from pydp import config as pconfig
+from pydp._ffi import ffi, lib
+from pydp.apply import ApplyError, apply_config
+from pydp.shm import Region, ShmError
+
+log = logging.getLogger("pydp.dataplane")
+
+PCI_RE = re.compile(r"^([0-9a-fA-F]{4}:)?[0-9a-fA-F]{2}:[0-9a-fA-F]{2}\.[0-7]$")
+EPILOG = """examples:
+  pydp-dataplane --config /etc/pydp/appliance.toml
+  pydp-dataplane --config lab.toml --own-all            # forward without waiting for CARP (no pydp-control)
+  pydp-dataplane --config lab.toml --pcap-in in.pcap --pcap-out out.pcap --pcap-exception kernel.pcap
+
+In pcap mode the capture runs once through the real fast path (DPDK net_pcap), every cluster counts as active,
+and a JSON summary of the counters is printed (--stats-json FILE writes it to a file too).
+"""
+
+
+class LaunchError(RuntimeError):
+    pass
+
+
+def _device_name(device: str) -> str:
+    """The DPDK port name of a device spec: the vdev name before its arguments, or the PCI address."""
+    return device.split(",", 1)[0]
+
+
+def eal_args(cfg, *, pcap: dict | None = None) -> tuple[list[str], list[str], list[str]]:
+    """(EAL argv, data port names, exception port names) for a config; pcap mode swaps the ports for net_pcap."""
+    dp = cfg.dataplane
+    prefix = "pydp-" + re.sub(r"[^A-Za-z0-9_-]", "_", os.path.basename(dp.shm_path))
+    if pcap is not None:
+        prefix = f"pydp-pcap-{os.getpid()}"
+    args = ["pydp-dataplane", "--file-prefix", prefix, "--no-telemetry", "--log-level", "lib.eal:warning"]
+    ports, excs = [], []
+    if pcap is not None:
+        # --no-huge creates no hugepage files; the runtime directory is removed at stop
+        args += ["-l", str(dp.main_lcore), "--no-huge", "-m", "512", "--no-pci"]
+        rx = f"rx_pcap={pcap['in']}"
+        args += ["--vdev", f"net_pcap0,{rx},tx_pcap={pcap['out']}"]
+        ports.append("net_pcap0")
+        if pcap.get("exception"):
+            args += ["--vdev", f"net_pcap1,tx_pcap={pcap['exception']}"]
+            excs.append("net_pcap1")
+        else:
+            args += ["--vdev", "net_null1"]
+            excs.append("net_null1")
+        return args, ports, excs
+    args += ["-l", dp.lcores]
+    if dp.hugepages:
+        args += ["--huge-unlink"]
+    else:
+        args += ["--no-huge"]
+    args += ["-m", str(dp.memory_mb)]
+    workers = len(dp.worker_lcores)
+    any_pci = False
+    for i, port in enumerate(cfg.ports):
+        dev = port.device
+        if PCI_RE.match(dev):
+            any_pci = True
+            args += ["-a", dev]
+        else:
+            if dev.startswith("net_af_packet") and "qpairs=" not in dev:
+                dev += f",qpairs={workers}"
+            args += ["--vdev", dev]
+        ports.append(_device_name(port.device))
+        if port.tap:
+            name = f"net_tap{i}"
+            args += ["--vdev", f"{name},iface={port.tap}"]
+            excs.append(name)
+        else:
+            excs.append("")
+    if not any_pci:
+        args.append("--no-pci")
+    args += list(dp.eal_args)
+    return args, ports, excs
+
+
+class Dataplane:
+    """One data plane in this process (DPDK allows one EAL per process)."""
+
+    def __init__(self, cfg, *, shm_path: str | None = None, pcap: dict | None = None, busy_poll: bool | None = None):
+        self.cfg = cfg
+        self.pcap = pcap
+        self.shm_path = shm_path or cfg.dataplane.shm_path
+        self.busy_poll = cfg.dataplane.busy_poll if busy_poll is None else busy_poll
+        self.region: Region | None = None
+        self._keep = []
+        self.prefix = None
+
+    def start(self) -> Region:
+        cfg, dp = self.cfg, self.cfg.dataplane
+        args, ports, excs = eal_args(cfg, pcap=self.pcap)
+        self.prefix = args[args.index("--file-prefix") + 1]
+        log.info("EAL arguments: %s", " ".join(args[1:]))
+        argv = [ffi.new("char[]", a.encode()) for a in args]
+        self._keep.append(argv)
+        c_argv = ffi.new("char *[]", argv)
+        self._keep.append(c_argv)
+        if lib.pydp_eal_init(len(argv), c_argv) < 0:
+            shutil.rmtree(f"/var/run/dpdk/{self.prefix}", ignore_errors=True)
+            raise LaunchError(ffi.string(lib.pydp_last_error()).decode())
+        p = ffi.new("struct pydp_dp_params *")
+        names = [ffi.new("char[]", n.encode()) for n in ports + excs]
+        shm_path = ffi.new("char[]", self.shm_path.encode())
+        self._keep += [p, names, shm_path]
+        p.shm_path = shm_path
+        p.nb_workers = 1 if self.pcap is not None else len(dp.worker_lcores)
+        p.nb_ports = len(ports)
+        for i in range(len(ports)):
+            p.port_names[i] = names[i]
+            p.exc_names[i] = names[len(ports) + i] if excs[i] else ffi.NULL
+        p.flow_capacity = dp.flow_capacity
+        p.maglev_max = max([dp.maglev_size] + [c.maglev_size or 0 for c in cfg.clusters])
+        p.rx_desc, p.tx_desc, p.nb_mbufs, p.burst = dp.rx_desc, dp.tx_desc, dp.mbufs, dp.burst
+        p.busy_poll = 1 if self.busy_poll else 0
+        p.idle_sleep_max_us = dp.idle_sleep_max_us
+        p.tx_drain_us = dp.tx_drain_us
+        p.exc_pps, p.exc_prio_pps = dp.exception_pps, dp.exception_priority_pps
+        p.promiscuous = 1 if any(port.promiscuous for port in cfg.ports) else 0
+        p.pcap_mode = 1 if self.pcap is not None else 0
+        handle = lib.pydp_dp_setup(p)
+        if handle == ffi.NULL:
+            err = ffi.string(lib.pydp_last_error()).decode()
+            lib.pydp_dp_teardown()
+            raise LaunchError(err)
+        self.region = Region(handle)
+        return self.region
+
+    def apply(self, cfg=None, *, own_all: bool = False, inactive: tuple = ()) -> None:
+        cfg = cfg or self.cfg
+        result = apply_config(self.region, cfg)
+        for w in result.warnings:
+            log.warning("%s", w)
+        for c in cfg.clusters:
+            # standalone clusters have no failover: this appliance always owns them
+            if (own_all or c.mode == "standalone") and c.name not in inactive:
+                self.region.set_active(result.slots[c.name], True)
+        log.info("config generation %d published: %d clusters, tables rebuilt for %s", result.generation,
+                 len(result.slots), ", ".join(result.rebuilt) or "none")
+        self.cfg = cfg
+        self.slots = result.slots
+
+    def stop(self) -> None:
+        """Stops the workers and releases ports, shared memory, EAL and its runtime directory."""
+        lib.pydp_dp_stop()
+        lib.pydp_dp_wait()
+        lib.pydp_dp_teardown()
+        self.region = None
+        if self.prefix:
+            shutil.rmtree(f"/var/run/dpdk/{self.prefix}", ignore_errors=True)
+
+    def summary(self) -> dict:
+        """Counters summed over workers, as printed at the end of a pcap run."""
+        r = self.region
+        ws = r.worker_stats()
+        port = ws["port"][:, 0]
+        drops = port["drops"].sum(axis=0)
+        out = {
+            "rx_packets": int(port["rx_packets"].sum()),
+            "tx_packets": int(port["tx_packets"].sum()),
+            "exc_to_kernel": int(port["exc_to_kernel"].sum()),
+            "drops": {name: int(drops[i]) for i, name in enumerate(r.drop_names()) if drops[i]},
+            "flows": {k: int(ws[f"flow_{k}"].sum()) for k in ("lookups", "hits", "inserts", "evictions",
+                                                               "rehashed")},
+            "ports": [{"name": ffi.string(r.hdr.ports[i].name).decode(),
+                       "mac": ":".join(f"{b:02x}" for b in bytes(r.hdr.ports[i].mac))}
+                      for i in range(r.hdr.nb_ports)],
+            "clusters": {},
+        }
+        cs = r.cluster_stats()
+        for c in self.cfg.clusters:
+            i = self.slots[c.name]
+            cfg_slot = r.config().clusters[i]
+            edges = {}
+            for e in range(lib.PYDP_MAX_EDGES):
+                if cfg_slot.edges[e].state != lib.PYDP_EDGE_EMPTY:
+                    name = ffi.string(cfg_slot.edges[e].name).decode()
+                    edges[name] = {"packets": int(cs[:, i]["edges"]["packets"][:, e].sum()),
+                                   "new_flows": int(cs[:, i]["edges"]["new_flows"][:, e].sum())}
+            out["clusters"][c.name] = {"packets": int(cs[:, i]["packets"].sum()), "edges": edges,
+                                       "drop_not_active": int(cs[:, i]["drop_not_active"].sum()),
+                                       "drop_disabled": int(cs[:, i]["drop_disabled"].sum()),
+                                       "drop_no_edge": int(cs[:, i]["drop_no_edge"].sum())}
+        return out
+
+
+def _parse_args(argv):
+    ap = argparse.ArgumentParser(prog="pydp-dataplane", description=__doc__.splitlines()[0], epilog=EPILOG,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--config", required=True, metavar="FILE", help="appliance config (TOML, see docs/config.md)")
+    ap.add_argument("--shm", metavar="PATH", help="shared-memory region (default: dataplane.shm_path)")
+    ap.add_argument("--own-all", action="store_true",
+                    help="own every cluster IP from the start (no CARP; labs and tests)")
+    ap.add_argument("--inactive", action="append", default=[], metavar="CLUSTER",
+                    help="with --own-all or --pcap-in: do not own this cluster (repeatable)")
+    ap.add_argument("--busy-poll", action="store_true", help="workers never sleep (benchmarks)")
+    ap.add_argument("--pcap-in", metavar="IN.pcap", help="run this capture through the fast path and exit")
+    ap.add_argument("--pcap-out", metavar="OUT.pcap", help="with --pcap-in: what the fast path sends")
+    ap.add_argument("--pcap-exception", metavar="FILE.pcap", help="with --pcap-in: what went to the kernel")
+    ap.add_argument("--stats-json", metavar="FILE", help="with --pcap-in: write the counter summary here")
+    ap.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    args = ap.parse_args(argv)
+    if (args.pcap_out or args.pcap_exception or args.stats_json) and not args.pcap_in:
+        ap.error("--pcap-out, --pcap-exception and --stats-json go with --pcap-in")
+    if args.pcap_in and not args.pcap_out:
+        ap.error("--pcap-in needs --pcap-out")
+    if args.pcap_in and not os.path.isfile(args.pcap_in):
+        ap.error(f"--pcap-in {args.pcap_in}: no such file")
+    return args
+
+
+def main(argv=None) -> int:
+    args = _parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    try:
+        cfg = pconfig.load(args.config)
+    except pconfig.ConfigError as exc:
+        print(str(exc), file=sys.stderr)
+        return 2
+    pcap = None
+    if args.pcap_in:
+        pcap = {"in": os.path.abspath(args.pcap_in), "out": os.path.abspath(args.pcap_out),
+                "exception": os.path.abspath(args.pcap_exception) if args.pcap_exception else None}
+    shm = args.shm
+    if pcap is not None and shm is None:
+        shm = f"/dev/shm/pydp-pcap-{os.getpid()}"
+    dpl = Dataplane(cfg, shm_path=shm, pcap=pcap, busy_poll=args.busy_poll or None)
+    try:
+        unknown = set(args.inactive) - {c.name for c in cfg.clusters}
+        if unknown:
+            raise LaunchError(f"--inactive: no cluster named {', '.join(sorted(unknown))}")
+        dpl.start()
+        dpl.apply(own_all=args.own_all or pcap is not None, inactive=tuple(args.inactive))
+    except (LaunchError, ApplyError, ShmError) as exc:
+        print(f"pydp-dataplane: {exc}", file=sys.stderr)
+        dpl.stop()
+        return 1
+    if pcap is not None:
+        lib.pydp_dp_run_pcap(8)
+        summary = dpl.summary()
+        dpl.stop()
+        text = json.dumps(summary, indent=2, sort_keys=True)
+        print(text)
+        if args.stats_json:
+            with open(args.stats_json, "w") as f:
+                f.write(text + "\n")
+        return 0
+
+    stop = {"now": False, "reload": False}
+
+    def on_signal(signum, _frame):
+        if signum == signal.SIGHUP:
+            stop["reload"] = True
+        else:
+            stop["now"] = True
+
+    for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(s, on_signal)
+    if lib.pydp_dp_launch() != 0:
+        print(f"pydp-dataplane: {ffi.string(lib.pydp_last_error()).decode()}", file=sys.stderr)
+        dpl.stop()
+        return 1
+    log.info("forwarding on %s with %d workers; shared memory %s", ", ".join(p.name for p in cfg.ports),
+             len(cfg.dataplane.worker_lcores), dpl.shm_path)
+    try:
+        while not stop["now"]:
+            lib.pydp_dp_poll()
+            if stop["reload"]:
+                stop["reload"] = False
+                try:
+                    dpl.apply(pconfig.load(args.config), own_all=args.own_all, inactive=tuple(args.inactive))
+                except (pconfig.ConfigError, ApplyError, ShmError) as exc:
+                    log.error("reload refused, the running config stays: %s", exc)
+            time.sleep(0.1)
+    finally:
+        log.info("stopping")
+        dpl.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

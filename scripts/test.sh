@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Sets everything up (scripts/setup.sh) and runs the whole test suite: the C unit tests (ctest) and pytest
+# (unit, golden packet tests through the real DPDK path, network-namespace tests).
+# With CI=true (or PYDP_REQUIRE_DPDK=1) a DPDK or netns test that would be skipped fails instead.
+set -euo pipefail
+
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$here"
+"$here/scripts/setup.sh"
+
+if [ "${CI:-}" = "true" ]; then
+    export PYDP_REQUIRE_DPDK=1
+fi
+
+echo "[test] C unit tests"
+cmake -S "$here" -B "$here/build/ctest" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
+cmake --build "$here/build/ctest" >/dev/null
+ctest --test-dir "$here/build/ctest" --output-on-failure
+
+echo "[test] C unit tests under AddressSanitizer and UBSan"
+cmake -S "$here" -B "$here/build/asan" -G Ninja -DCMAKE_BUILD_TYPE=Debug -DPYDP_SANITIZE=ON >/dev/null
+cmake --build "$here/build/asan" --target all >/dev/null
+ASAN_OPTIONS=detect_leaks=1 ctest --test-dir "$here/build/asan" --output-on-failure
+
+echo "[test] pytest"
+# the installed package is what runs: python -P keeps the source tree off sys.path
+exec "${PYTHON:-python3}" -P -m pytest -p no:cacheprovider "$@"

@@ -1,0 +1,133 @@
+"""Test topologies made of network namespaces, and a pydp-dataplane process run inside one.
+
+Everything a test makes here is removed when its context ends, also on failure: namespaces (and the veths in
+them), the data-plane process, its shared memory and its DPDK runtime directory. No shell is involved: commands
+are argument lists.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+from pydp.shm import Region, ShmError
+
+
+def run(*args, check=True, timeout=30, **kw) -> subprocess.CompletedProcess:
+    return subprocess.run(list(args), check=check, timeout=timeout, capture_output=True, text=True, **kw)
+
+
+def ns_run(ns: str, *args, **kw) -> subprocess.CompletedProcess:
+    return run("ip", "netns", "exec", ns, *args, **kw)
+
+
+@contextlib.contextmanager
+def netns(prefix: str = "pydpt"):
+    """A fresh namespace with its loopback up; deleted (with every interface in it) at the end."""
+    name = f"{prefix}-{uuid.uuid4().hex[:8]}"
+    run("ip", "netns", "add", name)
+    try:
+        ns_run(name, "ip", "link", "set", "lo", "up")
+        yield name
+    finally:
+        run("ip", "netns", "del", name, check=False)
+
+
+def veth(ns: str, a: str, b: str, ns_b: str | None = None, mac_a: str | None = None, mac_b: str | None = None):
+    """A veth pair a (in ns) <-> b (in ns_b, default ns), both up."""
+    run("ip", "-n", ns, "link", "add", a, "type", "veth", "peer", "name", b, "netns", ns_b or ns)
+    if mac_a:
+        run("ip", "-n", ns, "link", "set", a, "address", mac_a)
+    if mac_b:
+        run("ip", "-n", ns_b or ns, "link", "set", b, "address", mac_b)
+    for n, i in ((ns, a), (ns_b or ns, b)):
+        run("ip", "-n", n, "link", "set", i, "up")
+        # no IPv6 autoconfiguration chatter on test links
+        ns_run(n, "sysctl", "-qw", f"net.ipv6.conf.{i}.disable_ipv6=1", check=False)
+
+
+class DataplaneProcess:
+    """pydp-dataplane run in a namespace, as the appliance would run it."""
+
+    def __init__(self, ns: str, config_text: str, workdir: Path, args=()):
+        self.ns = ns
+        self.workdir = workdir
+        self.shm = f"/dev/shm/pydp-test-{uuid.uuid4().hex[:8]}"
+        self.config = workdir / "appliance.toml"
+        self.config.write_text(config_text)
+        self.args = list(args)
+        self.proc: subprocess.Popen | None = None
+        self.log = workdir / "dataplane.log"
+        self.region: Region | None = None
+
+    def start(self, timeout: float = 30.0) -> Region:
+        logf = open(self.log, "w")
+        self.proc = subprocess.Popen(
+            ["ip", "netns", "exec", self.ns, sys.executable, "-P", "-m", "pydp.dataplane", "--config",
+             str(self.config), "--shm", self.shm, *self.args], stdout=logf, stderr=subprocess.STDOUT)
+        logf.close()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"pydp-dataplane exited with {self.proc.returncode}:\n{self.log.read_text()}")
+            if os.path.exists(self.shm):
+                try:
+                    region = Region.attach(self.shm)
+                except ShmError:
+                    region = None
+                if region is not None and region.generation >= 1 and "forwarding on" in self.log.read_text():
+                    self.region = region
+                    return region
+                if region is not None:
+                    region.close()
+            time.sleep(0.05)
+        raise RuntimeError(f"pydp-dataplane did not come up in {timeout}s:\n{self.log.read_text()}")
+
+    def stop(self, timeout: float = 15.0) -> int | None:
+        if self.region is not None:
+            self.region.close()
+            self.region = None
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        rc = self.proc.returncode
+        self.proc = None
+        # a data plane that was killed leaves its region and runtime directory: remove them like a restart would
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.shm)
+        return rc
+
+    def __enter__(self) -> "DataplaneProcess":
+        try:
+            self.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def traffic(ns: str, workdir: Path, *args, timeout: float = 120.0) -> dict:
+    """Runs tests/traffic.py in a namespace and returns its JSON report."""
+    import json
+
+    out = workdir / f"traffic-{uuid.uuid4().hex[:6]}.json"
+    tool = Path(__file__).with_name("traffic.py")
+    proc = ns_run(ns, sys.executable, "-P", str(tool), "--out", str(out), *map(str, args), timeout=timeout,
+                  check=False)
+    assert proc.returncode == 0, f"traffic.py failed:\n{proc.stdout}\n{proc.stderr}"
+    return json.loads(out.read_text())
