@@ -63,7 +63,7 @@ _EAL_RESERVED_LONG = {"--lcores": "lcores", "--main-lcore": "lcores", "--master-
 _NAME_RE = re.compile(r"[A-Za-z0-9_.-]{1,31}")
 _PORT_NAME_RE = re.compile(r"[A-Za-z0-9_.-]{1,15}")
 _MAC_RE = re.compile(r"[0-9A-Fa-f]{2}([:-])[0-9A-Fa-f]{2}(\1[0-9A-Fa-f]{2}){4}")
-_LCORE_ITEM_RE = re.compile(r"(\d+)(?:-(\d+))?")
+_LCORE_ITEM_RE = re.compile(r"(\d+)(?:-(\d+))?(?:@(\d+))?")
 # A device argument: key, or key=value where value is plain or a bracketed list (representor=[0-3]).
 _DEVARG = r"[A-Za-z0-9_.-]+(?:=(?:\[[^\]\s]*\]|[^,\[\]\s]*))?"
 _VDEV_RE = re.compile(r"([A-Za-z][A-Za-z0-9_]*)((?:," + _DEVARG + r")*)")
@@ -123,16 +123,24 @@ def _neighbour_primes(n: int) -> tuple[int | None, int | None]:
 
 
 def parse_lcores(spec: str) -> list[int]:
-    """Parse an EAL core list ("0-1", "0,2,3", "0,4-7") into lcore ids in the order written. ValueError if bad."""
+    """Parse an EAL core list ("0-1", "0,2,3", "0,4-7") into lcore ids in the order written. ValueError if bad.
+
+    An item may pin one lcore to a CPU as EAL's --lcores does: "0@0,1@1,2@1" runs lcores 1 and 2 on CPU 1.
+    """
     if not isinstance(spec, str) or not spec:
         raise ValueError("must be a non-empty core list such as \"0-1\" or \"0,2,3\"")
     out: list[int] = []
     for item in spec.split(","):
         m = _LCORE_ITEM_RE.fullmatch(item)
         if not m:
-            raise ValueError(f"{spec!r} is not a core list (items are N or N-M separated by commas, no spaces)")
+            raise ValueError(f"{spec!r} is not a core list (items are N, N-M or N@CPU separated by commas, "
+                             "no spaces)")
         lo = int(m.group(1))
         hi = int(m.group(2)) if m.group(2) is not None else lo
+        if m.group(3) is not None and m.group(2) is not None:
+            raise ValueError(f"{item!r}: a range cannot be pinned with @ (pin each lcore: 1@1,2@1)")
+        if m.group(3) is not None and int(m.group(3)) > MAX_LCORE:
+            raise ValueError(f"CPU {m.group(3)} is out of range (0..{MAX_LCORE})")
         if hi < lo:
             raise ValueError(f"range {item!r} is reversed")
         if hi > MAX_LCORE:

@@ -43,10 +43,13 @@ def _device_name(device: str) -> str:
     return device.split(",", 1)[0]
 
 
-def eal_args(cfg, *, pcap: dict | None = None) -> tuple[list[str], list[str], list[str]]:
-    """(EAL argv, data port names, exception port names) for a config; pcap mode swaps the ports for net_pcap."""
+def eal_args(cfg, *, pcap: dict | None = None, shm_path: str | None = None) -> tuple[list[str], list[str], list[str]]:
+    """(EAL argv, data port names, exception port names) for a config; pcap mode swaps the ports for net_pcap.
+
+    The EAL file prefix follows the shared-memory path, so two data planes on one host never share EAL files.
+    """
     dp = cfg.dataplane
-    prefix = "pydp-" + re.sub(r"[^A-Za-z0-9_-]", "_", os.path.basename(dp.shm_path))
+    prefix = "pydp-" + re.sub(r"[^A-Za-z0-9_-]", "_", os.path.basename(shm_path or dp.shm_path))
     if pcap is not None:
         prefix = f"pydp-pcap-{os.getpid()}"
     args = ["pydp-dataplane", "--file-prefix", prefix, "--no-telemetry", "--log-level", "lib.eal:warning"]
@@ -64,7 +67,8 @@ def eal_args(cfg, *, pcap: dict | None = None) -> tuple[list[str], list[str], li
             args += ["--vdev", "net_null1"]
             excs.append("net_null1")
         return args, ports, excs
-    args += ["-l", dp.lcores]
+    # --lcores takes plain lists and lcore@cpu pins; the main lcore is the first one listed
+    args += ["--lcores", dp.lcores, "--main-lcore", str(dp.main_lcore)]
     if dp.hugepages:
         args += ["--huge-unlink"]
     else:
@@ -108,7 +112,7 @@ class Dataplane:
 
     def start(self) -> Region:
         cfg, dp = self.cfg, self.cfg.dataplane
-        args, ports, excs = eal_args(cfg, pcap=self.pcap)
+        args, ports, excs = eal_args(cfg, pcap=self.pcap, shm_path=self.shm_path)
         self.prefix = args[args.index("--file-prefix") + 1]
         log.info("EAL arguments: %s", " ".join(args[1:]))
         argv = [ffi.new("char[]", a.encode()) for a in args]
@@ -181,6 +185,7 @@ class Dataplane:
             "drops": {name: int(drops[i]) for i, name in enumerate(r.drop_names()) if drops[i]},
             "flows": {k: int(ws[f"flow_{k}"].sum()) for k in ("lookups", "hits", "inserts", "evictions",
                                                                "rehashed")},
+            "flow_table": r.flow_tables(),
             "ports": [{"name": ffi.string(r.hdr.ports[i].name).decode(),
                        "mac": ":".join(f"{b:02x}" for b in bytes(r.hdr.ports[i].mac))}
                       for i in range(r.hdr.nb_ports)],

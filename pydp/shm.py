@@ -203,6 +203,17 @@ class Region:
         first = ffi.cast("char *", table) + ffi.sizeof("struct pydp_flow_table")
         return self._view(first, "struct pydp_flow_bucket", table.nb_buckets)
 
+    def flow_tables(self) -> dict:
+        """Occupancy of the flow tables summed over workers: capacity, live, expired, evicted."""
+        out = {"capacity": 0, "live": 0, "expired": 0, "evicted": 0}
+        for w in range(self.nb_workers):
+            t = lib.pydp_shm_flows(self._shm, w)
+            out["capacity"] += t.nb_buckets * lib.PYDP_FLOW_WAYS
+            out["live"] += t.live
+            out["expired"] += t.expired
+            out["evicted"] += t.evicted
+        return out
+
     def worker_states(self) -> np.ndarray:
         return self._view(ffi.addressof(self.hdr.workers[0]), "struct pydp_worker_state", self.nb_workers)
 

@@ -178,7 +178,10 @@ struct pydp_flow_bucket {
 struct pydp_flow_table {
     uint32_t nb_buckets;     /* power of two */
     uint32_t mask;
-    uint64_t pad0[7];
+    uint64_t live;           /* occupied ways (expired ones not yet reclaimed included) */
+    uint64_t expired;        /* expired flows reclaimed (on lookup or by an insert) */
+    uint64_t evicted;        /* live flows pushed out of a full bucket */
+    uint64_t pad0[4];
     /* struct pydp_flow_bucket buckets[nb_buckets] follows */
 };
 
@@ -205,9 +208,7 @@ struct pydp_worker_stats {
     uint64_t flow_hits;
     uint64_t flow_inserts;
     uint64_t flow_evictions;     /* live flows pushed out of a full bucket */
-    uint64_t flow_expired;       /* expired flows reclaimed */
     uint64_t flow_rehashed;      /* flows whose edge went down, moved to a new edge */
-    uint64_t flow_active;        /* occupancy (inserts - reclaims), approximate */
     uint64_t cls_tcp;
     uint64_t cls_udp;
     uint64_t cls_icmp;
@@ -218,7 +219,7 @@ struct pydp_worker_stats {
     uint64_t cls_other;
     uint64_t config_swaps;       /* generations picked up */
     uint64_t cmds;               /* control commands executed */
-    uint64_t pad0[11];
+    uint64_t pad0[13];
     struct pydp_port_stats port[4];
 };                                /* 256 + 768 = 1024 bytes */
 

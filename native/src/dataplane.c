@@ -169,7 +169,8 @@ struct pydp_shm *pydp_dp_setup(const struct pydp_dp_params *p)
             return NULL;
         rte_eth_macaddr_get(port->port_id, &port->mac);
         if (port->exc_id != DP_NO_PORT) {
-            if (dp_port_init(port->exc_id, 1, (uint16_t)p->nb_workers, 1) != 0)
+            /* TAP wants as many RX as TX queues; worker 0 polls all of them (dp_exc_poll) */
+            if (dp_port_init(port->exc_id, (uint16_t)p->nb_workers, (uint16_t)p->nb_workers, 1) != 0)
                 return NULL;
             /* the kernel side answers ARP/ND with the data port's address */
             rte_eth_dev_default_mac_addr_set(port->exc_id, &port->mac);

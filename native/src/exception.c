@@ -60,22 +60,24 @@ void dp_exc_send(struct dp_worker *w, uint32_t pi, struct rte_mbuf *m, int prio)
     dp_txq_put(&w->exc_tx[pi], m, dp.p.burst);
 }
 
-/* Worker 0 only: frames from the kernel go out of the data port on worker 0's TX queue. */
+/* Worker 0 only: frames from the kernel (on any exception queue: a multi-queue TAP spreads them) go out of the
+ * data port on worker 0's TX queue. */
 void dp_exc_poll(struct dp_worker *w)
 {
     struct rte_mbuf *pkts[DP_MAX_BURST];
-    uint32_t pi, i;
+    uint32_t pi, q, i;
 
     for (pi = 0; pi < dp.p.nb_ports; pi++) {
-        uint16_t n;
-
         if (dp.ports[pi].exc_id == DP_NO_PORT)
             continue;
-        n = rte_eth_rx_burst(dp.ports[pi].exc_id, 0, pkts, (uint16_t)dp.p.burst);
-        if (n == 0)
-            continue;
-        w->stats->port[pi].exc_from_kernel += n;
-        for (i = 0; i < n; i++)
-            dp_txq_put(&w->tx[pi], pkts[i], dp.p.burst);
+        for (q = 0; q < dp.p.nb_workers; q++) {
+            uint16_t n = rte_eth_rx_burst(dp.ports[pi].exc_id, (uint16_t)q, pkts, (uint16_t)dp.p.burst);
+
+            if (n == 0)
+                continue;
+            w->stats->port[pi].exc_from_kernel += n;
+            for (i = 0; i < n; i++)
+                dp_txq_put(&w->tx[pi], pkts[i], dp.p.burst);
+        }
     }
 }

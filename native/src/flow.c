@@ -285,6 +285,8 @@ pydp_flow_lookup(struct pydp_flow_table *t, const struct pydp_flow_key *key, uin
         if (__builtin_expect(flw_expired_age(flw_age(now_ms, b->last_ms[w]),
                                              pydp_flow_timeout(cfg, f->state)), 0)) {
             flw_unpublish(b, w);
+            t->live--;
+            t->expired++;
             return NULL;
         }
         return f;
@@ -304,6 +306,7 @@ pydp_flow_insert(struct pydp_flow_table *t, const struct pydp_flow_key *key, uin
 
     if (__builtin_expect(empty != 0, 1)) {
         w = (unsigned)__builtin_ctz(empty);
+        t->live++;
     } else {
         /* full bucket: the first expired way, else the least recently used one */
         uint32_t tmin, tmax;
@@ -325,9 +328,11 @@ pydp_flow_insert(struct pydp_flow_table *t, const struct pydp_flow_key *key, uin
         }
         if (found < PYDP_FLOW_WAYS) {
             w = found;
+            t->expired++;
         } else {
             w = lru;
             ev = 1;
+            t->evicted++;
         }
         flw_unpublish(b, w);
     }
@@ -394,6 +399,7 @@ pydp_flow_flush(struct pydp_flow_table *t, int cluster, int edge)
         }
     }
     flw_barrier();
+    t->live -= cleared;
     return cleared;
 }
 

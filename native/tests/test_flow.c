@@ -635,6 +635,44 @@ test_bulk(void)
     free(t);
 }
 
+/* The table's own counters: live ways, reclaimed expired flows, evictions. */
+static void
+test_counters(void)
+{
+    struct pydp_config cfg = tst_cfg();
+    struct pydp_flow_table *t = tst_table(64);
+    struct pydp_flow_key k;
+    uint32_t i, h = 0x1234u;
+    int ev;
+
+    CHECK_EQ(t->live, 0);
+    /* nine UDP flows in one bucket: eight fill it, the ninth evicts the oldest */
+    for (i = 0; i < 9; i++) {
+        k = tst_key4(i + 1, 1000, 53, 17);
+        tst_new_flow(t, &k, h, 100 + i, &cfg, 0, 0, 0, &ev);
+    }
+    CHECK_EQ(t->live, 8);
+    CHECK_EQ(t->evicted, 1);
+    CHECK_EQ(t->expired, 0);
+    /* a lookup after the UDP timeout reclaims the flow */
+    k = tst_key4(9, 1000, 53, 17);
+    CHECK(pydp_flow_lookup(t, &k, h, 108 + cfg.udp_timeout_ms + 1, &cfg) == NULL);
+    CHECK_EQ(t->live, 7);
+    CHECK_EQ(t->expired, 1);
+    /* an insert over an expired way counts it as expired, not evicted */
+    k = tst_key4(100, 1000, 53, 17);
+    tst_new_flow(t, &k, h, 200000, &cfg, 0, 0, 0, &ev);
+    CHECK_EQ(t->live, 8);
+    k = tst_key4(101, 1000, 53, 17);
+    tst_new_flow(t, &k, h, 200000, &cfg, 0, 0, 0, &ev);
+    CHECK_EQ(ev, 0);
+    CHECK_EQ(t->expired, 2);
+    CHECK_EQ(t->evicted, 1);
+    CHECK_EQ(pydp_flow_flush(t, -1, -1), 8);
+    CHECK_EQ(t->live, 0);
+    free(t);
+}
+
 int
 main(void)
 {
@@ -646,6 +684,7 @@ main(void)
     test_tcp_states();
     test_lru();
     test_flush();
+    test_counters();
     test_bulk();
     return check_report("flow");
 }

@@ -1,5 +1,6 @@
 """pydp-dataplane on a real af_packet port in a namespace: exception path to the kernel, and config swaps under load."""
 
+import contextlib
 import threading
 import time
 
@@ -16,10 +17,10 @@ VIP = "198.51.100.10"
 EDGE_MACS = {"e1": "02:00:00:00:02:01", "e2": "02:00:00:00:02:02", "e3": "02:00:00:00:02:03"}
 
 
-def config_text(weights=(1, 1, 1), other_edges=2) -> str:
-    text = """
+def config_text(weights=(1, 1, 1), other_edges=2, lcores="0-1") -> str:
+    text = f"""
 [dataplane]
-lcores = "0-1"
+lcores = "{lcores}"
 flow_capacity = 65536
 hugepages = true
 memory_mb = 256
@@ -42,13 +43,20 @@ vhid = 1
     return text
 
 
-@pytest.fixture
-def lab(tmp_path):
+@contextlib.contextmanager
+def topology(tmp_path, text):
+    """client namespace --veth-- load-balancer namespace running pydp-dataplane on an af_packet port."""
     with netns("pydpt-lb") as lb_ns, netns("pydpt-cl") as cl_ns:
         veth(lb_ns, "lb0", "c0", ns_b=cl_ns, mac_a=LB_MAC)
         ns_run(cl_ns, "ip", "addr", "add", "198.51.100.99/24", "dev", "c0")
-        with DataplaneProcess(lb_ns, config_text(), tmp_path, args=["--own-all"]) as dp:
+        with DataplaneProcess(lb_ns, text, tmp_path, args=["--own-all"]) as dp:
             yield lb_ns, cl_ns, dp, tmp_path
+
+
+@pytest.fixture
+def lab(tmp_path):
+    with topology(tmp_path, config_text()) as t:
+        yield t
 
 
 def test_exception_path_reaches_the_kernel_and_back(lab):
@@ -102,3 +110,18 @@ def test_hundred_swaps_under_traffic_lose_nothing_and_keep_flows(lab):
     for flow, macs in report["per_flow"].items():
         assert len(macs) == 1, f"flow {flow} was split over {macs}"
         assert set(macs) <= set(EDGE_MACS.values())
+
+
+def test_two_workers_share_the_flows_and_keep_each_on_one_edge(tmp_path):
+    """Two workers (both pinned to CPU 1), two af_packet queues: the kernel's fanout hash plays RSS."""
+    with topology(tmp_path, config_text(lcores="0@0,1@1,2@1")) as (lb_ns, cl_ns, dp, tmp):
+        assert dp.region.nb_workers == 2
+        report = traffic(cl_ns, tmp, "--iface", "c0", "--lb-mac", LB_MAC, "--vip", VIP, "--flows", 200,
+                         "--rounds", 10, "--pps", 2000, "--settle", 1.0)
+        assert report["missing"] == 0 and report["duplicates"] == 0, report["missing_first"]
+        for flow, macs in report["per_flow"].items():
+            assert len(macs) == 1, f"flow {flow} was split over {macs}"
+        rx = dp.region.worker_stats()["port"][:, 0]["rx_packets"]
+        assert (rx > 0).all(), f"a worker got nothing: {rx}"
+        tables = dp.region.flow_tables()
+        assert tables["live"] >= 200
