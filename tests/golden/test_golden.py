@@ -285,3 +285,26 @@ def test_garbage_never_crashes_and_is_accounted(tmp_path):
     assert s["rx_packets"] == s["tx_packets"] + s["exc_to_kernel"] + sum(s["drops"].values())
     assert s["drops"].get("malformed", 0) > 0
     assert res.out and res.out[-1][12:] == good[12:], "the good frame after the garbage was forwarded"
+
+
+def test_exception_flood_is_bounded_and_carp_gets_through(tmp_path):
+    """5000 frames for the appliance, 50 CARP adverts among them, 200 client packets: the bulk class is cut to its
+    budget, every CARP advert reaches the kernel, every client packet is forwarded."""
+    text = config_text().replace("flow_capacity = 65536",
+                                 "flow_capacity = 65536\nexception_pps = 1000\nexception_priority_pps = 1000")
+    carp = bytes(Ether(dst="01:00:5e:00:00:12") / IP(dst="224.0.0.18", proto=112, ttl=255) / Raw(bytes(36)))
+    frames = []
+    for i in range(5000):
+        frames.append(eth(IP(src=f"203.0.113.{i % 250 + 1}", dst=APPLIANCE) / UDP(sport=i % 60000 + 1, dport=9)))
+        if i % 100 == 0:
+            frames.append(carp)
+        if i % 25 == 0:
+            frames.append(eth(IP(src="203.0.113.5", dst=VIP4) / TCP(sport=i + 1, dport=80, flags="S")))
+    res = run_pcap(tmp_path, text, frames)
+    s = res.summary
+    assert sum(1 for f in res.exc if f == carp) == 50, "a CARP advert was crowded out"
+    assert s["drops"].get("exc_prio_ratelimit", 0) == 0
+    bulk_passed = len(res.exc) - 50
+    assert bulk_passed < 500, f"{bulk_passed} bulk frames passed a 1000 pps budget in a burst"
+    assert s["drops"]["exc_ratelimit"] == 5000 - bulk_passed
+    assert s["tx_packets"] == 200

@@ -125,3 +125,40 @@ def test_two_workers_share_the_flows_and_keep_each_on_one_edge(tmp_path):
         assert (rx > 0).all(), f"a worker got nothing: {rx}"
         tables = dp.region.flow_tables()
         assert tables["live"] >= 200
+
+
+def test_edge_down_moves_only_its_flows(lab):
+    """An edge goes down mid-traffic: its flows re-hash to the others on their next packet, no other flow moves,
+    nothing is lost; a draining edge keeps its flows."""
+    lb_ns, cl_ns, dp, tmp = lab
+    start_file = tmp / "started"
+    cfg = pconfig.loads(config_text())
+    errors = []
+
+    def fail_e1():
+        try:
+            deadline = time.monotonic() + 60
+            while not start_file.exists() and time.monotonic() < deadline:
+                time.sleep(0.01)
+            time.sleep(1.5)               # flows are established on all edges
+            cfg.clusters[0].edges[1].state = "draining"
+            apply_config(dp.region, cfg, edge_health={("web", "e1"): False})
+        except Exception as exc:
+            errors.append(exc)
+
+    t = threading.Thread(target=fail_e1)
+    t.start()
+    report = traffic(cl_ns, tmp, "--iface", "c0", "--lb-mac", LB_MAC, "--vip", VIP, "--flows", 150,
+                     "--rounds", 30, "--pps", 1500, "--start-file", start_file, "--settle", 1.0)
+    t.join(60)
+    assert not errors, errors
+    assert report["missing"] == 0 and report["duplicates"] == 0
+    e1, e2 = EDGE_MACS["e1"], EDGE_MACS["e2"]
+    moved = [f for f, macs in report["per_flow"].items() if e1 in macs]
+    assert moved, "no flow was on e1 before it failed"
+    for flow, macs in report["per_flow"].items():
+        if e1 in macs:
+            assert len(macs) == 2 and e2 not in macs, f"flow {flow}: {macs}"   # e1, then e3 (e2 is draining)
+        else:
+            assert len(macs) == 1, f"flow {flow} moved although its edge stayed up: {macs}"
+    assert int(dp.region.worker_stats()["flow_rehashed"].sum()) >= len(moved)
