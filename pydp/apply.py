@@ -64,9 +64,9 @@ def _fill_cluster(slot_cluster, cl, default_size: int, edge_health: dict, warnin
     family, vip = pack_addr(cl.cluster_ip)
     if c.family == lib.PYDP_AF_NONE or ffi.string(c.name).decode() != cl.name:
         # a new cluster in this slot: new identity, no edges
-        uid = (c.uid + 1) & 0xFFFF
+        uid, version = (c.uid + 1) & 0xFFFF, c.table_version
         ffi.memmove(ffi.addressof(c), bytes(ffi.sizeof("struct pydp_cluster")), ffi.sizeof("struct pydp_cluster"))
-        c.uid = uid
+        c.uid, c.table_version = uid, version
         c.name = cl.name.encode()
     c.family = family
     ffi.memmove(c.vip, vip, 16)

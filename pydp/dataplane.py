@@ -64,7 +64,7 @@ def eal_args(cfg, *, pcap: dict | None = None, shm_path: str | None = None) -> t
             args += ["--vdev", f"net_pcap1,tx_pcap={pcap['exception']}"]
             excs.append("net_pcap1")
         else:
-            args += ["--vdev", "net_null1"]
+            args += ["--vdev", "net_null1,no-rx=1"]     # net_null would otherwise invent frames on RX
             excs.append("net_null1")
         return args, ports, excs
     # --lcores takes plain lists and lcore@cpu pins; the main lcore is the first one listed

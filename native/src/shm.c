@@ -398,6 +398,14 @@ struct pydp_config *pydp_config_begin(struct pydp_shm *shm, uint32_t timeout_ms,
     return idle;
 }
 
+/* The version a table rebuilt now carries: the generation the slot being edited will be published as. It is unique
+ * by construction (the other slot only holds versions up to the current generation), whatever a writer did to the
+ * field, so pydp_config_begin never mistakes a stale table for a current one. */
+static uint32_t shm_next_table_version(struct pydp_shm *shm)
+{
+    return (uint32_t)(__atomic_load_n(&shm->hdr->generation, __ATOMIC_ACQUIRE) + 1);
+}
+
 static uint32_t shm_slot_of(struct pydp_shm *shm, struct pydp_config *slot)
 {
     return slot == pydp_shm_config(shm, 1) ? 1 : 0;
@@ -420,7 +428,7 @@ int pydp_config_rebuild(struct pydp_shm *shm, struct pydp_config *slot, uint32_t
     table = pydp_shm_maglev(shm, shm_slot_of(shm, slot), cluster);
     if (c->family == PYDP_AF_NONE) {
         memset(table, PYDP_MAGLEV_NONE, shm->hdr->maglev_max);
-        c->table_version++;
+        c->table_version = shm_next_table_version(shm);
         return 0;
     }
     if (c->maglev_size > shm->hdr->maglev_max) {
@@ -449,7 +457,7 @@ int pydp_config_rebuild(struct pydp_shm *shm, struct pydp_config *slot, uint32_t
             if (table[i] != PYDP_MAGLEV_NONE)
                 table[i] = slot_of[table[i]];
     }
-    c->table_version++;
+    c->table_version = shm_next_table_version(shm);
     return 0;
 }
 

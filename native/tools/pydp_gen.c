@@ -30,7 +30,9 @@
 #include <rte_ethdev.h>
 #include <rte_ip.h>
 #include <rte_lcore.h>
+#include <rte_malloc.h>
 #include <rte_mbuf.h>
+#include <rte_mbuf_pool_ops.h>
 #include <rte_mempool.h>
 #include <rte_udp.h>
 
@@ -80,7 +82,7 @@ static void usage(FILE *f)
 {
     fprintf(f,
             "usage: pydp-gen EAL-ARGS -- [options]\n"
-            "  --flows N          distinct UDP flows (default 1024; max %u)\n"
+            "  --flows N          distinct UDP flows (default 1024; max 4294967295)\n"
             "  --dst IP           destination IPv4 address, the cluster IP (default 198.51.100.10)\n"
             "  --dst-mac MAC      destination MAC (default 02:00:00:00:00:02)\n"
             "  --size BYTES       frame size without FCS, %d..%d (default 64)\n"
@@ -89,7 +91,6 @@ static void usage(FILE *f)
             "  --rate PPS         offered load, 0 = flat out (default 0)\n"
             "  --link-timeout S   how long to wait for the link (default 30)\n"
             "  --json             print the result as one JSON object\n",
-            GEN_SRC_SPAN * GEN_SPORT_SPAN > UINT32_MAX ? UINT32_MAX : GEN_SRC_SPAN * GEN_SPORT_SPAN,
             GEN_MIN_SIZE, GEN_MAX_SIZE);
 }
 
@@ -142,7 +143,6 @@ static int parse_opts(int argc, char **argv, struct gen_opts *o)
         {"rate", required_argument, NULL, 'r'},
         {"link-timeout", required_argument, NULL, 'l'},
         {"json", no_argument, NULL, 'j'},
-        {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
     uint64_t v;
@@ -157,11 +157,11 @@ static int parse_opts(int argc, char **argv, struct gen_opts *o)
     o->warmup = 2.0;
     o->link_timeout = 30.0;
     optind = 1;
-    while ((c = getopt_long(argc, argv, "h", longopts, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, "", longopts, NULL)) != -1) {
         switch (c) {
         case 'f':
-            if (parse_u64(optarg, &v) != 0 || v < 1 || v > (uint64_t)GEN_SRC_SPAN * GEN_SPORT_SPAN ||
-                v > UINT32_MAX) {
+            /* 131072 addresses x 64512 ports exceed 2^32: every 32-bit count is a set of distinct flows */
+            if (parse_u64(optarg, &v) != 0 || v < 1 || v > UINT32_MAX) {
                 fprintf(stderr, "pydp-gen: --flows: '%s' is not a flow count (1..%u)\n", optarg, UINT32_MAX);
                 return -1;
             }
@@ -214,9 +214,6 @@ static int parse_opts(int argc, char **argv, struct gen_opts *o)
         case 'j':
             o->json = 1;
             break;
-        case 'h':
-            usage(stdout);
-            exit(0);
         default:
             usage(stderr);
             return -1;
@@ -449,7 +446,19 @@ int main(int argc, char **argv)
     uint16_t port = RTE_MAX_ETHPORTS, pid;
     int ret, rc = 1, port_started = 0;
     double secs;
+    int i;
 
+    /* --help after "--" answers before EAL starts (nothing to clean up) */
+    for (i = 1; i < argc; i++) {
+        if (strcmp(argv[i], "--") == 0) {
+            for (i++; i < argc; i++) {
+                if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
+                    usage(stdout);
+                    return 0;
+                }
+            }
+        }
+    }
     ret = rte_eal_init(argc, argv);
     if (ret < 0) {
         fprintf(stderr, "pydp-gen: EAL initialisation failed: %s\n", rte_strerror(rte_errno));

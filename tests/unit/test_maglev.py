@@ -183,7 +183,7 @@ def test_same_table_in_another_process():
         f"sys.stdout.write(build({names!r}, size=65537, weights={weights!r}).tobytes().hex())\n"
     )
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
-    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True, env=env,
+    out = subprocess.run([sys.executable, "-P", "-c", code], check=True, capture_output=True, text=True, env=env,
                          timeout=60).stdout
     assert bytes.fromhex(out) == here
 
