@@ -52,4 +52,4 @@ fi
 py="${PYTHON:-python3}"
 say "installing pydp and its Python dependencies with $("$py" --version)"
 "$py" -m pip install --quiet --disable-pip-version-check --root-user-action=ignore "$here[test]"
-say "done: $("$py" -c 'import pydp, pydp._ffi; print("pydp", pydp.__version__)')"
+"$py" -P -c 'import pydp, pydp._ffi; print("[setup] done: pydp", pydp.__version__)'
