@@ -98,14 +98,19 @@ class Proc:
         with self.cond:
             self.cond.notify_all()
 
-    def wait_line(self, pattern: str, timeout: float, start: int = 0) -> int:
-        """Index of the first stderr line from `start` on containing pattern; BenchError on timeout or exit."""
+    def wait_line(self, pattern: str, timeout: float, start: int = 0, peers: tuple = ()) -> int:
+        """Index of the first stderr line from `start` on containing pattern; BenchError on timeout, on exit, or
+        when one of peers (processes this one depends on) exits first."""
         deadline = time.monotonic() + timeout
         with self.cond:
             while True:
                 for i in range(start, len(self.lines)):
                     if pattern in self.lines[i]:
                         return i
+                for peer in peers:
+                    if peer.p.poll() is not None:
+                        raise BenchError(f"{peer.name} exited (status {peer.p.returncode}) while {self.name} "
+                                         f"waited for '{pattern}':\n" + peer.tail())
                 if self.p.poll() is not None and not any(t.is_alive() for t in self.threads):
                     raise BenchError(f"{self.name} exited (status {self.p.returncode}) before '{pattern}':\n"
                                      + self.tail())
@@ -133,6 +138,41 @@ class Proc:
         if self.p.stdin is not None:
             self.p.stdin.close()
         self.log.close()
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU time of these processes (all their threads), seconds."""
+    total = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])      # utime, stime (fields 14 and 15 of stat)
+        except (OSError, IndexError, ValueError):
+            pass
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+class Window:
+    """The measurement window as the generator announces it: wall time and the CPU time of our processes, so
+    that CPU taken by anything else on the two CPUs (other jobs on the machine) shows up as foreign_cpu_share."""
+
+    def __init__(self, gen: Proc, procs: list[Proc], ncpus: int, timeout: float):
+        self.gen, self.procs, self.ncpus, self.timeout = gen, procs, ncpus, timeout
+        self.idx = 0
+
+    def start(self) -> None:
+        peers = tuple(p for p in self.procs if p is not self.gen)
+        self.idx = self.gen.wait_line("pydp-gen: measuring", self.timeout, peers=peers)
+        self.t0, self.c0 = time.monotonic(), cpu_seconds([p.p.pid for p in self.procs])
+
+    def end(self, seconds: float) -> float:
+        """Waits for the end of the window; returns the share of the CPUs used by other processes."""
+        peers = tuple(p for p in self.procs if p is not self.gen)
+        self.gen.wait_line("pydp-gen: done", seconds + 30, self.idx, peers=peers)
+        dt = time.monotonic() - self.t0
+        used = cpu_seconds([p.p.pid for p in self.procs]) - self.c0
+        return round(max(0.0, 1 - used / (self.ncpus * dt)), 3) if dt > 0 else 0.0
 
 
 def remove_eal_files(prefix: str) -> None:
@@ -190,7 +230,10 @@ def pydp_prefix(cfg_path: str, shm: str) -> str:
     """The EAL file prefix the data plane will use (asked from pydp itself, so it follows pydp's rule)."""
     from pydp import config as pconfig
     from pydp.dataplane import eal_args
-    cfg = pconfig.load(cfg_path)
+    try:
+        cfg = pconfig.load(cfg_path)
+    except pconfig.ConfigError as exc:
+        raise BenchError(f"the generated pydp config is refused:\n{exc}") from None
     try:
         args = eal_args(cfg, shm_path=shm)[0]
     except TypeError:                   # an older launcher without shm_path=
@@ -243,26 +286,30 @@ class Run:
                 "--vdev", f"net_memif0,role=server,socket={self.sock},socket-abstract=no",
                 "--", "--flows", str(flows), "--size", str(size), "--dst", CLUSTER_IP, "--dst-mac", FWD_MAC,
                 "--seconds", str(a.seconds), "--warmup", str(a.warmup), "--link-timeout", str(a.ready_timeout),
-                "--json"]
+                "--json", "--linger", "60"]
         gen = Proc("pydp-gen", argv, os.path.join(self.workdir, f"gen-{self.tag}.log"), capture_stdout=True)
         self.procs.append(gen)
         wait_for(self.sock, gen, a.ready_timeout)
         return gen
 
     def gen_result(self, gen: Proc) -> dict:
+        """The generator's JSON line. It keeps its memif link up afterwards (--linger) until close() has stopped
+        the forwarder: a memif peer that disappears while the other side polls can crash that side."""
         a = self.args
-        try:
-            gen.p.wait(a.warmup + a.seconds + 30 + a.ready_timeout + 10)
-        except subprocess.TimeoutExpired:
-            raise BenchError("pydp-gen did not finish in time:\n" + gen.tail()) from None
-        for t in gen.threads:
-            t.join(5.0)
-        if gen.p.returncode != 0:
-            raise BenchError(f"pydp-gen failed (status {gen.p.returncode}):\n" + gen.tail())
-        for line in reversed(gen.stdout_lines):
-            if line.startswith("{"):
-                return json.loads(line)
-        raise BenchError("pydp-gen printed no JSON result:\n" + gen.tail())
+        deadline = time.monotonic() + a.warmup + a.seconds + 30 + a.ready_timeout + 10
+        while time.monotonic() < deadline:
+            for line in reversed(list(gen.stdout_lines)):
+                if line.startswith("{"):
+                    return json.loads(line)
+            if gen.p.poll() is not None:
+                for t in gen.threads:
+                    t.join(5.0)
+                for line in reversed(list(gen.stdout_lines)):
+                    if line.startswith("{"):
+                        return json.loads(line)
+                raise BenchError(f"pydp-gen ended (status {gen.p.returncode}) without a result:\n" + gen.tail())
+            time.sleep(0.05)
+        raise BenchError("pydp-gen did not finish in time:\n" + gen.tail())
 
     def baseline(self, flows: int, size: int) -> dict:
         a = self.args
@@ -276,10 +323,13 @@ class Run:
         tp = Proc("dpdk-testpmd", argv, os.path.join(self.workdir, f"testpmd-{self.tag}.log"),
                   stdin_pipe=True, capture_stdout=True)
         self.procs.append(tp)
+        win = Window(gen, [gen, tp], 2, a.warmup + 30 + a.ready_timeout)
+        win.start()
+        foreign = win.end(a.seconds)
         res = self.gen_result(gen)
         if tp.p.poll() is not None:
             raise BenchError(f"dpdk-testpmd exited early (status {tp.p.returncode})")
-        return {"gen": res}
+        return {"gen": res, "foreign_cpu_share": foreign}
 
     def pydp(self, flows: int, size: int) -> dict:
         from pydp.shm import Region
@@ -294,14 +344,15 @@ class Run:
                 "--shm", self.shm]
         dp = Proc("pydp-dataplane", argv, os.path.join(self.workdir, f"pydp-{self.tag}.log"))
         self.procs.append(dp)
-        dp.wait_line("forwarding on", a.ready_timeout)
+        dp.wait_line("forwarding on", a.ready_timeout, peers=(gen,))
         if any("pydp-gen: measuring" in line for line in list(gen.lines)):
             raise BenchError("the data plane came up after the generator's warm-up had ended (raise --warmup)")
         region = Region.attach(self.shm)
         try:
-            idx = gen.wait_line("pydp-gen: measuring", a.warmup + 30 + a.ready_timeout)
+            win = Window(gen, [gen, dp], 2, a.warmup + 30 + a.ready_timeout)
+            win.start()
             before = snapshot(region)
-            gen.wait_line("pydp-gen: done", a.seconds + 30, idx)
+            foreign = win.end(a.seconds)
             after = snapshot(region)
             res = self.gen_result(gen)
             final = snapshot(region)          # read before the data plane stops
@@ -310,9 +361,19 @@ class Run:
             region.close()
         if dp.p.poll() is not None:
             raise BenchError(f"pydp-dataplane exited early (status {dp.p.returncode}):\n" + dp.tail())
-        return {"gen": res, "window": delta(before, after), "total": final, "drop_names": drop_names}
+        return {"gen": res, "window": delta(before, after), "total": final, "drop_names": drop_names,
+                "foreign_cpu_share": foreign}
 
     def close(self) -> None:
+        # a second Ctrl-C or SIGTERM must not cut the clean-up short
+        saved = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            self._close()
+        finally:
+            for sig, handler in saved.items():
+                signal.signal(sig, handler)
+
+    def _close(self) -> None:
         for p in reversed(self.procs):
             try:
                 p.stop()
@@ -355,6 +416,9 @@ def run_once(args, workdir: str, tag: str, kind: str, flows: int, size: int) -> 
     finally:
         run.close()
     res["cpu_busy_before"] = busy
+    if res.get("foreign_cpu_share", 0) > 0.03:
+        log(f"warning: other processes took {res['foreign_cpu_share']:.1%} of the two CPUs during the {tag} "
+            "measurement: the figures are not clean")
     return res
 
 
@@ -411,7 +475,7 @@ def profile_figures(base: dict, mine: dict, tsc_hz: float) -> dict:
         "ratio": round(p["rx_pps"] / b["rx_pps"], 3) if b["rx_pps"] else None,
         "cycles_per_packet": round(cpp, 1) if cpp else None,
         "drops": {names[i]: n for i, n in enumerate(w["drops"]) if n and i < len(names)},
-        "offered_mpps": {"baseline": round(b["tx_pps"] / 1e6, 3), "pydp": round(p["tx_pps"] / 1e6, 3)},
+        "gen_tx_mpps": {"baseline": round(b["tx_pps"] / 1e6, 3), "pydp": round(p["tx_pps"] / 1e6, 3)},
         "ns_per_packet": round(cpp / tsc_hz * 1e9, 1) if cpp and tsc_hz else None,
         "cycle_budget_at_baseline_rate": round(tsc_hz / b["rx_pps"], 1) if b["rx_pps"] else None,
         "worker_busy_share": round(w["busy_cycles"] / (tsc_hz * p["seconds"]), 3) if tsc_hz else None,
@@ -421,6 +485,11 @@ def profile_figures(base: dict, mine: dict, tsc_hz: float) -> dict:
         "flow_table_end": mine["total"].get("flow_table"),
         "seconds": {"baseline": round(b["seconds"], 3), "pydp": round(p["seconds"], 3)},
         "cpu_busy_before_runs": {"baseline": base.get("cpu_busy_before"), "pydp": mine.get("cpu_busy_before")},
+        "foreign_cpu_share": {"baseline": base.get("foreign_cpu_share"), "pydp": mine.get("foreign_cpu_share")},
+        # share of the generator's transmit attempts refused by a full ring: near 0 = the generator is the limit
+        "gen_ring_full_share": {k: round(g["tx_ring_full"] / (g["tx_ring_full"] + g["tx"]), 3)
+                                if g["tx_ring_full"] + g["tx"] else None for k, g in (("baseline", b), ("pydp", p))},
+        "generator": {"baseline": b, "pydp": p},
     }
     return fig
 
@@ -436,14 +505,17 @@ def print_table(result: dict) -> None:
         drops = ", ".join(f"{k}={v}" for k, v in f["drops"].items()) or "none"
         cpp = f"{f['cycles_per_packet']:.0f}" if f["cycles_per_packet"] else "-"
         budget = f"{f['cycle_budget_at_baseline_rate']:.0f}" if f["cycle_budget_at_baseline_rate"] else "-"
+        if not f.get("clean", True):
+            drops += f"  [DISTURBED: other processes took {max(f['foreign_cpu_share'].values()):.0%} of the CPUs]"
         print(f"{name:<16} {f['baseline_mpps']:>13.3f} {f['pydp_mpps']:>10.3f} {f['ratio']:>6.3f} {cpp:>8} "
               f"{budget:>7}  {drops}")
     for name, f in result["profiles"].items():
         fl = f["flows"]
         hit = fl["hits"] / fl["lookups"] if fl["lookups"] else 0
-        print(f"  {name}: offered {f['offered_mpps']['baseline']:.3f} / {f['offered_mpps']['pydp']:.3f} Mpps "
-              f"(baseline / pydp run); flow hits {hit:.1%}, inserts {fl['inserts']}, evictions {fl['evictions']}"
-              f" in the window")
+        print(f"  {name}: generator sent {f['gen_tx_mpps']['baseline']:.3f} / {f['gen_tx_mpps']['pydp']:.3f} Mpps "
+              f"(baseline / pydp run; ring full {f['gen_ring_full_share']['baseline']:.0%} / "
+              f"{f['gen_ring_full_share']['pydp']:.0%} of attempts); in the window: flow hits {hit:.1%}, "
+              f"inserts {fl['inserts']}, evictions {fl['evictions']}")
     print("cyc/pkt: pydp worker TSC cycles per received packet (busy iterations, measurement window); budget: "
           "cycles per packet at the baseline's rate")
     mg = result["maglev_build_ms"]
@@ -479,12 +551,22 @@ def parse_args(argv):
     ap.add_argument("--testpmd", default="dpdk-testpmd", metavar="PATH", help="dpdk-testpmd binary")
     ap.add_argument("--maglev-repeat", type=int, default=20, help="Maglev builds per size, best kept (default 20)")
     ap.add_argument("--ready-timeout", type=float, default=30.0, help="readiness timeout per process, s")
+    ap.add_argument("--max-foreign", type=float, default=0.02, metavar="SHARE",
+                    help="a baseline/pydp pair during which other processes took more than this share of the two "
+                    "CPUs is run again (default 0.02)")
+    ap.add_argument("--retries", type=int, default=2, help="how often a disturbed pair is run again (default 2)")
     ap.add_argument("--keep-logs", metavar="DIR", help="keep the process logs and generated configs here")
     args = ap.parse_args(argv)
     if not 0 < args.warmup <= 5:
         ap.error("--warmup must be in (0, 5]")
     if not 0 < args.seconds <= 60:
         ap.error("--seconds must be in (0, 60]")
+    ncpu = os.cpu_count() or 1
+    for opt, cpu in (("--gen-cpu", args.gen_cpu), ("--fwd-cpu", args.fwd_cpu)):
+        if not 0 <= cpu < ncpu:
+            ap.error(f"{opt} {cpu}: this machine has CPUs 0..{ncpu - 1}")
+    if not 1024 <= args.flow_capacity <= 67108864:
+        ap.error("--flow-capacity must be in 1024..67108864")
     if args.gen_cpu == args.fwd_cpu:
         ap.error("--gen-cpu and --fwd-cpu must differ (busy-polling processes starve each other)")
     if args.maglev_repeat < 1:
@@ -493,8 +575,13 @@ def parse_args(argv):
     return args
 
 
+def _on_sigterm(signum, _frame):
+    raise KeyboardInterrupt       # unwinds through every finally: the children are stopped, the files removed
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
+    signal.signal(signal.SIGTERM, _on_sigterm)
     if os.geteuid() != 0:
         print("bench_fastpath: needs root (hugepages, memif, DPDK)", file=sys.stderr)
         return 2
@@ -513,20 +600,26 @@ def main(argv=None) -> int:
 
     workdir = tempfile.mkdtemp(prefix="pydpbench-")
     result = {"machine": machine_facts(), "profiles": {}, "maglev_build_ms": {}}
-    raw = {}
     started = time.monotonic()
     try:
         tsc_hz = 0.0
         for name in args.profile:
             flows, size = PROFILES[name]
-            log(f"{name}: baseline (dpdk-testpmd io)")
-            base = run_once(args, workdir, f"{name}-base", "baseline", flows, size)
-            log(f"{name}: baseline {base['gen']['rx_pps'] / 1e6:.3f} Mpps; now pydp")
-            mine = run_once(args, workdir, f"{name}-pydp", "pydp", flows, size)
-            log(f"{name}: pydp {mine['gen']['rx_pps'] / 1e6:.3f} Mpps")
+            for attempt in range(args.retries + 1):
+                log(f"{name}: baseline (dpdk-testpmd io)")
+                base = run_once(args, workdir, f"{name}-base", "baseline", flows, size)
+                log(f"{name}: baseline {base['gen']['rx_pps'] / 1e6:.3f} Mpps; now pydp")
+                mine = run_once(args, workdir, f"{name}-pydp", "pydp", flows, size)
+                log(f"{name}: pydp {mine['gen']['rx_pps'] / 1e6:.3f} Mpps")
+                foreign = max(base["foreign_cpu_share"], mine["foreign_cpu_share"])
+                if foreign <= args.max_foreign:
+                    break
+                if attempt < args.retries:
+                    log(f"{name}: other processes took {foreign:.1%} of the CPUs: running the pair again")
             tsc_hz = float(mine["gen"].get("tsc_hz") or 0) or (result["machine"]["cpu_mhz"] or 0) * 1e6
             result["profiles"][name] = profile_figures(base, mine, tsc_hz)
-            raw[name] = {"baseline": base, "pydp": mine}
+            result["profiles"][name]["clean"] = foreign <= args.max_foreign
+            result["profiles"][name]["attempts"] = attempt + 1
         log("maglev build times")
         result["maglev_build_ms"] = maglev_times(args.maglev_repeat)
         result["maglev_repeat"] = args.maglev_repeat
@@ -545,7 +638,7 @@ def main(argv=None) -> int:
         args.keep_logs = args.keep_logs or workdir
         return 1
     except KeyboardInterrupt:
-        print("bench_fastpath: interrupted", file=sys.stderr)
+        print("bench_fastpath: interrupted; every process started was stopped", file=sys.stderr)
         return 130
     finally:
         if args.keep_logs:

@@ -389,6 +389,9 @@ struct pydp_flow *pydp_flow_lookup(struct pydp_flow_table *t, const struct pydp_
                                    uint32_t now_ms, const struct pydp_config *cfg);
 struct pydp_flow *pydp_flow_insert(struct pydp_flow_table *t, const struct pydp_flow_key *key, uint32_t hash,
                                    uint32_t now_ms, const struct pydp_config *cfg, int *evicted);
+/* pipelined lookups over a burst: prefetch every bucket, then the matching ways, then look up */
+void pydp_flow_prefetch_bucket(const struct pydp_flow_table *t, uint32_t hash);
+void pydp_flow_prefetch_ways(const struct pydp_flow_table *t, uint32_t hash);
 void pydp_flow_touch(struct pydp_flow_table *t, struct pydp_flow *f, uint8_t tcp_flags, uint32_t now_ms);
 uint32_t pydp_flow_timeout(const struct pydp_config *cfg, uint8_t state);
 uint32_t pydp_flow_last_ms(const struct pydp_flow_table *t, const struct pydp_flow *f);

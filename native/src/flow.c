@@ -268,6 +268,25 @@ pydp_flow_timeout(const struct pydp_config *cfg, uint8_t state)
     }
 }
 
+void
+pydp_flow_prefetch_bucket(const struct pydp_flow_table *t, uint32_t hash)
+{
+    __builtin_prefetch(flw_bucket(t, hash), 1, 3);
+}
+
+/* Second stage of a pipelined lookup: with the signature line in cache, fetch the lines of the ways that match. */
+void
+pydp_flow_prefetch_ways(const struct pydp_flow_table *t, uint32_t hash)
+{
+    const struct pydp_flow_bucket *b = flw_bucket(t, hash);
+    unsigned m = flw_match(b, flw_sig(hash));
+
+    while (m != 0) {
+        __builtin_prefetch(&b->flows[__builtin_ctz(m)], 1, 3);
+        m &= m - 1;
+    }
+}
+
 struct pydp_flow *
 pydp_flow_lookup(struct pydp_flow_table *t, const struct pydp_flow_key *key, uint32_t hash, uint32_t now_ms,
                  const struct pydp_config *cfg)

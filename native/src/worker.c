@@ -93,75 +93,86 @@ static inline void wrk_count_class(struct pydp_worker_stats *s, const struct pyd
         s->cls_other++;
 }
 
+/* A packet for a cluster IP, between the stages of the burst pipeline. */
+struct wrk_pkt {
+    struct rte_mbuf *m;
+    struct pydp_flow_key key;
+    uint32_t hash;
+    uint16_t ci;
+    uint16_t l3_len;
+    uint16_t l3_off;
+    uint8_t flags;
+    uint8_t tcp_flags;
+    uint8_t family;
+};
+
 /* Chooses the edge slot of a packet for a cluster: the flow's pinned edge while it is usable, else Maglev.
  * Returns PYDP_MAGLEV_NONE when the cluster has no edge up. */
-static inline uint32_t wrk_choose_edge(struct dp_worker *w, const struct pydp_cluster *c, uint32_t ci,
-                                       const struct pydp_pkt_info *info, const struct pydp_flow_key *key,
-                                       uint32_t hash, uint32_t now)
+static inline uint32_t wrk_choose_edge(struct dp_worker *w, const struct pydp_cluster *c, const struct wrk_pkt *p,
+                                       uint32_t now)
 {
     const struct pydp_config *cfg = w->cfg;
     struct pydp_worker_stats *s = w->stats;
-    const uint8_t *table = w->maglev + (uint64_t)ci * dp.shm.hdr->maglev_max;
+    const uint8_t *table = w->maglev + (uint64_t)p->ci * dp.shm.hdr->maglev_max;
     struct pydp_flow *f;
     uint32_t slot;
     int evicted = 0;
 
     s->flow_lookups++;
-    f = pydp_flow_lookup(w->flows, key, hash, now, cfg);
+    f = pydp_flow_lookup(w->flows, &p->key, p->hash, now, cfg);
     if (f != NULL) {
         s->flow_hits++;
-        if (likely(f->cluster == ci && f->cluster_uid == c->uid && wrk_edge_usable(c, f))) {
+        if (likely(f->cluster == p->ci && f->cluster_uid == c->uid && wrk_edge_usable(c, f))) {
             slot = f->edge;
         } else {
-            slot = table[pydp_maglev_slot(hash, c->maglev_size)];
+            slot = table[pydp_maglev_slot(p->hash, c->maglev_size)];
             if (unlikely(slot == PYDP_MAGLEV_NONE))
                 return slot;
-            f->cluster = (uint16_t)ci;
+            f->cluster = p->ci;
             f->cluster_uid = c->uid;
             f->edge = (uint8_t)slot;
             f->edge_uid = c->edges[slot].uid;
             s->flow_rehashed++;
         }
-        if (!(info->flags & PYDP_PF_ICMP_ERROR))
-            pydp_flow_touch(w->flows, f, info->tcp_flags, now);
+        if (!(p->flags & PYDP_PF_ICMP_ERROR))
+            pydp_flow_touch(w->flows, f, p->tcp_flags, now);
         return slot;
     }
-    slot = table[pydp_maglev_slot(hash, c->maglev_size)];
+    slot = table[pydp_maglev_slot(p->hash, c->maglev_size)];
     if (unlikely(slot == PYDP_MAGLEV_NONE))
         return slot;
     /* Fragments hash on addresses only and ICMP errors belong to a flow: neither opens one. */
-    if (info->flags & (PYDP_PF_FRAGMENT | PYDP_PF_ICMP_ERROR))
+    if (p->flags & (PYDP_PF_FRAGMENT | PYDP_PF_ICMP_ERROR))
         return slot;
-    f = pydp_flow_insert(w->flows, key, hash, now, cfg, &evicted);
+    f = pydp_flow_insert(w->flows, &p->key, p->hash, now, cfg, &evicted);
     s->flow_inserts++;
     s->flow_evictions += (uint64_t)evicted;
-    f->cluster = (uint16_t)ci;
+    f->cluster = p->ci;
     f->cluster_uid = c->uid;
     f->edge = (uint8_t)slot;
     f->edge_uid = c->edges[slot].uid;
     f->state = PYDP_FLOW_EMPTY;
-    pydp_flow_touch(w->flows, f, info->tcp_flags, now);
-    w->cstats[ci].edges[slot].new_flows++;
+    pydp_flow_touch(w->flows, f, p->tcp_flags, now);
+    w->cstats[p->ci].edges[slot].new_flows++;
     return slot;
 }
 
-static inline void wrk_forward(struct dp_worker *w, uint32_t pi, struct rte_mbuf *m, uint32_t now)
+/* Stage 1: everything that needs only the packet and the config. Frames that are not for an owned, enabled
+ * cluster are dealt with here (exception path or drop); the others get their flow hash and a prefetch of their
+ * flow-table bucket. Returns 1 when p is to go on to the next stages. */
+static inline int wrk_classify(struct dp_worker *w, uint32_t pi, struct rte_mbuf *m, struct wrk_pkt *p)
 {
     struct pydp_port_stats *ps = &w->stats->port[pi];
     const struct pydp_config *cfg = w->cfg;
-    uint8_t *frame = rte_pktmbuf_mtod(m, uint8_t *);
-    struct pydp_pkt_info info;
-    struct pydp_flow_key key;
+    const uint8_t *frame = rte_pktmbuf_mtod(m, const uint8_t *);
     const struct pydp_cluster *c;
-    const struct pydp_edge *e;
-    struct pydp_cluster_stats *cs;
-    uint32_t slot, hash, len;
+    struct pydp_pkt_info info;
     int cls, ci;
 
     if (unlikely(rte_pktmbuf_data_len(m) >= RTE_ETHER_HDR_LEN &&
                  memcmp(frame + 6, dp.ports[pi].mac.addr_bytes, RTE_ETHER_ADDR_LEN) == 0)) {
         dp_drop(ps, m, PYDP_DROP_LOOP);
-        return;
+        return 0;
     }
     cls = pydp_parse(frame, rte_pktmbuf_data_len(m), &info);
     if (unlikely(cls != PYDP_CLS_IP)) {
@@ -169,35 +180,56 @@ static inline void wrk_forward(struct dp_worker *w, uint32_t pi, struct rte_mbuf
             dp_drop(ps, m, PYDP_DROP_MALFORMED);
         else
             dp_exc_send(w, pi, m, cls == PYDP_CLS_EXC_PRIO);
-        return;
+        return 0;
     }
     ci = pydp_config_lookup_vip(cfg, info.family, info.dst);
     if (ci < 0) {
         dp_exc_send(w, pi, m, 0);
-        return;
+        return 0;
     }
     c = &cfg->clusters[ci];
-    cs = &w->cstats[ci];
     if (unlikely(!c->enabled)) {
-        cs->drop_disabled++;
+        w->cstats[ci].drop_disabled++;
         dp_drop(ps, m, PYDP_DROP_DISABLED);
-        return;
+        return 0;
     }
     if (unlikely(!dp.shm.hdr->active[ci])) {
-        cs->drop_not_active++;
+        w->cstats[ci].drop_not_active++;
         dp_drop(ps, m, PYDP_DROP_NOT_ACTIVE);
-        return;
+        return 0;
     }
     wrk_count_class(w->stats, &info);
-    key = info.key;
+    p->m = m;
+    p->key = info.key;
     if ((info.flags & PYDP_PF_IPSEC) && c->ipsec_local) {
         /* IKE, NAT-T, ESP and AH of one client land on one edge */
-        key.sport = 0;
-        key.dport = 0;
-        key.proto = WRK_ESP;
+        p->key.sport = 0;
+        p->key.dport = 0;
+        p->key.proto = WRK_ESP;
     }
-    hash = pydp_flow_hash(&key, cfg->hash_seed);
-    slot = wrk_choose_edge(w, c, (uint32_t)ci, &info, &key, hash, now);
+    p->hash = pydp_flow_hash(&p->key, cfg->hash_seed);
+    p->ci = (uint16_t)ci;
+    p->l3_len = info.l3_len;
+    p->l3_off = info.l3_off;
+    p->flags = info.flags;
+    p->tcp_flags = info.tcp_flags;
+    p->family = info.family;
+    pydp_flow_prefetch_bucket(w->flows, p->hash);
+    return 1;
+}
+
+/* Stage 3: flow table, Maglev, rewrite, TX. */
+static inline void wrk_forward(struct dp_worker *w, uint32_t pi, struct wrk_pkt *p, uint32_t now)
+{
+    struct pydp_port_stats *ps = &w->stats->port[pi];
+    const struct pydp_config *cfg = w->cfg;
+    const struct pydp_cluster *c = &cfg->clusters[p->ci];
+    struct pydp_cluster_stats *cs = &w->cstats[p->ci];
+    struct rte_mbuf *m = p->m;
+    const struct pydp_edge *e;
+    uint32_t slot, len;
+
+    slot = wrk_choose_edge(w, c, p, now);
     if (unlikely(slot == PYDP_MAGLEV_NONE)) {
         cs->drop_no_edge++;
         dp_drop(ps, m, PYDP_DROP_NO_EDGE);
@@ -205,14 +237,14 @@ static inline void wrk_forward(struct dp_worker *w, uint32_t pi, struct rte_mbuf
     }
     e = &c->edges[slot];
     if (c->dsr_mode == PYDP_DSR_L2) {
-        pydp_dsr_l2(frame, e->mac, dp.ports[pi].mac.addr_bytes);
+        pydp_dsr_l2(rte_pktmbuf_mtod(m, uint8_t *), e->mac, dp.ports[pi].mac.addr_bytes);
     } else {
-        uint32_t olen = info.family == PYDP_AF_INET ? 20 : 40;
-        uint32_t want = info.l3_off + info.l3_len;
+        uint32_t olen = p->family == PYDP_AF_INET ? 20 : 40;
+        uint32_t want = (uint32_t)p->l3_off + p->l3_len;
         uint8_t src[16];
         uint8_t *out;
 
-        if (unlikely(e->family != info.family)) {
+        if (unlikely(e->family != p->family)) {
             dp_drop(ps, m, PYDP_DROP_FAMILY);
             return;
         }
@@ -223,9 +255,8 @@ static inline void wrk_forward(struct dp_worker *w, uint32_t pi, struct rte_mbuf
             dp_drop(ps, m, PYDP_DROP_NO_HEADROOM);
             return;
         }
-        pydp_ipip_source(cfg, info.family, hash, src);
-        pydp_dsr_encap(out, info.family, src, e->addr, info.l3_len, cfg->gateway_mac,
-                       dp.ports[pi].mac.addr_bytes);
+        pydp_ipip_source(cfg, p->family, p->hash, src);
+        pydp_dsr_encap(out, p->family, src, e->addr, p->l3_len, cfg->gateway_mac, dp.ports[pi].mac.addr_bytes);
     }
     len = rte_pktmbuf_pkt_len(m);
     cs->packets++;
@@ -233,6 +264,27 @@ static inline void wrk_forward(struct dp_worker *w, uint32_t pi, struct rte_mbuf
     cs->edges[slot].packets++;
     cs->edges[slot].bytes += len;
     dp_txq_put(&w->tx[pi], m, dp.p.burst);
+}
+
+/* One received burst through the pipeline: classify and prefetch buckets, prefetch the matching flows, forward.
+ * The flow table is far larger than the caches: overlapping the misses of a whole burst is what keeps a table
+ * of millions of flows from costing two memory round trips per packet. */
+static void wrk_burst(struct dp_worker *w, uint32_t pi, struct rte_mbuf **pkts, uint16_t n, uint32_t now)
+{
+    struct wrk_pkt v[DP_MAX_BURST];
+    uint32_t i, nv = 0;
+
+    for (i = 0; i < n && i < WRK_PREFETCH_AHEAD; i++)
+        rte_prefetch0(rte_pktmbuf_mtod(pkts[i], void *));
+    for (i = 0; i < n; i++) {
+        if (i + WRK_PREFETCH_AHEAD < n)
+            rte_prefetch0(rte_pktmbuf_mtod(pkts[i + WRK_PREFETCH_AHEAD], void *));
+        nv += (uint32_t)wrk_classify(w, pi, pkts[i], &v[nv]);
+    }
+    for (i = 0; i < nv; i++)
+        pydp_flow_prefetch_ways(w->flows, v[i].hash);
+    for (i = 0; i < nv; i++)
+        wrk_forward(w, pi, &v[i], now);
 }
 
 static void wrk_run_cmds(struct dp_worker *w)
@@ -314,14 +366,9 @@ int dp_worker_loop(struct dp_worker *w, uint32_t stop_after_idle)
                 continue;
             got += n;
             ps->rx_packets += n;
-            for (i = 0; i < n && i < WRK_PREFETCH_AHEAD; i++)
-                rte_prefetch0(rte_pktmbuf_mtod(pkts[i], void *));
-            for (i = 0; i < n; i++) {
-                if (i + WRK_PREFETCH_AHEAD < n)
-                    rte_prefetch0(rte_pktmbuf_mtod(pkts[i + WRK_PREFETCH_AHEAD], void *));
+            for (i = 0; i < n; i++)
                 ps->rx_bytes += rte_pktmbuf_pkt_len(pkts[i]);
-                wrk_forward(w, pi, pkts[i], now);
-            }
+            wrk_burst(w, pi, pkts, n, now);
         }
         if (w->id == 0)
             dp_exc_poll(w);

@@ -60,6 +60,7 @@ struct gen_opts {
     double warmup;
     uint64_t rate;                  /* packets per second, 0 = as fast as possible */
     double link_timeout;
+    double linger;                  /* after reporting, keep the link up (draining RX) this long or until a signal */
     int json;
 };
 
@@ -90,7 +91,9 @@ static void usage(FILE *f)
             "  --warmup S         send this long first, and at least one pass over all flows (default 2)\n"
             "  --rate PPS         offered load, 0 = flat out (default 0)\n"
             "  --link-timeout S   how long to wait for the link (default 30)\n"
-            "  --json             print the result as one JSON object\n",
+            "  --json             print the result as one JSON object\n"
+            "  --linger S         after the result, keep the link up (draining) for S seconds or until SIGTERM,\n"
+            "                     so the peer can stop first\n",
             GEN_MIN_SIZE, GEN_MAX_SIZE);
 }
 
@@ -143,6 +146,7 @@ static int parse_opts(int argc, char **argv, struct gen_opts *o)
         {"rate", required_argument, NULL, 'r'},
         {"link-timeout", required_argument, NULL, 'l'},
         {"json", no_argument, NULL, 'j'},
+        {"linger", required_argument, NULL, 'g'},
         {NULL, 0, NULL, 0},
     };
     uint64_t v;
@@ -213,6 +217,12 @@ static int parse_opts(int argc, char **argv, struct gen_opts *o)
             break;
         case 'j':
             o->json = 1;
+            break;
+        case 'g':
+            if (parse_secs(optarg, &o->linger) != 0) {
+                fprintf(stderr, "pydp-gen: --linger: '%s' is not a number of seconds\n", optarg);
+                return -1;
+            }
             break;
         default:
             usage(stderr);
@@ -537,6 +547,21 @@ int main(int argc, char **argv)
                secs > 0 ? (double)meas.rx / secs / 1e6 : 0.0, meas.tx_full);
     }
     fflush(stdout);
+    if (o.linger > 0 && !gen_quit) {
+        /* The peer stops first: a memif peer that vanishes while the other side polls can crash it. */
+        uint64_t until = rte_get_tsc_cycles() + (uint64_t)(o.linger * (double)hz);
+        struct rte_mbuf *drain[GEN_BURST];
+
+        fprintf(stderr, "pydp-gen: lingering (up to %.1f s, until SIGTERM)\n", o.linger);
+        while (!gen_quit && rte_get_tsc_cycles() < until) {
+            uint16_t n = rte_eth_rx_burst(port, 0, drain, GEN_BURST);
+
+            if (n)
+                rte_pktmbuf_free_bulk(drain, n);
+            else
+                rte_delay_us_sleep(100);
+        }
+    }
     rc = 0;
 out:
     if (port_started) {
