@@ -30,7 +30,7 @@ from typing import Any, Callable
 __all__ = [
     "ApplianceConfig", "DataplaneConfig", "Timeouts", "IpipConfig", "PortConfig", "ClusterConfig", "CarpConfig",
     "HealthConfig", "EdgeConfig", "ConfigError", "load", "loads", "from_dict", "to_dict", "dumps", "dump",
-    "validate", "parse_lcores", "is_prime",
+    "validate", "write_atomic", "parse_lcores", "is_prime",
 ]
 
 # ---- limits (native/include/pydp.h) ----
@@ -582,8 +582,9 @@ _SUB = object()   # a sub-table handled by the caller
 
 
 class _Ctx:
-    def __init__(self, source: str):
+    def __init__(self, source: str, require_ports: bool = True):
         self.source = source
+        self.require_ports = require_ports
         self.errors: list[str] = []
 
     def err(self, path: str, reason: str) -> None:
@@ -744,7 +745,7 @@ def _parse(ctx: _Ctx, d: Any) -> ApplianceConfig:
     ports: list[PortConfig] = []
     port_list = _as_table_array(ctx, "port", d["port"], "port") if "port" in d else []
     if port_list is not None:
-        if not port_list:
+        if not port_list and ctx.require_ports:
             ctx.err("port", "at least one port is required ([[port]] with name and device)")
         elif len(port_list) > MAX_PORTS:
             ctx.err("port", f"at most {MAX_PORTS} ports (PYDP_MAX_PORTS), got {len(port_list)}")
@@ -880,10 +881,11 @@ def _read_passphrase(ctx: _Ctx, path: str, filename: str) -> Any:
 
 # ---- loading ----
 
-def from_dict(d: Any, source: str = "<dict>") -> ApplianceConfig:
+def from_dict(d: Any, source: str = "<dict>", *, require_ports: bool = True) -> ApplianceConfig:
     """Validate a parsed TOML document (the dict tomllib returns) and build the config. ConfigError lists every
-    problem found."""
-    ctx = _Ctx(source)
+    problem found. require_ports=False accepts a configuration without [[port]] (a config store holds clusters
+    before the appliance's ports are known; the data plane itself always needs a port)."""
+    ctx = _Ctx(source, require_ports)
     cfg = _parse(ctx, d)
     _cross_check(ctx, cfg)
     if ctx.errors:
@@ -891,12 +893,12 @@ def from_dict(d: Any, source: str = "<dict>") -> ApplianceConfig:
     return cfg
 
 
-def loads(text: str, source: str = "<string>") -> ApplianceConfig:
+def loads(text: str, source: str = "<string>", *, require_ports: bool = True) -> ApplianceConfig:
     try:
         d = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise ConfigError([f"TOML syntax error: {e}"], source) from None
-    return from_dict(d, source)
+    return from_dict(d, source, require_ports=require_ports)
 
 
 def load(path: str | os.PathLike[str]) -> ApplianceConfig:
@@ -913,9 +915,9 @@ def load(path: str | os.PathLike[str]) -> ApplianceConfig:
     return loads(text, source)
 
 
-def validate(cfg: ApplianceConfig, source: str = "<config>") -> ApplianceConfig:
+def validate(cfg: ApplianceConfig, source: str = "<config>", *, require_ports: bool = True) -> ApplianceConfig:
     """Check a config built or changed in code with the same rules as a file; returns the normalized copy."""
-    return from_dict(to_dict(cfg, include_secrets=True), source)
+    return from_dict(to_dict(cfg, include_secrets=True), source, require_ports=require_ports)
 
 
 # ---- writing ----
@@ -1051,28 +1053,43 @@ def dumps(cfg: ApplianceConfig, include_secrets: bool = False) -> str:
     lines = ["# pydp appliance configuration (format: docs/config.md)."]
     if not include_secrets:
         lines.append("# CARP passphrases are not exported; set them (or passphrase_file) before use.")
+    d = to_dict(cfg, include_secrets)
+    if not d["port"]:
+        # A config store may hold clusters before any port is known; "port = []" would be valid TOML but read
+        # oddly above the tables, so the key is left out (it loads back as no ports).
+        del d["port"]
+        lines.append("# No [[port]] yet: pydp-dataplane needs at least one.")
     lines.append("")
     body: list[str] = []
-    _emit(body, "", to_dict(cfg, include_secrets))
+    _emit(body, "", d)
     while body and body[0] == "":
         body.pop(0)
     return "\n".join(lines + body) + "\n"
 
 
-def dump(cfg: ApplianceConfig, path: str | os.PathLike[str], include_secrets: bool = False) -> None:
+def dump(cfg: ApplianceConfig, path: str | os.PathLike[str], include_secrets: bool = False, *,
+         require_ports: bool = True) -> None:
     """Write the config to path atomically: validated first (ConfigError, nothing written), then a temporary file
     in the same directory, fsync, rename over path. On any error path is untouched and the temporary file removed.
     A new file is created with mode 0644, or 0600 when it holds secrets; an existing file keeps its mode (less
     group/other access when it holds secrets)."""
     target = os.fspath(path)
     text = dumps(cfg, include_secrets)
-    loads(text, source=target)
+    loads(text, source=target, require_ports=require_ports)
+    write_atomic(target, text, private=include_secrets)
+
+
+def write_atomic(path: str | os.PathLike[str], text: str, private: bool = False) -> None:
+    """Replace path with text atomically (temporary file in the same directory, fsync, rename, fsync of the
+    directory). On any error path is untouched and the temporary file removed. A new file gets mode 0644, or 0600
+    when private; an existing file keeps its mode (without group/other access when private)."""
+    target = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(target))
     try:
         mode = os.stat(target).st_mode & 0o7777
     except OSError:
         mode = 0o644
-    if include_secrets:
+    if private:
         mode &= 0o700
     fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(target) + ".", suffix=".tmp", dir=directory)
     try:

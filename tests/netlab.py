@@ -131,3 +131,89 @@ def traffic(ns: str, workdir: Path, *args, timeout: float = 120.0) -> dict:
                   check=False)
     assert proc.returncode == 0, f"traffic.py failed:\n{proc.stdout}\n{proc.stderr}"
     return json.loads(out.read_text())
+
+
+class ControlProcess:
+    """pydp-control run in a namespace with its own store, socket and metrics address; stopped (or killed) at the
+    end, its socket file removed."""
+
+    def __init__(self, ns: str, workdir: Path, db: Path, shm: str, *, metrics: str = "127.0.0.1:19469",
+                 args=()):
+        self.ns = ns
+        self.workdir = workdir
+        self.db = db
+        self.shm = shm
+        self.socket = str(workdir / f"ctl-{uuid.uuid4().hex[:6]}.sock")
+        self.metrics = metrics
+        self.args = list(args)
+        self.proc: subprocess.Popen | None = None
+        self.log = workdir / "control.log"
+        self.starts = 0
+
+    def start(self, timeout: float = 20.0) -> "ControlProcess":
+        from control import rpc
+
+        logf = open(self.log, "a")
+        self.proc = subprocess.Popen(
+            ["ip", "netns", "exec", self.ns, sys.executable, "-P", "-m", "control.daemon", "--db", str(self.db),
+             "--socket", self.socket, "--shm", self.shm, "--metrics", self.metrics, *self.args],
+            stdout=logf, stderr=subprocess.STDOUT)
+        logf.close()
+        self.starts += 1
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"pydp-control exited with {self.proc.returncode}:\n{self.log.read_text()}")
+            try:
+                rpc.call(self.socket, "ping", timeout=1.0)
+                return self
+            except ConnectionError:
+                time.sleep(0.05)
+        raise RuntimeError(f"pydp-control did not come up in {timeout}s:\n{self.log.read_text()}")
+
+    def events(self, name: str | None = None) -> list[dict]:
+        """The daemon's structured log lines (JSON), optionally only one event."""
+        import json
+
+        out = []
+        for line in self.log.read_text().splitlines():
+            try:
+                rec = json.loads(line)
+            except ValueError:
+                continue
+            if name is None or rec.get("event") == name:
+                out.append(rec)
+        return out
+
+    def kill(self) -> None:
+        """SIGKILL: the daemon dies without cleaning up (its socket file stays)."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+    def stop(self, timeout: float = 10.0) -> int | None:
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        rc = self.proc.returncode
+        self.proc = None
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.socket)
+        return rc
+
+    def __enter__(self) -> "ControlProcess":
+        try:
+            self.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()

@@ -1,0 +1,1 @@
+"""pydp control plane: the configuration store (SQLite), the pydpctl command line, and the pydp-control daemon."""

@@ -1,0 +1,523 @@
+"""pydpctl status | stats | flows: what the load balancer is doing now.
+
+Each command asks the running pydp-control (RPC) and, when no daemon answers, reads the data plane's shared memory
+directly (--shm, else the store's dataplane.shm_path, else /dev/shm/pydp). Without the daemon the CARP state is
+unknown: the shared memory says only whether this appliance forwards for a cluster IP.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from typing import Any, Callable, Sequence
+
+from control import rpc
+
+PROG = "pydpctl"
+DEFAULT_SHM = "/dev/shm/pydp"
+RPC_TIMEOUT = 10.0
+
+
+class ObserveError(Exception):
+    """Nothing to show (no daemon and no data plane, bad filter): the message says why."""
+
+
+# ---- where the answers come from ----
+
+class Source:
+    """The daemon over RPC, or the shared memory read here."""
+
+    def __init__(self, args: argparse.Namespace):
+        self.args = args
+        self.socket = getattr(args, "socket", None) or os.environ.get("PYDP_SOCKET") or rpc.DEFAULT_SOCKET
+        self.daemon = True
+        self.why_direct = None
+        self._region = None
+        self._appliance = None
+        self._appliance_read = False
+
+    def call(self, method: str, params: dict | None = None) -> Any:
+        """The daemon's answer, or None when no daemon answers (then the caller reads the region)."""
+        if self.daemon:
+            try:
+                return rpc.call(self.socket, method, params, timeout=RPC_TIMEOUT)
+            except rpc.Unreachable as exc:
+                self.daemon = False
+                self.why_direct = str(exc)
+            except rpc.RpcError as exc:
+                if exc.type == "Unavailable" and method in ("stats", "flows"):
+                    raise ObserveError(f"pydp-control: {exc.message}") from None
+                if exc.type == "BadRequest":
+                    raise ObserveError(exc.message) from None
+                raise ObserveError(f"pydp-control: {exc.type}: {exc.message}") from None
+            except ConnectionError as exc:
+                raise ObserveError(str(exc)) from None
+        return None
+
+    def appliance(self):
+        """The store's config, if a store can be read (else None)."""
+        if not self._appliance_read:
+            self._appliance_read = True
+            db = getattr(self.args, "db", None) or os.environ.get("PYDP_DB")
+            try:
+                from control.store import DEFAULT_PATH, Store
+
+                path = db or DEFAULT_PATH
+                if os.path.exists(path):            # a read never creates a store
+                    with Store(path) as s:
+                        self._appliance = s.appliance()
+                elif db:
+                    print(f"{PROG}: note: no store at {db}", file=sys.stderr)
+            except Exception as exc:  # a store is optional here
+                if db:
+                    print(f"{PROG}: note: cannot read the store {db}: {exc}", file=sys.stderr)
+        return self._appliance
+
+    def shm_path(self) -> str:
+        shm = getattr(self.args, "shm", None)
+        if shm:
+            return shm
+        cfg = self.appliance()
+        return cfg.dataplane.shm_path if cfg is not None else DEFAULT_SHM
+
+    def region(self):
+        if self._region is None:
+            from pydp.shm import Region, ShmError
+
+            path = self.shm_path()
+            try:
+                self._region = Region.attach(path)
+            except ShmError as exc:
+                raise ObserveError(f"no daemon ({self.why_direct}) and no data plane: {exc}") from None
+        return self._region
+
+    def note_direct(self) -> None:
+        if not self.daemon and not getattr(self.args, "json", False):
+            print(f"{PROG}: pydp-control is not running; reading {self.shm_path()} directly "
+                  "(CARP state unknown)", file=sys.stderr)
+
+    def close(self) -> None:
+        if self._region is not None:
+            self._region.close()
+            self._region = None
+
+
+# ---- formatting ----
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[Any]], right: set[int] | None = None) -> str:
+    """Aligned columns, two spaces apart; columns in right (indexes) are right-aligned (numbers)."""
+    right = right or set()
+    cells = [[str(h) for h in headers]] + [["-" if v is None else str(v) for v in r] for r in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    lines = []
+    for r in cells:
+        parts = [v.rjust(widths[i]) if i in right else v.ljust(widths[i]) for i, v in enumerate(r)]
+        lines.append("  ".join(parts).rstrip())
+    return "\n".join(lines)
+
+
+def human(n: float | int | None, unit: str = "") -> str:
+    """1234567 -> 1.23M (SI), None -> -."""
+    if n is None:
+        return "-"
+    n = float(n)
+    for div, suffix in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(n) >= div:
+            return f"{n / div:.2f}{suffix}{unit}"
+    return f"{n:.0f}{unit}" if n == int(n) else f"{n:.1f}{unit}"
+
+
+def _age(ms: int | None) -> str:
+    if ms is None:
+        return "-"
+    if ms < 1000:
+        return f"{ms} ms"
+    return f"{ms / 1000:.1f} s"
+
+
+def _dump(obj: Any) -> None:
+    print(json.dumps(obj, indent=2, sort_keys=False, default=str))
+
+
+# ---- status ----
+
+def _direct_status(src: Source) -> dict:
+    from control import observe
+
+    region = src.region()
+    info = observe.dataplane_info(region)
+    st = observe.stats(region, src.appliance())
+    cfg = src.appliance()
+    conf = {cl.name: cl for cl in cfg.clusters} if cfg else {}
+    clusters = []
+    for name, c in st["clusters"].items():
+        cl = conf.get(name)
+        forwarding = bool(c["active"]) and info["alive"]
+        row = {
+            "name": name, "cluster_ip": c["cluster_ip"], "enabled": c["enabled"],
+            "mode": cl.mode if cl else None, "dsr": c["dsr"], "in_store": cl is not None,
+            "applied": c.get("applied", True), "active": forwarding,
+            "carp": {"local": "unknown", "peer": "unknown", "source": "no daemon",
+                     "vhid": cl.carp.vhid if cl else None, "forwarding": forwarding},
+            "packets": c["packets"], "bytes": c["bytes"], "edges": [],
+        }
+        for ename, e in c["edges"].items():
+            row["edges"].append({"name": ename, "ip": e["ip"], "mac": e["mac"],
+                                 "mac_source": "data plane" if e["mac"] else "unresolved", "weight": e["weight"],
+                                 "admin_state": None, "state": e["state"], "health": "unknown (no daemon)",
+                                 "packets": e["packets"], "bytes": e["bytes"], "new_flows": e["new_flows"]})
+        clusters.append(row)
+    return {"daemon": {"running": False, "reason": src.why_direct}, "carp_known": False, "dataplane": info,
+            "dataplane_up": info["alive"], "clusters": clusters, "flow_table": st["flow_table"]}
+
+
+def _print_status(s: dict) -> None:
+    d = s["daemon"]
+    dp = s["dataplane"]
+    if d.get("running"):
+        rev = d.get("revision")
+        applied = d.get("applied_revision")
+        print(f"daemon:     pid {d['pid']}, store revision {rev}"
+              + ("" if applied == rev else f" (applied: {applied if applied is not None else 'not yet'})")
+              + (", owning every enabled cluster (--own-all)" if d.get("own_all") else ""))
+    else:
+        print("daemon:     not running (CARP state unknown)")
+    if dp.get("pid") is not None:
+        ports = ", ".join(f"{p['name']} {p['mac']} link {'up' if p['link_up'] else 'down'}" for p in dp["ports"])
+        state = "running" if dp.get("alive") else "NOT RUNNING (stale heartbeat)"
+        print(f"data plane: {state}, pid {dp['pid']}, {len(dp['workers'])} worker(s), generation "
+              f"{dp['generation']}, heartbeat {_age(dp['heartbeat_age_ms'])} ago")
+        print(f"ports:      {ports or '-'}")
+    else:
+        print(f"data plane: not running (waiting for {dp.get('path')})")
+    ft = s.get("flow_table")
+    if ft:
+        print(f"flows:      {ft['live']} live of {ft['capacity']} ({ft['occupancy_pct']:.1f}%), "
+              f"{ft['evicted']} evicted")
+    if not s["clusters"]:
+        print("\nno clusters")
+        return
+    print()
+    rows = []
+    for c in s["clusters"]:
+        rows.append([c["name"], c["cluster_ip"], "enabled" if c["enabled"] else "disabled",
+                     c["carp"]["local"] if s.get("carp_known") else
+                     ("unknown (forwarding)" if c["carp"].get("forwarding") else "unknown (not forwarding)"),
+                     c["carp"]["peer"], c["carp"].get("source") or "-", human(c["packets"]), human(c["bytes"], "B")])
+    print(table(["CLUSTER", "CLUSTER IP", "STATUS", "THIS APPLIANCE", "PEER", "OWNERSHIP", "PACKETS", "BYTES"],
+                rows, right={6, 7}))
+    print()
+    rows = []
+    for c in s["clusters"]:
+        for e in c["edges"]:
+            rows.append([c["name"], e["name"], e["ip"], e["mac"] or "(unresolved)", e["weight"],
+                         e.get("admin_state") or "-", e["state"], e["health"], human(e["packets"]),
+                         human(e["bytes"], "B"), human(e["new_flows"])])
+    print(table(["CLUSTER", "EDGE", "IP", "MAC", "WEIGHT", "ADMIN", "STATE", "HEALTH", "PACKETS", "BYTES",
+                 "NEW FLOWS"], rows, right={4, 8, 9, 10}))
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    def run(src: Source) -> int:
+        s = src.call("status")
+        if s is None:
+            s = _direct_status(src)
+            src.note_direct()
+        if args.json:
+            _dump(s)
+        else:
+            _print_status(s)
+        return 0
+    return _with_source(args, run)
+
+
+# ---- stats ----
+
+def _sample(src: Source) -> dict:
+    s = src.call("stats")
+    if s is None:
+        from control import observe
+
+        s = observe.stats(src.region(), src.appliance())
+    return s
+
+
+def _rate(new: int, old: int, dt: float) -> float:
+    return round(max(new - old, 0) / dt, 1) if dt > 0 else 0.0
+
+
+def rates(a: dict, b: dict) -> dict:
+    """Per-second rates between two stats samples (b later than a)."""
+    dt = (b["mono_ms"] - a["mono_ms"]) / 1000.0
+    out: dict[str, Any] = {"interval_s": round(dt, 3), "ports": {}, "clusters": {}, "workers": []}
+    pa = {p["port"]: p for p in a["ports"]}
+    for p in b["ports"]:
+        o = pa.get(p["port"])
+        if o is None:
+            continue
+        out["ports"][p["name"] or str(p["port"])] = {
+            "rx_pps": _rate(p["rx_packets"], o["rx_packets"], dt),
+            "tx_pps": _rate(p["tx_packets"], o["tx_packets"], dt),
+            "rx_bps": _rate(p["rx_bytes"] * 8, o["rx_bytes"] * 8, dt),
+            "tx_bps": _rate(p["tx_bytes"] * 8, o["tx_bytes"] * 8, dt),
+            "exception_pps": _rate(p["exc_to_kernel"], o["exc_to_kernel"], dt),
+            "drops_ps": _rate(sum(p["drops"].values()), sum(o["drops"].values()), dt),
+        }
+    for name, c in b["clusters"].items():
+        o = a["clusters"].get(name)
+        if o is None or not c.get("applied", True):
+            continue
+        edges = {}
+        for en, e in c["edges"].items():
+            oe = o["edges"].get(en)
+            if oe is None or oe.get("slot") != e.get("slot"):
+                continue
+            edges[en] = {"pps": _rate(e["packets"], oe["packets"], dt),
+                         "bps": _rate(e["bytes"] * 8, oe["bytes"] * 8, dt),
+                         "new_flows_ps": _rate(e["new_flows"], oe["new_flows"], dt)}
+        out["clusters"][name] = {"pps": _rate(c["packets"], o["packets"], dt),
+                                 "bps": _rate(c["bytes"] * 8, o["bytes"] * 8, dt), "edges": edges}
+    wa = {w["worker"]: w for w in a["workers"]}
+    for w in b["workers"]:
+        o = wa.get(w["worker"])
+        if o is None:
+            continue
+        rx = w["rx_packets"] - o["rx_packets"]
+        polls = w["polls"] - o["polls"]
+        busy = polls - (w["idle_polls"] - o["idle_polls"])
+        out["workers"].append({
+            "worker": w["worker"], "rx_pps": _rate(w["rx_packets"], o["rx_packets"], dt),
+            "busy_polls_pct": round(100.0 * busy / polls, 1) if polls > 0 else 0.0,
+            "cycles_per_packet": round((w["busy_cycles"] - o["busy_cycles"]) / rx, 1) if rx > 0 else None})
+    return out
+
+
+def _print_stats(s: dict, r: dict | None) -> None:
+    rp = (r or {}).get("ports", {})
+    head = f"generation {s['generation']}"
+    if r:
+        head += f", rates over {r['interval_s']:.1f} s"
+    print(head)
+    rows = []
+    for p in s["ports"]:
+        name = p["name"] or str(p["port"])
+        x = rp.get(name, {})
+        drops = sum(p["drops"].values())
+        rows.append([name, "up" if p["link_up"] else "down", human(p["rx_packets"]), human(x.get("rx_pps")),
+                     human(x.get("rx_bps"), "b/s"), human(p["tx_packets"]), human(x.get("tx_pps")),
+                     human(x.get("tx_bps"), "b/s"), human(p["exc_to_kernel"]), human(drops),
+                     human(x.get("drops_ps"))])
+    print(table(["PORT", "LINK", "RX", "RX/s", "RX bit/s", "TX", "TX/s", "TX bit/s", "TO KERNEL", "DROPS",
+                 "DROPS/s"], rows, right=set(range(2, 11))))
+    drops = [(p["name"] or str(p["port"]), reason, n) for p in s["ports"] for reason, n in p["drops"].items() if n]
+    if drops:
+        print()
+        print(table(["PORT", "DROP REASON", "COUNT"], [[a, b, human(c)] for a, b, c in drops], right={2}))
+    rc = (r or {}).get("clusters", {})
+    rows = []
+    for name, c in s["clusters"].items():
+        x = rc.get(name, {})
+        rows.append([name, "", human(c["packets"]), human(x.get("pps")), human(c["bytes"], "B"),
+                     human(x.get("bps"), "b/s"), "", ""])
+        for en, e in c["edges"].items():
+            y = x.get("edges", {}).get(en, {})
+            rows.append(["", en, human(e["packets"]), human(y.get("pps")), human(e["bytes"], "B"),
+                         human(y.get("bps"), "b/s"), human(e["new_flows"]), human(y.get("new_flows_ps"))])
+    if rows:
+        print()
+        print(table(["CLUSTER", "EDGE", "PACKETS", "PPS", "BYTES", "BIT/s", "NEW FLOWS", "NEW FLOWS/s"], rows,
+                    right=set(range(2, 8))))
+    rw = {w["worker"]: w for w in (r or {}).get("workers", [])}
+    rows = []
+    for w in s["workers"]:
+        x = rw.get(w["worker"], {})
+        rows.append([w["worker"], w["lcore"], "yes" if w["online"] else "no", human(w["polls"]),
+                     human(w["idle_polls"]), f"{x['busy_polls_pct']:.1f}%" if "busy_polls_pct" in x else "-",
+                     human(w["rx_packets"]), human(x.get("rx_pps")),
+                     x.get("cycles_per_packet") if x.get("cycles_per_packet") is not None
+                     else (w["cycles_per_packet"] if w["cycles_per_packet"] is not None else "-"),
+                     human(w["flow_rehashed"])])
+    print()
+    print(table(["WORKER", "LCORE", "ONLINE", "POLLS", "IDLE", "BUSY", "RX", "RX/s", "CYCLES/PKT", "REHASHED"],
+                rows, right=set(range(3, 10))))
+    ft = s["flow_table"]
+    print()
+    print(table(["FLOW TABLE", "CAPACITY", "LIVE", "OCCUPANCY", "EXPIRED", "EVICTED"],
+                [[f"worker {x['worker']}", x["capacity"], x["live"], f"{x['occupancy_pct']:.1f}%", human(x["expired"]),
+                  human(x["evicted"])] for x in ft["workers"]]
+                + [["total", ft["capacity"], ft["live"], f"{ft['occupancy_pct']:.1f}%", human(ft["expired"]),
+                    human(ft["evicted"])]], right=set(range(1, 6))))
+
+
+def cmd_stats(args: argparse.Namespace) -> int:
+    if args.watch is not None and args.watch <= 0:
+        raise ObserveError("--watch needs a positive number of seconds")
+    if args.count is not None and args.count < 1:
+        raise ObserveError("--count must be at least 1")
+
+    def run(src: Source) -> int:
+        interval = args.watch if args.watch is not None else args.interval
+        count = args.count if args.count is not None else (None if args.watch is not None else 1)
+        prev = _sample(src)
+        src.note_direct()
+        shown = 0
+        while count is None or shown < count:
+            time.sleep(interval)
+            cur = _sample(src)
+            r = rates(prev, cur)
+            out = dict(cur)
+            out["rates"] = r
+            if args.json:
+                print(json.dumps(out, default=str) if args.watch is not None else json.dumps(out, indent=2,
+                                                                                              default=str))
+            else:
+                if args.watch is not None and sys.stdout.isatty():
+                    print("\033[H\033[2J", end="")
+                _print_stats(cur, r)
+                if args.watch is not None:
+                    print()
+            sys.stdout.flush()
+            prev = cur
+            shown += 1
+        return 0
+    return _with_source(args, run)
+
+
+# ---- flows ----
+
+def cmd_flows(args: argparse.Namespace) -> int:
+    if not 0 <= args.limit <= 4096:
+        raise ObserveError("--limit must be 0..4096")
+
+    def run(src: Source) -> int:
+        params = {"cluster": args.cluster, "edge": args.edge, "client": args.client, "limit": args.limit}
+        res = src.call("flows", params)
+        if res is None:
+            from control import observe
+
+            try:
+                rows, total = observe.find_flows(src.region(), cluster=args.cluster, edge=args.edge,
+                                                 client=args.client, limit=args.limit)
+            except ValueError as exc:
+                raise ObserveError(str(exc)) from None
+            res = {"flows": rows, "matched": total, "limit": args.limit}
+            src.note_direct()
+        if args.json:
+            _dump(res)
+            return 0
+        rows = [[f["client"], f["client_port"], f["protocol"], f["cluster"] or "?", f["edge"] or "(gone)",
+                 f["state"], f"{f['age_s']:.1f}s", f"{f['idle_s']:.1f}s", f["packets"], f["worker"]]
+                for f in res["flows"]]
+        if rows:
+            print(table(["CLIENT", "PORT", "PROTO", "CLUSTER", "EDGE", "STATE", "AGE", "IDLE", "PACKETS", "WORKER"],
+                        rows, right={1, 6, 7, 8, 9}))
+        shown = len(res["flows"])
+        print(f"{shown} of {res['matched']} matching flows shown"
+              + (" (raise --limit to see more)" if shown < res["matched"] else ""))
+        return 0
+    return _with_source(args, run)
+
+
+# ---- plumbing ----
+
+def _with_source(args: argparse.Namespace, fn: Callable[[Source], int]) -> int:
+    src = Source(args)
+    try:
+        return fn(src)
+    except ObserveError as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    finally:
+        src.close()
+
+
+def _guarded(fn: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    def run(args: argparse.Namespace) -> int:
+        try:
+            return fn(args)
+        except ObserveError as exc:
+            print(f"{PROG}: error: {exc}", file=sys.stderr)
+            return 1
+    run.__name__ = fn.__name__
+    return run
+
+
+def _common() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(add_help=False)
+    g = p.add_argument_group("where to look")
+    g.add_argument("--socket", metavar="PATH", default=argparse.SUPPRESS,
+                   help="the pydp-control socket (default: $PYDP_SOCKET, else /run/pydp/control.sock)")
+    g.add_argument("--db", metavar="PATH", default=argparse.SUPPRESS,
+                   help="without the daemon: the store whose dataplane.shm_path is read (default: $PYDP_DB)")
+    g.add_argument("--shm", metavar="PATH", default=argparse.SUPPRESS,
+                   help="without the daemon: the data plane's shared memory (default: from the store, else "
+                        f"{DEFAULT_SHM})")
+    p.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    return p
+
+
+def _epilog(*examples: str, notes: str = "") -> str:
+    return "examples:\n" + "\n".join(f"  {e}" for e in examples) + (f"\n\n{notes}" if notes else "")
+
+
+NOTE = ("The running pydp-control answers; without it the data plane's shared memory is read directly\n"
+        "(then the CARP state is unknown).")
+
+
+def register(subparsers) -> None:
+    """Adds status, stats and flows to pydpctl's sub-commands."""
+    common = _common()
+    kw = {"parents": [common], "formatter_class": argparse.RawDescriptionHelpFormatter}
+    p = subparsers.add_parser(
+        "status", help="CARP state, edges and their traffic, per cluster",
+        description="Per cluster: the CARP state of this appliance and of its peer; per edge: its state, health "
+                    "and traffic.",
+        epilog=_epilog("pydpctl status", "pydpctl status --json | jq '.clusters[].carp'",
+                       "pydpctl status --shm /dev/shm/pydp-lab      # no daemon: read the data plane directly",
+                       notes=NOTE), **kw)
+    p.set_defaults(func=_guarded(cmd_status), command_name="status")
+
+    p = subparsers.add_parser(
+        "stats", help="counters and rates (ports, drops, clusters, edges, workers, flow tables)",
+        description="Counters and per-second rates, computed between two samples --watch (or --interval) "
+                    "seconds apart.",
+        epilog=_epilog("pydpctl stats", "pydpctl stats --watch 2              # refresh every 2 s until Ctrl-C",
+                       "pydpctl stats --watch 1 --count 10 --json   # one JSON object per line",
+                       notes=NOTE), **kw)
+    p.add_argument("--watch", metavar="SECONDS", type=float, default=None,
+                   help="refresh every SECONDS (until Ctrl-C, or --count times)")
+    p.add_argument("--count", metavar="N", type=int, default=None, help="stop after N refreshes")
+    p.add_argument("--interval", metavar="SECONDS", type=float, default=1.0,
+                   help="without --watch: seconds between the two samples the rates come from (default 1)")
+    p.set_defaults(func=_guarded(cmd_stats), command_name="stats")
+
+    p = subparsers.add_parser(
+        "flows", help="live flows from the workers' flow tables",
+        description="Live flows: client, cluster, edge, protocol, state, age and packets; longest-lived first.",
+        epilog=_epilog("pydpctl flows --cluster web", "pydpctl flows --cluster web --edge e1 --limit 20",
+                       "pydpctl flows --client 203.0.113.0/24 --json", notes=NOTE), **kw)
+    p.add_argument("--cluster", metavar="NAME", help="only this cluster's flows")
+    p.add_argument("--edge", metavar="NAME", help="only flows to this edge")
+    p.add_argument("--client", metavar="IP[/LEN]", help="only flows from this address or prefix")
+    p.add_argument("--limit", metavar="N", type=int, default=100, help="show at most N flows (default 100, max 4096)")
+    p.set_defaults(func=_guarded(cmd_flows), command_name="flows")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Stand-alone entry (python -m control.cli_observe ...); pydpctl itself registers these commands."""
+    ap = argparse.ArgumentParser(prog=PROG, description=__doc__.splitlines()[0])
+    ap.add_argument("--socket", default=None)
+    ap.add_argument("--db", default=None)
+    sub = ap.add_subparsers(dest="command", required=True)
+    register(sub)
+    args = ap.parse_args(argv)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,857 @@
+"""pydp-control: the control daemon. It keeps the data plane's shared memory in line with the config store.
+
+Tasks (one asyncio loop; the store and every config write run on one worker thread, one at a time):
+
+* the RPC server for pydpctl (control.rpc) on a UNIX socket, mode 0600;
+* the data-plane watcher: attaches the region when it appears, notices a restart (new region file, new pid or
+  creation time) or a stale heartbeat, and re-applies the config to a new data plane;
+* the store watcher: applies changes another writer committed (pydpctl --db without the daemon);
+* MAC resolution for edges configured without a MAC (kernel neighbour table, ARP/ND provoked when absent);
+* Prometheus metrics (control.metrics) read from the region at scrape time.
+
+The daemon never clears the data plane's tables: when it stops or dies, the data plane keeps forwarding with its
+last config, and a new daemon re-applies the same config without rebuilding a table or moving a flow.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import concurrent.futures
+import contextlib
+import copy
+import datetime as _dt
+import inspect
+import ipaddress
+import json
+import logging
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+from typing import Any
+
+from control import observe, rpc
+
+log = logging.getLogger("pydp.control")
+
+DEFAULT_DB_FALLBACK = "/var/lib/pydp/config.db"
+DEFAULT_METRICS = "127.0.0.1:9469"
+MAX_FLOWS = 4096                  # per reply: keeps a reply well under the 1 MiB frame limit
+DP_POLL_S = 0.5
+STORE_POLL_S = 1.0
+RESOLVE_POLL_S = 0.25
+MAC_REFRESH_S = 30.0
+NUD_VALID = 0x02 | 0x04 | 0x08 | 0x10 | 0x40 | 0x80     # REACHABLE, STALE, DELAY, PROBE, NOARP, PERMANENT
+RESERVED_OPS = {"appliance", "close", "connect"}
+
+EPILOG = """examples:
+  pydp-control                                   # store /var/lib/pydp/config.db, socket /run/pydp/control.sock
+  pydp-control --own-all --log-format text       # lab without CARP: own every enabled cluster IP
+  pydp-control --db /tmp/lab.db --socket /tmp/lab.sock --shm /dev/shm/pydp-lab --metrics 127.0.0.1:9470
+  pydp-control --metrics ""                      # no metrics endpoint
+
+Stop with SIGTERM or SIGINT: the socket is removed, the data plane keeps forwarding on its last tables.
+"""
+
+
+# ---- logging ----
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: ts (UTC, ms), level, event, then the event's fields."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        out: dict[str, Any] = {
+            "ts": _dt.datetime.fromtimestamp(record.created, _dt.timezone.utc).isoformat(timespec="milliseconds")
+            .replace("+00:00", "Z"),
+            "level": record.levelname.lower(),
+        }
+        fields = getattr(record, "fields", None)
+        if fields is not None:
+            out["event"] = record.msg
+            out.update(fields)
+        else:
+            out["event"] = "log"
+            out["logger"] = record.name
+            out["message"] = record.getMessage()
+        if record.exc_info:
+            out["exception"] = self.formatException(record.exc_info)
+        return json.dumps(out, default=str, separators=(",", ":"))
+
+
+class TextFormatter(logging.Formatter):
+    """ts level event key=value ..."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        ts = _dt.datetime.fromtimestamp(record.created, _dt.timezone.utc).isoformat(timespec="milliseconds")
+        ts = ts.replace("+00:00", "Z")
+        fields = getattr(record, "fields", None)
+        if fields is not None:
+            parts = [ts, record.levelname.lower(), record.msg]
+            for k, v in fields.items():
+                v = v if isinstance(v, str) and v and " " not in v and "=" not in v else json.dumps(v, default=str)
+                parts.append(f"{k}={v}")
+            text = " ".join(parts)
+        else:
+            text = f"{ts} {record.levelname.lower()} {record.name}: {record.getMessage()}"
+        if record.exc_info:
+            text += "\n" + self.formatException(record.exc_info)
+        return text
+
+
+def event(name: str, level: int = logging.INFO, **fields) -> None:
+    """A structured log line: the event name and its fields."""
+    log.log(level, name, extra={"fields": fields})
+
+
+def setup_logging(fmt: str, level: int = logging.INFO) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+
+
+# ---- the region, shared by the loop, the worker thread and the metrics thread ----
+
+class RegionHolder:
+    """The attached region. use() lends it out; replace() swaps in another one, and the old mapping is closed
+    only once nobody uses it any more (closing unmaps it: a reader must never see that)."""
+
+    def __init__(self):
+        self._cv = threading.Lock()
+        self._region = None
+        self._users = 0
+        self._retired: list = []
+
+    @contextlib.contextmanager
+    def use(self):
+        with self._cv:
+            region = self._region
+            self._users += 1
+        try:
+            yield region
+        finally:
+            with self._cv:
+                self._users -= 1
+                if self._users == 0:
+                    self._close_retired()
+
+    def _close_retired(self) -> None:
+        for r in self._retired:
+            with contextlib.suppress(Exception):
+                r.close()
+        self._retired.clear()
+
+    def replace(self, new) -> None:
+        with self._cv:
+            if self._region is not None:
+                self._retired.append(self._region)
+            self._region = new
+            if self._users == 0:
+                self._close_retired()
+
+    @property
+    def current(self):
+        return self._region
+
+
+# ---- MAC resolution ----
+
+def lookup_neighbour(ip: str) -> str | None:
+    """The MAC of ip in the kernel's neighbour table (any interface), if the entry is usable."""
+    from pyroute2 import IPRoute
+
+    addr = ipaddress.ip_address(ip)
+    with IPRoute() as ipr:
+        family = socket.AF_INET if addr.version == 4 else socket.AF_INET6
+        for msg in ipr.get_neighbours(family=family, dst=str(addr)):
+            lladdr = msg.get("NDA_LLADDR") if hasattr(msg, "get") else None
+            if lladdr is None and hasattr(msg, "get_attr"):
+                lladdr = msg.get_attr("NDA_LLADDR")
+            dst = msg.get("NDA_DST") if hasattr(msg, "get") else None
+            if dst is not None and ipaddress.ip_address(dst) != addr:
+                continue
+            state = msg["state"] if "state" in msg else 0
+            if lladdr and lladdr != "00:00:00:00:00:00" and state & NUD_VALID:
+                return lladdr.lower()
+    return None
+
+
+def provoke_neighbour(ip: str) -> None:
+    """Make the kernel resolve ip: a zero-length UDP datagram to its discard port (9) starts ARP or ND."""
+    addr = ipaddress.ip_address(ip)
+    fam = socket.AF_INET if addr.version == 4 else socket.AF_INET6
+    with socket.socket(fam, socket.SOCK_DGRAM) as s:
+        s.setblocking(False)
+        with contextlib.suppress(OSError):
+            s.sendto(b"", (str(addr), 9))
+
+
+# ---- the daemon ----
+
+class Daemon:
+    def __init__(self, *, db: str, socket_path: str, shm: str | None, metrics: tuple[str, int] | None,
+                 own_all: bool = False, store_factory=None):
+        self.db = db
+        self.socket_path = socket_path
+        self.shm = shm
+        self.metrics_addr = metrics
+        self.own_all = own_all
+        self.store_factory = store_factory
+        self.started = time.time()
+        self.worker = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="pydp-store")
+        self.readers = concurrent.futures.ThreadPoolExecutor(2, thread_name_prefix="pydp-read")
+        self.holder = RegionHolder()
+        self.store = None
+        self.store_mod = None
+        self.allowed_ops: set[str] = set()
+        self.mutating: set[str] = set()
+        self.cfg = None                       # the store's config at the last read (ApplianceConfig)
+        self.revision = None                  # its revision
+        self.applied_revision = None          # the revision last applied to the attached data plane
+        self.applied_gen = None
+        self.last_apply: dict = {}
+        self.failed: tuple | None = None      # (revision, monotonic time) of the last failed apply
+        self.dp_identity = None               # (inode, pid, created_ms) of the attached region
+        self.dp_alive = False
+        self.macs: dict[str, str] = {}        # edge IP -> MAC resolved here (never written to the store)
+        self.unresolved: dict[str, list] = {}  # edge IP -> [next attempt (monotonic), back-off seconds]
+        self.rpc_server: rpc.Server | None = None
+        self.metrics_server = None
+        self.stop_event: asyncio.Event | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.apply_count = 0
+
+    # ---- worker thread: the store and every write to the region ----
+    def _open_store(self) -> None:
+        from control import store as store_mod
+
+        self.store_mod = store_mod
+        factory = self.store_factory or store_mod.Store
+        self.store = factory(self.db)
+        mutating = set(getattr(store_mod, "MUTATING", ()))
+        read_only = set(getattr(store_mod, "READ_ONLY", ()))
+        if not mutating and not read_only:      # the store did not declare them: the documented set
+            mutating = {"add_cluster", "edit_cluster", "delete_cluster", "duplicate_cluster", "set_cluster_enabled",
+                        "add_edge", "edit_edge", "remove_edge", "set_edge_state", "import_text"}
+            read_only = {"list_clusters", "get_cluster", "export_text", "revision"}
+        ops = (mutating | read_only) - RESERVED_OPS
+        self.allowed_ops = {op for op in ops if not op.startswith("_") and callable(getattr(self.store, op, None))}
+        self.mutating = mutating & self.allowed_ops
+        self.cfg = self.store.appliance()
+        self.revision = self.store.revision()
+
+    def _reload_store(self) -> None:
+        self.revision = self.store.revision()
+        self.cfg = self.store.appliance()
+
+    def _store_op(self, op: str, args: dict) -> tuple[Any, list[str]]:
+        fn = getattr(self.store, op)
+        try:
+            inspect.signature(fn).bind(**args)
+        except TypeError as exc:
+            raise rpc.RpcError("BadRequest", f"op {op!r}: {exc}") from None
+        try:
+            result = fn(**args)
+        except self.store_mod.NotFound as exc:
+            raise rpc.RpcError("NotFound", str(exc)) from None
+        except self.store_mod.StoreError as exc:
+            raise rpc.RpcError("StoreError", str(exc)) from None
+        except (TypeError, ValueError, KeyError) as exc:
+            raise rpc.RpcError("BadRequest", f"op {op!r}: {type(exc).__name__}: {exc}") from None
+        warnings: list[str] = []
+        if op in self.mutating:
+            names = {k: v for k, v in args.items() if k in ("name", "cluster", "edge", "new_name", "state",
+                                                                 "enabled") and isinstance(v, (str, bool))}
+            for k in ("cluster", "edge"):          # add_cluster / add_edge pass the new item itself
+                if isinstance(args.get(k), dict) and isinstance(args[k].get("name"), str):
+                    names[k] = args[k]["name"]
+            event("config_changed", op=op, via="rpc", revision=self.store.revision(), **names)
+            try:
+                info = self._apply(f"rpc {op}")
+            except Exception as exc:  # the store committed; the data plane did not follow
+                log.exception("apply after %s failed", op)
+                info = {"applied": False, "error": f"{type(exc).__name__}: {exc}"}
+            if not info.get("applied"):
+                warnings.append("saved in the store but not applied to the data plane: "
+                                + (info.get("error") or info.get("reason") or "unknown reason"))
+            warnings.extend(info.get("warnings", []))
+        return result, warnings
+
+    def _apply(self, reason: str) -> dict:
+        """Reads the store and publishes its config to the attached data plane (worker thread only)."""
+        from pydp.apply import ApplyError, apply_config
+        from pydp.shm import ShmError
+
+        try:
+            self._reload_store()
+        except Exception as exc:  # e.g. a CARP passphrase file that cannot be read any more
+            self.failed = (self.revision, time.monotonic())
+            event("apply_failed", logging.ERROR, revision=self.revision, reason=reason,
+                  error=f"cannot read the store: {exc}")
+            return {"applied": False, "error": f"cannot read the store: {exc}"}
+        rev = self.revision
+        with self.holder.use() as region:
+            if region is None or not self.dp_alive:
+                return {"applied": False, "reason": "no data plane is running; the config is applied when one "
+                                                    "starts"}
+            cfg = self._with_macs(self.cfg, region)
+            before = observe.clusters(region)
+            before_active = {name: c["active"] for name, c in before.items()}
+            try:
+                result = apply_config(region, cfg)
+            except (ApplyError, ShmError) as exc:
+                self.failed = (rev, time.monotonic())
+                event("apply_failed", logging.ERROR, revision=rev, reason=reason, error=str(exc))
+                return {"applied": False, "error": str(exc)}
+            ownership = self._set_ownership(region, cfg, result.slots)
+            self.apply_count += 1
+            self.applied_revision = rev
+            self.applied_gen = result.generation
+            self.failed = None
+            for w in result.warnings:
+                event("apply_warning", logging.WARNING, message=w)
+            event("config_applied", revision=rev, generation=result.generation, reason=reason,
+                  clusters=sorted(result.slots), rebuilt=result.rebuilt)
+            for name, active in ownership.items():
+                old = before_active.get(name)
+                if old is None or old != active:
+                    event("carp_transition", cluster=name, state="master" if active else "backup",
+                          previous=None if old is None else ("master" if old else "backup"),
+                          source=self._ownership_source(cfg, name))
+            self._log_edge_changes(self._edge_states(before), self._edge_states(observe.clusters(region)))
+            self.last_apply = {"time": time.time(), "revision": rev, "generation": result.generation,
+                               "rebuilt": result.rebuilt, "reason": reason, "warnings": result.warnings}
+            return {"applied": True, "generation": result.generation, "rebuilt": result.rebuilt,
+                    "warnings": result.warnings}
+
+    def _ownership_source(self, cfg, name: str) -> str:
+        for cl in cfg.clusters:
+            if cl.name == name:
+                if not cl.enabled:
+                    return "disabled"
+                if cl.mode == "standalone":
+                    return "standalone"
+                return "own-all" if self.own_all else "no CARP yet"
+        return "removed"
+
+    def _set_ownership(self, region, cfg, slots: dict) -> dict:
+        from pydp._ffi import lib
+
+        want = [False] * lib.PYDP_MAX_CLUSTERS
+        out = {}
+        for cl in cfg.clusters:
+            active = bool(cl.enabled and (self.own_all or cl.mode == "standalone"))
+            want[slots[cl.name]] = active
+            out[cl.name] = active
+        for i, active in enumerate(want):
+            if region.is_active(i) != active:
+                region.set_active(i, active)
+        return out
+
+    def _with_macs(self, cfg, region):
+        """A copy of cfg with the MACs resolved here filled in for l2 edges configured without one."""
+        need = [(cl, e) for cl in cfg.clusters if cl.dsr == "l2" for e in cl.edges if not e.mac]
+        if not need:
+            return cfg
+        in_region = observe.clusters(region)
+        out = copy.deepcopy(cfg)
+        by_name = {cl.name: cl for cl in out.clusters}
+        now = time.monotonic()
+        for cl, e in need:
+            ip = str(e.ip)
+            mac = self.macs.get(ip)
+            if mac is None:
+                # the data plane may still hold the MAC a previous daemon resolved: keep it, so a daemon restart
+                # changes nothing (no edge goes down, no table is rebuilt, no flow moves)
+                prev = in_region.get(cl.name, {}).get("edges", {}).get(e.name)
+                if prev and prev["ip"] == ip and prev["mac"]:
+                    mac = prev["mac"]
+                    self.macs[ip] = mac
+            if mac is None:
+                try:
+                    mac = lookup_neighbour(ip)
+                except Exception as exc:
+                    log.debug("neighbour lookup of %s failed: %s", ip, exc)
+                if mac is not None:
+                    self.macs[ip] = mac
+                    event("mac_resolved", cluster=cl.name, edge=e.name, ip=ip, mac=mac)
+            if mac is None:
+                if ip not in self.unresolved:
+                    self.unresolved[ip] = [now, 0.5]
+                continue
+            for oe in by_name[cl.name].edges:
+                if oe.name == e.name:
+                    oe.mac = mac
+        return out
+
+    @staticmethod
+    def _edge_states(clusters: dict) -> dict:
+        return {(cname, ename): e["state"] for cname, c in clusters.items() for ename, e in c["edges"].items()}
+
+    def _log_edge_changes(self, before: dict, after: dict) -> None:
+        """One event per edge whose state in the data plane changed with this apply."""
+        for key, state in after.items():
+            old = before.get(key)
+            if old != state:
+                level = logging.WARNING if state == "down" else logging.INFO
+                event("edge_" + state if state != "up" else "edge_up", level, cluster=key[0], edge=key[1],
+                      state=state, previous=old)
+        for key in set(before) - set(after):
+            event("edge_removed", cluster=key[0], edge=key[1], previous=before[key])
+
+    def _poll_store(self) -> None:
+        rev = self.store.revision()
+        if rev != self.revision:
+            event("store_changed", revision=rev, previous=self.revision)
+            self.revision = rev
+            try:
+                self.cfg = self.store.appliance()
+            except Exception as exc:
+                self.failed = (rev, time.monotonic())
+                event("apply_failed", logging.ERROR, revision=rev, reason="store changed by another writer",
+                      error=f"cannot read the store: {exc}")
+                return
+        if self.holder.current is None or not self.dp_alive:
+            return
+        if self.applied_revision != self.revision:
+            if self.failed and self.failed[0] == self.revision and time.monotonic() - self.failed[1] < 10:
+                return                          # a failed apply is retried every 10 s, not every second
+            self._apply("store changed by another writer" if self.applied_revision is not None
+                        else "data plane attached")
+
+    # ---- the loop's tasks ----
+    async def run_worker(self, fn, *args):
+        return await self.loop.run_in_executor(self.worker, fn, *args)
+
+    def _check_dataplane(self) -> str | None:
+        """Attaches, re-attaches or notes the data plane; returns why the config must be applied, or None."""
+        from pydp.shm import Region, ShmError
+
+        path = self.shm
+        try:
+            ino = os.stat(path).st_ino
+        except (FileNotFoundError, NotADirectoryError):
+            ino = None
+        region = self.holder.current
+        now = observe.now_ms()
+        if region is not None:
+            same_file = ino == self.dp_identity[0]
+            h = region.hdr
+            identity_same = (int(h.dp_pid), int(h.created_ms)) == self.dp_identity[1:]
+            alive = now - int(h.heartbeat_ms) <= observe.HEARTBEAT_STALE_MS
+            if same_file and identity_same:
+                if alive and not self.dp_alive:
+                    self.dp_alive = True
+                    event("dataplane_resumed", pid=int(h.dp_pid), path=path)
+                    return "data plane resumed"
+                if not alive and self.dp_alive:
+                    self.dp_alive = False
+                    event("dataplane_lost", logging.ERROR, pid=int(h.dp_pid), path=path,
+                          heartbeat_age_ms=now - int(h.heartbeat_ms))
+                return None
+            # another region (or none) at the path: the data plane restarted or stopped
+            if self.dp_alive and (ino is None or not alive):
+                self.dp_alive = False
+                event("dataplane_lost", logging.ERROR, pid=int(h.dp_pid), path=path,
+                      reason="region removed" if ino is None else "region replaced")
+        if ino is None:
+            return None
+        try:
+            new = Region.attach(path)
+        except ShmError as exc:
+            log.debug("cannot attach %s yet: %s", path, exc)
+            return None
+        h = new.hdr
+        ready = (int(h.generation) >= 1 and now - int(h.heartbeat_ms) <= observe.HEARTBEAT_STALE_MS
+                 and (int(h.heartbeat_ms) > int(h.created_ms) or any(h.workers[w].online
+                                                                      for w in range(h.nb_workers))))
+        try:
+            new_ino = os.fstat(new._shm.fd).st_ino
+        except OSError:
+            new_ino = None
+        identity = (new_ino, int(h.dp_pid), int(h.created_ms))
+        if not ready or (region is not None and identity == self.dp_identity):
+            new.close()
+            return None
+        restarted = region is not None
+        self.holder.replace(new)
+        self.dp_identity = identity
+        self.dp_alive = True
+        event("dataplane_restarted" if restarted else "dataplane_attached", pid=identity[1], path=path,
+              workers=int(h.nb_workers), generation=int(h.generation))
+        return "data plane restarted" if restarted else "data plane attached"
+
+    def _watch_once(self) -> None:
+        """One look at the data plane, and the apply it calls for (worker thread: no change slips between)."""
+        try:
+            why = self._check_dataplane()
+        except Exception:
+            log.exception("data-plane watcher")
+            return
+        if why:
+            self._apply_logged(why)
+
+    async def watch_dataplane(self) -> None:
+        while True:
+            await asyncio.sleep(DP_POLL_S)
+            await self.run_worker(self._watch_once)
+
+    def _apply_logged(self, why: str) -> None:
+        try:
+            self._apply(why)
+        except Exception:
+            log.exception("apply (%s) failed", why)
+
+    async def watch_store(self) -> None:
+        while True:
+            await asyncio.sleep(STORE_POLL_S)
+            try:
+                await self.run_worker(self._poll_store)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("store watcher")
+
+    async def resolve_macs(self) -> None:
+        last_refresh = time.monotonic()
+        while True:
+            await asyncio.sleep(RESOLVE_POLL_S)
+            try:
+                changed = False
+                now = time.monotonic()
+                wanted = self._unresolved_wanted()
+                for ip in list(self.unresolved):
+                    if ip not in wanted or ip in self.macs:
+                        self.unresolved.pop(ip, None)
+                for ip in wanted:
+                    if ip in self.macs:
+                        continue
+                    due = self.unresolved.setdefault(ip, [now, 0.5])
+                    if due[0] > now:
+                        continue
+                    mac = await self.loop.run_in_executor(self.readers, lookup_neighbour, ip)
+                    if mac:
+                        self.macs[ip] = mac
+                        self.unresolved.pop(ip, None)
+                        event("mac_resolved", ip=ip, mac=mac)
+                        changed = True
+                    else:
+                        await self.loop.run_in_executor(self.readers, provoke_neighbour, ip)
+                        due[0] = now + due[1]
+                        due[1] = min(due[1] * 2, 30.0)
+                if now - last_refresh >= MAC_REFRESH_S:
+                    last_refresh = now
+                    for ip in [ip for ip in list(self.macs) if ip in self._mac_edges()]:
+                        mac = await self.loop.run_in_executor(self.readers, lookup_neighbour, ip)
+                        if mac and mac != self.macs[ip]:
+                            event("mac_changed", ip=ip, mac=mac, previous=self.macs[ip])
+                            self.macs[ip] = mac
+                            changed = True
+                if changed:
+                    await self.run_worker(self._apply_logged, "edge MAC resolved")
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("MAC resolver")
+
+    def _mac_edges(self) -> set[str]:
+        cfg = self.cfg
+        if cfg is None:
+            return set()
+        return {str(e.ip) for cl in cfg.clusters if cl.dsr == "l2" for e in cl.edges if not e.mac}
+
+    def _unresolved_wanted(self) -> set[str]:
+        return {ip for ip in self._mac_edges() if ip not in self.macs}
+
+    # ---- RPC ----
+    async def handle(self, method: str, params: dict) -> Any:
+        if method == "ping":
+            return {"daemon": "pydp-control", "protocol": rpc.PROTOCOL_VERSION, "pid": os.getpid()}
+        if method == "store":
+            return await self._rpc_store(params)
+        if method == "status":
+            _only(params, set())
+            return await self.loop.run_in_executor(self.readers, self.status)
+        if method == "stats":
+            _only(params, set())
+            return await self.loop.run_in_executor(self.readers, self.stats)
+        if method == "flows":
+            _only(params, {"cluster", "edge", "client", "limit"})
+            for k in ("cluster", "edge", "client"):
+                if params.get(k) is not None and not isinstance(params[k], str):
+                    raise rpc.RpcError("BadRequest", f"flows: {k} must be a string")
+            limit = params.get("limit", 1000)
+            if limit is None:
+                limit = 1000
+            if isinstance(limit, bool) or not isinstance(limit, int) or not 0 <= limit <= MAX_FLOWS:
+                raise rpc.RpcError("BadRequest", f"flows: limit must be an integer 0..{MAX_FLOWS}")
+            return await self.loop.run_in_executor(self.readers, self.flows, params.get("cluster"),
+                                                   params.get("edge"), params.get("client"), limit)
+        raise rpc.RpcError("BadRequest", f"unknown method {method!r}")
+
+    async def _rpc_store(self, params: dict) -> Any:
+        _only(params, {"op", "args"})
+        op = params.get("op")
+        if not isinstance(op, str) or op not in self.allowed_ops:
+            shown = op[:64] if isinstance(op, str) else type(op).__name__
+            raise rpc.RpcError("BadRequest", f"store op {shown!r} is not allowed; allowed: "
+                                             f"{', '.join(sorted(self.allowed_ops))}")
+        args = params.get("args", {})
+        if args is None:
+            args = {}
+        if not isinstance(args, dict):
+            raise rpc.RpcError("BadRequest", "store: args must be a map of keyword arguments")
+        result, warnings = await self.run_worker(self._store_op, op, args)
+        return rpc.Reply(result, warnings)
+
+    def status(self) -> dict:
+        cfg = self.cfg
+        with self.holder.use() as region:
+            dp = None
+            shm_clusters: dict = {}
+            st = None
+            if region is not None:
+                dp = observe.dataplane_info(region)
+                st = observe.stats(region)
+                shm_clusters = st["clusters"]
+        clusters = []
+        names = [cl.name for cl in cfg.clusters] if cfg else []
+        names += [n for n in shm_clusters if n not in names]
+        conf = {cl.name: cl for cl in cfg.clusters} if cfg else {}
+        for name in names:
+            cl = conf.get(name)
+            sc = shm_clusters.get(name)
+            active = bool(sc and sc["active"] and self.dp_alive)
+            if cl is None:
+                local = "removed"
+            elif not cl.enabled:
+                local = "disabled"
+            else:
+                local = "master" if active else "backup"
+            row = {
+                "name": name,
+                "cluster_ip": str(cl.cluster_ip) if cl else sc["cluster_ip"],
+                "enabled": cl.enabled if cl else sc["enabled"],
+                "mode": cl.mode if cl else None,
+                "dsr": cl.dsr if cl else sc["dsr"],
+                "in_store": cl is not None,
+                "applied": sc is not None,
+                "active": active,
+                "carp": {"local": local, "peer": "unknown",
+                         "source": self._ownership_source(cfg, name) if cfg else "unknown",
+                         "vhid": cl.carp.vhid if cl else None},
+                "packets": sc["packets"] if sc else 0,
+                "bytes": sc["bytes"] if sc else 0,
+                "edges": [],
+            }
+            cedges = [e.name for e in cl.edges] if cl else []
+            sedges = sc["edges"] if sc else {}
+            for ename in cedges + [n for n in sedges if n not in cedges]:
+                ce = next((e for e in cl.edges if e.name == ename), None) if cl else None
+                se = sedges.get(ename)
+                ip = str(ce.ip) if ce else se["ip"]
+                if ce is not None and ce.mac:
+                    mac, mac_source = ce.mac, "config"
+                elif self.macs.get(ip):
+                    mac, mac_source = self.macs[ip], "resolved"
+                elif se and se["mac"]:
+                    mac, mac_source = se["mac"], "data plane"
+                else:
+                    mac, mac_source = None, "unresolved"
+                state = se["state"] if se else "not applied"
+                row["edges"].append({
+                    "name": ename, "ip": ip, "mac": mac, "mac_source": mac_source,
+                    "weight": ce.weight if ce else se["weight"],
+                    "admin_state": ce.state if ce else None,
+                    "state": state,
+                    "health": "no MAC" if mac is None and row["dsr"] == "l2" else "unchecked",
+                    "packets": se["packets"] if se else 0, "bytes": se["bytes"] if se else 0,
+                    "new_flows": se["new_flows"] if se else 0,
+                })
+            clusters.append(row)
+        return {
+            "daemon": {"running": True, "pid": os.getpid(), "started": self.started, "socket": self.socket_path,
+                       "db": self.db, "shm": self.shm, "own_all": self.own_all,
+                       "metrics": f"{self.metrics_addr[0]}:{self.metrics_addr[1]}" if self.metrics_addr else None,
+                       "revision": self.revision, "applied_revision": self.applied_revision,
+                       "last_apply": self.last_apply, "applies": self.apply_count},
+            "carp_known": True,
+            "dataplane": dp if dp is not None else {"running": False, "path": self.shm},
+            "dataplane_up": self.dp_alive,
+            "clusters": clusters,
+            "flow_table": st["flow_table"] if st else None,
+        }
+
+    def stats(self) -> dict:
+        with self.holder.use() as region:
+            if region is None:
+                raise rpc.RpcError("Unavailable", f"no data plane attached (waiting for {self.shm})")
+            out = observe.stats(region, self.cfg)
+        out["dataplane"]["up"] = self.dp_alive
+        return out
+
+    def flows(self, cluster, edge, client, limit) -> dict:
+        with self.holder.use() as region:
+            if region is None:
+                raise rpc.RpcError("Unavailable", f"no data plane attached (waiting for {self.shm})")
+            try:
+                rows, total = observe.find_flows(region, cluster=cluster, edge=edge, client=client, limit=limit)
+            except ValueError as exc:
+                raise rpc.RpcError("BadRequest", str(exc)) from None
+        return {"flows": rows, "matched": total, "limit": limit}
+
+    # ---- metrics ----
+    def _metrics_extra(self):
+        from prometheus_client.core import GaugeMetricFamily
+
+        g = GaugeMetricFamily("pydp_control_applied_revision", "store revision last applied to the data plane")
+        g.add_metric([], self.applied_revision if self.applied_revision is not None else -1)
+        yield g
+        u = GaugeMetricFamily("pydp_edge_mac_unresolved", "edges without a MAC yet (they get no traffic)")
+        u.add_metric([], len(self._unresolved_wanted()))
+        yield u
+
+    def _metrics_region(self):
+        holder = self.holder
+        daemon = self
+
+        @contextlib.contextmanager
+        def source():
+            with holder.use() as region:
+                yield region if (region is not None and daemon.dp_alive) else None
+        return source
+
+    # ---- life cycle ----
+    async def run(self) -> int:
+        self.loop = asyncio.get_running_loop()
+        self.stop_event = asyncio.Event()
+        try:
+            await self.run_worker(self._open_store)
+        except Exception as exc:
+            event("daemon_failed", logging.ERROR, error=f"cannot open the store {self.db}: {exc}")
+            return 1
+        if self.shm is None:
+            self.shm = self.cfg.dataplane.shm_path
+        _make_socket_dir(self.socket_path)
+        try:
+            self.rpc_server = await rpc.serve(self.socket_path, self.handle,
+                                              methods={"ping", "store", "status", "stats", "flows"})
+        except (OSError, RuntimeError) as exc:
+            event("daemon_failed", logging.ERROR, error=f"cannot listen on {self.socket_path}: {exc}")
+            return 1
+        # queued on the worker thread before any request can be: a running data plane is attached and gets the
+        # config before the first change is taken
+        first = self.loop.run_in_executor(self.worker, self._watch_once)
+        if self.metrics_addr is not None:
+            from control import metrics
+
+            try:
+                self.metrics_server = metrics.start(self.metrics_addr,
+                                                    metrics.Collector(self._metrics_region(), self._metrics_extra))
+            except OSError as exc:
+                await self.rpc_server.close()
+                with contextlib.suppress(Exception):
+                    await first
+                event("daemon_failed", logging.ERROR, error=f"cannot serve metrics on "
+                      f"{self.metrics_addr[0]}:{self.metrics_addr[1]}: {exc}")
+                return 1
+        for s in (signal.SIGTERM, signal.SIGINT):
+            self.loop.add_signal_handler(s, self.stop_event.set)
+        event("daemon_started", pid=os.getpid(), socket=self.socket_path, db=self.db, shm=self.shm,
+              metrics=f"{self.metrics_addr[0]}:{self.metrics_addr[1]}" if self.metrics_addr else None,
+              own_all=self.own_all, revision=self.revision, ops=sorted(self.allowed_ops))
+        await first
+        tasks = [asyncio.create_task(c) for c in (self.watch_dataplane(), self.watch_store(), self.resolve_macs())]
+        try:
+            await self.stop_event.wait()
+        finally:
+            event("daemon_stopping", reason="signal")
+            await self.rpc_server.close()
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            if self.metrics_server is not None:
+                with contextlib.suppress(Exception):
+                    self.metrics_server.shutdown()
+                    self.metrics_server.server_close()
+            self.worker.shutdown(wait=True)     # an apply under way completes
+            self.readers.shutdown(wait=True)
+            self.holder.replace(None)           # unmaps only: the data plane keeps its tables and forwards
+            event("daemon_stopped")
+        return 0
+
+
+def _only(params: dict, allowed: set) -> None:
+    extra = set(params) - allowed
+    if extra:
+        raise rpc.RpcError("BadRequest", f"unknown parameters: {', '.join(sorted(extra))}"
+                                         + (f" (accepted: {', '.join(sorted(allowed))})" if allowed else ""))
+
+
+def _make_socket_dir(path: str) -> None:
+    d = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(d):
+        os.makedirs(d, mode=0o700, exist_ok=True)
+        os.chmod(d, 0o700)
+
+
+def default_db() -> str:
+    env = os.environ.get("PYDP_DB")
+    if env:
+        return env
+    try:
+        from control import store
+    except ImportError:
+        return DEFAULT_DB_FALLBACK
+    for name in ("DEFAULT_DB", "DEFAULT_PATH", "DEFAULT_DB_PATH"):
+        v = getattr(store, name, None)
+        if isinstance(v, str):
+            return v
+    return DEFAULT_DB_FALLBACK
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(prog="pydp-control", description=__doc__.splitlines()[0], epilog=EPILOG,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--db", default=None, metavar="FILE",
+                    help="config store (default: $PYDP_DB, else the store's default path)")
+    ap.add_argument("--socket", default=rpc.DEFAULT_SOCKET, metavar="PATH",
+                    help=f"RPC socket for pydpctl, mode 0600 (default {rpc.DEFAULT_SOCKET})")
+    ap.add_argument("--shm", default=None, metavar="PATH",
+                    help="the data plane's shared memory (default: the store's dataplane.shm_path)")
+    ap.add_argument("--metrics", default=DEFAULT_METRICS, metavar="HOST:PORT",
+                    help=f'Prometheus endpoint (default {DEFAULT_METRICS}; "" disables it)')
+    ap.add_argument("--own-all", action="store_true",
+                    help="own every enabled cluster IP (no CARP yet; standalone clusters are always owned)")
+    ap.add_argument("--log-format", choices=("json", "text"), default="json",
+                    help="json (default): one object per line; text: key=value")
+    ap.add_argument("--log-level", choices=("debug", "info", "warning", "error"), default="info")
+    args = ap.parse_args(argv)
+    from control.metrics import parse_address
+
+    try:
+        args.metrics_addr = parse_address(args.metrics)
+    except ValueError as exc:
+        ap.error(f"--metrics: {exc}")
+    if args.db is None:
+        args.db = default_db()
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    setup_logging(args.log_format, getattr(logging, args.log_level.upper()))
+    daemon = Daemon(db=args.db, socket_path=args.socket, shm=args.shm, metrics=args.metrics_addr,
+                    own_all=args.own_all)
+    try:
+        return asyncio.run(daemon.run())
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

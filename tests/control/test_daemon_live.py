@@ -1,0 +1,375 @@
+"""pydp-control against a real pydp-dataplane (af_packet port in a namespace) while tests/traffic.py runs.
+
+Changes go through the real pydpctl over the daemon's socket. The tests run in order on one lab (one data plane,
+one daemon) to stay within about two minutes; each starts from a config it imports itself.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from netlab import ControlProcess, DataplaneProcess, netns, ns_run, traffic, veth
+from control import rpc
+
+pytestmark = [pytest.mark.dpdk, pytest.mark.netns]
+
+LB_MAC = "02:00:00:00:01:01"
+VIP = "198.51.100.10"
+MACS = {"e1": "02:00:00:00:02:01", "e2": "02:00:00:00:02:02", "e3": "02:00:00:00:02:03"}
+IPS = {"e1": "198.51.100.21", "e2": "198.51.100.22", "e3": "198.51.100.23"}
+METRICS = "127.0.0.1:19469"
+
+
+def appliance_text(edges=("e1", "e2"), macless=()) -> str:
+    text = """
+[dataplane]
+lcores = "0-1"
+flow_capacity = 65536
+hugepages = true
+memory_mb = 256
+mbufs = 8191
+[[port]]
+name = "p0"
+device = "net_af_packet0,iface=lb0"
+tap = "pydp-p0"
+[[cluster]]
+name = "web"
+cluster_ip = "198.51.100.10"
+[cluster.carp]
+vhid = 1
+"""
+    for e in edges:
+        mac = "" if e in macless else f'mac = "{MACS[e]}"\n'
+        text += f'[[cluster.edge]]\nname = "{e}"\nip = "{IPS[e]}"\n{mac}'
+    text += ('[[cluster]]\nname = "other"\ncluster_ip = "198.51.100.20"\n[cluster.carp]\nvhid = 2\n'
+             '[[cluster.edge]]\nname = "o1"\nip = "198.51.100.41"\nmac = "02:00:00:00:03:01"\n'
+             '[[cluster.edge]]\nname = "o2"\nip = "198.51.100.42"\nmac = "02:00:00:00:03:02"\n')
+    return text
+
+
+def pydpctl(lab, *args, check=True) -> subprocess.CompletedProcess:
+    p = subprocess.run([sys.executable, "-P", "-m", "control.cli", "--socket", lab["ctl"].socket, *map(str, args)],
+                       capture_output=True, text=True, timeout=60)
+    if check:
+        assert p.returncode == 0, f"pydpctl {' '.join(map(str, args))}: {p.returncode}\n{p.stdout}\n{p.stderr}"
+    return p
+
+
+def wait_applied(lab, timeout=15.0) -> dict:
+    """Waits until the daemon has applied the store's current revision to a running data plane."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            s = rpc.call(lab["ctl"].socket, "status")
+            d = s["daemon"]
+            if s["dataplane_up"] and d["revision"] == d["applied_revision"]:
+                return s
+        except ConnectionError:
+            pass
+        if time.monotonic() > deadline:
+            raise AssertionError(f"the daemon did not apply the config:\n{lab['ctl'].log.read_text()[-3000:]}")
+        time.sleep(0.1)
+
+
+def reset(lab, edges=("e1", "e2"), macless=()) -> None:
+    f = lab["tmp"] / "reset.toml"
+    f.write_text(appliance_text(edges, macless))
+    pydpctl(lab, "import", f)
+    wait_applied(lab)
+
+
+def region_web(lab) -> dict:
+    from control import observe
+
+    return observe.clusters(lab["dp"].region)["web"]
+
+
+def send(lab, *extra, flows=200, rounds=20, pps=2000, start_file=None, settle=1.5) -> dict:
+    args = ["--iface", "c0", "--lb-mac", LB_MAC, "--vip", VIP, "--flows", flows, "--rounds", rounds, "--pps", pps,
+            "--settle", settle, *extra]
+    if start_file is not None:
+        args += ["--start-file", start_file]
+    return traffic(lab["cl_ns"], lab["tmp"], *args)
+
+
+def during(lab, fn, delay: float):
+    """Runs fn in a thread delay seconds after the traffic starts; returns (start_file, thread, errors)."""
+    start_file = lab["tmp"] / f"started-{time.monotonic_ns()}"
+    errors: list = []
+
+    def run():
+        try:
+            deadline = time.monotonic() + 60
+            while not start_file.exists() and time.monotonic() < deadline:
+                time.sleep(0.01)
+            time.sleep(delay)
+            fn()
+        except BaseException as exc:  # reported by the test thread
+            errors.append(exc)
+
+    t = threading.Thread(target=run)
+    t.start()
+    return start_file, t, errors
+
+
+def assert_clean(report, sent):
+    assert report["missing"] == 0, report["missing_first"]
+    assert report["duplicates"] == 0
+    assert report["unique"] == report["sent"] == sent
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("ctl-live")
+    with contextlib.ExitStack() as stack:
+        lb_ns = stack.enter_context(netns("pydpt-lb"))
+        cl_ns = stack.enter_context(netns("pydpt-cl"))
+        # c0 has no address: traffic.py uses raw sockets, and the client namespace's only address is e3's (test a),
+        # so its ARP traffic always carries e3's MAC
+        veth(lb_ns, "lb0", "c0", ns_b=cl_ns, mac_a=LB_MAC)
+        # the data plane starts with a config of its own and owns nothing: ownership and the store's config
+        # come from the daemon
+        dp = DataplaneProcess(lb_ns, appliance_text(), tmp)
+        stack.callback(dp.stop)
+        dp.start()
+        ns_run(lb_ns, "ip", "link", "set", "pydp-p0", "up")
+        ns_run(lb_ns, "ip", "addr", "add", "198.51.100.2/24", "dev", "pydp-p0")
+        db = tmp / "pydp.db"
+        (tmp / "appliance.toml").write_text(appliance_text())
+        imp = subprocess.run([sys.executable, "-P", "-m", "control.cli", "--db", str(db), "import",
+                              str(tmp / "appliance.toml")], capture_output=True, text=True, timeout=60)
+        assert imp.returncode == 0, imp.stderr
+        ctl = ControlProcess(lb_ns, tmp, db, dp.shm, metrics=METRICS, args=["--own-all"])
+        stack.callback(ctl.stop)
+        ctl.start()
+        lab = {"lb_ns": lb_ns, "cl_ns": cl_ns, "dp": dp, "ctl": ctl, "tmp": tmp, "db": db}
+        wait_applied(lab)
+        yield lab
+
+
+def test_a_added_edge_gets_new_flows_and_existing_flows_stay(lab):
+    reset(lab)
+    # e3 is added without a MAC: the daemon provokes ARP and reads the answer from the kernel's neighbour table.
+    # The ARP request goes out through the data plane's exception path; a macvlan with e3's address and MAC in the
+    # client namespace answers it, and the answer comes back the same way.
+    cl = lab["cl_ns"]
+    ns_run(cl, "sysctl", "-qw", "net.ipv4.conf.all.arp_ignore=1")     # only e3 answers for e3's address
+    ns_run(cl, "ip", "link", "add", "link", "c0", "name", "e3", "address", MACS["e3"], "type", "macvlan",
+           "mode", "private")
+    ns_run(cl, "ip", "addr", "add", f"{IPS['e3']}/24", "dev", "e3")
+    ns_run(cl, "ip", "link", "set", "e3", "up")
+    ns_run(lab["lb_ns"], "ip", "neigh", "flush", "to", IPS["e3"], check=False)
+    version = region_web(lab)["table_version"]
+    start, t, errors = during(lab, lambda: pydpctl(lab, "edge", "add", "web", f"e3={IPS['e3']}"), 0.8)
+    report = send(lab, flows=200, rounds=25, pps=2000, start_file=start)
+    t.join(60)
+    assert not errors, errors
+    assert_clean(report, 200 * 25)
+    before = {}
+    for flow, macs in report["per_flow"].items():
+        assert len(macs) == 1, f"flow {flow} moved: {macs}"
+        assert MACS["e3"] not in macs           # every flow existed before e3 came
+        before[flow] = next(iter(macs))
+    web = region_web(lab)
+    assert web["edges"]["e3"]["mac"] == MACS["e3"] and web["edges"]["e3"]["state"] == "up"
+    assert web["table_version"] > version
+    assert any(e["event"] == "mac_resolved" and e.get("ip") == IPS["e3"] for e in lab["ctl"].events())
+    # flows 200..399 are new: some reach e3; flows 0..199 keep their edges
+    report = send(lab, flows=400, rounds=4, pps=2000)
+    assert_clean(report, 400 * 4)
+    new_on_e3 = 0
+    for flow, macs in report["per_flow"].items():
+        assert len(macs) == 1, f"flow {flow} split: {macs}"
+        mac = next(iter(macs))
+        if int(flow) < 200:
+            assert mac == before[flow], f"flow {flow} moved from {before[flow]} to {mac}"
+        elif mac == MACS["e3"]:
+            new_on_e3 += 1
+    assert 30 <= new_on_e3 <= 110, f"{new_on_e3} of 200 new flows reached e3 (a third expected)"
+
+
+def test_b_removed_edge_moves_only_its_flows(lab):
+    reset(lab, edges=("e1", "e2", "e3"))
+    start, t, errors = during(lab, lambda: pydpctl(lab, "edge", "remove", "web", "e1"), 1.0)
+    report = send(lab, flows=300, rounds=20, pps=2000, start_file=start)
+    t.join(60)
+    assert not errors, errors
+    assert_clean(report, 300 * 20)
+    moved = 0
+    for flow, macs in report["per_flow"].items():
+        if MACS["e1"] in macs:
+            assert len(macs) == 2, f"flow {flow}: {macs}"      # e1, then e2 or e3
+            moved += 1
+        else:
+            assert len(macs) == 1, f"flow {flow} moved although its edge stayed: {macs}"
+    assert moved > 30, f"only {moved} flows were on e1"
+    assert "e1" not in region_web(lab)["edges"]
+
+
+def test_c_daemon_killed_and_restarted_disturbs_nothing(lab):
+    # e3 has no MAC in the store: the restarted daemon takes the one its predecessor resolved from the data plane
+    # (the kernel's entry is gone meanwhile), so e3 never goes down and no table is rebuilt
+    reset(lab, edges=("e1", "e2", "e3"), macless=("e3",))
+    ctl = lab["ctl"]
+    web = region_web(lab)
+    applied_before = len(ctl.events("config_applied"))
+
+    def kill_and_restart():
+        ctl.kill()
+        ns_run(lab["lb_ns"], "ip", "neigh", "flush", "to", IPS["e3"], check=False)
+        time.sleep(0.8)                 # the data plane forwards alone on its last tables
+        ctl.start()
+
+    start, t, errors = during(lab, kill_and_restart, 0.8)
+    report = send(lab, flows=200, rounds=30, pps=2000, start_file=start)
+    t.join(60)
+    assert not errors, errors
+    assert_clean(report, 200 * 30)
+    for flow, macs in report["per_flow"].items():
+        assert len(macs) == 1, f"flow {flow} moved during the daemon's restart: {macs}"
+    wait_applied(lab)
+    after = region_web(lab)
+    assert after["table_version"] == web["table_version"], "the restart rebuilt the Maglev table"
+    assert after["uid"] == web["uid"] and after["slot"] == web["slot"]
+    assert {n: (e["slot"], e["uid"], e["mac"], e["state"]) for n, e in after["edges"].items()} == \
+        {n: (e["slot"], e["uid"], e["mac"], e["state"]) for n, e in web["edges"].items()}
+    applied = ctl.events("config_applied")
+    assert len(applied) > applied_before and applied[-1]["rebuilt"] == []
+
+
+def test_d_dataplane_restart_gets_the_config_back(lab):
+    reset(lab, edges=("e2", "e3"))
+    dp, ctl = lab["dp"], lab["ctl"]
+    old_pid = dp.proc.pid
+    # the data plane dies (SIGKILL: its region stays, with a heartbeat that stops)
+    dp.proc.kill()
+    dp.proc.wait(10)
+    deadline = time.monotonic() + 10
+    while not any(e["event"] == "dataplane_lost" and e.get("pid") == old_pid for e in ctl.events()):
+        assert time.monotonic() < deadline, "the daemon did not notice the data plane's death"
+        time.sleep(0.2)
+    s = rpc.call(ctl.socket, "status")
+    assert s["dataplane_up"] is False and s["dataplane"]["alive"] is False
+    # the daemon keeps taking changes meanwhile; they are applied to the next data plane
+    pydpctl(lab, "edge", "edit", "web", "e3", "--weight", "2")
+    dp.stop()
+    # the new data plane starts from its own file (e1, e2; no ownership): the daemon re-applies the store's
+    dp.start()
+    ns_run(lab["lb_ns"], "ip", "link", "set", "pydp-p0", "up")
+    deadline = time.monotonic() + 20
+    while True:
+        s = wait_applied(lab)
+        web = next(c for c in s["clusters"] if c["name"] == "web")
+        if s["dataplane"]["pid"] != old_pid and web["active"] and \
+                [e["name"] for e in web["edges"] if e["state"] == "up"] == ["e2", "e3"]:
+            break
+        assert time.monotonic() < deadline, s
+        time.sleep(0.2)
+    assert set(region_web(lab)["edges"]) == {"e2", "e3"} and region_web(lab)["edges"]["e3"]["weight"] == 2
+    assert any(e["event"] in ("dataplane_restarted", "dataplane_attached") and e.get("pid") != old_pid
+               for e in ctl.events())
+    report = send(lab, flows=100, rounds=5, pps=2000, settle=1.0)
+    assert_clean(report, 100 * 5)
+    for flow, macs in report["per_flow"].items():
+        assert len(macs) == 1 and set(macs) <= {MACS["e2"], MACS["e3"]}, f"flow {flow}: {macs}"
+
+
+def scrape(lab) -> str:
+    code = ("import urllib.request, sys; "
+            f"sys.stdout.write(urllib.request.urlopen('http://{METRICS}/metrics', timeout=5).read().decode())")
+    return ns_run(lab["lb_ns"], sys.executable, "-c", code).stdout
+
+
+def test_e_metrics(lab):
+    reset(lab, edges=("e1", "e2"))
+    send(lab, flows=50, rounds=4, pps=2000, settle=0.5)
+    text = scrape(lab)
+    samples = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            key, _, value = line.rpartition(" ")
+            samples[key] = float(value)
+    names = {k.split("{")[0] for k in samples}
+    for name in ("pydp_port_rx_packets_total", "pydp_port_tx_packets_total", "pydp_port_exception_packets_total",
+                 "pydp_drops_total", "pydp_cluster_packets_total", "pydp_edge_packets_total",
+                 "pydp_edge_bytes_total", "pydp_edge_new_flows_total", "pydp_worker_busy_cycles_total",
+                 "pydp_flow_table_entries", "pydp_flow_table_occupancy_ratio", "pydp_cluster_active",
+                 "pydp_edge_state", "pydp_config_generation", "pydp_dataplane_up"):
+        assert name in names, f"{name} missing from\n{text[:2000]}"
+    assert samples["pydp_dataplane_up"] == 1
+    assert samples['pydp_cluster_active{cluster="web"}'] == 1
+    assert samples['pydp_port_rx_packets_total{port="net_af_packet0"}'] >= 200
+    assert samples['pydp_cluster_packets_total{cluster="web"}'] >= 200
+    assert samples['pydp_edge_state{cluster="web",edge="e1",state="up"}'] == 1
+    assert samples['pydp_edge_state{cluster="web",edge="e1",state="down"}'] == 0
+    assert samples['pydp_drops_total{port="net_af_packet0",reason="malformed"}'] == 0
+    assert samples['pydp_flow_table_entries{kind="capacity",worker="0"}'] == 65536
+    live = samples['pydp_flow_table_entries{kind="live",worker="0"}']
+    assert live >= 50
+    assert samples['pydp_flow_table_occupancy_ratio{worker="0"}'] == pytest.approx(live / 65536)
+    assert samples['pydp_worker_busy_cycles_total{worker="0"}'] > 0
+    assert samples["pydp_config_generation"] >= 1
+
+
+def test_f_pydpctl_read_commands(lab):
+    reset(lab, edges=("e1", "e2"))
+    send(lab, flows=60, rounds=3, pps=2000, settle=0.5)
+    s = json.loads(pydpctl(lab, "status", "--json").stdout)
+    assert s["daemon"]["running"] and s["carp_known"] and s["dataplane_up"]
+    web = next(c for c in s["clusters"] if c["name"] == "web")
+    assert web["carp"] == {**web["carp"], "local": "master", "peer": "unknown", "source": "own-all"}
+    assert [(e["name"], e["state"], e["mac"]) for e in web["edges"]] == [("e1", "up", MACS["e1"]),
+                                                                      ("e2", "up", MACS["e2"])]
+    assert sum(e["packets"] for e in web["edges"]) >= 180
+    text = pydpctl(lab, "status").stdout
+    assert "master" in text and "e2" in text
+    st = json.loads(pydpctl(lab, "stats", "--json", "--interval", "0.3").stdout)
+    assert {"ports", "clusters", "workers", "flow_table", "rates"} <= set(st)
+    assert st["clusters"]["web"]["edges"]["e1"]["packets"] > 0
+    assert st["rates"]["interval_s"] > 0
+    watch = pydpctl(lab, "stats", "--watch", "0.2", "--count", "2", "--json").stdout.strip().splitlines()
+    assert len(watch) == 2 and all("rates" in json.loads(line) for line in watch)
+    f = json.loads(pydpctl(lab, "flows", "--json", "--cluster", "web", "--edge", "e2", "--limit", "5").stdout)
+    assert f["matched"] > 0 and 0 < len(f["flows"]) <= 5
+    assert all(x["edge"] == "e2" and x["cluster"] == "web" and x["protocol"] == "udp" for x in f["flows"])
+    one = f["flows"][0]["client"]
+    f = json.loads(pydpctl(lab, "flows", "--json", "--client", one).stdout)
+    assert f["flows"] and all(x["client"] == one for x in f["flows"])
+    bad = pydpctl(lab, "flows", "--cluster", "nope", check=False)
+    assert bad.returncode == 1 and "nope" in bad.stderr
+
+
+def test_g_other_writer_and_graceful_stop(lab):
+    """A change written straight into the store (pydpctl --db) is applied by the store watcher; SIGTERM removes the
+    socket and leaves the data plane forwarding on its tables and ownership."""
+    reset(lab, edges=("e1", "e2"))
+    ctl = lab["ctl"]
+    p = subprocess.run([sys.executable, "-P", "-m", "control.cli", "--db", str(lab["db"]), "edge", "drain", "web",
+                        "e2"], capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, p.stderr
+    deadline = time.monotonic() + 10
+    while region_web(lab)["edges"]["e2"]["state"] != "draining":
+        assert time.monotonic() < deadline, ctl.log.read_text()[-2000:]
+        time.sleep(0.1)
+    assert any(e["event"] == "config_applied" and "another writer" in e["reason"] for e in ctl.events())
+    web = region_web(lab)
+    gen = lab["dp"].region.generation
+    assert ctl.stop() == 0
+    assert not (lab["tmp"] / ctl.socket).exists()
+    after = region_web(lab)
+    assert lab["dp"].region.generation == gen and after == web and after["active"]
+    # flows 0..99 may still be pinned to e2 from earlier tests (draining keeps them); 100..299 are new: all on e1
+    report = send(lab, flows=300, rounds=2, pps=2000, settle=0.5)
+    assert_clean(report, 300 * 2)
+    assert all(set(m) == {MACS["e1"]} for f, m in report["per_flow"].items() if int(f) >= 100)
+    ctl.start()
+    wait_applied(lab)
+    events = [e["event"] for e in ctl.events()]
+    assert "daemon_stopped" in events
