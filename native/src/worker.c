@@ -93,18 +93,18 @@ static inline void wrk_count_class(struct pydp_worker_stats *s, const struct pyd
         s->cls_other++;
 }
 
-/* A packet for a cluster IP, between the stages of the burst pipeline. */
+/* A packet between the stages of the burst pipeline. */
 struct wrk_pkt {
     struct rte_mbuf *m;
-    struct pydp_flow_key key;
+    struct pydp_pkt_info info;      /* info.key becomes the hashed key (IPSec local termination folds it) */
     uint32_t hash;
     uint16_t ci;
-    uint16_t l3_len;
-    uint16_t l3_off;
-    uint8_t flags;
-    uint8_t tcp_flags;
-    uint8_t family;
+    uint8_t exc;                    /* for the exception path: WRK_EXC_BULK or WRK_EXC_PRIO */
 };
+
+#define WRK_EXC_BULK 1
+#define WRK_EXC_PRIO 2
+#define WRK_WAYS_AHEAD 6            /* forward packet i while the flows of packet i + 6 are being fetched */
 
 /* Chooses the edge slot of a packet for a cluster: the flow's pinned edge while it is usable, else Maglev.
  * Returns PYDP_MAGLEV_NONE when the cluster has no edge up. */
@@ -119,7 +119,7 @@ static inline uint32_t wrk_choose_edge(struct dp_worker *w, const struct pydp_cl
     int evicted = 0;
 
     s->flow_lookups++;
-    f = pydp_flow_lookup(w->flows, &p->key, p->hash, now, cfg);
+    f = pydp_flow_lookup(w->flows, &p->info.key, p->hash, now, cfg);
     if (f != NULL) {
         s->flow_hits++;
         if (likely(f->cluster == p->ci && f->cluster_uid == c->uid && wrk_edge_usable(c, f))) {
@@ -134,17 +134,17 @@ static inline uint32_t wrk_choose_edge(struct dp_worker *w, const struct pydp_cl
             f->edge_uid = c->edges[slot].uid;
             s->flow_rehashed++;
         }
-        if (!(p->flags & PYDP_PF_ICMP_ERROR))
-            pydp_flow_touch(w->flows, f, p->tcp_flags, now);
+        if (!(p->info.flags & PYDP_PF_ICMP_ERROR))
+            pydp_flow_touch(w->flows, f, p->info.tcp_flags, now);
         return slot;
     }
     slot = table[pydp_maglev_slot(p->hash, c->maglev_size)];
     if (unlikely(slot == PYDP_MAGLEV_NONE))
         return slot;
     /* Fragments hash on addresses only and ICMP errors belong to a flow: neither opens one. */
-    if (p->flags & (PYDP_PF_FRAGMENT | PYDP_PF_ICMP_ERROR))
+    if (p->info.flags & (PYDP_PF_FRAGMENT | PYDP_PF_ICMP_ERROR))
         return slot;
-    f = pydp_flow_insert(w->flows, &p->key, p->hash, now, cfg, &evicted);
+    f = pydp_flow_insert(w->flows, &p->info.key, p->hash, now, cfg, &evicted);
     s->flow_inserts++;
     s->flow_evictions += (uint64_t)evicted;
     f->cluster = p->ci;
@@ -152,73 +152,79 @@ static inline uint32_t wrk_choose_edge(struct dp_worker *w, const struct pydp_cl
     f->edge = (uint8_t)slot;
     f->edge_uid = c->edges[slot].uid;
     f->state = PYDP_FLOW_EMPTY;
-    pydp_flow_touch(w->flows, f, p->tcp_flags, now);
+    pydp_flow_touch(w->flows, f, p->info.tcp_flags, now);
     w->cstats[p->ci].edges[slot].new_flows++;
     return slot;
 }
 
-/* Stage 1: everything that needs only the packet and the config. Frames that are not for an owned, enabled
- * cluster are dealt with here (exception path or drop); the others get their flow hash and a prefetch of their
- * flow-table bucket. Returns 1 when p is to go on to the next stages. */
-static inline int wrk_classify(struct dp_worker *w, uint32_t pi, struct rte_mbuf *m, struct wrk_pkt *p)
+/* Stage 1: parse. Frames that are not well-formed IP go to the exception path or are dropped here. Parsing a
+ * whole burst before anything reads the results lets the parser's small stores retire first: reading a key back
+ * as 8-byte words right after it was written byte by byte would stall on store forwarding. */
+static inline int wrk_parse(struct dp_worker *w, uint32_t pi, struct rte_mbuf *m, struct wrk_pkt *p)
 {
     struct pydp_port_stats *ps = &w->stats->port[pi];
-    const struct pydp_config *cfg = w->cfg;
     const uint8_t *frame = rte_pktmbuf_mtod(m, const uint8_t *);
-    const struct pydp_cluster *c;
-    struct pydp_pkt_info info;
-    int cls, ci;
+    int cls;
 
     if (unlikely(rte_pktmbuf_data_len(m) >= RTE_ETHER_HDR_LEN &&
                  memcmp(frame + 6, dp.ports[pi].mac.addr_bytes, RTE_ETHER_ADDR_LEN) == 0)) {
         dp_drop(ps, m, PYDP_DROP_LOOP);
         return 0;
     }
-    cls = pydp_parse(frame, rte_pktmbuf_data_len(m), &info);
-    if (unlikely(cls != PYDP_CLS_IP)) {
-        if (cls == PYDP_CLS_MALFORMED)
-            dp_drop(ps, m, PYDP_DROP_MALFORMED);
-        else
-            dp_exc_send(w, pi, m, cls == PYDP_CLS_EXC_PRIO);
+    cls = pydp_parse(frame, rte_pktmbuf_data_len(m), &p->info);
+    if (unlikely(cls == PYDP_CLS_MALFORMED)) {
+        dp_drop(ps, m, PYDP_DROP_MALFORMED);
         return 0;
     }
-    ci = pydp_config_lookup_vip(cfg, info.family, info.dst);
+    /* exception frames stay in the burst so the exception path keeps the order they arrived in */
+    p->exc = cls == PYDP_CLS_IP ? 0 : (cls == PYDP_CLS_EXC_PRIO ? WRK_EXC_PRIO : WRK_EXC_BULK);
+    p->m = m;
+    return 1;
+}
+
+/* Stage 2: the cluster IP, ownership, the flow hash, and a prefetch of the flow-table bucket. Returns 1 when
+ * the packet goes on to the next stages. */
+static inline int wrk_classify(struct dp_worker *w, uint32_t pi, struct wrk_pkt *p)
+{
+    struct pydp_port_stats *ps = &w->stats->port[pi];
+    const struct pydp_config *cfg = w->cfg;
+    const struct pydp_cluster *c;
+    int ci;
+
+    if (unlikely(p->exc)) {
+        dp_exc_send(w, pi, p->m, p->exc == WRK_EXC_PRIO);
+        return 0;
+    }
+    ci = pydp_config_lookup_vip(cfg, p->info.family, p->info.dst);
     if (ci < 0) {
-        dp_exc_send(w, pi, m, 0);
+        dp_exc_send(w, pi, p->m, 0);
         return 0;
     }
     c = &cfg->clusters[ci];
     if (unlikely(!c->enabled)) {
         w->cstats[ci].drop_disabled++;
-        dp_drop(ps, m, PYDP_DROP_DISABLED);
+        dp_drop(ps, p->m, PYDP_DROP_DISABLED);
         return 0;
     }
     if (unlikely(!dp.shm.hdr->active[ci])) {
         w->cstats[ci].drop_not_active++;
-        dp_drop(ps, m, PYDP_DROP_NOT_ACTIVE);
+        dp_drop(ps, p->m, PYDP_DROP_NOT_ACTIVE);
         return 0;
     }
-    wrk_count_class(w->stats, &info);
-    p->m = m;
-    p->key = info.key;
-    if ((info.flags & PYDP_PF_IPSEC) && c->ipsec_local) {
+    wrk_count_class(w->stats, &p->info);
+    if ((p->info.flags & PYDP_PF_IPSEC) && c->ipsec_local) {
         /* IKE, NAT-T, ESP and AH of one client land on one edge */
-        p->key.sport = 0;
-        p->key.dport = 0;
-        p->key.proto = WRK_ESP;
+        p->info.key.sport = 0;
+        p->info.key.dport = 0;
+        p->info.key.proto = WRK_ESP;
     }
-    p->hash = pydp_flow_hash(&p->key, cfg->hash_seed);
+    p->hash = pydp_flow_hash(&p->info.key, cfg->hash_seed);
     p->ci = (uint16_t)ci;
-    p->l3_len = info.l3_len;
-    p->l3_off = info.l3_off;
-    p->flags = info.flags;
-    p->tcp_flags = info.tcp_flags;
-    p->family = info.family;
     pydp_flow_prefetch_bucket(w->flows, p->hash);
     return 1;
 }
 
-/* Stage 3: flow table, Maglev, rewrite, TX. */
+/* Stage 4: flow table, Maglev, rewrite, TX. */
 static inline void wrk_forward(struct dp_worker *w, uint32_t pi, struct wrk_pkt *p, uint32_t now)
 {
     struct pydp_port_stats *ps = &w->stats->port[pi];
@@ -239,12 +245,13 @@ static inline void wrk_forward(struct dp_worker *w, uint32_t pi, struct wrk_pkt 
     if (c->dsr_mode == PYDP_DSR_L2) {
         pydp_dsr_l2(rte_pktmbuf_mtod(m, uint8_t *), e->mac, dp.ports[pi].mac.addr_bytes);
     } else {
-        uint32_t olen = p->family == PYDP_AF_INET ? 20 : 40;
-        uint32_t want = (uint32_t)p->l3_off + p->l3_len;
+        uint8_t family = p->info.family;
+        uint32_t olen = family == PYDP_AF_INET ? 20 : 40;
+        uint32_t want = (uint32_t)p->info.l3_off + p->info.l3_len;
         uint8_t src[16];
         uint8_t *out;
 
-        if (unlikely(e->family != p->family)) {
+        if (unlikely(e->family != family)) {
             dp_drop(ps, m, PYDP_DROP_FAMILY);
             return;
         }
@@ -255,8 +262,8 @@ static inline void wrk_forward(struct dp_worker *w, uint32_t pi, struct wrk_pkt 
             dp_drop(ps, m, PYDP_DROP_NO_HEADROOM);
             return;
         }
-        pydp_ipip_source(cfg, p->family, p->hash, src);
-        pydp_dsr_encap(out, p->family, src, e->addr, p->l3_len, cfg->gateway_mac, dp.ports[pi].mac.addr_bytes);
+        pydp_ipip_source(cfg, family, p->hash, src);
+        pydp_dsr_encap(out, family, src, e->addr, p->info.l3_len, cfg->gateway_mac, dp.ports[pi].mac.addr_bytes);
     }
     len = rte_pktmbuf_pkt_len(m);
     cs->packets++;
@@ -266,25 +273,35 @@ static inline void wrk_forward(struct dp_worker *w, uint32_t pi, struct wrk_pkt 
     dp_txq_put(&w->tx[pi], m, dp.p.burst);
 }
 
-/* One received burst through the pipeline: classify and prefetch buckets, prefetch the matching flows, forward.
- * The flow table is far larger than the caches: overlapping the misses of a whole burst is what keeps a table
- * of millions of flows from costing two memory round trips per packet. */
+/* One received burst through the pipeline: parse; classify, hash and prefetch buckets; prefetch the matching
+ * flows; forward. The flow table is far larger than the caches: overlapping the misses of a whole burst is what
+ * keeps a table of millions of flows from costing two memory round trips per packet. */
 static void wrk_burst(struct dp_worker *w, uint32_t pi, struct rte_mbuf **pkts, uint16_t n, uint32_t now)
 {
     struct wrk_pkt v[DP_MAX_BURST];
-    uint32_t i, nv = 0;
+    uint32_t i, nv = 0, nk = 0;
 
     for (i = 0; i < n && i < WRK_PREFETCH_AHEAD; i++)
         rte_prefetch0(rte_pktmbuf_mtod(pkts[i], void *));
     for (i = 0; i < n; i++) {
         if (i + WRK_PREFETCH_AHEAD < n)
             rte_prefetch0(rte_pktmbuf_mtod(pkts[i + WRK_PREFETCH_AHEAD], void *));
-        nv += (uint32_t)wrk_classify(w, pi, pkts[i], &v[nv]);
+        nv += (uint32_t)wrk_parse(w, pi, pkts[i], &v[nv]);
     }
-    for (i = 0; i < nv; i++)
+    for (i = 0; i < nv; i++) {
+        if (wrk_classify(w, pi, &v[i])) {
+            if (nk != i)
+                v[nk] = v[i];
+            nk++;
+        }
+    }
+    for (i = 0; i < nk && i < WRK_WAYS_AHEAD; i++)
         pydp_flow_prefetch_ways(w->flows, v[i].hash);
-    for (i = 0; i < nv; i++)
+    for (i = 0; i < nk; i++) {
+        if (i + WRK_WAYS_AHEAD < nk)
+            pydp_flow_prefetch_ways(w->flows, v[i + WRK_WAYS_AHEAD].hash);
         wrk_forward(w, pi, &v[i], now);
+    }
 }
 
 static void wrk_run_cmds(struct dp_worker *w)
