@@ -17,7 +17,7 @@ from typing import Any, Callable, Sequence
 from control import rpc
 
 PROG = "pydpctl"
-DEFAULT_SHM = "/dev/shm/pydp"
+DEFAULT_SHM = "/dev/hugepages/pydp"
 RPC_TIMEOUT = 10.0
 
 

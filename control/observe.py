@@ -8,7 +8,7 @@ meanwhile is skipped).
 
     from pydp.shm import Region
     from control import observe
-    r = Region.attach("/dev/shm/pydp")
+    r = Region.attach("/dev/hugepages/pydp")
     observe.stats(r)["clusters"]["web"]["edges"]["e1"]["packets"]
     observe.flows(r, cluster="web", client="203.0.113.0/24", limit=50)
 """

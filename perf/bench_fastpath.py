@@ -543,9 +543,9 @@ def parse_args(argv):
     ap.add_argument("--gen-cpu", type=int, default=0, help="CPU of the generator and the main lcores (default 0)")
     ap.add_argument("--fwd-cpu", type=int, default=1, help="CPU of the forwarding lcore (default 1)")
     ap.add_argument("--flow-capacity", type=int, default=2097152, help="pydp flow_capacity (default 2097152)")
-    ap.add_argument("--shm-dir", default="/dev/shm", metavar="DIR",
-                    help="directory of pydp's shared memory (flow tables); /dev/hugepages puts them on 2 MiB pages "
-                    "(default /dev/shm, as in production)")
+    ap.add_argument("--shm-dir", default="/dev/hugepages", metavar="DIR",
+                    help="directory of pydp's shared memory (flow tables): /dev/hugepages (the default, as in production: "
+                    "2 MiB pages) or /dev/shm (4 KiB pages)")
     ap.add_argument("--gen", default=None, metavar="PATH", help=f"pydp-gen binary (default {DEFAULT_GEN}, "
                     "built if missing)")
     ap.add_argument("--testpmd", default="dpdk-testpmd", metavar="PATH", help="dpdk-testpmd binary")

@@ -235,7 +235,7 @@ class DataplaneConfig:
     flow_capacity: int = 2097152
     maglev_size: int = MAGLEV_DEFAULT_SIZE
     hash_seed: int = 0x5EED
-    shm_path: str = "/dev/shm/pydp"
+    shm_path: str = "/dev/hugepages/pydp"
     hugepages: bool = True
     memory_mb: int = 512
     eal_args: list[str] = field(default_factory=list)

@@ -112,6 +112,11 @@ class Dataplane:
 
     def start(self) -> Region:
         cfg, dp = self.cfg, self.cfg.dataplane
+        shm_dir = os.path.dirname(self.shm_path) or "/"
+        if not os.path.isdir(shm_dir):
+            hint = (" (mount hugetlbfs: mount -t hugetlbfs nodev /dev/hugepages, as scripts/setup.sh does, or set "
+                    "dataplane.shm_path = \"/dev/shm/pydp\")") if shm_dir.startswith("/dev/hugepages") else ""
+            raise LaunchError(f"shared memory directory {shm_dir} does not exist{hint}")
         args, ports, excs = eal_args(cfg, pcap=self.pcap, shm_path=self.shm_path)
         self.prefix = args[args.index("--file-prefix") + 1]
         log.info("EAL arguments: %s", " ".join(args[1:]))

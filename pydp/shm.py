@@ -4,7 +4,7 @@ Everything here goes through the layout in ``native/include/pydp.h``: struct poi
 views of counters and flow tables get their dtypes from cffi's own description of the structs, so no offset is
 written by hand in Python.
 
-    >>> region = Region.attach("/dev/shm/pydp")         # doctest: +SKIP
+    >>> region = Region.attach("/dev/hugepages/pydp")         # doctest: +SKIP
     >>> region.worker_stats()["flow_hits"].sum()         # doctest: +SKIP
     >>> with region.writer() as cfg:                     # doctest: +SKIP
     ...     cfg.clusters[0].enabled = 0
