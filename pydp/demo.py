@@ -18,6 +18,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from pydp.pcap import write_pcap
+
 DEMO_CONFIG = """
 # pydp demo appliance: one port (replaced by pcap files in pcap mode), three clusters
 [dataplane]
@@ -110,16 +112,6 @@ def build_capture(flows: int, seed: int = 1):
     good = bytes(Ether(dst=lb) / IP(src="203.0.113.9", dst="198.51.100.10") / TCP(flags="S"))
     raw = [good[:20], good[:14] + b"\x46" + good[15:30]]
     return [bytes(f) for f in frames] + raw
-
-
-def write_pcap(path: Path, frames: list[bytes]) -> None:
-    import struct
-
-    with open(path, "wb") as f:
-        f.write(struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, 1))
-        for i, fr in enumerate(frames):
-            f.write(struct.pack("<IIII", 1700000000, i, len(fr), len(fr)))
-            f.write(fr)
 
 
 def run(workdir: Path, flows: int) -> dict:

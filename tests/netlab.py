@@ -27,6 +27,20 @@ def ns_run(ns: str, *args, **kw) -> subprocess.CompletedProcess:
     return run("ip", "netns", "exec", ns, *args, **kw)
 
 
+def terminate(proc: subprocess.Popen | None, timeout: float) -> int | None:
+    """SIGTERM, then SIGKILL if it has not ended within timeout; returns its exit status (None: no process)."""
+    if proc is None:
+        return None
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+    return proc.returncode
+
+
 @contextlib.contextmanager
 def netns(prefix: str = "pydpt"):
     """A fresh namespace with its loopback up; deleted (with every interface in it) at the end."""
@@ -93,16 +107,7 @@ class DataplaneProcess:
         if self.region is not None:
             self.region.close()
             self.region = None
-        if self.proc is None:
-            return None
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-        rc = self.proc.returncode
+        rc = terminate(self.proc, timeout)
         self.proc = None
         # a data plane that was killed leaves its region and runtime directory: remove them like a restart would
         with contextlib.suppress(FileNotFoundError):
@@ -192,16 +197,7 @@ class ControlProcess:
             self.proc.wait(10)
 
     def stop(self, timeout: float = 10.0) -> int | None:
-        if self.proc is None:
-            return None
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-        rc = self.proc.returncode
+        rc = terminate(self.proc, timeout)
         self.proc = None
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.socket)
@@ -217,3 +213,37 @@ class ControlProcess:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+def bridge(ns: str, name: str = "br0") -> str:
+    """A Linux bridge in ns, up: no STP, no multicast snooping (every port sees every multicast, as on a plain
+    switch), no IPv6 chatter."""
+    run("ip", "-n", ns, "link", "add", name, "type", "bridge", "stp_state", "0", "mcast_snooping", "0")
+    ns_run(ns, "sysctl", "-qw", f"net.ipv6.conf.{name}.disable_ipv6=1", check=False)
+    run("ip", "-n", ns, "link", "set", name, "up")
+    return name
+
+
+def bridge_host(switch_ns: str, br: str, host_ns: str, port: str, ifname: str = "eth0",
+                addr: str | None = None, mac: str | None = None) -> None:
+    """Attaches host_ns to the bridge br in switch_ns: a veth with `port` on the bridge and `ifname` (optionally
+    with the address `addr`, CIDR, and MAC `mac`) in the host."""
+    veth(switch_ns, port, ifname, host_ns, mac_b=mac)
+    run("ip", "-n", switch_ns, "link", "set", port, "master", br)
+    if addr:
+        run("ip", "-n", host_ns, "addr", "add", addr, "dev", ifname)
+
+
+def addresses(ns: str, dev: str | None = None, family: str = "inet") -> list[str]:
+    """The addresses (without prefix length) configured in ns, on one interface or on all."""
+    import json
+
+    args = ["ip", "-j", "-n", ns, "-f", family, "addr", "show"] + (["dev", dev] if dev else [])
+    out = run(*args, check=False).stdout or "[]"
+    return [a["local"] for link in json.loads(out) for a in link.get("addr_info", [])]
+
+
+def link_mac(ns: str, dev: str) -> str:
+    import json
+
+    return json.loads(run("ip", "-j", "-n", ns, "link", "show", "dev", dev).stdout)[0]["address"]

@@ -12,7 +12,6 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
-import struct
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -22,6 +21,7 @@ from scapy.all import (ICMP, IP, TCP, UDP, Ether, ICMPv6EchoRequest, IPerror, IP
 from scapy.layers.inet6 import ICMPv6PacketTooBig, IPerror6
 
 from pydp import maglev
+from pydp.pcap import write_pcap
 from pydp._ffi import ffi, lib
 
 EXCEPTION = "exception"
@@ -43,15 +43,6 @@ class Result:
     exc: list[bytes]
     summary: dict
     cases: list[Case] = field(default_factory=list)
-
-
-def write_pcap(path, frames: list[bytes]) -> None:
-    """A classic pcap of raw frames (scapy will not write frames shorter than an Ethernet header)."""
-    with open(path, "wb") as f:
-        f.write(struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, 1))
-        for i, fr in enumerate(frames):
-            f.write(struct.pack("<IIII", 1700000000 + i // 1000000, i % 1000000, len(fr), len(fr)))
-            f.write(fr)
 
 
 def run_pcap(tmp_path, config_text: str, frames: list[bytes], extra_args=()) -> Result:
