@@ -209,6 +209,25 @@ def _print_status(s: dict) -> None:
                      c["carp"]["peer"], c["carp"].get("source") or "-", human(c["packets"]), human(c["bytes"], "B")])
     print(table(["CLUSTER", "CLUSTER IP", "STATUS", "THIS APPLIANCE", "PEER", "OWNERSHIP", "PACKETS", "BYTES"],
                 rows, right={6, 7}))
+    carp = [c for c in s["clusters"] if "transitions" in c["carp"]]
+    if carp:
+        print()
+        rows = []
+        for c in carp:
+            k = c["carp"]
+            demote = "-" if k.get("demote") is None else str(k["demote"])
+            if k.get("demote_reasons"):
+                demote += f" ({','.join(k['demote_reasons'])})"
+            dropped = {r: n for r, n in (k.get("drops") or {}).items() if n}
+            rows.append([c["name"], k.get("vhid") or "-", k["local"], demote, k.get("interface") or "-",
+                         k.get("srcip") or "-", k.get("adverts_sent", 0), k.get("adverts_received", 0),
+                         ", ".join(f"{r} {n}" for r, n in sorted(dropped.items())) or "0",
+                         k.get("transitions", 0)])
+        print(table(["CLUSTER", "VHID", "CARP", "DEMOTE", "INTERFACE", "SOURCE", "SENT", "RECEIVED", "DROPPED",
+                     "TRANSITIONS"], rows, right={6, 7, 9}))
+        for c in carp:
+            if c["carp"].get("problem"):
+                print(f"  {c['name']}: CARP not running: {c['carp']['problem']}")
     print()
     rows = []
     for c in s["clusters"]:

@@ -7,10 +7,13 @@ Tasks (one asyncio loop; the store and every config write run on one worker thre
   creation time) or a stale heartbeat, and re-applies the config to a new data plane;
 * the store watcher: applies changes another writer committed (pydpctl --db without the daemon);
 * MAC resolution for edges configured without a MAC (kernel neighbour table, ARP/ND provoked when absent);
-* Prometheus metrics (control.metrics) read from the region at scrape time.
+* Prometheus metrics (control.metrics) read from the region at scrape time;
+* CARP (control.carp_manager): one instance per enabled cluster in mode "cluster" on the data port's TAP; taking a
+  cluster IP sets the fast path's ownership flag, puts the address on the TAP and announces it (gratuitous ARP).
 
 The daemon never clears the data plane's tables: when it stops or dies, the data plane keeps forwarding with its
-last config, and a new daemon re-applies the same config without rebuilding a table or moving a flow.
+last config, and a new daemon re-applies the same config without rebuilding a table or moving a flow. On SIGTERM
+its CARP instances bow out (the peer takes over at once) and release their cluster IPs.
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ import threading
 import time
 from typing import Any
 
-from control import observe, rpc
+from control import carp_manager, observe, rpc
 
 log = logging.getLogger("pydp.control")
 
@@ -50,10 +53,12 @@ RESERVED_OPS = {"appliance", "close", "connect"}
 EPILOG = """examples:
   pydp-control                                   # store /var/lib/pydp/config.db, socket /run/pydp/control.sock
   pydp-control --own-all --log-format text       # lab without CARP: own every enabled cluster IP
+  pydp-control --carp-src 198.51.100.2           # CARP source address (default: the first IPv4 on the TAP)
   pydp-control --db /tmp/lab.db --socket /tmp/lab.sock --shm /dev/shm/pydp-lab --metrics 127.0.0.1:9470
   pydp-control --metrics ""                      # no metrics endpoint
 
-Stop with SIGTERM or SIGINT: the socket is removed, the data plane keeps forwarding on its last tables.
+Stop with SIGTERM or SIGINT: CARP masters bow out and release their cluster IPs, the socket is removed, the data
+plane keeps forwarding on its last tables.
 """
 
 
@@ -101,7 +106,7 @@ class TextFormatter(logging.Formatter):
         return text
 
 
-def event(name: str, level: int = logging.INFO, **fields) -> None:
+def event(name: str, level: int = logging.INFO, /, **fields) -> None:
     """A structured log line: the event name and its fields."""
     log.log(level, name, extra={"fields": fields})
 
@@ -194,7 +199,7 @@ def provoke_neighbour(ip: str) -> None:
 
 class Daemon:
     def __init__(self, *, db: str, socket_path: str, shm: str | None, metrics: tuple[str, int] | None,
-                 own_all: bool = False, store_factory=None):
+                 own_all: bool = False, store_factory=None, carp_src: str | None = None):
         self.db = db
         self.socket_path = socket_path
         self.shm = shm
@@ -224,6 +229,14 @@ class Daemon:
         self.stop_event: asyncio.Event | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
         self.apply_count = 0
+        # ownership: the CARP hooks (loop) and the applies (worker thread) write the flags under one lock
+        self.own_lock = threading.Lock()
+        self.carp_owned: set[str] = set()     # clusters whose CARP instance is MASTER
+        self.slots: dict[str, int] = {}       # cluster name -> slot in the data plane, as of the last apply
+        self.carp_src = carp_src
+        self.carp = carp_manager.CarpManager(set_owned=self.set_owned, interface=self.carp_interface,
+                                             health=self.carp_health, event=event, carp_src=carp_src)
+        self.carp.enabled = not own_all
 
     # ---- worker thread: the store and every write to the region ----
     def _open_store(self) -> None:
@@ -318,10 +331,10 @@ class Daemon:
                   clusters=sorted(result.slots), rebuilt=result.rebuilt)
             for name, active in ownership.items():
                 old = before_active.get(name)
-                if old is None or old != active:
+                source = self._ownership_source(cfg, name)
+                if (old is None or old != active) and source != "carp":     # CARP logs its own transitions
                     event("carp_transition", cluster=name, state="master" if active else "backup",
-                          previous=None if old is None else ("master" if old else "backup"),
-                          source=self._ownership_source(cfg, name))
+                          previous=None if old is None else ("master" if old else "backup"), source=source)
             self._log_edge_changes(self._edge_states(before), self._edge_states(observe.clusters(region)))
             self.last_apply = {"time": time.time(), "revision": rev, "generation": result.generation,
                                "rebuilt": result.rebuilt, "reason": reason, "warnings": result.warnings}
@@ -335,22 +348,77 @@ class Daemon:
                     return "disabled"
                 if cl.mode == "standalone":
                     return "standalone"
-                return "own-all" if self.own_all else "no CARP yet"
+                return "own-all" if self.own_all else "carp"
         return "removed"
+
+    def _wants_active(self, cl) -> bool:
+        return bool(cl.enabled and (self.own_all or cl.mode == "standalone" or cl.name in self.carp_owned))
 
     def _set_ownership(self, region, cfg, slots: dict) -> dict:
         from pydp._ffi import lib
 
-        want = [False] * lib.PYDP_MAX_CLUSTERS
-        out = {}
-        for cl in cfg.clusters:
-            active = bool(cl.enabled and (self.own_all or cl.mode == "standalone"))
-            want[slots[cl.name]] = active
-            out[cl.name] = active
-        for i, active in enumerate(want):
-            if region.is_active(i) != active:
-                region.set_active(i, active)
+        with self.own_lock:
+            want = [False] * lib.PYDP_MAX_CLUSTERS
+            out = {}
+            for cl in cfg.clusters:
+                active = self._wants_active(cl)
+                want[slots[cl.name]] = active
+                out[cl.name] = active
+            for i, active in enumerate(want):
+                if region.is_active(i) != active:
+                    region.set_active(i, active)
+            self.slots = dict(slots)
         return out
+
+    # ---- CARP's side (called on the loop by control.carp_manager) ----
+    def set_owned(self, name: str, owned: bool) -> None:
+        """CARP took (or released) a cluster IP: its ownership flag follows at once (the next apply keeps it)."""
+        with self.own_lock:
+            if owned:
+                self.carp_owned.add(name)
+            else:
+                self.carp_owned.discard(name)
+            cfg = self.cfg
+            cl = next((c for c in cfg.clusters if c.name == name), None) if cfg is not None else None
+            slot = self.slots.get(name)
+            active = bool(owned and cl is not None and self._wants_active(cl))
+            with self.holder.use() as region:
+                if region is not None and slot is not None and region.is_active(slot) != active:
+                    region.set_active(slot, active)
+
+    def carp_interface(self) -> str | None:
+        """The TAP CARP runs on: the exception interface of the first data port that has one (store's config)."""
+        cfg = self.cfg
+        for port in (cfg.ports if cfg is not None else []):
+            if port.tap:
+                return port.tap
+        return None
+
+    def carp_health(self, tap: str) -> tuple[list[str], dict[str, bool]]:
+        """(reasons common to every cluster, {cluster: has an edge UP}) for CARP's demotion. "dataplane": none
+        attached or its heartbeat is older than 1 s; "link": the link of the port whose TAP is `tap` is down."""
+        from pydp._ffi import ffi
+
+        with self.holder.use() as region:
+            if region is None:
+                return ["dataplane"], {}
+            h = region.hdr
+            if observe.now_ms() - int(h.heartbeat_ms) > carp_manager.HEARTBEAT_DEMOTE_MS:
+                return ["dataplane"], {}
+            reasons = []
+            # the config port whose TAP this is, and its data-plane port: by device name, else by position
+            ports = self.cfg.ports if self.cfg is not None else []
+            index = next((i for i, p in enumerate(ports) if p.tap == tap), None)
+            port = None
+            if index is not None:
+                names = [ffi.string(h.ports[p].name).decode(errors="replace") for p in range(h.nb_ports)]
+                dev = ports[index].device_name
+                port = names.index(dev) if dev in names else (index if index < h.nb_ports else None)
+            if port is None or not h.ports[port].link_up:
+                reasons.append("link")
+            edges_up = {name: any(e["state"] == "up" for e in c["edges"].values())
+                        for name, c in observe.clusters(region).items() if c["enabled"]}
+        return reasons, edges_up
 
     def _with_macs(self, cfg, region):
         """A copy of cfg with the MACs resolved here filled in for l2 edges configured without one."""
@@ -626,10 +694,13 @@ class Daemon:
             cl = conf.get(name)
             sc = shm_clusters.get(name)
             active = bool(sc and sc["active"] and self.dp_alive)
+            cs = self.carp.status(name) if cl is not None and cl.enabled and cl.mode == "cluster" else None
             if cl is None:
                 local = "removed"
             elif not cl.enabled:
                 local = "disabled"
+            elif cs is not None:
+                local = cs["state"]
             else:
                 local = "master" if active else "backup"
             row = {
@@ -641,13 +712,15 @@ class Daemon:
                 "in_store": cl is not None,
                 "applied": sc is not None,
                 "active": active,
-                "carp": {"local": local, "peer": "unknown",
+                "carp": {"local": local, "peer": carp_manager.peer_text(cs) if cs else "unknown",
                          "source": self._ownership_source(cfg, name) if cfg else "unknown",
                          "vhid": cl.carp.vhid if cl else None},
                 "packets": sc["packets"] if sc else 0,
                 "bytes": sc["bytes"] if sc else 0,
                 "edges": [],
             }
+            if cs is not None:
+                row["carp"].update({k: v for k, v in cs.items() if k not in ("state", "vhid")})
             cedges = [e.name for e in cl.edges] if cl else []
             sedges = sc["edges"] if sc else {}
             for ename in cedges + [n for n in sedges if n not in cedges]:
@@ -675,7 +748,7 @@ class Daemon:
             clusters.append(row)
         return {
             "daemon": {"running": True, "pid": os.getpid(), "started": self.started, "socket": self.socket_path,
-                       "db": self.db, "shm": self.shm, "own_all": self.own_all,
+                       "db": self.db, "shm": self.shm, "own_all": self.own_all, "carp_src": self.carp_src,
                        "metrics": f"{self.metrics_addr[0]}:{self.metrics_addr[1]}" if self.metrics_addr else None,
                        "revision": self.revision, "applied_revision": self.applied_revision,
                        "last_apply": self.last_apply, "applies": self.apply_count},
@@ -714,6 +787,31 @@ class Daemon:
         u = GaugeMetricFamily("pydp_edge_mac_unresolved", "edges without a MAC yet (they get no traffic)")
         u.add_metric([], len(self._unresolved_wanted()))
         yield u
+        yield from self._carp_metrics()
+
+    def _carp_metrics(self):
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        state = GaugeMetricFamily("pydp_carp_state", "1 for the CARP state of this appliance for the cluster "
+                                  "(inactive: no instance runs, see pydpctl status)", labels=["cluster", "state"])
+        demote = GaugeMetricFamily("pydp_carp_demote", "this appliance's CARP demotion for the cluster",
+                                   labels=["cluster"])
+        drops = CounterMetricFamily("pydp_carp_drops", "CARP advertisements dropped, by reason",
+                                    labels=["cluster", "reason"])
+        trans = CounterMetricFamily("pydp_carp_transitions", "CARP state changes", labels=["cluster"])
+        sent = CounterMetricFamily("pydp_carp_adverts_sent", "CARP advertisements sent", labels=["cluster"])
+        heard = CounterMetricFamily("pydp_carp_adverts_received", "CARP advertisements accepted",
+                                    labels=["cluster"])
+        for name, s in self.carp.metrics():
+            for st in carp_manager.STATES + ("inactive",):
+                state.add_metric([name, st], 1 if s["state"] == st else 0)
+            demote.add_metric([name], s["demote"] or 0)
+            for reason, n in s["drops"].items():
+                drops.add_metric([name, reason], n)
+            trans.add_metric([name], s["transitions"])
+            sent.add_metric([name], s["adverts_sent"])
+            heard.add_metric([name], s["adverts_received"])
+        yield from (state, demote, drops, trans, sent, heard)
 
     def _metrics_region(self):
         holder = self.holder
@@ -763,14 +861,21 @@ class Daemon:
             self.loop.add_signal_handler(s, self.stop_event.set)
         event("daemon_started", pid=os.getpid(), socket=self.socket_path, db=self.db, shm=self.shm,
               metrics=f"{self.metrics_addr[0]}:{self.metrics_addr[1]}" if self.metrics_addr else None,
-              own_all=self.own_all, revision=self.revision, ops=sorted(self.allowed_ops))
+              own_all=self.own_all, carp_src=self.carp_src, revision=self.revision, ops=sorted(self.allowed_ops))
         await first
         tasks = [asyncio.create_task(c) for c in (self.watch_dataplane(), self.watch_store(), self.resolve_macs())]
+        carp_stop = asyncio.Event()
+        carp_task = asyncio.create_task(self.carp.run(lambda: self.cfg, carp_stop))
         try:
             await self.stop_event.wait()
         finally:
             event("daemon_stopping", reason="signal")
             await self.rpc_server.close()
+            carp_stop.set()                     # masters bow out and release their cluster IPs
+            try:
+                await asyncio.wait_for(carp_task, 10)
+            except Exception:
+                log.exception("stopping CARP")
             for t in tasks:
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
@@ -826,7 +931,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--metrics", default=DEFAULT_METRICS, metavar="HOST:PORT",
                     help=f'Prometheus endpoint (default {DEFAULT_METRICS}; "" disables it)')
     ap.add_argument("--own-all", action="store_true",
-                    help="own every enabled cluster IP (no CARP yet; standalone clusters are always owned)")
+                    help="own every enabled cluster IP and run no CARP (labs; standalone clusters are always "
+                         "owned)")
+    ap.add_argument("--carp-src", default=None, metavar="IP",
+                    help="source address of CARP advertisements: this appliance's own IPv4 address on the data "
+                         "port's TAP (default: the first IPv4 address on the TAP that is not a cluster IP)")
     ap.add_argument("--log-format", choices=("json", "text"), default="json",
                     help="json (default): one object per line; text: key=value")
     ap.add_argument("--log-level", choices=("debug", "info", "warning", "error"), default="info")
@@ -839,14 +948,22 @@ def parse_args(argv=None) -> argparse.Namespace:
         ap.error(f"--metrics: {exc}")
     if args.db is None:
         args.db = default_db()
+    if args.carp_src is not None:
+        try:
+            args.carp_src = str(ipaddress.IPv4Address(args.carp_src))
+        except ValueError:
+            ap.error(f"--carp-src: {args.carp_src!r} is not an IPv4 address")
     return args
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
     setup_logging(args.log_format, getattr(logging, args.log_level.upper()))
+    if args.log_level == "info":
+        # the driver's own lines repeat the daemon's carp_* events; its warnings (send errors, split brain) stay
+        logging.getLogger("pydp.carp").setLevel(logging.WARNING)
     daemon = Daemon(db=args.db, socket_path=args.socket, shm=args.shm, metrics=args.metrics_addr,
-                    own_all=args.own_all)
+                    own_all=args.own_all, carp_src=args.carp_src)
     try:
         return asyncio.run(daemon.run())
     except KeyboardInterrupt:

@@ -18,12 +18,16 @@ Metrics (counters end in _total):
     pydp_worker_rx_packets_total{worker}, pydp_worker_flow_rehashed_total{worker}
     pydp_flow_table_entries{worker,kind=capacity|live}, pydp_flow_table_occupancy_ratio{worker},
     pydp_flow_table_expired_total{worker}, pydp_flow_table_evicted_total{worker}
+The daemon adds its own (extra): pydp_control_applied_revision, pydp_edge_mac_unresolved, and CARP's
+    pydp_carp_state{cluster,state}, pydp_carp_demote{cluster}, pydp_carp_drops_total{cluster,reason},
+    pydp_carp_transitions_total{cluster}, pydp_carp_adverts_sent_total{cluster},
+    pydp_carp_adverts_received_total{cluster} (also while no data plane is attached)
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Callable, ContextManager
+from typing import Callable, ContextManager, Iterable
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import CollectorRegistry
@@ -38,9 +42,10 @@ EDGE_STATE_NAMES = ("up", "draining", "down", "disabled")
 
 class Collector:
     """A prometheus_client collector. region_source() is a context manager yielding the attached Region, or None
-    when there is no data plane; extra() (optional) returns daemon facts: {"ownership_source": ...}."""
+    when there is no data plane; extra() (optional) yields the daemon's own metric families, also while no data
+    plane is attached."""
 
-    def __init__(self, region_source: Callable[[], ContextManager], extra: Callable[[], dict] | None = None):
+    def __init__(self, region_source: Callable[[], ContextManager], extra: Callable[[], Iterable] | None = None):
         self.region_source = region_source
         self.extra = extra
 
@@ -51,15 +56,14 @@ class Collector:
         up = GaugeMetricFamily("pydp_dataplane_up", "1 while a running data plane is attached")
         try:
             with self.region_source() as region:
-                if region is None:
-                    up.add_metric([], 0)
-                    yield up
-                    return
-                st = observe.stats(region)
+                st = observe.stats(region) if region is not None else None
         except Exception:  # a scrape never takes the daemon down
             log.exception("metrics scrape failed")
+            st = None
+        if st is None:
             up.add_metric([], 0)
             yield up
+            yield from self._extra()
             return
         up.add_metric([], 1 if st["dataplane"]["alive"] else 0)
         yield up
@@ -70,9 +74,12 @@ class Collector:
         yield from _clusters(st)
         yield from _workers(st)
         yield from _flow_tables(st)
+        yield from self._extra()
+
+    def _extra(self):
         if self.extra is not None:
             try:
-                yield from self.extra()
+                yield from list(self.extra())
             except Exception:
                 log.exception("daemon metrics failed")
 

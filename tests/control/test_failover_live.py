@@ -1,0 +1,288 @@
+"""Two pydp appliances (real data planes, real daemons) failing over with CARP: tests/failover_lab.py's topology.
+
+The cluster "web" (198.51.100.10, vhid 10, advbase 1 s) is in both stores; A has advskew 0 (interval 1 s), B
+advskew 100 (interval 1.39 s, master-down 3.39 s). A client sends 500 UDP datagrams a second to the cluster IP
+through its kernel for the whole module, and a sniffer behind the edges' bridge port records which appliance
+forwarded each one. The tests run in order on one lab; measured times go to a summary at the end.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import subprocess
+import sys
+import time
+
+import pytest
+
+from failover_lab import APPLIANCES, PASSPHRASE, Lab, Traffic, interval, pydpctl
+from netlab import ns_run
+
+pytestmark = [pytest.mark.dpdk, pytest.mark.netns]
+
+SLACK = 0.6                     # on top of 3 intervals + 1 interval: scheduling on a 2-CPU machine, the 0.5 s tick
+B_INTERVAL = interval(APPLIANCES["B"][2])
+TAKEOVER_BOUND = 3 * B_INTERVAL + B_INTERVAL + SLACK
+PPS = 500
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory, request):
+    tmp = tmp_path_factory.mktemp("failover")
+    timings: list[tuple[str, float, float]] = []
+    with Lab(tmp) as lab:
+        lab.timings = timings
+        lab.a.start()
+        lab.b.start()
+        with Traffic(lab, pps=PPS) as traffic:
+            lab.traffic = traffic
+            try:
+                yield lab
+            finally:
+                _summary(request, timings)
+
+
+def _summary(request, timings) -> None:
+    lines = ["", "pydp failover (two appliances, advbase 1 s, B advskew 100): measured times"]
+    for what, secs, bound in timings:
+        lines.append(f"  {what:<66} {secs:6.3f} s  (bound {bound:.2f} s)")
+    text = "\n".join(lines)
+    tr = request.config.pluginmanager.get_plugin("terminalreporter")
+    capman = request.config.pluginmanager.get_plugin("capturemanager")
+    with capman.global_and_fixture_disabled() if capman else contextlib.nullcontext():
+        if tr is not None:
+            tr.write_line(text)
+        else:
+            print(text)
+
+
+def wait_until(pred, timeout: float, what: str, step: float = 0.05):
+    deadline = time.monotonic() + timeout
+    while True:
+        v = pred()
+        if v:
+            return v
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.1f}s waiting for {what}")
+        time.sleep(step)
+
+
+def scrape(appliance) -> dict[str, float]:
+    code = ("import urllib.request, sys; sys.stdout.write(urllib.request.urlopen("
+            f"'http://{appliance.ctl.metrics}/metrics', timeout=5).read().decode())")
+    text = ns_run(appliance.ns, sys.executable, "-c", code).stdout
+    out = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            key, _, value = line.rpartition(" ")
+            out[key] = float(value)
+    out["__text__"] = text
+    return out
+
+
+def assert_flows_through(lab, owner, other, seconds: float = 1.5) -> None:
+    """Datagrams sent during the next `seconds` arrive through owner, none through other."""
+    t0 = time.time()
+    time.sleep(seconds)
+    seen = lab.traffic.since(t0)
+    assert seen.get(other.mac, 0) == 0, f"datagrams through {other.name}: {seen}"
+    assert seen.get(owner.mac, 0) >= 0.8 * PPS * seconds, f"too few datagrams through {owner.name}: {seen}"
+
+
+def test_a_one_master_one_backup(lab):
+    a, b = lab.a, lab.b
+    a.wait_state("master", 10)
+    b.wait_state("backup", 5)
+    wait_until(lambda: lab.client_neigh() == a.mac, 5, "the client's ARP entry of the cluster IP to point at A")
+    before_a, before_b = a.counters(), b.counters()
+    assert_flows_through(lab, a, b)
+    after_a, after_b = a.counters(), b.counters()
+    assert after_a["web_packets"] - before_a["web_packets"] >= 0.8 * PPS * 1.5
+    assert after_a["rx"] > before_a["rx"]
+    assert after_b["web_packets"] == before_b["web_packets"] == 0          # nothing for the VIP reached B
+    assert after_b["web_not_active"] == before_b["web_not_active"]
+    # taking means all three: the ownership flag, the address on the TAP (ARP answered), gratuitous ARPs
+    assert a.owns_vip() and a.active_flag() and not b.owns_vip() and b.active_flag() is False
+    # the second gratuitous ARP goes out two intervals after the takeover
+    wait_until(lambda: a.carp()["gratuitous_sent"] >= 2, 3, "A's second gratuitous ARP")
+    ca, cb = a.carp(), b.carp()
+    assert ca["demote"] == 0 and ca["srcip"] == APPLIANCES["A"][1]
+    assert cb["peer_advert"]["src"] == APPLIANCES["A"][1] and cb["peer_advert"]["interval"] == 1.0
+    assert cb["peer"].startswith(f"{APPLIANCES['A'][1]} every 1s") and cb["adverts_received"] >= 1
+    assert sum(cb["drops"].values()) == 0
+    m = scrape(a)
+    assert m['pydp_carp_state{cluster="web",state="master"}'] == 1
+    assert m['pydp_carp_state{cluster="web",state="backup"}'] == 0
+    assert m['pydp_carp_transitions_total{cluster="web"}'] == 2               # init -> backup -> master
+    assert m['pydp_carp_drops_total{cluster="web",reason="hmac"}'] == 0
+    assert m['pydp_cluster_active{cluster="web"}'] == 1
+    assert scrape(b)['pydp_carp_state{cluster="web",state="backup"}'] == 1
+    text = pydpctl("status", socket=b.ctl.socket).stdout
+    assert "backup" in text and APPLIANCES["A"][1] in text and "TRANSITIONS" in text
+
+
+def test_b_master_killed_backup_takes_over(lab):
+    a, b = lab.a, lab.b
+    t_kill = a.kill()
+    t_master = wait_until(lambda: b.first_master_after(t_kill), TAKEOVER_BOUND + 2, "B to become master")
+    takeover = t_master - t_kill
+    lab.timings.append(("A SIGKILLed -> B master (B's log)", takeover, TAKEOVER_BOUND))
+    assert takeover <= TAKEOVER_BOUND, f"takeover took {takeover:.2f}s"
+    first = lab.traffic.wait_via(b.mac, t_kill, TAKEOVER_BOUND + 2)
+    lab.timings.append(("A SIGKILLed -> first datagram through B", first - t_kill, TAKEOVER_BOUND))
+    assert first - t_kill <= TAKEOVER_BOUND
+    assert b.owns_vip() and b.active_flag()
+    # the client's ARP entry moved by gratuitous ARP: nobody answered a request meanwhile (A is dead)
+    wait_until(lambda: lab.client_neigh() == b.mac, 2, "the client's ARP entry of the cluster IP to point at B")
+    assert b.carp()["gratuitous_sent"] >= 1
+    assert_flows_through(lab, b, a)
+
+
+def test_c_restart_without_preempt_backup_stays(lab):
+    a, b = lab.a, lab.b
+    a.stop()
+    pydpctl("cluster", "edit", "web", "--no-preempt", db=a.db)
+    t0 = time.time()
+    a.start()
+    a.wait_state("backup", 10)
+    transitions_b = len(b.transitions())
+    time.sleep(3 + 1.5)             # longer than A's master-down interval: A hears B and stays backup
+    assert a.state() == "backup" and b.state() == "master"
+    assert [e["state"] for e in a.transitions() if _after(e, t0)] == ["backup"]
+    assert len(b.transitions()) == transitions_b
+    assert not a.owns_vip() and a.active_flag() is False
+    assert a.carp()["peer_advert"]["src"] == APPLIANCES["B"][1]
+    assert_flows_through(lab, b, a, 1.0)
+
+
+def test_d_flood_on_the_exception_path_does_not_flap(lab):
+    """20k pps of UDP to A's own address (the bulk exception class) for 5 s while A is backup: A must keep hearing
+    B's advertisements (priority class), so nobody changes state."""
+    a, b = lab.a, lab.b
+    ta, tb = len(a.transitions()), len(b.transitions())
+    before, heard = a.counters(), a.carp()["adverts_received"]
+    flood = lab.flood(a, pps=20000, seconds=5)
+    out, _ = flood.communicate(timeout=30)
+    sent, secs = out.split()
+    time.sleep(1.5)
+    after = a.counters()
+    assert len(a.transitions()) == ta and len(b.transitions()) == tb, "CARP flapped under the flood"
+    assert a.state() == "backup" and b.state() == "master"
+    assert int(sent) >= 50000, f"the flood sent only {sent} frames in {secs}s"
+    assert after["rx"] - before["rx"] >= 0.8 * int(sent)
+    prio = after["exc_prio"] - before["exc_prio"]
+    got = a.carp()["adverts_received"] - heard
+    assert got >= int(6.5 / B_INTERVAL) - 1, f"A heard only {got} of B's advertisements"
+    assert prio >= got                      # they came through the priority class
+    assert after["drops"]["exc_prio_ratelimit"] == before["drops"]["exc_prio_ratelimit"]
+    lab.timings.append((f"flood: {int(sent) / float(secs):,.0f} pps for {secs}s, adverts heard {got}, no flap",
+                        float(secs), 5.0))
+    assert_flows_through(lab, b, a, 1.0)
+
+
+def test_e_restart_with_preempt_takes_back(lab):
+    a, b = lab.a, lab.b
+    t_kill = a.kill()               # A is backup: nothing moves
+    assert b.state() == "master"
+    a.stop()
+    pydpctl("cluster", "edit", "web", "--preempt", db=a.db)
+    a.start()
+    t_start = time.time()
+    a.wait_state("master", B_INTERVAL + 2)
+    t_master = a.first_master_after(t_kill)
+    lab.timings.append(("A restarted with preempt -> A master (after its daemon is up)", t_master - t_start,
+                        B_INTERVAL + 1))
+    b.wait_state("backup", 3)
+    assert a.owns_vip() and not b.owns_vip() and b.active_flag() is False
+    wait_until(lambda: lab.client_neigh() == a.mac, 3, "the client's ARP entry to point at A again")
+    first = lab.traffic.wait_via(a.mac, t_master, 3)
+    assert first - t_master < 1.0
+    assert_flows_through(lab, a, b)
+
+
+def test_f_demotion_follows_edge_health(lab):
+    """A's cluster loses every edge (disabled): A demotes itself, B takes over at once; edges back: A undemotes
+    and takes back (preempt)."""
+    a, b = lab.a, lab.b
+    t0 = time.time()
+    for e in ("e1", "e2"):
+        pydpctl("edge", "disable", "web", e, socket=a.ctl.socket)
+    b.wait_state("master", 3)
+    a.wait_state("backup", 3)
+    lab.timings.append(("A demoted (no edge up) -> B master", b.first_master_after(t0) - t0, 2.0))
+    ca = a.carp()
+    assert ca["demote"] == 1 and ca["demote_reasons"] == ["edges"]
+    assert any(e["event"] == "carp_demoted" and e["reasons"] == ["edges"] for e in a.events())
+    assert b.carp()["peer_advert"] is None or b.carp()["peer_advert"]["src"] == APPLIANCES["A"][1]
+    t1 = time.time()
+    for e in ("e1", "e2"):
+        pydpctl("edge", "enable", "web", e, socket=a.ctl.socket)
+    a.wait_state("master", B_INTERVAL + 2)
+    b.wait_state("backup", 3)
+    lab.timings.append(("A undemoted -> A master again (preempt)", a.first_master_after(t1) - t1,
+                        B_INTERVAL + 1))
+    assert a.carp()["demote"] == 0
+    assert any(e["event"] == "carp_undemoted" for e in a.events())
+    assert_flows_through(lab, a, b)
+
+
+def test_g_cluster_disabled_and_enabled_live(lab):
+    """On the backup: disabling the cluster stops its instance (the master is undisturbed); enabling starts it."""
+    a, b = lab.a, lab.b
+    ta = len(a.transitions())
+    pydpctl("cluster", "disable", "web", socket=b.ctl.socket)
+    wait_until(lambda: b.state() == "disabled", 3, "B's CARP for web to stop")
+    wait_until(lambda: any(e["event"] == "carp_stopped" and e["reason"] == "disabled" for e in b.events()), 2,
+               "B's carp_stopped event")
+    assert b.carp()["local"] == "disabled" and b.active_flag() is False
+    pydpctl("cluster", "enable", "web", socket=b.ctl.socket)
+    b.wait_state("backup", 3)
+    time.sleep(1.5)
+    assert len(a.transitions()) == ta and a.state() == "master"
+    assert_flows_through(lab, a, b, 1.0)
+
+
+def test_h_sigterm_bows_out(lab):
+    """SIGTERM on A's daemon: A bows out, B takes over at once (not after its master-down interval); A's data plane
+    keeps its tables but no longer owns the cluster IP. A's daemon back: it takes over again (preempt)."""
+    a, b = lab.a, lab.b
+    gen = a.dp.region.generation
+    t0 = time.time()
+    assert a.ctl.stop() == 0
+    t_master = wait_until(lambda: b.first_master_after(t0), 2, "B to take over from A's bow-out")
+    lab.timings.append(("A's daemon SIGTERMed (bow-out) -> B master", t_master - t0, 1.0))
+    assert t_master - t0 < 1.0
+    assert a.dp.region.generation == gen and a.active_flag() is False and not a.owns_vip()
+    assert any(e["event"] == "carp_transition" and e["reason"] == "shutdown: bowed out" for e in a.events())
+    a.ctl.start()
+    a.wait_state("master", B_INTERVAL + 3)
+    b.wait_state("backup", 3)
+    assert_flows_through(lab, a, b)
+
+
+def test_i_passphrase_never_shown(lab):
+    for ap in (lab.a, lab.b):
+        texts = {
+            "control log": ap.ctl.log.read_text(),
+            "data-plane log": ap.dp.log.read_text(),
+            "status --json": pydpctl("status", "--json", socket=ap.ctl.socket).stdout,
+            "status": pydpctl("status", socket=ap.ctl.socket).stdout,
+            "cluster show --json": pydpctl("cluster", "show", "web", "--json", socket=ap.ctl.socket).stdout,
+            "metrics": scrape(ap)["__text__"],
+            "ps": subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout,
+        }
+        for proc in (ap.ctl.proc, ap.dp.proc):
+            with open(f"/proc/{proc.pid}/cmdline", "rb") as f:
+                texts[f"cmdline {proc.pid}"] = f.read().replace(b"\0", b" ").decode()
+        for what, text in texts.items():
+            assert text, what
+            assert PASSPHRASE not in text, f"the passphrase appears in {what} of {ap.name}"
+        s = json.loads(texts["status --json"])
+        assert "passphrase" not in json.dumps(s["clusters"]).replace("passphrase_set", "")
+
+
+def _after(e: dict, t_wall: float) -> bool:
+    from datetime import datetime
+
+    return datetime.fromisoformat(e["ts"].replace("Z", "+00:00")).timestamp() >= t_wall

@@ -1,0 +1,410 @@
+"""Two pydp appliances failing over with CARP, on one bridged segment: the topology of
+tests/control/test_failover_live.py and perf/failover.py.
+
+    namespace sw: bridge br0 (no STP, no multicast snooping)
+      ├─ pa ── lb0 (02:00:00:00:01:0a) in appliance A: pydp-dataplane (af_packet on lb0, TAP pydp-p0 with
+      │        198.51.100.2/24) and pydp-control (its own store: cluster "web", 198.51.100.10, vhid 10)
+      ├─ pb ── lb0 (02:00:00:00:01:0b) in appliance B: the same, TAP address 198.51.100.3/24
+      ├─ pc ── eth0 in the client namespace, 198.51.100.99/24: sends UDP datagrams to the cluster IP through its
+      │        kernel (so it follows the cluster IP's ARP entry, which only gratuitous ARP moves)
+      └─ pe ── eth0 in the edge namespace: the edges' MACs are static on this bridge port, and a sniffer there
+               records every datagram that reaches an edge with the MAC of the appliance that forwarded it
+
+Every process and namespace is removed when the lab's context ends, also on failure.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from netlab import ControlProcess, DataplaneProcess, bridge, bridge_host, netns, ns_run, run
+
+VIP = "198.51.100.10"
+VHID = 10
+PASSPHRASE = "s3cret-carp-Pa55"          # 16 bytes; tests grep for it where it must never appear
+CLIENT_IP = "198.51.100.99"
+EDGES = {"e1": ("198.51.100.21", "02:00:00:00:02:01"), "e2": ("198.51.100.22", "02:00:00:00:02:02")}
+APPLIANCES = {
+    # name: (data port MAC, TAP address, advskew, metrics port)
+    "A": ("02:00:00:00:01:0a", "198.51.100.2", 0, 19481),
+    "B": ("02:00:00:00:01:0b", "198.51.100.3", 100, 19482),
+}
+TAP = "pydp-p0"
+ADVBASE = 1
+MAGIC = b"PYDPFO"
+
+
+def interval(advskew: int) -> float:
+    return ADVBASE + advskew / 256
+
+
+def appliance_text(advskew: int, preempt: bool = True, exception_pps: int = 20000) -> str:
+    text = f"""
+[dataplane]
+lcores = "0-1"
+flow_capacity = 16384
+hugepages = true
+memory_mb = 256
+mbufs = 8191
+exception_pps = {exception_pps}
+[[port]]
+name = "p0"
+device = "net_af_packet0,iface=lb0"
+tap = "{TAP}"
+[[cluster]]
+name = "web"
+cluster_ip = "{VIP}"
+[cluster.carp]
+vhid = {VHID}
+advbase = {ADVBASE}
+advskew = {advskew}
+preempt = {"true" if preempt else "false"}
+passphrase = "{PASSPHRASE}"
+"""
+    for name, (ip, mac) in EDGES.items():
+        text += f'[[cluster.edge]]\nname = "{name}"\nip = "{ip}"\nmac = "{mac}"\n'
+    return text
+
+
+def pydpctl(*args, socket: str | None = None, db: Path | None = None, check: bool = True,
+            timeout: float = 60) -> subprocess.CompletedProcess:
+    where = ["--socket", socket] if socket else ["--db", str(db)]
+    p = subprocess.run([sys.executable, "-P", "-m", "control.cli", *where, *map(str, args)], capture_output=True,
+                       text=True, timeout=timeout)
+    if check and p.returncode != 0:
+        raise AssertionError(f"pydpctl {' '.join(map(str, args))}: {p.returncode}\n{p.stdout}\n{p.stderr}")
+    return p
+
+
+class Appliance:
+    """One pydp appliance: its namespace, data plane and control daemon, with its own store."""
+
+    def __init__(self, name: str, ns: str, workdir: Path, *, preempt: bool = True, exception_pps: int = 20000):
+        self.name = name
+        self.ns = ns
+        self.mac, self.addr, self.advskew, metrics_port = APPLIANCES[name]
+        self.workdir = workdir
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.db = workdir / "pydp.db"
+        text = appliance_text(self.advskew, preempt, exception_pps)
+        (workdir / "store.toml").write_text(text)
+        pydpctl("import", workdir / "store.toml", db=self.db)
+        self.dp = DataplaneProcess(ns, text, workdir)
+        self.ctl = ControlProcess(ns, workdir, self.db, self.dp.shm, metrics=f"127.0.0.1:{metrics_port}")
+
+    # ---- life cycle ----
+
+    def start(self) -> None:
+        """Data plane, the TAP's address, then the daemon (which starts CARP once the TAP has its address)."""
+        self.dp.start()
+        ns_run(self.ns, "sysctl", "-qw", f"net.ipv6.conf.{TAP}.disable_ipv6=1", check=False)
+        ns_run(self.ns, "ip", "addr", "add", f"{self.addr}/24", "dev", TAP)
+        self.ctl.start()
+
+    def kill(self) -> float:
+        """SIGKILL the data plane and the daemon at once; returns the wall-clock time of the kill."""
+        procs = [p for p in (self.dp.proc, self.ctl.proc) if p is not None and p.poll() is None]
+        t = time.time()
+        for p in procs:
+            p.send_signal(signal.SIGKILL)
+        for p in procs:
+            p.wait(10)
+        return t
+
+    def stop(self) -> None:
+        self.ctl.stop()
+        self.dp.stop()
+
+    def restart(self) -> None:
+        """After kill(): clean up what the killed processes left and start both again."""
+        self.stop()
+        self.start()
+
+    # ---- reading ----
+
+    def status(self) -> dict:
+        from control import rpc
+
+        return rpc.call(self.ctl.socket, "status", timeout=5.0)
+
+    def carp(self) -> dict:
+        s = self.status()
+        return next(c for c in s["clusters"] if c["name"] == "web")["carp"]
+
+    def state(self) -> str | None:
+        """This appliance's CARP state for the cluster, or None when its daemon does not answer."""
+        try:
+            return self.carp()["local"]
+        except (ConnectionError, OSError, StopIteration, KeyError):
+            return None
+
+    def events(self, name: str | None = None) -> list[dict]:
+        return self.ctl.events(name) if self.ctl.log.exists() else []
+
+    def transitions(self) -> list[dict]:
+        return [e for e in self.events("carp_transition") if e.get("source") == "carp"]
+
+    def owns_vip(self) -> bool:
+        from netlab import addresses
+
+        return VIP in addresses(self.ns, TAP)
+
+    def active_flag(self) -> bool | None:
+        from control import observe
+
+        r = self.dp.region
+        if r is None:
+            return None
+        return bool(observe.clusters(r)["web"]["active"])
+
+    def counters(self) -> dict:
+        """Port and cluster counters straight from the data plane's shared memory."""
+        from control import observe
+
+        st = observe.stats(self.dp.region)
+        port = st["ports"][0]
+        web = st["clusters"]["web"]
+        return {"rx": port["rx_packets"], "exc": port["exc_to_kernel"], "exc_prio": port["exc_prio"],
+                "drops": dict(port["drops"]), "web_packets": web["packets"],
+                "web_not_active": web["drop_not_active"]}
+
+    def wait_state(self, want: str, timeout: float) -> float:
+        """Waits until this appliance's CARP state is `want`; returns the seconds it took."""
+        t0 = time.monotonic()
+        while True:
+            if self.state() == want:
+                return time.monotonic() - t0
+            if time.monotonic() - t0 > timeout:
+                raise AssertionError(f"appliance {self.name} is not {want} after {timeout:.1f}s "
+                                     f"(state {self.state()}):\n{self.log_tail()}")
+            time.sleep(0.05)
+
+    def log_tail(self, n: int = 4000) -> str:
+        return self.ctl.log.read_text()[-n:] if self.ctl.log.exists() else "(no log)"
+
+    def first_master_after(self, t_wall: float) -> float | None:
+        """Wall-clock time of the first transition to master logged after t_wall (from the JSON log)."""
+        from datetime import datetime
+
+        for e in self.transitions():
+            if e.get("state") != "master":
+                continue
+            ts = datetime.fromisoformat(e["ts"].replace("Z", "+00:00")).timestamp()
+            if ts >= t_wall:
+                return ts
+        return None
+
+
+SENDER = r"""
+import os, socket, struct, sys, time
+vip, pps, stop_file, max_s = sys.argv[1], float(sys.argv[2]), sys.argv[3], float(sys.argv[4])
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.setblocking(False)
+start = time.monotonic()
+seq = 0
+while not os.path.exists(stop_file) and time.monotonic() - start < max_s:
+    try:
+        s.sendto(b"PYDPFO" + struct.pack("!Id", seq, time.time()), (vip, 9))
+    except OSError:
+        pass                      # no ARP answer yet, or a full queue: the datagram is lost, as on a real net
+    seq += 1
+    ahead = start + seq / pps - time.monotonic()
+    if ahead > 0:
+        time.sleep(ahead)
+"""
+
+SNIFFER = r"""
+import socket, struct, sys, time
+out = open(sys.argv[1], "w")
+s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0003))
+s.bind(("eth0", 0))
+s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+s.settimeout(0.05)
+out.write("ready\n"); out.flush()
+last = time.monotonic()
+while True:
+    try:
+        f = s.recv(2048)
+    except socket.timeout:
+        f = None
+    if f and len(f) >= 14 + 20 + 8 + 18 and f[12:14] == b"\x08\x00" and f[23] == 17:
+        off = 14 + (f[14] & 15) * 4 + 8
+        if f[off:off + 6] == b"PYDPFO":
+            seq, sent = struct.unpack("!Id", f[off + 6:off + 18])
+            out.write(f"{time.time():.6f} {seq} {f[6:12].hex(':')} {f[0:6].hex(':')} {sent:.6f}\n")
+    now = time.monotonic()
+    if now - last > 0.02:
+        out.flush()
+        last = now
+"""
+
+FLOODER = r"""
+import socket, struct, sys, time
+iface, dst_mac, src_mac, src_ip, dst_ip, pps, seconds = sys.argv[1:8]
+pps, seconds = float(pps), float(seconds)
+def csum(b):
+    s = sum(struct.unpack(f"!{len(b) // 2}H", b)); s = (s & 0xFFFF) + (s >> 16); s = (s & 0xFFFF) + (s >> 16)
+    return ~s & 0xFFFF
+def mac(m): return bytes(int(x, 16) for x in m.split(":"))
+udp = struct.pack("!HHHH", 40000, 7777, 8 + 32, 0) + bytes(32)
+ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), 0, 0, 64, 17, 0, socket.inet_aton(src_ip),
+                 socket.inet_aton(dst_ip))
+ip = ip[:10] + struct.pack("!H", csum(ip)) + ip[12:]
+frame = mac(dst_mac) + mac(src_mac) + b"\x08\x00" + ip + udp
+s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
+s.bind((iface, 0))
+start = time.monotonic(); sent = 0; batch = 50
+while time.monotonic() - start < seconds:
+    for _ in range(batch):
+        try:
+            s.send(frame); sent += 1
+        except OSError:
+            pass
+    ahead = start + sent / pps - time.monotonic()
+    if ahead > 0:
+        time.sleep(ahead)
+print(sent, round(time.monotonic() - start, 3))
+"""
+
+
+class Traffic:
+    """The client's datagram stream to the cluster IP and the edge-side sniffer that records where each arrived."""
+
+    def __init__(self, lab: "Lab", pps: float = 500.0, max_seconds: float = 900.0):
+        self.lab = lab
+        self.pps = pps
+        self.max_seconds = max_seconds
+        self.stop_file = lab.tmp / f"traffic-stop-{os.getpid()}-{time.monotonic_ns()}"
+        self.record = lab.tmp / f"arrivals-{time.monotonic_ns()}.txt"
+        self.sniffer: subprocess.Popen | None = None
+        self.sender: subprocess.Popen | None = None
+
+    def __enter__(self) -> "Traffic":
+        self.sniffer = subprocess.Popen(["ip", "netns", "exec", self.lab.edge_ns, sys.executable, "-c", SNIFFER,
+                                         str(self.record)])
+        deadline = time.monotonic() + 10
+        while not (self.record.exists() and self.record.read_text().startswith("ready")):
+            if time.monotonic() > deadline or self.sniffer.poll() is not None:
+                self.__exit__()
+                raise RuntimeError("the edge sniffer did not start")
+            time.sleep(0.02)
+        self.sender = subprocess.Popen(["ip", "netns", "exec", self.lab.client_ns, sys.executable, "-c", SENDER,
+                                        VIP, str(self.pps), str(self.stop_file), str(self.max_seconds)])
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop_file.touch()
+        for p in (self.sender, self.sniffer):
+            if p is None:
+                continue
+            if p is self.sniffer:
+                time.sleep(0.1)
+                p.terminate()
+            try:
+                p.wait(5)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait(5)
+        self.sender = self.sniffer = None
+
+    def arrivals(self) -> list[tuple[float, int, str]]:
+        """(wall time, sequence number, forwarding appliance's MAC) for every datagram seen at the edges."""
+        out = []
+        for line in self.record.read_text().splitlines()[1:]:
+            parts = line.split()
+            if len(parts) == 5:
+                out.append((float(parts[0]), int(parts[1]), parts[2]))
+        return out
+
+    def since(self, t_wall: float) -> dict[str, int]:
+        """Datagrams per forwarding MAC that arrived after t_wall."""
+        out: dict[str, int] = {}
+        for t, _seq, mac in self.arrivals():
+            if t >= t_wall:
+                out[mac] = out.get(mac, 0) + 1
+        return out
+
+    def first_via(self, mac: str, t_wall: float) -> float | None:
+        return next((t for t, _seq, m in self.arrivals() if m == mac and t >= t_wall), None)
+
+    def wait_via(self, mac: str, t_wall: float, timeout: float) -> float:
+        deadline = time.monotonic() + timeout
+        while True:
+            t = self.first_via(mac, t_wall)
+            if t is not None:
+                return t
+            if time.monotonic() > deadline:
+                raise AssertionError(f"no datagram through {mac} within {timeout:.1f}s; seen since: "
+                                     f"{self.since(t_wall)}")
+            time.sleep(0.05)
+
+
+class Lab:
+    """The whole topology (see the module docstring). Use as a context manager."""
+
+    def __init__(self, tmp: Path, *, preempt: bool = True, exception_pps: int = 20000):
+        self.tmp = tmp
+        self.preempt = preempt
+        self.exception_pps = exception_pps
+        self.stack = contextlib.ExitStack()
+        self.appliances: dict[str, Appliance] = {}
+
+    def __enter__(self) -> "Lab":
+        try:
+            self._build()
+        except BaseException:
+            self.stack.close()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stack.close()
+
+    def _build(self) -> None:
+        st = self.stack
+        self.sw_ns = st.enter_context(netns("pydpt-sw"))
+        br = bridge(self.sw_ns)
+        self.client_ns = st.enter_context(netns("pydpt-cl"))
+        self.edge_ns = st.enter_context(netns("pydpt-ed"))
+        bridge_host(self.sw_ns, br, self.client_ns, "pc", addr=f"{CLIENT_IP}/24")
+        bridge_host(self.sw_ns, br, self.edge_ns, "pe")
+        for _, mac in EDGES.values():
+            run("bridge", "-n", self.sw_ns, "fdb", "add", mac, "dev", "pe", "master", "static")
+        for name in APPLIANCES:
+            ns = st.enter_context(netns(f"pydpt-{name.lower()}"))
+            bridge_host(self.sw_ns, br, ns, f"p{name.lower()}", ifname="lb0", mac=APPLIANCES[name][0])
+            a = Appliance(name, ns, self.tmp / name, preempt=self.preempt, exception_pps=self.exception_pps)
+            st.callback(a.stop)
+            self.appliances[name] = a
+        # the bridge learns the appliances' MACs from their first frames; no other setup is needed
+
+    @property
+    def a(self) -> Appliance:
+        return self.appliances["A"]
+
+    @property
+    def b(self) -> Appliance:
+        return self.appliances["B"]
+
+    def client_neigh(self) -> str | None:
+        """The MAC the client's kernel has for the cluster IP (None if no usable entry)."""
+        out = run("ip", "-j", "-n", self.client_ns, "neigh", "show", VIP, check=False).stdout or "[]"
+        for e in json.loads(out):
+            if e.get("lladdr") and "FAILED" not in e.get("state", []) and "INCOMPLETE" not in e.get("state", []):
+                return e["lladdr"]
+        return None
+
+    def flood(self, target: Appliance, pps: float, seconds: float) -> subprocess.Popen:
+        """Raw UDP frames from the client's port to target's data port, addressed to its own (TAP) address: the
+        bulk exception class. Returns the running flooder."""
+        client_mac = json.loads(run("ip", "-j", "-n", self.client_ns, "link", "show", "eth0").stdout)[0]["address"]
+        return subprocess.Popen(["ip", "netns", "exec", self.client_ns, sys.executable, "-c", FLOODER, "eth0",
+                                 target.mac, client_mac, CLIENT_IP, target.addr, str(pps), str(seconds)],
+                                stdout=subprocess.PIPE, text=True)
