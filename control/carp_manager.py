@@ -3,11 +3,13 @@
 Every instance runs on the exception (TAP) interface of the data port: advertisements from the peer reach the
 kernel through the data plane's exception path (priority class), ours leave through the TAP and the data plane.
 The source of our advertisements is the appliance's own address on that TAP (``--carp-src``, else the first IPv4
-address on the TAP that is not a cluster IP).
+address on the TAP that is not a cluster IP). IPv6 clusters (OpenBSD's IPv6 CARP) use ``--carp-src6``, else the
+first global IPv6 address on the TAP that is not a cluster IP, else the TAP's link-local address.
 
 Taking a cluster IP: the fast path's ownership flag for the cluster is set (the daemon's ``set_owned``), the
-cluster IP goes on the TAP as a /32 (so the kernel answers ARP for it on the exception path), and the driver
-sends a gratuitous ARP now and a second one two intervals later. Releasing undoes the flag and the address.
+cluster IP goes on the TAP as a /32 (IPv6: a /128, nodad) so the kernel answers ARP (ND) for it on the exception
+path, and the driver sends a gratuitous ARP (IPv6: an unsolicited neighbour advertisement) now and a second one two
+intervals later. Releasing undoes the flag and the address.
 
 The manager is driven by ``run()``: every TICK_S it reconciles the instances with the configuration (clusters
 added, removed, disabled or edited; the TAP appearing, vanishing or being re-created by a restarted data plane;
@@ -24,6 +26,7 @@ that they changed (also left out of repr); nothing here logs or returns them.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import socket
 import time
@@ -64,17 +67,9 @@ class ManagedInstance(driver.Instance):
 
     peer: dict | None = None
 
-    def receive(self, packet: bytes, now: float) -> bool:
-        ok = super().receive(packet, now)
-        if ok:
-            try:
-                src, carp = codec.parse_ipv4(packet)
-                adv = codec.decode(carp)
-            except codec.CarpError:
-                return ok
-            self.peer = {"src": str(src), "advbase": adv.advbase, "advskew": adv.advskew, "demote": adv.demote,
-                         "interval": round(adv.interval, 3), "mono": now, "time": time.time()}
-        return ok
+    def _accepted(self, src, adv, now: float) -> None:
+        self.peer = {"src": str(src), "advbase": adv.advbase, "advskew": adv.advskew, "demote": adv.demote,
+                     "interval": round(adv.interval, 3), "mono": now, "time": time.time()}
 
 
 @dataclass
@@ -98,7 +93,8 @@ class Entry:
 
 
 def tap_info(name: str) -> tuple[int, bool, list[str]] | None:
-    """(ifindex, up, IPv4 addresses) of an interface in this namespace, or None if there is none of that name."""
+    """(ifindex, up, addresses: IPv4 then IPv6, link-local ones without a scope) of an interface in this
+    namespace, or None if there is none of that name."""
     from pyroute2 import IPRoute
 
     with IPRoute() as ipr:
@@ -109,10 +105,11 @@ def tap_info(name: str) -> tuple[int, bool, list[str]] | None:
         links = ipr.get_links(index)
         up = bool(links and links[0]["flags"] & IFF_UP)
         addrs = []
-        for msg in ipr.get_addr(family=socket.AF_INET, index=index):
-            a = msg.get_attr("IFA_LOCAL") or msg.get_attr("IFA_ADDRESS")
-            if a:
-                addrs.append(a)
+        for family in (socket.AF_INET, socket.AF_INET6):
+            for msg in ipr.get_addr(family=family, index=index):
+                a = msg.get_attr("IFA_LOCAL") or msg.get_attr("IFA_ADDRESS")
+                if a:
+                    addrs.append(a)
         return index, up, addrs
 
 
@@ -127,12 +124,14 @@ class CarpManager:
 
     def __init__(self, *, set_owned: Callable[[str, bool], None], interface: Callable[[], str | None],
                  health: Callable[[str], tuple[list[str], dict[str, bool]]], event: Callable[..., None],
-                 carp_src: str | None = None, tap_lookup: Callable[[str], Any] = tap_info):
+                 carp_src: str | None = None, carp_src6: str | None = None,
+                 tap_lookup: Callable[[str], Any] = tap_info):
         self.set_owned = set_owned
         self.interface = interface
         self.health = health
         self.event = event
         self.carp_src = carp_src
+        self.carp_src6 = carp_src6
         self.tap_lookup = tap_lookup
         self.entries: dict[str, Entry] = {}
         self.enabled = True
@@ -190,8 +189,6 @@ class CarpManager:
         await self._demote_all(tap)
 
     def _spec(self, cl, tap: str | None, info, cluster_ips: set[str]) -> tuple[Spec | None, str | None]:
-        if cl.cluster_ip.version != 4:
-            return None, "IPv6 cluster IPs are not supported by the CARP driver yet"
         if not cl.carp.passphrase:
             return None, "no CARP passphrase is set (carp.passphrase or carp.passphrase_file)"
         if not tap:
@@ -201,11 +198,21 @@ class CarpManager:
         index, up, addrs = info
         if not up:
             return None, f"interface {tap} is down"
-        src = self.carp_src
-        if src is None:
-            src = next((a for a in addrs if a not in cluster_ips), None)
+        if cl.cluster_ip.version == 6:
+            src = self.carp_src6
             if src is None:
-                return None, f"no IPv4 address on {tap}: give it the appliance's own address, or pass --carp-src"
+                own6 = [a for a in map(_ip6, addrs) if a is not None and str(a) not in cluster_ips]
+                src = next((str(a) for a in own6 if not a.is_link_local), None) or \
+                    next((str(a) for a in own6 if a.is_link_local), None)
+                if src is None:
+                    return None, (f"no IPv6 address on {tap} (not even a link-local one): enable IPv6 on it, or "
+                                  "pass --carp-src6")
+        else:
+            src = self.carp_src
+            if src is None:
+                src = next((a for a in addrs if ":" not in a and a not in cluster_ips), None)
+                if src is None:
+                    return None, f"no IPv4 address on {tap}: give it the appliance's own address, or pass --carp-src"
         key = cl.carp.passphrase.encode()
         return Spec(interface=tap, ifindex=index, srcip=src, vhid=cl.carp.vhid, addr=str(cl.cluster_ip),
                     advbase=cl.carp.advbase, advskew=cl.carp.advskew, preempt=cl.carp.preempt, key=key), None
@@ -409,6 +416,13 @@ def peer_text(s: dict | None) -> str:
     if p.get("demote"):
         text += f" demote {p['demote']}"
     return text + f" ({p['age_s']:.1f}s ago)"
+
+
+def _ip6(text: str):
+    try:
+        return ipaddress.IPv6Address(text.partition("%")[0])
+    except ValueError:
+        return None
 
 
 def _state_name(state) -> str:

@@ -199,7 +199,8 @@ def provoke_neighbour(ip: str) -> None:
 
 class Daemon:
     def __init__(self, *, db: str, socket_path: str, shm: str | None, metrics: tuple[str, int] | None,
-                 own_all: bool = False, store_factory=None, carp_src: str | None = None):
+                 own_all: bool = False, store_factory=None, carp_src: str | None = None,
+                 carp_src6: str | None = None):
         self.db = db
         self.socket_path = socket_path
         self.shm = shm
@@ -234,8 +235,10 @@ class Daemon:
         self.carp_owned: set[str] = set()     # clusters whose CARP instance is MASTER
         self.slots: dict[str, int] = {}       # cluster name -> slot in the data plane, as of the last apply
         self.carp_src = carp_src
+        self.carp_src6 = carp_src6
         self.carp = carp_manager.CarpManager(set_owned=self.set_owned, interface=self.carp_interface,
-                                             health=self.carp_health, event=event, carp_src=carp_src)
+                                             health=self.carp_health, event=event, carp_src=carp_src,
+                                             carp_src6=carp_src6)
         self.carp.enabled = not own_all
 
     # ---- worker thread: the store and every write to the region ----
@@ -749,6 +752,7 @@ class Daemon:
         return {
             "daemon": {"running": True, "pid": os.getpid(), "started": self.started, "socket": self.socket_path,
                        "db": self.db, "shm": self.shm, "own_all": self.own_all, "carp_src": self.carp_src,
+                       "carp_src6": self.carp_src6,
                        "metrics": f"{self.metrics_addr[0]}:{self.metrics_addr[1]}" if self.metrics_addr else None,
                        "revision": self.revision, "applied_revision": self.applied_revision,
                        "last_apply": self.last_apply, "applies": self.apply_count},
@@ -861,7 +865,8 @@ class Daemon:
             self.loop.add_signal_handler(s, self.stop_event.set)
         event("daemon_started", pid=os.getpid(), socket=self.socket_path, db=self.db, shm=self.shm,
               metrics=f"{self.metrics_addr[0]}:{self.metrics_addr[1]}" if self.metrics_addr else None,
-              own_all=self.own_all, carp_src=self.carp_src, revision=self.revision, ops=sorted(self.allowed_ops))
+              own_all=self.own_all, carp_src=self.carp_src, carp_src6=self.carp_src6, revision=self.revision,
+              ops=sorted(self.allowed_ops))
         await first
         tasks = [asyncio.create_task(c) for c in (self.watch_dataplane(), self.watch_store(), self.resolve_macs())]
         carp_stop = asyncio.Event()
@@ -936,6 +941,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--carp-src", default=None, metavar="IP",
                     help="source address of CARP advertisements: this appliance's own IPv4 address on the data "
                          "port's TAP (default: the first IPv4 address on the TAP that is not a cluster IP)")
+    ap.add_argument("--carp-src6", default=None, metavar="IP6",
+                    help="source address of CARP advertisements for IPv6 clusters: this appliance's own IPv6 "
+                         "address on the TAP (default: its first global IPv6 address, else its link-local one)")
     ap.add_argument("--log-format", choices=("json", "text"), default="json",
                     help="json (default): one object per line; text: key=value")
     ap.add_argument("--log-level", choices=("debug", "info", "warning", "error"), default="info")
@@ -953,6 +961,11 @@ def parse_args(argv=None) -> argparse.Namespace:
             args.carp_src = str(ipaddress.IPv4Address(args.carp_src))
         except ValueError:
             ap.error(f"--carp-src: {args.carp_src!r} is not an IPv4 address")
+    if args.carp_src6 is not None:
+        try:
+            args.carp_src6 = str(ipaddress.IPv6Address(args.carp_src6.partition("%")[0]))
+        except ValueError:
+            ap.error(f"--carp-src6: {args.carp_src6!r} is not an IPv6 address")
     return args
 
 
@@ -963,7 +976,7 @@ def main(argv=None) -> int:
         # the driver's own lines repeat the daemon's carp_* events; its warnings (send errors, split brain) stay
         logging.getLogger("pydp.carp").setLevel(logging.WARNING)
     daemon = Daemon(db=args.db, socket_path=args.socket, shm=args.shm, metrics=args.metrics_addr,
-                    own_all=args.own_all, carp_src=args.carp_src)
+                    own_all=args.own_all, carp_src=args.carp_src, carp_src6=args.carp_src6)
     try:
         return asyncio.run(daemon.run())
     except KeyboardInterrupt:

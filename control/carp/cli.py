@@ -4,6 +4,10 @@ It can stand in for ucarp (``pydp-carp`` takes the same -i/-s/-v/-p/-o/-a/-b/-k/
 runs beside it: the two interoperate on the wire. Unlike ucarp it puts the cluster IP on the interface itself (as a
 /32, with pyroute2) before running the upscript; ``--no-address`` leaves that to the scripts, as ucarp does.
 
+IPv6: ``--addr`` may be an IPv6 address (then ``--srcip`` is IPv6 too, a link-local one allowed, optionally with
+``%<interface>``). Advertisements go to ff02::12 with hop limit 255 as OpenBSD sends them (ucarp is IPv4 only), the
+address goes on the interface as a /128 (nodad) and an unsolicited neighbour advertisement announces it.
+
 The passphrase: ``--passfile`` (first line of the file, up to the newline, as ucarp reads it) keeps it out of the
 process list. ``--pass`` works but the value is visible in ``ps`` until the process has started; pydp-carp then
 overwrites it in its own command line (best effort) and warns. The passphrase never appears in logs or in the
@@ -34,6 +38,7 @@ EPILOG = """examples:
   pydp-carp -i eth0 -s 192.0.2.2 -v 1 -o /etc/pydp/carp.key -a 192.0.2.50 -k 100 -P \\
             --json-status /run/pydp/carp-1.json
   pydp-carp ... --mac virtual --mode openbsd     # OpenBSD behaviour: virtual MAC, equal-interval rule
+  pydp-carp -i eth0 -s fe80::1 -v 2 -o /etc/pydp/carp.key -a 2001:db8::50 --mode openbsd   # IPv6 (ff02::12)
 
 SIGTERM or SIGINT: a master bows out (one advertisement with advbase 255/advskew 255, so the backup takes over at
 once) and releases the address; the downscript runs at exit only with --shutdown (as ucarp's -z).
@@ -52,12 +57,13 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("ucarp's flags")
     g.add_argument("-i", "--interface", metavar="IF", required=True, help="the interface to run on")
     g.add_argument("-s", "--srcip", metavar="IP", required=True,
-                   help="this host's own (real) IPv4 address: source of the advertisements")
+                   help="this host's own (real) address: source of the advertisements (IPv6 if --addr is; "
+                        "link-local allowed)")
     g.add_argument("-v", "--vhid", metavar="ID", required=True, help="virtual host id, 1-255")
     g.add_argument("-p", "--pass", dest="passphrase", metavar="PASS",
                    help="passphrase (shows in ps while starting: prefer --passfile)")
     g.add_argument("-o", "--passfile", metavar="FILE", help="read the passphrase from the first line of FILE")
-    g.add_argument("-a", "--addr", metavar="IP", required=True, help="the virtual (cluster) IPv4 address")
+    g.add_argument("-a", "--addr", metavar="IP", required=True, help="the virtual (cluster) IPv4 or IPv6 address")
     g.add_argument("-b", "--advbase", metavar="S", default="1", help="advertisement base interval, seconds (1)")
     g.add_argument("-k", "--advskew", metavar="N", default="0",
                    help="advertisement skew, 1/256 s, 0-254 (0); the lower interval is the preferred master")
@@ -98,11 +104,36 @@ def _int(name: str, text: str, lo: int, hi: int) -> int:
     return value
 
 
-def _ipv4(name: str, text: str) -> str:
+def _ip(name: str, text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
     try:
-        return str(ipaddress.IPv4Address(text))
+        return ipaddress.ip_address(text)
     except ValueError:
-        raise UsageError(f"--{name} must be an IPv4 address, not {text!r}") from None
+        raise UsageError(f"--{name} must be an IPv4 or IPv6 address, not {text!r}") from None
+
+
+def _addresses(interface: str, srcip_text: str, addr_text: str) -> tuple[str, str]:
+    """(srcip, addr) checked: one family; an IPv6 cluster IP is global, an IPv6 source may be link-local with the
+    interface as its scope (``fe80::1%eth0``; the scope is dropped, the interface is the scope)."""
+    addr = _ip("addr", addr_text)
+    if addr.version == 4:
+        try:
+            return str(ipaddress.IPv4Address(srcip_text)), str(addr)
+        except ValueError:
+            raise UsageError(f"--srcip must be an IPv4 address (as --addr is), not {srcip_text!r}") from None
+    if addr.is_link_local or addr.is_multicast or addr.is_unspecified or addr.is_loopback:
+        raise UsageError(f"--addr {addr} cannot be a cluster IP: use a global (or unique local) IPv6 address")
+    text, _, scope = srcip_text.partition("%")
+    try:
+        src = ipaddress.IPv6Address(text)
+    except ValueError:
+        raise UsageError(f"--srcip must be an IPv6 address (as --addr is), not {srcip_text!r}") from None
+    if scope and not src.is_link_local:
+        raise UsageError(f"--srcip {srcip_text}: only a link-local address takes a %scope")
+    if scope and scope != interface:
+        raise UsageError(f"--srcip {srcip_text}: the scope must be the interface ({interface})")
+    if src.is_multicast or src.is_unspecified:
+        raise UsageError(f"--srcip {src} is not a unicast address")
+    return str(src), str(addr)
 
 
 def read_passfile(path: str) -> bytes:
@@ -152,8 +183,9 @@ def config_from_args(args) -> "driver.Config":
     advbase = _int("advbase", args.advbase, 1, 255)
     advskew = _int("advskew", args.advskew, 0, 254)      # 255 with advbase 255 means "bowing out"
     deadratio = _int("deadratio", args.deadratio, 1, 255)
-    srcip = _ipv4("srcip", args.srcip)
-    addr = _ipv4("addr", args.addr)
+    srcip, addr = _addresses(args.interface, args.srcip, args.addr)
+    if ":" in addr and args.mac == "virtual":
+        raise UsageError("--mac virtual is IPv4 only; use --mac real or ucarp with an IPv6 --addr")
     if args.passphrase is not None and args.passfile:
         raise UsageError("give the passphrase once: --passfile or --pass")
     if args.passfile:
@@ -192,7 +224,10 @@ def _srcip_present(interface: str, srcip: str) -> bool | None:
             idx = ipr.link_lookup(ifname=interface)
             if not idx:
                 return None
-            return any(a.get("IFA_ADDRESS") == srcip for a in ipr.get_addr(index=idx[0], family=socket.AF_INET))
+            family = socket.AF_INET6 if ":" in srcip else socket.AF_INET
+            want = ipaddress.ip_address(srcip)
+            return any(ipaddress.ip_address(a.get("IFA_ADDRESS")) == want
+                       for a in ipr.get_addr(index=idx[0], family=family) if a.get("IFA_ADDRESS"))
     except Exception:
         return None
 

@@ -9,6 +9,10 @@ The 36-byte CARP header (all multi-byte fields big-endian)::
 The HMAC key is the passphrase bytes as they are; the message is 0x02 0x01, the vhid, the virtual addresses
 (IPv4 ones ascending, then IPv6 ones ascending) and the 8 counter bytes as on the wire.
 
+IPv6 advertisements (OpenBSD; ucarp is IPv4 only) go to ff02::12 (Ethernet 33:33:00:00:00:12) with next header
+112 and hop limit 255 (:func:`ipv6_packet`); the HMAC then covers the 16-byte IPv6 cluster address. Taking an IPv6
+cluster address is announced with an unsolicited neighbour advertisement (:func:`neighbour_advert`).
+
 A received IPv4 advertisement goes through :func:`parse_ipv4` (IP header, TTL 255), :func:`decode` (length,
 checksum, version, type), :func:`check_vhid` and :func:`verify` (HMAC); :func:`accept_ipv4` runs the lot and
 counts the outcome in :class:`Counters`. Every refusal is a :class:`CarpError` whose ``reason`` is one of
@@ -32,6 +36,13 @@ CARP_AUTHLEN = 7
 GROUP4 = "224.0.0.18"
 GROUP6 = "ff02::12"
 GROUP4_MAC = bytes.fromhex("01005e000012")
+GROUP6_MAC = bytes.fromhex("333300000012")
+ALL_NODES6 = "ff02::1"
+ALL_NODES6_MAC = bytes.fromhex("333300000001")
+ICMPV6_PROTO = 58
+ND_NEIGHBOR_ADVERT = 136
+ND_NA_FLAG_OVERRIDE = 0x20000000
+ND_OPT_TARGET_LLADDR = 2
 HEADER_LEN = 36
 KEY_MAX = 20
 BOWOUT_ADVBASE = 255
@@ -43,6 +54,7 @@ REASONS = ("short", "ttl", "version", "type", "checksum", "hmac", "vhid", "famil
 _HDR = struct.Struct("!BBBBBBH Q 20s")
 _IP4 = struct.Struct("!BBHHHBBH4s4s")
 _IP_DF = 0x4000
+_IP6 = struct.Struct("!IHBB16s16s")
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -214,6 +226,70 @@ def parse_ipv4(packet: bytes) -> tuple[ipaddress.IPv4Address, bytes]:
     if checksum(packet[:ihl]) != 0:
         raise CarpError("checksum", "IPv4 header checksum is wrong")
     return ipaddress.IPv4Address(src), bytes(packet[ihl:end])
+
+
+def ipv6_packet(src, payload: bytes, *, next_header: int = CARP_PROTO, dst=GROUP6,
+                hop_limit: int = CARP_TTL) -> bytes:
+    """A whole IPv6 packet: the 40-byte header (traffic class 0, flow label 0, hop limit 255 unless told), then
+    ``payload``. By default a CARP advertisement (next header 112) to ff02::12, as OpenBSD sends it."""
+    s, d = _addr(_unscoped(src)), _addr(_unscoped(dst))
+    if s.version != 6 or d.version != 6:
+        raise ValueError("ipv6_packet needs IPv6 source and destination addresses")
+    return _IP6.pack(6 << 28, len(payload), next_header & 0xFF, _byte("hop_limit", hop_limit), s.packed,
+                     d.packed) + bytes(payload)
+
+
+def parse_ipv6(packet: bytes) -> tuple[ipaddress.IPv6Address, bytes]:
+    """Split a whole IPv6 packet (as captured on the link) into (source, CARP bytes). No extension headers.
+
+    Raises CarpError: "short", "family" (not IPv6, or next header not 112), "ttl" (hop limit != 255)."""
+    if len(packet) < _IP6.size:
+        raise CarpError("short", f"{len(packet)} bytes, shorter than an IPv6 header")
+    vtf, plen, nxt, hlim, src, _dst = _IP6.unpack_from(packet)
+    if vtf >> 28 != 6:
+        raise CarpError("family", f"IP version {vtf >> 28}")
+    if nxt != CARP_PROTO:
+        raise CarpError("family", f"IPv6 next header {nxt}, not {CARP_PROTO}")
+    check_hoplimit(hlim)
+    body = bytes(packet[_IP6.size:_IP6.size + plen])
+    if len(body) < HEADER_LEN:
+        raise CarpError("short", f"{len(body)} bytes after the IPv6 header, a CARP header is {HEADER_LEN}")
+    return ipaddress.IPv6Address(src), body
+
+
+def icmpv6_checksum(src, dst, icmp: bytes) -> int:
+    """The ICMPv6 checksum: the Internet checksum over the IPv6 pseudo-header (source, destination, upper-layer
+    length, next header 58) and the ICMPv6 message (its checksum field zero)."""
+    s, d = _addr(_unscoped(src)), _addr(_unscoped(dst))
+    pseudo = s.packed + d.packed + struct.pack("!I3xB", len(icmp), ICMPV6_PROTO)
+    return checksum(pseudo + bytes(icmp))
+
+
+def neighbour_advert(target, mac: bytes, *, src=None, dst=ALL_NODES6) -> bytes:
+    """An unsolicited neighbour advertisement (RFC 4861 7.2.6) as a whole IPv6 packet: ICMPv6 type 136, override
+    flag, target = ``target``, target link-layer address option = ``mac``; from ``src`` (default: the target) to
+    ff02::1, hop limit 255, checksum filled in."""
+    t = _addr(_unscoped(target))
+    if t.version != 6:
+        raise ValueError("a neighbour advertisement is for an IPv6 address")
+    mac = bytes(mac)
+    if len(mac) != 6:
+        raise ValueError("the link-layer address is 6 bytes")
+    src = t if src is None else src
+    icmp = struct.pack("!BBHI16sBB6s", ND_NEIGHBOR_ADVERT, 0, 0, ND_NA_FLAG_OVERRIDE, t.packed,
+                       ND_OPT_TARGET_LLADDR, 1, mac)
+    icmp = icmp[:2] + struct.pack("!H", icmpv6_checksum(src, dst, icmp)) + icmp[4:]
+    return ipv6_packet(src, icmp, next_header=ICMPV6_PROTO, dst=dst)
+
+
+def multicast_mac6(group) -> bytes:
+    """The Ethernet address of an IPv6 multicast group: 33:33 and the group's last 4 bytes."""
+    return b"\x33\x33" + _addr(_unscoped(group)).packed[12:]
+
+
+def _unscoped(a):
+    """An address without a %scope suffix (the scope is the interface; it is not part of the packet)."""
+    return a.split("%", 1)[0] if isinstance(a, str) else a
 
 
 class Counters(Mapping):

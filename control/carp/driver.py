@@ -8,6 +8,14 @@ it (IP_ADD_MEMBERSHIP with the interface index). The kernel hands over the whole
 (codec.verify). A dropped advertisement is counted under its reason and logged at debug level (the source and the
 reason, never a key). Only a verified advertisement reaches the machine.
 
+IPv6 (OpenBSD's semantics; ucarp is IPv4 only): a raw IPv6 socket for next header 112, bound to the interface and
+joined to ff02::12 on it (IPV6_JOIN_GROUP). The kernel strips the IPv6 header, so the hop limit comes from the
+ancillary data (IPV6_RECVHOPLIMIT) and must be 255 (codec.check_hoplimit); then the same checks as for IPv4, with
+the drops counted under the same reasons. Advertisements go to ff02::12 (33:33:00:00:00:12), hop limit 255, built
+here like the IPv4 ones; taking the address sends an unsolicited neighbour advertisement (override flag, target
+link-layer option = the cluster IP's MAC) to ff02::1 instead of a gratuitous ARP, with the same timers. The address
+goes on the interface as a /128 with nodad (usable at once). ``mac = "virtual"`` is IPv4 only.
+
 Sending: advertisements and gratuitous ARPs go out through an AF_PACKET socket on the interface with an Ethernet
 header built here, so the TTL (255), the IP source (--srcip) and the source MAC are exactly what the settings say,
 whatever the routing table or the interface's multicast settings are. MAC settings (``mac``):
@@ -58,6 +66,8 @@ log = logging.getLogger("pydp.carp")
 
 ETH_P_IP = 0x0800
 ETH_P_ARP = 0x0806
+ETH_P_IPV6 = 0x86DD
+IFA_F_NODAD = 0x02
 GROUP_MAC = codec.GROUP4_MAC                        # 01:00:5e:00:00:12, for 224.0.0.18
 BROADCAST_MAC = b"\xff" * 6
 MAC_SETTINGS = ("real", "ucarp", "virtual")
@@ -111,11 +121,27 @@ class Config:
             raise ValueError(f"mode must be one of {', '.join(MODES)}")
         if self.mac not in MAC_SETTINGS:
             raise ValueError(f"mac must be one of {', '.join(MAC_SETTINGS)}")
-        for what, value in (("srcip", self.srcip), ("addr", self.addr)):
-            try:
-                ipaddress.IPv4Address(value)
-            except ValueError:
-                raise ValueError(f"{what} must be an IPv4 address, not {value!r}") from None
+        try:
+            addr = ipaddress.ip_address(self.addr)
+        except ValueError:
+            raise ValueError(f"addr must be an IPv4 or IPv6 address, not {self.addr!r}") from None
+        srcip, _, scope = str(self.srcip).partition("%")
+        try:
+            src = ipaddress.ip_address(srcip)
+        except ValueError:
+            src = None
+        if src is None or src.version != addr.version or (scope and (src.version != 6 or not src.is_link_local)):
+            family = f"IPv{addr.version}"
+            raise ValueError(f"srcip must be an {family} address (as addr is"
+                             f"{'; link-local with %interface allowed' if addr.version == 6 else ''}), "
+                             f"not {self.srcip!r}")
+        if scope and scope != self.interface:
+            raise ValueError(f"srcip {self.srcip}: the scope must be the interface {self.interface}")
+        if addr.version == 6:
+            if addr.is_link_local or addr.is_multicast or addr.is_unspecified or addr.is_loopback:
+                raise ValueError(f"addr {addr} cannot be a cluster IP: use a global (or unique local) IPv6 address")
+            if self.mac == "virtual":
+                raise ValueError("mac virtual is IPv4 only; use real or ucarp with an IPv6 cluster IP")
         if not self.key:
             raise ValueError("a passphrase is required")
         if len(self.key) > 20:
@@ -139,8 +165,9 @@ class Instance:
         config.check()
         self.cfg = config
         self._key = config.key
-        self.vip = ipaddress.IPv4Address(config.addr)
-        self.src = ipaddress.IPv4Address(config.srcip)
+        self.vip = ipaddress.ip_address(config.addr)
+        self.src = ipaddress.ip_address(str(config.srcip).partition("%")[0])      # the scope is the interface
+        self.ipv6 = self.vip.version == 6
         self.on_take = on_take if on_take is not None else self.take_address
         self.on_release = on_release if on_release is not None else self.release_address
         self.on_state = on_state
@@ -218,11 +245,17 @@ class Instance:
 
     def _open_sockets(self) -> None:
         ifname = self.cfg.interface
-        rx = socket.socket(socket.AF_INET, socket.SOCK_RAW, codec.CARP_PROTO)
+        rx = socket.socket(socket.AF_INET6 if self.ipv6 else socket.AF_INET, socket.SOCK_RAW, codec.CARP_PROTO)
         try:
             rx.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, ifname.encode())
-            mreqn = socket.inet_aton(codec.GROUP4) + socket.inet_aton("0.0.0.0") + struct.pack("@i", self.ifindex)
-            rx.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP, mreqn)
+            if self.ipv6:
+                mreq = socket.inet_pton(socket.AF_INET6, codec.GROUP6) + struct.pack("@I", self.ifindex)
+                rx.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_JOIN_GROUP, mreq)
+                rx.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_RECVHOPLIMIT, 1)
+            else:
+                mreqn = (socket.inet_aton(codec.GROUP4) + socket.inet_aton("0.0.0.0")
+                         + struct.pack("@i", self.ifindex))
+                rx.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP, mreqn)
             rx.setblocking(False)
             tx = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)     # protocol 0: sends only, receives nothing
             try:
@@ -291,6 +324,8 @@ class Instance:
             self._busy = False
 
     def _on_readable(self) -> None:
+        if self.ipv6:
+            return self._on_readable6()
         for _ in range(64):
             try:
                 packet = self._rx.recv(4096)
@@ -317,8 +352,55 @@ class Instance:
             log.debug("vhid %d: dropped an advertisement from %s: %s", self.cfg.vhid, src or "?", e.reason)
             return False
         self.counters.count("ok")
+        self._accepted(src, adv, now)
         self._feed(fsm.AdvertReceived(now, src, adv))
         return True
+
+    def _on_readable6(self) -> None:
+        for _ in range(64):
+            try:
+                data, ancdata, _flags, addr = self._rx.recvmsg(4096, socket.CMSG_SPACE(4))
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as e:
+                log.warning("vhid %d: receive on %s failed: %s", self.cfg.vhid, self.cfg.interface, e.strerror)
+                return
+            hoplimit = -1
+            for level, kind, value in ancdata:
+                if level == socket.IPPROTO_IPV6 and kind == socket.IPV6_HOPLIMIT and len(value) >= 4:
+                    hoplimit = struct.unpack("@i", value[:4])[0]
+            self.receive6(data, addr[0], hoplimit, time.monotonic())
+
+    def receive6(self, carp: bytes, src, hoplimit: int, now: float) -> bool:
+        """One IPv6 advertisement as the raw socket gives it: the CARP bytes (the kernel strips the IPv6 header),
+        the source address (a %scope is ignored) and the hop limit from IPV6_RECVHOPLIMIT. Returns True if it
+        reached the machine."""
+        try:
+            peer = ipaddress.IPv6Address(str(src).partition("%")[0])
+        except ValueError:
+            peer = None
+        try:
+            codec.check_hoplimit(hoplimit)
+            if peer is not None and peer == self.src:
+                self.stats["own_ignored"] += 1
+                return False
+            adv = codec.decode(carp)
+            codec.check_vhid(adv, self.cfg.vhid)
+            codec.verify(adv, self._key, [self.vip])
+        except codec.CarpError as e:
+            self.counters.count(e.reason)
+            log.debug("vhid %d: dropped an advertisement from %s: %s", self.cfg.vhid, peer or "?", e.reason)
+            return False
+        if peer is None:
+            self.counters.count("family")
+            return False
+        self.counters.count("ok")
+        self._accepted(peer, adv, now)
+        self._feed(fsm.AdvertReceived(now, peer, adv))
+        return True
+
+    def _accepted(self, src, adv, now: float) -> None:
+        """Called with every advertisement that passed the checks, before the machine sees it (subclasses)."""
 
     def _on_timer(self, name: str, at: float) -> None:
         self._timers.pop(name, None)
@@ -390,21 +472,29 @@ class Instance:
 
     def _send_advert(self, a) -> None:
         carp = codec.encode(self.cfg.vhid, a.advbase, a.advskew, a.demote, a.counter, self._key, [self.vip])
-        packet = codec.ipv4_packet(str(self.src), carp)
-        if self._send_frame(GROUP_MAC + self.advert_mac + struct.pack("!H", ETH_P_IP) + packet, "an advertisement"):
+        if self.ipv6:
+            frame = codec.GROUP6_MAC + self.advert_mac + struct.pack("!H", ETH_P_IPV6) + \
+                codec.ipv6_packet(self.src, carp)
+        else:
+            frame = GROUP_MAC + self.advert_mac + struct.pack("!H", ETH_P_IP) + codec.ipv4_packet(str(self.src), carp)
+        if self._send_frame(frame, "an advertisement"):
             self.stats["adverts_sent"] += 1
             if a.advbase == 255 and a.advskew == 255:
                 log.info("vhid %d on %s: bow-out advertisement sent", self.cfg.vhid, self.cfg.interface)
 
     def gratuitous_arp_frame(self) -> bytes:
-        """An ARP request for the cluster IP from the cluster IP (sender = target = VIP), broadcast."""
+        """An ARP request for the cluster IP from the cluster IP (sender = target = VIP), broadcast. For an IPv6
+        cluster IP: an unsolicited neighbour advertisement to ff02::1 (override flag, our MAC)."""
         mac = self.vip_mac
+        if self.ipv6:
+            return codec.ALL_NODES6_MAC + mac + struct.pack("!H", ETH_P_IPV6) + codec.neighbour_advert(self.vip, mac)
         vip = self.vip.packed
         arp = struct.pack("!HHBBH6s4s6s4s", 1, ETH_P_IP, 6, 4, 1, mac, vip, b"\0" * 6, vip)
         return BROADCAST_MAC + mac + struct.pack("!H", ETH_P_ARP) + arp
 
     def send_gratuitous(self) -> None:
-        if self._send_frame(self.gratuitous_arp_frame(), "a gratuitous ARP"):
+        if self._send_frame(self.gratuitous_arp_frame(),
+                            "a neighbour advertisement" if self.ipv6 else "a gratuitous ARP"):
             self.stats["gratuitous_sent"] += 1
 
     # ---- default take/release: the address on the interface, and the scripts ----
@@ -473,7 +563,11 @@ class Instance:
 
         with IPRoute() as ipr:
             try:
-                ipr.addr(op, index=index, address=str(self.vip), prefixlen=32)
+                if self.ipv6:     # nodad: usable at once (the peer has released it, or is gone)
+                    kw = {"flags": IFA_F_NODAD} if op == "add" else {}
+                    ipr.addr(op, index=index, address=str(self.vip), prefixlen=128, **kw)
+                else:
+                    ipr.addr(op, index=index, address=str(self.vip), prefixlen=32)
             except NetlinkError as e:
                 if not ((op == "add" and e.code == 17) or (op == "del" and e.code == 99)):   # EEXIST, EADDRNOTAVAIL
                     raise

@@ -574,7 +574,7 @@ def test_forged_adverts_counted_and_ignored_virtual_mac(lab, procs):
     (["-k", "255"], "--advskew must be between 0 and 254"),
     (["--pass", "x" * 21], "at most 20 bytes"),
     (["-i", "nosuchif0"], "no interface named 'nosuchif0'"),
-    (["-a", "192.0.2.300"], "--addr must be an IPv4 address"),
+    (["-a", "192.0.2.300"], "--addr must be an IPv4 or IPv6 address"),
     (["--pass", None], "a passphrase is required"),
     (["--passfile", "/nonexistent/key"], "cannot read /nonexistent/key"),
 ])

@@ -34,7 +34,7 @@ def manager(tap="pydp-p0", info=(7, True, ["198.51.100.2"]), carp_src=None, heal
 
 
 @pytest.mark.parametrize("kwargs, cluster, problem", [
-    ({}, ("web6", "2001:db8::10", ""), "IPv6 cluster IPs"),
+    ({}, ("web6", "2001:db8::10", ""), "no IPv6 address on pydp-p0"),
     ({}, ("nopass", "198.51.100.10", ""), "no CARP passphrase"),
     ({"tap": None}, ("web", "198.51.100.10", ""), "no data port has an exception (TAP) interface"),
     ({"info": None}, ("web", "198.51.100.10", ""), "interface pydp-p0 not found"),
@@ -70,6 +70,43 @@ def test_spec_source_and_settings():
     # a new passphrase, a new interface index or a new skew is another spec: the instance restarts
     cl.carp.passphrase = "other"
     assert m._spec(cl, "pydp-p0", (9, True, []), set())[0] != spec
+
+
+def test_spec_ipv6_source():
+    """IPv6 clusters get an instance: --carp-src6, else the first global IPv6 address on the TAP that is not a
+    cluster IP, else the TAP's link-local address; IPv4 clusters never take an IPv6 source (nor the reverse)."""
+    m = manager()
+    cl = appliance(("web6", "2001:db8::10", "")).clusters[0]
+    addrs = ["198.51.100.2", "2001:db8::10", "fe80::1", "2001:db8::2", "2001:db8::3"]
+    spec, problem = m._spec(cl, "pydp-p0", (9, True, addrs), {"2001:db8::10"})
+    assert problem is None and (spec.srcip, spec.addr, spec.vhid) == ("2001:db8::2", "2001:db8::10", 1)
+    spec, problem = m._spec(cl, "pydp-p0", (9, True, ["198.51.100.2", "fe80::1"]), {"2001:db8::10"})
+    assert problem is None and spec.srcip == "fe80::1"
+    m.carp_src6 = "2001:db8::7"
+    spec, problem = m._spec(cl, "pydp-p0", (9, True, []), {"2001:db8::10"})
+    assert problem is None and spec.srcip == "2001:db8::7"
+    cl4 = appliance(("web", "198.51.100.10", "")).clusters[0]
+    spec, problem = m._spec(cl4, "pydp-p0", (9, True, ["fe80::1", "198.51.100.2"]), {"198.51.100.10"})
+    assert problem is None and spec.srcip == "198.51.100.2"
+    assert "no IPv4 address" in m._spec(cl4, "pydp-p0", (9, True, ["fe80::1"]), set())[1]
+
+
+def test_ipv6_instance_config_is_valid():
+    """What the manager starts for an IPv6 cluster passes the driver's checks (ucarp mode, real MAC)."""
+    from control.carp import driver
+
+    cfg = driver.Config(interface="lo", srcip="fe80::1", vhid=1, addr="2001:db8::10", key=b"k")
+    cfg.check()
+    inst = driver.Instance(cfg)
+    assert inst.ipv6 and str(inst.src) == "fe80::1"
+    frame = inst.gratuitous_arp_frame()
+    assert frame[:6] == bytes.fromhex("333300000001") and frame[12:14] == b"\x86\xdd" and frame[14 + 40] == 136
+    for bad, message in (({"srcip": "198.51.100.2"}, "srcip must be an IPv6"),
+                         ({"addr": "fe80::10"}, "cannot be a cluster IP"),
+                         ({"mac": "virtual"}, "mac virtual is IPv4 only"),
+                         ({"srcip": "fe80::1%eth9"}, "scope must be the interface")):
+        with pytest.raises(ValueError, match=message):
+            driver.Config(**{**cfg.__dict__, **bad}).check()
 
 
 def test_disabled_standalone_and_own_all_run_no_carp():

@@ -1,0 +1,306 @@
+"""IPv6 CARP (OpenBSD semantics: ff02::12, hop limit 255) with real packets, pydp-carp against pydp-carp.
+
+ucarp is IPv4 only, so both ends are pydp-carp. Topology: a bridge in the namespace "sw"; h1 (2001:db8::1, the
+preferred node, advskew 0) and h2 (its link-local address as the source, advskew 100) run pydp-carp for the
+cluster IP 2001:db8::50, vhid 7, advbase 1 s; c is the observer: it captures every CARP advertisement and every
+neighbour advertisement on the segment (AF_PACKET) and forges advertisements. DAD is off on the test links.
+
+Every namespace and process is removed at the end, also on failure.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import json
+import os
+import signal
+import struct
+import subprocess
+import sys
+import sysconfig
+import time
+from pathlib import Path
+
+import pytest
+
+from netlab import addresses, bridge, bridge_host, link_mac, netns, ns_run, run
+from control.carp import codec
+
+VHID = 7
+VIP = "2001:db8::50"
+H1 = "2001:db8::1"
+PASS = b"six-carp-pass"
+ADVBASE = 1
+SLOW_SKEW = 100
+MASTER_DOWN = 3 * ADVBASE + SLOW_SKEW / 256         # the backup's (ucarp mode): advbase x 3 + advskew/256
+
+
+def _pydp_carp() -> list[str]:
+    script = os.path.join(sysconfig.get_path("scripts"), "pydp-carp")
+    if os.access(script, os.X_OK):
+        return [script]
+    return ["env", f"PYTHONPATH={Path(__file__).resolve().parents[2]}", sys.executable, "-m", "control.carp.cli"]
+
+
+SNIFFER = r"""
+import json, socket, struct, sys, time
+s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0003))
+s.bind(("eth0", 0))
+out = open(sys.argv[1], "a", buffering=1)
+out.write(json.dumps({"kind": "ready", "t": time.monotonic()}) + "\n")
+while True:
+    frame, meta = s.recvfrom(65535)
+    if meta[2] == socket.PACKET_OUTGOING or len(frame) < 54 or frame[12:14] != b"\x86\xdd":
+        continue
+    t = time.monotonic()
+    ip6 = frame[14:54]
+    nxt, hlim = ip6[6], ip6[7]
+    src, dst = socket.inet_ntop(socket.AF_INET6, ip6[8:24]), socket.inet_ntop(socket.AF_INET6, ip6[24:40])
+    body = frame[54:54 + struct.unpack("!H", ip6[4:6])[0]]
+    rec = None
+    if nxt == 112 and len(body) >= 36:
+        rec = {"kind": "carp", "src_mac": frame[6:12].hex(":"), "dst_mac": frame[0:6].hex(":"), "src": src,
+               "dst": dst, "hlim": hlim, "vhid": body[1], "advskew": body[2], "advbase": body[5]}
+    elif nxt == 58 and len(body) >= 24 and body[0] == 136:
+        opt = body[24:32]
+        rec = {"kind": "na", "src_mac": frame[6:12].hex(":"), "dst_mac": frame[0:6].hex(":"), "src": src,
+               "dst": dst, "hlim": hlim, "flags": struct.unpack("!I", body[4:8])[0],
+               "target": socket.inet_ntop(socket.AF_INET6, body[8:24]),
+               "lladdr": opt[2:8].hex(":") if opt[:2] == b"\x02\x01" else None,
+               "raw": (ip6 + body).hex()}
+    if rec:
+        rec["t"] = t
+        out.write(json.dumps(rec) + "\n")
+"""
+
+SENDER = r"""
+import socket, sys, time
+s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
+s.bind(("eth0", 0))
+for h in sys.argv[1:]:
+    s.send(bytes.fromhex(h))
+    time.sleep(0.02)
+"""
+
+
+def wait_until(pred, timeout: float, what: str, step: float = 0.05):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = pred()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.1f} s waiting for {what}")
+        time.sleep(step)
+
+
+def enable_ipv6(ns: str, addr: str | None = None) -> None:
+    """IPv6 on eth0 without DAD (the veths come with IPv6 disabled), optionally a /64 from 2001:db8::/64."""
+    ns_run(ns, "sysctl", "-qw", "net.ipv6.conf.eth0.accept_dad=0", "net.ipv6.conf.eth0.accept_ra=0",
+           "net.ipv6.conf.eth0.disable_ipv6=0")
+    if addr:
+        run("ip", "-n", ns, "addr", "add", f"{addr}/64", "dev", "eth0", "nodad")
+
+
+def v6(ns: str) -> list[str]:
+    return addresses(ns, "eth0", family="inet6")
+
+
+class Lab:
+    def __init__(self, sw, h1, h2, c, workdir: Path):
+        self.sw, self.h1, self.h2, self.c = sw, h1, h2, c
+        self.workdir = workdir
+        self.capture = workdir / "capture.jsonl"
+        self.macs = {h1: link_mac(h1, "eth0"), h2: link_mac(h2, "eth0"), c: link_mac(c, "eth0")}
+        self.h2_src = ""
+
+    def holders(self) -> set[str]:
+        return {name for name, ns in (("h1", self.h1), ("h2", self.h2)) if VIP in v6(ns)}
+
+    def frames(self, since: float = 0.0, **match) -> list[dict]:
+        out = []
+        for line in self.capture.read_text().splitlines():
+            with contextlib.suppress(ValueError):
+                rec = json.loads(line)
+                if rec.get("t", 0) >= since and all(rec.get(k) == v for k, v in match.items()):
+                    out.append(rec)
+        return out
+
+    def send(self, *frames: bytes) -> None:
+        ns_run(self.c, sys.executable, "-c", SENDER, *(f.hex() for f in frames))
+
+
+class Carp:
+    """pydp-carp in a namespace, with its --json-status file and log."""
+
+    def __init__(self, lab: Lab, name: str, ns: str, src: str, *, skew: int, extra=()):
+        self.name = name
+        self.status_path = lab.workdir / f"{name}.json"
+        with contextlib.suppress(FileNotFoundError):
+            self.status_path.unlink()
+        passfile = lab.workdir / f"{name}.key"
+        passfile.write_bytes(PASS + b"\n")
+        passfile.chmod(0o600)
+        self.log = lab.workdir / f"{name}.log"
+        argv = [*_pydp_carp(), "-i", "eth0", "-s", src, "-v", str(VHID), "--passfile", str(passfile), "-a", VIP,
+                "-b", str(ADVBASE), "-k", str(skew), "--json-status", str(self.status_path), "--log-level",
+                "debug", *extra]
+        with open(self.log, "ab") as f:
+            self.p = subprocess.Popen(["ip", "netns", "exec", ns, *argv], stdout=f, stderr=subprocess.STDOUT)
+
+    def status(self) -> dict:
+        for _ in range(40):
+            with contextlib.suppress(FileNotFoundError, ValueError):
+                return json.loads(self.status_path.read_text())
+            time.sleep(0.05)
+        raise AssertionError(f"{self.name}: no status file\n{self.log.read_text()}")
+
+    def state(self) -> str | None:
+        with contextlib.suppress(FileNotFoundError, ValueError):
+            return json.loads(self.status_path.read_text()).get("state")
+        return None
+
+    def term(self, timeout: float = 10.0) -> int:
+        if self.p.poll() is None:
+            self.p.send_signal(signal.SIGTERM)
+            try:
+                self.p.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.p.kill()
+                self.p.wait(5)
+        return self.p.returncode
+
+    def kill(self) -> None:
+        if self.p.poll() is None:
+            self.p.kill()
+            self.p.wait(5)
+
+
+@pytest.fixture
+def lab(tmp_path):
+    with contextlib.ExitStack() as stack:
+        sw = stack.enter_context(netns("carp6sw"))
+        h1 = stack.enter_context(netns("carp6h1"))
+        h2 = stack.enter_context(netns("carp6h2"))
+        c = stack.enter_context(netns("carp6c"))
+        bridge(sw, "br0")
+        for host, port in ((h1, "p1"), (h2, "p2"), (c, "p3")):
+            bridge_host(sw, "br0", host, port)
+        enable_ipv6(h1, H1)
+        enable_ipv6(h2)
+        lab = Lab(sw, h1, h2, c, tmp_path)
+        lab.h2_src = wait_until(lambda: next((a for a in v6(h2) if a.startswith("fe80:")), None), 5,
+                                "h2's link-local address")
+        lab.capture.touch()
+        sniffer = subprocess.Popen(["ip", "netns", "exec", c, sys.executable, "-c", SNIFFER, str(lab.capture)])
+        procs: list[Carp] = []
+        lab.start = lambda *a, **kw: procs.append(Carp(lab, *a, **kw)) or procs[-1]
+        try:
+            wait_until(lambda: lab.frames(kind="ready"), 10, "the sniffer to start")
+            yield lab
+        finally:
+            for p in procs:
+                p.kill()
+            sniffer.kill()
+            sniffer.wait(5)
+
+
+@pytest.mark.netns
+def test_ipv6_failover_na_bowout_and_hop_limit(lab):
+    h1 = lab.start("h1", lab.h1, H1, skew=0)
+    wait_until(lambda: lab.holders() == {"h1"} and h1.state() == "MASTER", 6, "h1 to become master")
+    h2 = lab.start("h2", lab.h2, f"{lab.h2_src}%eth0", skew=SLOW_SKEW)
+    wait_until(lambda: h2.status()["received_ok"] >= 2 and h2.state() == "BACKUP", 6, "h2 to hear h1 as backup")
+    assert lab.holders() == {"h1"}
+    s2 = h2.status()
+    assert s2["srcip"] == lab.h2_src and s2["addr"] == VIP
+
+    # h1's advertisements on the wire: ff02::12 (33:33:00:00:00:12), hop limit 255, from its address and MAC
+    ads = lab.frames(kind="carp", src=H1)
+    assert ads and all(a["dst"] == "ff02::12" and a["dst_mac"] == "33:33:00:00:00:12" and a["hlim"] == 255
+                       and a["src_mac"] == lab.macs[lab.h1] and a["vhid"] == VHID and a["advskew"] == 0
+                       for a in ads)
+    # h1 announced the cluster IP when it took it: an unsolicited NA with its MAC, to ff02::1, hop limit 255
+    nas = lab.frames(kind="na", target=VIP, lladdr=lab.macs[lab.h1])
+    assert nas and all(n["dst"] == "ff02::1" and n["hlim"] == 255 and n["flags"] == 0x20000000 for n in nas)
+
+    # advertisements with hop limit 254 (routed: not from the segment) are dropped and counted under "ttl", even
+    # with a correct HMAC; the backup stays backup
+    ttl0 = h2.status()["drops"]["ttl"]
+    ok0 = h2.status()["received_ok"]
+    forged = []
+    for counter in (1, 2, 3):
+        packet = bytearray(codec.ipv6_packet("2001:db8::99", codec.encode(VHID, 1, 0, 0, counter, PASS, [VIP])))
+        packet[7] = 254
+        forged.append(codec.GROUP6_MAC + bytes.fromhex(lab.macs[lab.c].replace(":", "")) + b"\x86\xdd"
+                      + bytes(packet))
+    lab.send(*forged)
+    wait_until(lambda: h2.status()["drops"]["ttl"] >= ttl0 + 3, 3, "h2 to count the hop-limit drops")
+    assert h2.state() == "BACKUP" and h2.status()["received_ok"] >= ok0
+
+    # SIGKILL the master: the backup takes over within its master-down interval + 1 s and announces the cluster
+    # IP with an unsolicited NA carrying its own MAC (and a second one about two intervals later)
+    t0 = time.monotonic()
+    h1.kill()
+    bound = MASTER_DOWN + 1.0
+    wait_until(lambda: VIP in v6(lab.h2) and h2.state() == "MASTER", bound + 0.5, "h2 to take over")
+    took = time.monotonic() - t0
+    assert took <= bound, f"takeover took {took:.2f} s, bound {bound:.2f} s"
+    mac2 = lab.macs[lab.h2]
+    nas = wait_until(lambda: (lambda g: g if len(g) >= 2 else None)(lab.frames(t0, kind="na", target=VIP)), 4,
+                     "two unsolicited NAs from h2")
+    assert all(n["lladdr"] == mac2 and n["src_mac"] == mac2 and n["flags"] == 0x20000000 and n["hlim"] == 255
+               and n["dst"] == "ff02::1" and n["dst_mac"] == "33:33:00:00:00:01" for n in nas)
+    assert nas[0]["t"] - t0 <= bound and 1.5 <= nas[1]["t"] - nas[0]["t"] <= 3.0
+    raw = bytes.fromhex(nas[0]["raw"])
+    assert codec.checksum(raw[8:40] + struct.pack("!I3xB", len(raw) - 40, 58) + raw[40:]) == 0
+    ads2 = lab.frames(t0, kind="carp", src=lab.h2_src)
+    assert ads2 and all(a["hlim"] == 255 and a["advskew"] == SLOW_SKEW for a in ads2)
+
+    # the killed master left the address behind (as after a crash); restarted without --preempt it releases it at
+    # once and stays backup
+    h1 = lab.start("h1b", lab.h1, H1, skew=0)
+    wait_until(lambda: VIP not in v6(lab.h1) and h1.state() == "BACKUP" and h1.status()["received_ok"] >= 1, 6,
+               "h1 to come back as backup")
+    assert lab.holders() == {"h2"}
+
+    # SIGTERM: h2 bows out (advbase 255, advskew 255), removes the address, and h1 takes over at once
+    t1 = time.monotonic()
+    assert h2.term() == 0
+    wait_until(lambda: lab.holders() == {"h1"} and h1.state() == "MASTER", 2.0, "h1 to take over on the bow-out")
+    assert time.monotonic() - t1 < 2.0
+    assert lab.frames(t1, kind="carp", src=lab.h2_src, advbase=255, advskew=255)
+    assert "bowed out" in h1.status()["reason"]
+    assert wait_until(lambda: lab.frames(t1, kind="na", target=VIP, lladdr=lab.macs[lab.h1]), 2, "h1's NA")
+    assert h1.term() == 0
+    assert VIP not in v6(lab.h1) and PASS.decode() not in h1.log.read_text()
+
+
+# ---- command line (no namespace needed) ---------------------------------------------------------------------
+
+@pytest.mark.parametrize("args, message", [
+    (["-a", "2001:db8::50", "-s", "127.0.0.1"], "--srcip must be an IPv6 address (as --addr is)"),
+    (["-a", "192.0.2.50", "-s", "2001:db8::1"], "--srcip must be an IPv4 address (as --addr is)"),
+    (["-a", "fe80::50", "-s", "fe80::1"], "cannot be a cluster IP"),
+    (["-a", "ff02::12", "-s", "fe80::1"], "cannot be a cluster IP"),
+    (["-a", "2001:db8::50", "-s", "fe80::1%eth7"], "the scope must be the interface (lo)"),
+    (["-a", "2001:db8::50", "-s", "2001:db8::1%lo"], "only a link-local address takes a %scope"),
+    (["-a", "2001:db8::50", "-s", "fe80::1", "--mac", "virtual"], "--mac virtual is IPv4 only"),
+])
+def test_cli_ipv6_flags(args, message):
+    base = {"-i": "lo", "-v": "1", "--pass": "secret-21"}
+    argv = [x for k, v in base.items() for x in (k, v)] + args
+    proc = subprocess.run([*_pydp_carp(), *argv], capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 2, proc
+    assert message in proc.stderr, proc.stderr
+
+
+def test_cli_accepts_ipv6():
+    from control.carp import cli
+
+    args = cli.build_parser().parse_args(["-i", "lo", "-s", "fe80::1%lo", "-v", "3", "--pass", "k", "-a",
+                                          "2001:DB8::0050"])
+    cfg = cli.config_from_args(args)
+    assert (cfg.srcip, cfg.addr) == ("fe80::1", "2001:db8::50")
+    assert ipaddress.ip_address(cfg.addr).version == 6
