@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -112,6 +114,8 @@ class DataplaneProcess:
         # a data plane that was killed leaves its region and runtime directory: remove them like a restart would
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.shm)
+        prefix = "pydp-" + re.sub(r"[^A-Za-z0-9_-]", "_", os.path.basename(self.shm))
+        shutil.rmtree(f"/var/run/dpdk/{prefix}", ignore_errors=True)
         return rc
 
     def __enter__(self) -> "DataplaneProcess":
