@@ -233,10 +233,39 @@ def _print_status(s: dict) -> None:
     for c in s["clusters"]:
         for e in c["edges"]:
             rows.append([c["name"], e["name"], e["ip"], e["mac"] or "(unresolved)", e["weight"],
-                         e.get("admin_state") or "-", e["state"], e["health"], human(e["packets"]),
-                         human(e["bytes"], "B"), human(e["new_flows"])])
+                         e.get("admin_state") or "-", e["state"], _health_text(e), human(e["packets"]),
+                         human(e["bytes"], "B"), human(e["new_flows"]), _short(e.get("health_detail"))])
     print(table(["CLUSTER", "EDGE", "IP", "MAC", "WEIGHT", "ADMIN", "STATE", "HEALTH", "PACKETS", "BYTES",
-                 "NEW FLOWS"], rows, right={4, 8, 9, 10}))
+                 "NEW FLOWS", "LAST CHECK"], rows, right={4, 8, 9, 10}))
+
+
+def _health_text(e: dict) -> str:
+    """up / down / unknown, with how long ago it became so ("down 12s"), "damped" when held down for flapping."""
+    text = e["health"]
+    h = e.get("health_check") or {}
+    if h.get("damped"):
+        text += " (damped)"
+    since = e.get("health_since")
+    if since is not None:
+        text += f" {_duration(time.time() - since)}"
+    return text
+
+
+def _duration(s: float) -> str:
+    s = max(0, int(s))
+    if s < 120:
+        return f"{s}s"
+    if s < 7200:
+        return f"{s // 60}m"
+    if s < 172800:
+        return f"{s // 3600}h"
+    return f"{s // 86400}d"
+
+
+def _short(text: str | None, width: int = 48) -> str:
+    if not text:
+        return "-"
+    return text if len(text) <= width else text[:width - 3] + "..."
 
 
 def cmd_status(args: argparse.Namespace) -> int:

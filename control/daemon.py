@@ -9,7 +9,10 @@ Tasks (one asyncio loop; the store and every config write run on one worker thre
 * MAC resolution for edges configured without a MAC (kernel neighbour table, ARP/ND provoked when absent);
 * Prometheus metrics (control.metrics) read from the region at scrape time;
 * CARP (control.carp_manager): one instance per enabled cluster in mode "cluster" on the data port's TAP; taking a
-  cluster IP sets the fast path's ownership flag, puts the address on the TAP and announces it (gratuitous ARP).
+  cluster IP sets the fast path's ownership flag, puts the address on the TAP and announces it (gratuitous ARP);
+* health checks (control.health): every edge of every enabled cluster, sent from the appliance's own address on the
+  TAP; an edge found down is applied as DOWN (its cluster's Maglev table is rebuilt without it), one found up again
+  comes back the same way. A cluster left with no edge UP demotes its CARP advertisements (control.carp_manager).
 
 The daemon never clears the data plane's tables: when it stops or dies, the data plane keeps forwarding with its
 last config, and a new daemon re-applies the same config without rebuilding a table or moving a flow. On SIGTERM
@@ -23,6 +26,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 import copy
+import dataclasses
 import datetime as _dt
 import inspect
 import ipaddress
@@ -37,6 +41,7 @@ import time
 from typing import Any
 
 from control import carp_manager, observe, rpc
+from control.health import HealthChecker
 
 log = logging.getLogger("pydp.control")
 
@@ -49,6 +54,8 @@ RESOLVE_POLL_S = 0.25
 MAC_REFRESH_S = 30.0
 NUD_VALID = 0x02 | 0x04 | 0x08 | 0x10 | 0x40 | 0x80     # REACHABLE, STALE, DELAY, PROBE, NOARP, PERMANENT
 RESERVED_OPS = {"appliance", "close", "connect"}
+HEALTH_SYNC_S = 0.5               # the health checks' targets follow the store at least this often
+HEALTH_SOURCE_S = 5.0             # the probes' source address (the appliance's own on the TAP) is looked up again
 
 EPILOG = """examples:
   pydp-control                                   # store /var/lib/pydp/config.db, socket /run/pydp/control.sock
@@ -240,6 +247,15 @@ class Daemon:
                                              health=self.carp_health, event=event, carp_src=carp_src,
                                              carp_src6=carp_src6)
         self.carp.enabled = not own_all
+        # health checks: the checker runs on the loop; the map below is read by applies (worker thread) and by
+        # metrics scrapes, under health_lock. An edge not in `health` (not decided yet) counts as up.
+        self.checker: HealthChecker | None = None
+        self.health_lock = threading.Lock()
+        self.health: dict[tuple[str, str], bool] = {}
+        self.health_transitions: dict[tuple[str, str], int] = {}
+        self.health_targets: dict = {}        # (cluster, edge) -> (ip, HealthConfig) last given to the checker
+        self.health_source: list[str] = []
+        self.health_wake: asyncio.Event | None = None
 
     # ---- worker thread: the store and every write to the region ----
     def _open_store(self) -> None:
@@ -263,6 +279,7 @@ class Daemon:
     def _reload_store(self) -> None:
         self.revision = self.store.revision()
         self.cfg = self.store.appliance()
+        self._wake_health()
 
     def _store_op(self, op: str, args: dict) -> tuple[Any, list[str]]:
         fn = getattr(self.store, op)
@@ -318,7 +335,7 @@ class Daemon:
             before = observe.clusters(region)
             before_active = {name: c["active"] for name, c in before.items()}
             try:
-                result = apply_config(region, cfg)
+                result = apply_config(region, cfg, edge_health=self._edge_health())
             except (ApplyError, ShmError) as exc:
                 self.failed = (rev, time.monotonic())
                 event("apply_failed", logging.ERROR, revision=rev, reason=reason, error=str(exc))
@@ -481,6 +498,7 @@ class Daemon:
             self.revision = rev
             try:
                 self.cfg = self.store.appliance()
+                self._wake_health()
             except Exception as exc:
                 self.failed = (rev, time.monotonic())
                 event("apply_failed", logging.ERROR, revision=rev, reason="store changed by another writer",
@@ -493,6 +511,114 @@ class Daemon:
                 return                          # a failed apply is retried every 10 s, not every second
             self._apply("store changed by another writer" if self.applied_revision is not None
                         else "data plane attached")
+
+    # ---- health checks ----
+    def _edge_health(self) -> dict:
+        """{(cluster, edge): up} of the edges decided so far (any thread): apply_config makes the False ones DOWN."""
+        with self.health_lock:
+            return dict(self.health)
+
+    def _wake_health(self) -> None:
+        """The store's config was read again (any thread): the health checks' targets follow at once."""
+        loop, wake = self.loop, self.health_wake
+        if loop is not None and wake is not None:
+            with contextlib.suppress(RuntimeError):     # the loop is closing
+                loop.call_soon_threadsafe(wake.set)
+
+    @staticmethod
+    def _health_targets_of(cfg) -> dict:
+        """Every edge of every enabled cluster (draining and disabled ones too), with its cluster's settings."""
+        if cfg is None:
+            return {}
+        return {(cl.name, e.name): (str(e.ip), dataclasses.replace(cl.health))
+                for cl in cfg.clusters if cl.enabled for e in cl.edges}
+
+    def _sync_health(self) -> None:
+        """Gives the checker the store's edges when they changed (loop). Unchanged edges keep their state."""
+        if self.checker is None:
+            return
+        targets = self._health_targets_of(self.cfg)
+        if targets == self.health_targets:
+            return
+        self.checker.set_targets(targets)
+        with self.health_lock:
+            self.health_targets = targets
+            for key in [k for k in self.health if k not in targets]:
+                del self.health[key]
+            for key in [k for k in self.health_transitions if k not in targets]:
+                del self.health_transitions[key]
+
+    def _probe_source(self) -> list[str]:
+        """The probes' source addresses: the appliance's own on the TAP, as CARP uses them (--carp-src /
+        --carp-src6, else the TAP's first IPv4 address and first global IPv6 address that are not cluster IPs).
+        Empty when unknown (no TAP yet): the kernel then chooses. Blocking (netlink): run off the loop."""
+        cfg = self.cfg
+        v4, v6 = self.carp_src, self.carp_src6
+        if v4 is None or v6 is None:
+            tap = self.carp_interface()
+            try:
+                info = carp_manager.tap_info(tap) if tap else None
+            except Exception as exc:
+                log.debug("cannot read the addresses of %s: %s", tap, exc)
+                info = None
+            if info is not None:
+                vips = {ipaddress.ip_address(str(cl.cluster_ip)) for cl in (cfg.clusters if cfg else [])}
+                own = []
+                for a in info[2]:
+                    with contextlib.suppress(ValueError):
+                        ip = ipaddress.ip_address(a.partition("%")[0])
+                        if ip not in vips:
+                            own.append(ip)
+                if v4 is None:
+                    v4 = next((str(a) for a in own if a.version == 4), None)
+                if v6 is None:
+                    v6 = next((str(a) for a in own if a.version == 6 and not a.is_link_local), None)
+        return [a for a in (v4, v6) if a is not None]
+
+    async def _on_health(self, cluster: str, edge: str, up: bool, reason: str) -> None:
+        """The checker decided that an edge is up or down (loop): record, log, count, and apply if it matters."""
+        key = (cluster, edge)
+        with self.health_lock:
+            if key not in self.health_targets:
+                return
+            before = self.health.get(key, True)         # unknown counts as up
+            self.health[key] = up
+            self.health_transitions[key] = self.health_transitions.get(key, 0) + 1
+        event("edge_health", logging.INFO if up else logging.WARNING, cluster=cluster, edge=edge, up=up,
+              reason=reason, ip=self.health_targets[key][0])
+        if before != up:        # only this cluster's table changes; flows on the other edges stay
+            await self.run_worker(self._apply_logged, f"health: edge {edge} of cluster {cluster} "
+                                                      f"{'up' if up else 'down'}")
+
+    async def watch_health(self) -> None:
+        next_source = 0.0
+        while True:
+            self.health_wake.clear()
+            try:
+                if time.monotonic() >= next_source:
+                    next_source = time.monotonic() + HEALTH_SOURCE_S
+                    src = await self.loop.run_in_executor(self.readers, self._probe_source)
+                    if src != self.health_source:
+                        self.checker.set_source(src)
+                        self.health_source = src
+                        event("health_source", source=src)
+                self._sync_health()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("health checks")
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self.health_wake.wait(), HEALTH_SYNC_S)
+
+    def _health_row(self, key, states: dict) -> dict:
+        """The health of one edge for status: up / down / unknown (not decided yet) / unchecked (not checked)."""
+        h = states.get(key)
+        if h is None:
+            return {"health": "unchecked", "health_detail": None, "health_since": None, "health_check": None}
+        since = h.get("since_change_s")
+        return {"health": h["state"], "health_detail": h.get("last_detail") or None,
+                "health_since": None if since is None else round(time.time() - since, 3),
+                "health_check": h}
 
     # ---- the loop's tasks ----
     async def run_worker(self, fn, *args):
@@ -646,7 +772,8 @@ class Daemon:
             return await self._rpc_store(params)
         if method == "status":
             _only(params, set())
-            return await self.loop.run_in_executor(self.readers, self.status)
+            states = self.checker.states() if self.checker is not None else {}     # on the loop: it owns them
+            return await self.loop.run_in_executor(self.readers, self.status, states)
         if method == "stats":
             _only(params, set())
             return await self.loop.run_in_executor(self.readers, self.stats)
@@ -679,8 +806,9 @@ class Daemon:
         result, warnings = await self.run_worker(self._store_op, op, args)
         return rpc.Reply(result, warnings)
 
-    def status(self) -> dict:
+    def status(self, health_states: dict | None = None) -> dict:
         cfg = self.cfg
+        health_states = health_states or {}
         with self.holder.use() as region:
             dp = None
             shm_clusters: dict = {}
@@ -744,7 +872,7 @@ class Daemon:
                     "weight": ce.weight if ce else se["weight"],
                     "admin_state": ce.state if ce else None,
                     "state": state,
-                    "health": "no MAC" if mac is None and row["dsr"] == "l2" else "unchecked",
+                    **self._health_row((name, ename), health_states if ce is not None and cl.enabled else {}),
                     "packets": se["packets"] if se else 0, "bytes": se["bytes"] if se else 0,
                     "new_flows": se["new_flows"] if se else 0,
                 })
@@ -791,7 +919,25 @@ class Daemon:
         u = GaugeMetricFamily("pydp_edge_mac_unresolved", "edges without a MAC yet (they get no traffic)")
         u.add_metric([], len(self._unresolved_wanted()))
         yield u
+        yield from self._health_metrics()
         yield from self._carp_metrics()
+
+    def _health_metrics(self):
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        g = GaugeMetricFamily("pydp_edge_health", "the edge's health check: 1 up, 0 down, -1 unknown (not decided "
+                              "yet: counts as up)", labels=["cluster", "edge"])
+        t = CounterMetricFamily("pydp_edge_health_transitions", "changes of the edge's health (the first "
+                                "decision included)", labels=["cluster", "edge"])
+        with self.health_lock:
+            keys = list(self.health_targets)
+            health = dict(self.health)
+            trans = dict(self.health_transitions)
+        for key in keys:
+            up = health.get(key)
+            g.add_metric(list(key), -1 if up is None else 1 if up else 0)
+            t.add_metric(list(key), trans.get(key, 0))
+        yield from (g, t)
 
     def _carp_metrics(self):
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -868,7 +1014,10 @@ class Daemon:
               own_all=self.own_all, carp_src=self.carp_src, carp_src6=self.carp_src6, revision=self.revision,
               ops=sorted(self.allowed_ops))
         await first
-        tasks = [asyncio.create_task(c) for c in (self.watch_dataplane(), self.watch_store(), self.resolve_macs())]
+        self.health_wake = asyncio.Event()
+        self.checker = HealthChecker(self._on_health)
+        tasks = [asyncio.create_task(c) for c in (self.watch_dataplane(), self.watch_store(), self.resolve_macs(),
+                                                  self.watch_health())]
         carp_stop = asyncio.Event()
         carp_task = asyncio.create_task(self.carp.run(lambda: self.cfg, carp_stop))
         try:
@@ -884,6 +1033,10 @@ class Daemon:
             for t in tasks:
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+            try:
+                await asyncio.wait_for(self.checker.close(), 10)
+            except Exception:
+                log.exception("stopping the health checks")
             if self.metrics_server is not None:
                 with contextlib.suppress(Exception):
                     self.metrics_server.shutdown()

@@ -18,7 +18,9 @@ Metrics (counters end in _total):
     pydp_worker_rx_packets_total{worker}, pydp_worker_flow_rehashed_total{worker}
     pydp_flow_table_entries{worker,kind=capacity|live}, pydp_flow_table_occupancy_ratio{worker},
     pydp_flow_table_expired_total{worker}, pydp_flow_table_evicted_total{worker}
-The daemon adds its own (extra): pydp_control_applied_revision, pydp_edge_mac_unresolved, and CARP's
+The daemon adds its own (extra): pydp_control_applied_revision, pydp_edge_mac_unresolved, the health checks'
+    pydp_edge_health{cluster,edge} (1 up, 0 down, -1 unknown), pydp_edge_health_transitions_total{cluster,edge},
+    and CARP's
     pydp_carp_state{cluster,state}, pydp_carp_demote{cluster}, pydp_carp_drops_total{cluster,reason},
     pydp_carp_transitions_total{cluster}, pydp_carp_adverts_sent_total{cluster},
     pydp_carp_adverts_received_total{cluster} (also while no data plane is attached)

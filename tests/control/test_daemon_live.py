@@ -44,11 +44,14 @@ name = "web"
 cluster_ip = "198.51.100.10"
 [cluster.carp]
 vhid = 1
+[cluster.health]
+type = "none"       # the edges serve nothing: always up (tests/control/test_health_live.py checks)
 """
     for e in edges:
         mac = "" if e in macless else f'mac = "{MACS[e]}"\n'
         text += f'[[cluster.edge]]\nname = "{e}"\nip = "{IPS[e]}"\n{mac}'
     text += ('[[cluster]]\nname = "other"\ncluster_ip = "198.51.100.20"\n[cluster.carp]\nvhid = 2\n'
+             '[cluster.health]\ntype = "none"\n'
              '[[cluster.edge]]\nname = "o1"\nip = "198.51.100.41"\nmac = "02:00:00:00:03:01"\n'
              '[[cluster.edge]]\nname = "o2"\nip = "198.51.100.42"\nmac = "02:00:00:00:03:02"\n')
     return text
