@@ -251,3 +251,33 @@ def link_mac(ns: str, dev: str) -> str:
     import json
 
     return json.loads(run("ip", "-j", "-n", ns, "link", "show", "dev", dev).stdout)[0]["address"]
+
+
+def wait_until(pred, timeout: float, what: str, step: float = 0.05):
+    """Polls pred until it returns something true (returned); AssertionError naming `what` after timeout."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = pred()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.1f} s waiting for {what}")
+        time.sleep(step)
+
+
+def report(request, text: str) -> None:
+    """Prints measured figures on the terminal even though pytest captures output."""
+    tr = request.config.pluginmanager.get_plugin("terminalreporter")
+    capman = request.config.pluginmanager.get_plugin("capturemanager")
+    with capman.global_and_fixture_disabled() if capman else contextlib.nullcontext():
+        if tr is not None:
+            tr.write_line(text)
+        else:
+            print(text)
+
+
+def pydp_carp_argv() -> list[str]:
+    """How to run pydp-carp: the installed script."""
+    import sysconfig
+
+    return [os.path.join(sysconfig.get_path("scripts"), "pydp-carp")]

@@ -19,13 +19,12 @@ import signal
 import struct
 import subprocess
 import sys
-import sysconfig
 import time
 from pathlib import Path
 
 import pytest
 
-from netlab import addresses, bridge, bridge_host, link_mac, netns, ns_run, run
+from netlab import addresses, bridge, bridge_host, link_mac, netns, ns_run, pydp_carp_argv, report, run, wait_until
 from control.carp import codec
 
 pytestmark = [pytest.mark.netns]
@@ -51,12 +50,6 @@ def takeover_bound(skew: int) -> float:
     return 3 * interval(skew) + interval(skew) + 1.0
 
 
-def _pydp_carp() -> list[str]:
-    """The installed console script; without it, the module from this source tree."""
-    script = os.path.join(sysconfig.get_path("scripts"), "pydp-carp")
-    if os.access(script, os.X_OK):
-        return [script]
-    return ["env", f"PYTHONPATH={Path(__file__).resolve().parents[2]}", sys.executable, "-m", "control.carp.cli"]
 
 
 SNIFFER = r"""
@@ -167,24 +160,9 @@ def _summary(request, lab: Lab) -> None:
     lines += [f"  note: {n}" for n in lab.notes]
     text = "\n".join(lines)
     (lab.workdir / "summary.txt").write_text(text + "\n")
-    tr = request.config.pluginmanager.get_plugin("terminalreporter")
-    capman = request.config.pluginmanager.get_plugin("capturemanager")
-    with capman.global_and_fixture_disabled() if capman else contextlib.nullcontext():
-        if tr is not None:
-            tr.write_line(text)
-        else:
-            print(text)
+    report(request, text)
 
 
-def wait_until(pred, timeout: float, what: str, step: float = 0.05):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = pred()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.1f} s waiting for {what}")
-        time.sleep(step)
 
 
 def timed(pred, timeout: float, what: str, t0: float) -> float:
@@ -236,7 +214,7 @@ class Ours(Proc):
         passfile.write_bytes(key + b"\n")
         passfile.chmod(0o600)
         secret = ["--pass", key.decode()] if use_pass else ["--passfile", str(passfile)]
-        argv = [*_pydp_carp(), "-i", "eth0", "-s", src, "-v", str(VHID), *secret, "-a", VIP, "-b", str(ADVBASE),
+        argv = [*pydp_carp_argv(), "-i", "eth0", "-s", src, "-v", str(VHID), *secret, "-a", VIP, "-b", str(ADVBASE),
                 "-k", str(skew), "--mac", mac, "--json-status", str(self.status_path), "--log-level", "debug",
                 *(["--preempt"] if preempt else []), *extra]
         super().__init__(name, ns, argv, lab.workdir / f"{name}.log")
@@ -585,7 +563,7 @@ def test_cli_rejects_bad_flags(args, message):
         base.pop("--pass")
     base.update(given)
     argv = [x for k, v in base.items() if v is not None for x in (k, v)]
-    proc = subprocess.run([*_pydp_carp(), *argv], capture_output=True, text=True, timeout=30)
+    proc = subprocess.run([*pydp_carp_argv(), *argv], capture_output=True, text=True, timeout=30)
     assert proc.returncode == 2, proc
     assert message in proc.stderr, proc.stderr
     assert "x" * 21 not in proc.stderr and "secret-21" not in proc.stderr

@@ -13,18 +13,16 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import json
-import os
 import signal
 import struct
 import subprocess
 import sys
-import sysconfig
 import time
 from pathlib import Path
 
 import pytest
 
-from netlab import addresses, bridge, bridge_host, link_mac, netns, ns_run, run
+from netlab import addresses, bridge, bridge_host, link_mac, netns, ns_run, pydp_carp_argv, run, wait_until
 from control.carp import codec
 
 VHID = 7
@@ -36,11 +34,6 @@ SLOW_SKEW = 100
 MASTER_DOWN = 3 * ADVBASE + SLOW_SKEW / 256         # the backup's (ucarp mode): advbase x 3 + advskew/256
 
 
-def _pydp_carp() -> list[str]:
-    script = os.path.join(sysconfig.get_path("scripts"), "pydp-carp")
-    if os.access(script, os.X_OK):
-        return [script]
-    return ["env", f"PYTHONPATH={Path(__file__).resolve().parents[2]}", sys.executable, "-m", "control.carp.cli"]
 
 
 SNIFFER = r"""
@@ -84,15 +77,6 @@ for h in sys.argv[1:]:
 """
 
 
-def wait_until(pred, timeout: float, what: str, step: float = 0.05):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = pred()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.1f} s waiting for {what}")
-        time.sleep(step)
 
 
 def enable_ipv6(ns: str, addr: str | None = None) -> None:
@@ -143,7 +127,7 @@ class Carp:
         passfile.write_bytes(PASS + b"\n")
         passfile.chmod(0o600)
         self.log = lab.workdir / f"{name}.log"
-        argv = [*_pydp_carp(), "-i", "eth0", "-s", src, "-v", str(VHID), "--passfile", str(passfile), "-a", VIP,
+        argv = [*pydp_carp_argv(), "-i", "eth0", "-s", src, "-v", str(VHID), "--passfile", str(passfile), "-a", VIP,
                 "-b", str(ADVBASE), "-k", str(skew), "--json-status", str(self.status_path), "--log-level",
                 "debug", *extra]
         with open(self.log, "ab") as f:
@@ -291,7 +275,7 @@ def test_ipv6_failover_na_bowout_and_hop_limit(lab):
 def test_cli_ipv6_flags(args, message):
     base = {"-i": "lo", "-v": "1", "--pass": "secret-21"}
     argv = [x for k, v in base.items() for x in (k, v)] + args
-    proc = subprocess.run([*_pydp_carp(), *argv], capture_output=True, text=True, timeout=30)
+    proc = subprocess.run([*pydp_carp_argv(), *argv], capture_output=True, text=True, timeout=30)
     assert proc.returncode == 2, proc
     assert message in proc.stderr, proc.stderr
 

@@ -8,7 +8,6 @@ forwarded each one. The tests run in order on one lab; measured times go to a su
 
 from __future__ import annotations
 
-import contextlib
 import json
 import subprocess
 import sys
@@ -17,7 +16,7 @@ import time
 import pytest
 
 from failover_lab import APPLIANCES, PASSPHRASE, Lab, Traffic, interval, pydpctl
-from netlab import ns_run
+from netlab import ns_run, report, wait_until
 
 pytestmark = [pytest.mark.dpdk, pytest.mark.netns]
 
@@ -48,24 +47,9 @@ def _summary(request, timings) -> None:
     for what, secs, bound in timings:
         lines.append(f"  {what:<66} {secs:6.3f} s  (bound {bound:.2f} s)")
     text = "\n".join(lines)
-    tr = request.config.pluginmanager.get_plugin("terminalreporter")
-    capman = request.config.pluginmanager.get_plugin("capturemanager")
-    with capman.global_and_fixture_disabled() if capman else contextlib.nullcontext():
-        if tr is not None:
-            tr.write_line(text)
-        else:
-            print(text)
+    report(request, text)
 
 
-def wait_until(pred, timeout: float, what: str, step: float = 0.05):
-    deadline = time.monotonic() + timeout
-    while True:
-        v = pred()
-        if v:
-            return v
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.1f}s waiting for {what}")
-        time.sleep(step)
 
 
 def scrape(appliance) -> dict[str, float]:
