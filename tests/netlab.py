@@ -281,3 +281,15 @@ def pydp_carp_argv() -> list[str]:
     import sysconfig
 
     return [os.path.join(sysconfig.get_path("scripts"), "pydp-carp")]
+
+
+# Run in a namespace as `python3 -c RAW_SENDER HEXFRAME...`: sends each frame on eth0, 20 ms apart (forged
+# packets for the drop-counter tests).
+RAW_SENDER = r"""
+import socket, sys, time
+s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
+s.bind(("eth0", 0))
+for h in sys.argv[1:]:
+    s.send(bytes.fromhex(h))
+    time.sleep(0.02)
+"""

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from netlab import addresses, bridge, bridge_host, link_mac, netns, ns_run, pydp_carp_argv, report, run, wait_until
+from netlab import RAW_SENDER, addresses, bridge, bridge_host, link_mac, netns, ns_run, pydp_carp_argv, report, run, wait_until
 from control.carp import codec
 
 pytestmark = [pytest.mark.netns]
@@ -81,14 +81,6 @@ while True:
         out.write(json.dumps(rec) + "\n")
 """
 
-SENDER = r"""
-import socket, sys, time
-s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
-s.bind(("eth0", 0))
-for h in sys.argv[1:]:
-    s.send(bytes.fromhex(h))
-    time.sleep(0.02)
-"""
 
 
 # ---- the lab ------------------------------------------------------------------------------------------------
@@ -514,7 +506,7 @@ def test_forged_adverts_counted_and_ignored_virtual_mac(lab, procs):
         "hmac": ip(carp(key=WRONG.encode())),
         "vhid": ip(carp(vhid=VHID + 1)),
     }
-    ns_run(lab.c, sys.executable, "-c", SENDER, *[(eth + p).hex() for p in forged.values()])
+    ns_run(lab.c, sys.executable, "-c", RAW_SENDER, *[(eth + p).hex() for p in forged.values()])
     st = wait_until(lambda: (s := ours.status())["drops"] != before["drops"]
                     and all(s["drops"][r] >= before["drops"][r] + 1 for r in forged) and s, 3,
                     "the forged adverts to be counted")
@@ -525,14 +517,14 @@ def test_forged_adverts_counted_and_ignored_virtual_mac(lab, procs):
     assert lab.holders() == {"h1"} and ours.state() == "MASTER"
 
     # the same advert, well formed: ours yields to it (and the test forger is not a real master)
-    ns_run(lab.c, sys.executable, "-c", SENDER, (eth + ip(carp())).hex())
+    ns_run(lab.c, sys.executable, "-c", RAW_SENDER, (eth + ip(carp())).hex())
     wait_until(lambda: ours.state() == "BACKUP", 2, "ours to yield to a valid advert")
     wait_until(lambda: lab.holders() == set(), 2, "ours to release the VIP")
     assert ours.status()["received_ok"] == before["received_ok"] + 1
 
     # the forged "master" bows out (advbase 255, advskew 255): ours takes over at once, not after master-down
     t0 = time.monotonic()
-    ns_run(lab.c, sys.executable, "-c", SENDER, (eth + ip(carp(advbase=255, advskew=255))).hex())
+    ns_run(lab.c, sys.executable, "-c", RAW_SENDER, (eth + ip(carp(advbase=255, advskew=255))).hex())
     secs = timed(lambda: lab.holders() == {"h1"}, 2, "ours to take over after a bow-out", t0)
     lab.timings.append(("bow-out received by ours (BACKUP) -> ours holds the VIP, incl. sender start", secs, 0.5))
     assert secs < 0.5

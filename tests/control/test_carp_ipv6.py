@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from netlab import addresses, bridge, bridge_host, link_mac, netns, ns_run, pydp_carp_argv, run, wait_until
+from netlab import RAW_SENDER, addresses, bridge, bridge_host, link_mac, netns, ns_run, pydp_carp_argv, run, wait_until
 from control.carp import codec
 
 VHID = 7
@@ -67,14 +67,6 @@ while True:
         out.write(json.dumps(rec) + "\n")
 """
 
-SENDER = r"""
-import socket, sys, time
-s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
-s.bind(("eth0", 0))
-for h in sys.argv[1:]:
-    s.send(bytes.fromhex(h))
-    time.sleep(0.02)
-"""
 
 
 
@@ -112,7 +104,7 @@ class Lab:
         return out
 
     def send(self, *frames: bytes) -> None:
-        ns_run(self.c, sys.executable, "-c", SENDER, *(f.hex() for f in frames))
+        ns_run(self.c, sys.executable, "-c", RAW_SENDER, *(f.hex() for f in frames))
 
 
 class Carp:
