@@ -15,7 +15,7 @@ import os
 import sys
 from typing import Sequence
 
-from control.bootstrap import edge
+from control.bootstrap import appliance, edge
 from control.bootstrap.steps import EXIT_FAILED, EXIT_USAGE, BootstrapError, UsageError, print_results, stderr
 
 __all__ = ["main", "build_parser"]
@@ -34,6 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap = Parser(prog=PROG, description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n")[1],
                 formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(metavar="COMMAND", parser_class=Parser)
+    appliance.add_parser(sub)
     edge.add_parser(sub)
     return ap
 

@@ -40,6 +40,7 @@ class Step:
     check: Callable[[], bool]
     action: Callable[[], None]
     detail: Callable[[], str] = lambda: ""
+    ok_detail: Callable[[], str] = lambda: "already done"
 
 
 @dataclass
@@ -77,7 +78,7 @@ def run_steps(steps: Sequence[Step], *, dry_run: bool) -> Outcome:
     for i, step in enumerate(steps):
         try:
             if step.check():
-                out.results.append(Result(step.name, step.description, "ok", "already done"))
+                out.results.append(Result(step.name, step.description, "ok", step.ok_detail()))
                 continue
             detail = step.detail()
             if dry_run:
@@ -114,6 +115,8 @@ def print_results(prog: str, outcome: Outcome, *, as_json: bool, dry_run: bool, 
         print(f"[{_MARK[r.status]}] {r.description}" + (f": {tail}" if tail else ""))
     if outcome.error:
         return
+    for note in (extra or {}).get("notes", []):
+        print(f"note: {note}")
     if dry_run:
         n = sum(r.status == "would-change" for r in outcome.results)
         print(f"{prog}: dry run: {n} step(s) would change, {len(outcome.results) - n} already done")
@@ -123,10 +126,11 @@ def print_results(prog: str, outcome: Outcome, *, as_json: bool, dry_run: bool, 
         print(f"{prog}: nothing to do: every step is already done")
 
 
-def run_cmd(argv: Sequence[str], *, timeout: float = 600) -> subprocess.CompletedProcess:
+def run_cmd(argv: Sequence[str], *, timeout: float = 600, env: dict | None = None) -> subprocess.CompletedProcess:
     """Runs one command (an argument list, never a shell string); a failure raises with its stderr."""
     try:
-        proc = subprocess.run(list(argv), capture_output=True, text=True, timeout=timeout, check=False)
+        proc = subprocess.run(list(argv), capture_output=True, text=True, timeout=timeout, check=False,
+                              env=None if env is None else {**os.environ, **env})
     except FileNotFoundError:
         raise BootstrapError(f"{argv[0]}: command not found (install it, or run without --no-install)") from None
     if proc.returncode != 0:

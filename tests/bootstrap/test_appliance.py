@@ -1,0 +1,248 @@
+"""pydp-bootstrap appliance, run for real in a network namespace with a veth as the data NIC.
+
+Files go under a temporary --root; the live steps run against this machine (its hugepages are already reserved and
+mounted, so they report "already done") and the namespace (the veth is brought up). The failure paths the machine
+cannot produce for real are driven through --procfs / --sysfs trees the test builds: a CPU without SSE4.2, an old
+kernel, a kernel that cannot reserve the pages, and a PCI NIC (there is none here: no PCI device is bound, the plan
+for one is checked with --dry-run).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from netlab import netns, run, veth
+from pydp import config as pconfig
+
+pytestmark = pytest.mark.netns
+
+REPO = Path(__file__).resolve().parents[2]
+EXAMPLE = REPO / "examples" / "appliance.toml"
+BASE = ["appliance", "--no-install", "--hugepages", "256"]
+
+
+@pytest.fixture
+def ns():
+    """A namespace with a veth pair: eth1 (the data NIC, down, no address) and peer1."""
+    with netns("pydpt-app") as name:
+        veth(name, "eth1", "peer1")
+        run("ip", "-n", name, "link", "set", "eth1", "down")
+        yield name
+
+
+def files(root: Path) -> dict[str, str]:
+    """Every file and symlink under root: path -> content (symlinks: '-> target')."""
+    out = {}
+    for p in sorted(root.rglob("*")):
+        rel = "/" + str(p.relative_to(root))
+        if p.is_symlink():
+            out[rel] = "-> " + str(p.readlink())
+        elif p.is_file():
+            out[rel] = p.read_text(errors="replace")
+    return out
+
+
+def link_up(ns: str, dev: str) -> bool:
+    return "UP" in json.loads(run("ip", "-j", "-n", ns, "link", "show", "dev", dev).stdout)[0]["flags"]
+
+
+def steps_of(proc: subprocess.CompletedProcess) -> dict[str, str]:
+    return {s["step"]: s["status"] for s in json.loads(proc.stdout)["steps"]}
+
+
+def test_appliance_dry_run_then_run_then_nothing(ns, tmp_path, bootstrap):
+    root = tmp_path / "root"
+    args = [*BASE, "--nic", "eth1", "--tap-address", "198.51.100.2/24", "--tap-address", "2001:db8:1::2/64",
+            "--root", str(root), "--json"]
+
+    dry = bootstrap(ns, *args, "--dry-run")
+    plan = steps_of(dry)
+    assert list(plan) == [
+        "check cpu", "check memory", "check kernel", "check in-use eth1",
+        "hugepages conf", "hugepages", "hugetlbfs", "fstab", "link eth1", "config", "tap udev",
+        "unit pydp-dataplane.service", "unit pydp-control.service",
+        "enable pydp-dataplane.service", "enable pydp-control.service"]
+    assert plan["link eth1"] == plan["config"] == plan["unit pydp-control.service"] == "would-change"
+    assert not root.exists() and not link_up(ns, "eth1"), "a dry run changed something"
+
+    first = json.loads(bootstrap(ns, *args).stdout)
+    assert first["ok"] and first["changed"] == sum(s == "would-change" for s in plan.values())
+    assert link_up(ns, "eth1")
+    written = files(root)
+    assert set(written) == {
+        "/etc/pydp/appliance.toml", "/etc/sysctl.d/80-pydp-hugepages.conf", "/etc/fstab",
+        "/etc/udev/rules.d/80-pydp-tap.rules",
+        "/etc/systemd/system/pydp-dataplane.service", "/etc/systemd/system/pydp-control.service",
+        "/etc/systemd/system/multi-user.target.wants/pydp-dataplane.service",
+        "/etc/systemd/system/multi-user.target.wants/pydp-control.service"}
+
+    cfg = pconfig.load(root / "etc/pydp/appliance.toml")
+    assert [(p.name, p.device, p.tap) for p in cfg.ports] == [("wan0", "net_af_packet0,iface=eth1", "pydp-wan0")]
+    assert (root / "etc/pydp/appliance.toml").stat().st_mode & 0o777 == 0o600
+    assert "vm.nr_hugepages = 256\n" in written["/etc/sysctl.d/80-pydp-hugepages.conf"]
+    assert written["/etc/fstab"] == "hugetlbfs /dev/hugepages hugetlbfs pagesize=2M 0 0\n"
+    rule = written["/etc/udev/rules.d/80-pydp-tap.rules"]
+    assert 'KERNEL=="pydp-wan0", RUN+="' in rule and "address add 198.51.100.2/24 dev pydp-wan0" in rule
+    assert "address add 2001:db8:1::2/64 dev pydp-wan0" in rule
+
+    dp = written["/etc/systemd/system/pydp-dataplane.service"]
+    assert "Restart=on-failure" in dp and "--config /etc/pydp/appliance.toml" in dp
+    assert "link set dev eth1 up" in dp and "[Install]\nWantedBy=multi-user.target" in dp
+    ctl = written["/etc/systemd/system/pydp-control.service"]
+    assert "Restart=on-failure" in ctl and "Wants=pydp-dataplane.service" in ctl
+    assert "After=pydp-dataplane.service" in ctl
+    assert "\nRequires=" not in ctl and "\nBindsTo=" not in ctl     # survives a data plane restart
+    assert written["/etc/systemd/system/multi-user.target.wants/pydp-control.service"] == \
+        "-> /etc/systemd/system/pydp-control.service"
+    if shutil.which("systemd-analyze"):
+        units = [str(root / "etc/systemd/system" / u) for u in ("pydp-dataplane.service", "pydp-control.service")]
+        check = subprocess.run(["systemd-analyze", "verify", *units], capture_output=True, text=True, cwd=tmp_path)
+        assert check.returncode == 0 and not check.stderr, check.stderr
+
+    second = json.loads(bootstrap(ns, *args).stdout)
+    assert second["changed"] == 0 and set(s["status"] for s in second["steps"]) == {"ok"}
+    assert files(root) == written
+    text = bootstrap(ns, *args[:-1]).stdout
+    assert "nothing to do: every step is already done" in text
+
+
+def test_appliance_config_is_installed_and_imported(ns, tmp_path, bootstrap):
+    """--config with --nic: the file's first port gets the NIC (af_xdp here), the store gets its clusters."""
+    root = tmp_path / "root"
+    args = [*BASE, "--nic", "eth1", "--xdp", "--config", str(EXAMPLE), "--root", str(root), "--json"]
+    first = steps_of(bootstrap(ns, *args))
+    assert first["import"] == "changed"
+    cfg = pconfig.load(root / "etc/pydp/appliance.toml")
+    want = pconfig.load(EXAMPLE)
+    # lcores "0-2": two workers, one af_xdp queue each
+    assert cfg.ports[0].device == "net_af_xdp0,iface=eth1,start_queue=0,queue_count=2"
+    assert pconfig.to_dict(cfg)["cluster"] == pconfig.to_dict(want)["cluster"]
+    db = root / "var/lib/pydp/pydp.db"
+    export = run(str(Path(shutil.which("pydpctl") or "pydpctl")), "--db", str(db), "export", "-").stdout
+    stored = pconfig.loads(export, "<store>", require_ports=False)
+    assert [c.name for c in stored.clusters] == ["web", "vpn6"]
+    assert [str(e.ip) for e in stored.clusters[0].edges] == ["198.51.100.21", "198.51.100.22", "198.51.100.23"]
+
+    again = steps_of(bootstrap(ns, *args))
+    assert set(again.values()) == {"ok"}, again
+
+
+def test_appliance_without_nic_uses_the_config_ports(ns, tmp_path, bootstrap):
+    """No --nic: the config's own [[port]] devices are checked (af_packet on eth1 here) and the file is installed
+    as written, comments and all."""
+    root = tmp_path / "root"
+    out = steps_of(bootstrap(ns, *BASE, "--config", str(EXAMPLE), "--root", str(root), "--json", "--dry-run"))
+    assert out["check in-use eth1"] == "ok" and out["link eth1"] == "would-change"
+    bootstrap(ns, *BASE, "--config", str(EXAMPLE), "--root", str(root))
+    assert (root / "etc/pydp/appliance.toml").read_text() == EXAMPLE.read_text()
+
+
+@pytest.mark.parametrize("args, code, message", [
+    (["--nic", "eth9"], 2, "unknown interface 'eth9' (this network namespace has: eth1, lo, peer1)"),
+    (["--nic", "eth1;reboot"], 2, "unknown interface 'eth1;reboot'"),
+    (["--nic", "0000:7f:1f.7"], 2, "unknown PCI device 0000:7f:1f.7"),
+    ([], 2, "give the data NIC with --nic"),
+    (["--nic", "eth1", "--tap-address", "198.51.100.2"], 2, "give a unicast address with its prefix length"),
+    (["--nic", "eth1", "--hugepages", "8"], 2, "dataplane.memory_mb = 512 needs 256 hugepages"),
+    (["--nic", "eth1", "--config", "/nonexistent.toml"], 2, "--config /nonexistent.toml: No such file"),
+])
+def test_bad_input_is_refused_and_writes_nothing(ns, tmp_path, bootstrap, args, code, message):
+    root = tmp_path / "root"
+    base = [a for a in BASE if a not in ("--hugepages", "256")] if "--hugepages" in args else BASE
+    proc = bootstrap(ns, *base, *args, "--root", str(root), check=False)
+    assert proc.returncode == code, proc.stdout + proc.stderr
+    assert message in proc.stderr and proc.stderr.count("\n") == 1, proc.stderr
+    assert not root.exists() and not link_up(ns, "eth1")
+
+
+def test_nic_in_use_is_refused_unless_forced(ns, tmp_path, bootstrap):
+    root = tmp_path / "root"
+    run("ip", "-n", ns, "addr", "add", "192.0.2.9/24", "dev", "eth1")
+    run("ip", "-n", ns, "link", "set", "eth1", "up")
+    run("ip", "-n", ns, "route", "add", "203.0.113.0/24", "via", "192.0.2.1")
+    proc = bootstrap(ns, *BASE, "--nic", "eth1", "--root", str(root), check=False)
+    assert proc.returncode == 1
+    assert proc.stderr == ("pydp-bootstrap: error: NIC in use: the kernel still uses eth1 (address 192.0.2.9/24, "
+                           "route 192.0.2.0/24, route 203.0.113.0/24); the data plane takes the whole port: move "
+                           "these off it, or use --force\n")
+    assert not root.exists(), "a failed check must come before any change"
+    forced = steps_of(bootstrap(ns, *BASE, "--nic", "eth1", "--root", str(root), "--force", "--json"))
+    assert forced["check in-use eth1"] == "ok" and forced["config"] == "changed"
+
+
+def fake_sysfs(tmp_path: Path, iommu: bool) -> Path:
+    """A /sys with one PCI NIC (0000:03:00.0, no driver) and an IOMMU or none."""
+    sysfs = tmp_path / "sys"
+    (sysfs / "bus/pci/devices/0000:03:00.0").mkdir(parents=True)
+    (sysfs / "kernel/iommu_groups").mkdir(parents=True)
+    if iommu:
+        (sysfs / "kernel/iommu_groups/7").mkdir()
+    return sysfs
+
+
+def test_pci_nic_without_iommu_is_refused(ns, tmp_path, bootstrap):
+    root = tmp_path / "root"
+    sysfs = fake_sysfs(tmp_path, iommu=False)
+    proc = bootstrap(ns, *BASE, "--nic", "0000:03:00.0", "--sysfs", str(sysfs), "--root", str(root), check=False)
+    assert proc.returncode == 1
+    assert proc.stderr == ("pydp-bootstrap: error: no IOMMU: enable intel_iommu=on/amd_iommu=on or use "
+                           "--vfio-noiommu\n")
+    assert not root.exists()
+
+
+@pytest.mark.parametrize("iommu, extra", [(True, []), (False, ["--vfio-noiommu"])])
+def test_pci_nic_plan(ns, tmp_path, bootstrap, iommu, extra):
+    """The steps for a PCI NIC (dry run: no PCI NIC exists on this machine to bind for real)."""
+    sysfs = fake_sysfs(tmp_path, iommu)
+    out = json.loads(bootstrap(ns, *BASE, "--nic", "03:00.0", *extra, "--sysfs", str(sysfs), "--root",
+                               str(tmp_path / "root"), "--json", "--dry-run").stdout)
+    status = {s["step"]: s for s in out["steps"]}
+    assert status["check iommu 0000:03:00.0"]["status"] == "ok"
+    assert status["modprobe vfio-pci"]["detail"] == "modprobe vfio-pci"
+    assert status["bind 0000:03:00.0"]["detail"] == "dpdk-devbind.py --bind=vfio-pci 0000:03:00.0 (was none)"
+    assert ("vfio noiommu" in status) == (not iommu)
+    assert status["modules-load"]["status"] == "would-change"
+
+
+def fake_procfs(tmp_path: Path, *, flags: str = "fpu sse4_2 avx2", release: str = "6.1.0-13-amd64",
+                huge_total: int = 0) -> Path:
+    proc = tmp_path / "proc"
+    (proc / "sys/kernel").mkdir(parents=True)
+    (proc / "sys/vm").mkdir(parents=True)
+    (proc / "cpuinfo").write_text(f"processor\t: 0\nflags\t\t: {flags}\n\n")
+    (proc / "meminfo").write_text(f"MemTotal:        8000000 kB\nHugePages_Total:   {huge_total}\n"
+                                  f"Hugepagesize:       2048 kB\n")
+    (proc / "sys/kernel/osrelease").write_text(release + "\n")
+    (proc / "sys/vm/nr_hugepages").write_text("0\n")
+    (proc / "mounts").write_text("")
+    return proc
+
+
+@pytest.mark.parametrize("kw, message", [
+    ({"flags": "fpu sse4_1"}, "the CPU lacks SSE4.2"),
+    ({"release": "4.19.0-21-amd64"}, "kernel 4.19.0-21-amd64 is too old: pydp needs Linux 5.0 or later"),
+])
+def test_machine_checks(ns, tmp_path, bootstrap, kw, message):
+    procfs = fake_procfs(tmp_path, **kw)
+    proc = bootstrap(ns, *BASE, "--nic", "eth1", "--procfs", str(procfs), "--root", str(tmp_path / "root"),
+                     check=False)
+    assert proc.returncode == 1 and message in proc.stderr
+    assert not (tmp_path / "root").exists()
+
+
+def test_no_hugepages(ns, tmp_path, bootstrap):
+    """The kernel reserves fewer pages than asked: a clear error, and the partial reservation is given back."""
+    procfs = fake_procfs(tmp_path, huge_total=0)
+    proc = bootstrap(ns, *BASE, "--nic", "eth1", "--procfs", str(procfs), "--root", str(tmp_path / "root"),
+                     check=False)
+    assert proc.returncode == 1
+    assert ("pydp-bootstrap: error: no hugepages: the kernel reserved 0 of the 256 pages asked (memory too small "
+            "or fragmented)") in proc.stderr
+    assert (procfs / "sys/vm/nr_hugepages").read_text() == "0\n"
+    assert "[FAILED ] at least 256 hugepages reserved now" in proc.stdout
+    assert "[skipped] appliance config /etc/pydp/appliance.toml" in proc.stdout
