@@ -237,6 +237,13 @@ def nic_steps(env: Env, ipr, port_no: int, nic: Nic, args) -> tuple[list[Step], 
         def is_up() -> bool:
             return bool(ipr.get_links(index)[0]["flags"] & 1)
 
+        # the kernel keeps the interface: without this it gives it an IPv6 link-local address and speaks
+        # neighbour discovery, MLD and router solicitations on the data segment with the port's MAC
+        knob = env.proc / "sys/net/ipv6/conf" / name / "disable_ipv6"
+        changes.append(Step(f"ipv6 off {name}", f"no kernel IPv6 on {name} (the kernel keeps off the data port)",
+                            lambda: not knob.exists() or knob.read_text().strip() == "1",
+                            lambda: knob.write_text("1\n"), lambda: f"net.ipv6.conf.{name}.disable_ipv6 0 -> 1"))
+
         changes.append(Step(f"link {name}", f"{name} up (the {'af_xdp' if args.xdp else 'af_packet'} vdev of "
                                             f"port {port_no} reads it)", is_up,
                             lambda: ipr.link("set", index=index, state="up"), lambda: f"ip link set dev {name} up"))
@@ -429,6 +436,9 @@ def dataplane_unit(nics: list[Nic]) -> str:
             devbind = shutil.which("dpdk-devbind.py") or "/usr/bin/dpdk-devbind.py"
             pre.append(f"ExecStartPre={devbind} --bind=vfio-pci {nic.pci}")
         elif nic.iface:
+            # "-": a kernel without IPv6 has no such key
+            pre.append(f"ExecStartPre=-{shutil.which('sysctl') or '/usr/sbin/sysctl'} -qw "
+                       f"net/ipv6/conf/{nic.iface}/disable_ipv6=1")
             pre.append(f"ExecStartPre={shutil.which('ip') or '/usr/sbin/ip'} link set dev {nic.iface} up")
     return "\n".join([
         "# pydp data plane, written by pydp-bootstrap (docs/bootstrap.md)",

@@ -113,17 +113,21 @@ def _netns_name() -> str | None:
     return None
 
 
-def default_state_path(state_dir: str | None) -> Path:
-    """bootstrap-edge.json, or bootstrap-edge@<netns>.json inside a network namespace: several edges can be
-    prepared on one host (a lab) without sharing their record."""
+def state_file(state_dir: str | None) -> tuple[Path, bool]:
+    """(path, named): bootstrap-edge.json, or bootstrap-edge@<netns>.json inside a named network namespace, so
+    several edges can be prepared on one host (a lab) without sharing their record."""
     name = _netns_name()
-    return Path(state_dir or DEFAULT_STATE_DIR) / (f"bootstrap-edge@{name}.json" if name else "bootstrap-edge.json")
+    return (Path(state_dir or DEFAULT_STATE_DIR) / (f"bootstrap-edge@{name}.json" if name else "bootstrap-edge.json"),
+            name is not None)
 
 
 class State:
-    """What the edge bootstrap changed: the addresses it added and each sysctl's value before its first change."""
+    """What the edge bootstrap changed: the addresses it added and each sysctl's value before its first change.
 
-    def __init__(self, path: Path):
+    named: the file belongs to a named network namespace (bootstrap-edge@NAME.json). Names are unique, so a record
+    of another namespace by the same name is of one that was deleted, with everything it recorded."""
+
+    def __init__(self, path: Path, named: bool = False):
         self.path = path
         self.addresses: list[str] = []
         self.sysctls: dict[str, str] = {}
@@ -133,8 +137,8 @@ class State:
             return
         except (OSError, ValueError) as exc:
             raise BootstrapError(f"cannot read the state file {path}: {exc} (move it away to start afresh)") from None
-        if doc.get("boot_id") != _boot_id():
-            # written before a reboot: nothing it records is in place any more
+        if doc.get("boot_id") != _boot_id() or (named and doc.get("netns") != _netns_id()):
+            # written before a reboot, or in a namespace that is gone: nothing it records is in place any more
             return
         if doc.get("netns") != _netns_id():
             raise BootstrapError(f"the state file {path} records changes made in another network namespace; "
@@ -170,8 +174,16 @@ def address_step(ipr, lo: int, ip, state: State) -> Step:
     cidr = f"{ip}/{plen}"
 
     def action() -> None:
+        from pyroute2.netlink.exceptions import NetlinkError
+
         kw = {"flags": IFA_F_NODAD} if ip.version == 6 else {}
-        ipr.addr("add", index=lo, address=str(ip), prefixlen=plen, **kw)
+        try:
+            ipr.addr("add", index=lo, address=str(ip), prefixlen=plen, **kw)
+        except NetlinkError as exc:
+            hint = ""
+            if ip.version == 6 and st.read_sysctl("net.ipv6.conf.lo.disable_ipv6") == "1":
+                hint = ": IPv6 is disabled on lo (set net.ipv6.conf.lo.disable_ipv6 = 0)"
+            raise BootstrapError(f"cannot add {cidr} to lo: {st.describe(exc)}{hint}") from None
         if cidr not in state.addresses:
             state.addresses.append(cidr)
         state.save()
@@ -280,7 +292,7 @@ def run(args: argparse.Namespace) -> tuple[st.Outcome, dict]:
         raise UsageError("edge: give at least one --cluster-ip (or --undo)")
     if args.undo and args.interface:
         raise UsageError("edge --undo takes back what the state file records: --interface does not apply")
-    state = State(default_state_path(args.state_dir))
+    state = State(*state_file(args.state_dir))
     with IPRoute() as ipr:
         if args.undo:
             recorded = {str(ipaddress.ip_interface(c).ip) for c in state.addresses}

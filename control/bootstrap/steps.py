@@ -74,6 +74,9 @@ def run_steps(steps: Sequence[Step], *, dry_run: bool) -> Outcome:
     In a dry run a step that depends on an earlier one that would change is still checked against today's system,
     so it may show as "would-change" even when the earlier step would make it a no-op: it never under-reports.
     """
+    # pyroute2 is imported only where netlink is used: the root check and --help come before it (and work without)
+    from pyroute2.netlink.exceptions import NetlinkError
+
     out = Outcome()
     for i, step in enumerate(steps):
         try:
@@ -88,13 +91,22 @@ def run_steps(steps: Sequence[Step], *, dry_run: bool) -> Outcome:
             if not step.check():
                 raise BootstrapError(f"{step.description}: the change did not take effect ({detail})")
             out.results.append(Result(step.name, step.description, "changed", detail))
-        except (BootstrapError, OSError, subprocess.SubprocessError) as exc:
-            msg = str(exc) if isinstance(exc, BootstrapError) else f"{step.description}: {exc}"
+        except (BootstrapError, OSError, subprocess.SubprocessError, NetlinkError) as exc:
+            msg = str(exc) if isinstance(exc, BootstrapError) else f"{step.description}: {describe(exc)}"
             out.results.append(Result(step.name, step.description, "failed", error=msg))
             out.results += [Result(s.name, s.description, "not-run") for s in steps[i + 1:]]
             out.error = msg
             break
     return out
+
+
+def describe(exc: Exception) -> str:
+    """An error as one line: a netlink error as its errno text (pyroute2 gives (code, text) as its args)."""
+    from pyroute2.netlink.exceptions import NetlinkError
+
+    if isinstance(exc, NetlinkError) and len(exc.args) > 1:
+        return f"{exc.args[1]} (netlink error {exc.args[0]})"
+    return str(exc)
 
 
 _MARK = {"ok": "ok     ", "changed": "changed", "would-change": "would  ", "failed": "FAILED ", "not-run": "skipped"}

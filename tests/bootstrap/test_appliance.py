@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from netlab import netns, run, veth
+from netlab import DataplaneProcess, netns, ns_run, run, veth, wait_until
 from pydp import config as pconfig
 
 pytestmark = pytest.mark.netns
@@ -32,6 +32,7 @@ def ns():
     with netns("pydpt-app") as name:
         veth(name, "eth1", "peer1")
         run("ip", "-n", name, "link", "set", "eth1", "down")
+        ns_run(name, "sysctl", "-qw", "net.ipv6.conf.eth1.disable_ipv6=0")
         yield name
 
 
@@ -45,6 +46,10 @@ def files(root: Path) -> dict[str, str]:
         elif p.is_file():
             out[rel] = p.read_text(errors="replace")
     return out
+
+
+def ipv6_off(ns: str, dev: str) -> bool:
+    return ns_run(ns, "sysctl", "-n", f"net.ipv6.conf.{dev}.disable_ipv6").stdout.strip() == "1"
 
 
 def link_up(ns: str, dev: str) -> bool:
@@ -64,15 +69,15 @@ def test_appliance_dry_run_then_run_then_nothing(ns, tmp_path, bootstrap):
     plan = steps_of(dry)
     assert list(plan) == [
         "check cpu", "check memory", "check kernel", "check in-use eth1",
-        "hugepages conf", "hugepages", "hugetlbfs", "fstab", "link eth1", "config", "tap udev",
+        "hugepages conf", "hugepages", "hugetlbfs", "fstab", "ipv6 off eth1", "link eth1", "config", "tap udev",
         "unit pydp-dataplane.service", "unit pydp-control.service",
         "enable pydp-dataplane.service", "enable pydp-control.service"]
     assert plan["link eth1"] == plan["config"] == plan["unit pydp-control.service"] == "would-change"
-    assert not root.exists() and not link_up(ns, "eth1"), "a dry run changed something"
+    assert not root.exists() and not link_up(ns, "eth1") and not ipv6_off(ns, "eth1"), "a dry run changed something"
 
     first = json.loads(bootstrap(ns, *args).stdout)
     assert first["ok"] and first["changed"] == sum(s == "would-change" for s in plan.values())
-    assert link_up(ns, "eth1")
+    assert link_up(ns, "eth1") and ipv6_off(ns, "eth1")
     written = files(root)
     assert set(written) == {
         "/etc/pydp/appliance.toml", "/etc/sysctl.d/80-pydp-hugepages.conf", "/etc/fstab",
@@ -92,6 +97,7 @@ def test_appliance_dry_run_then_run_then_nothing(ns, tmp_path, bootstrap):
 
     dp = written["/etc/systemd/system/pydp-dataplane.service"]
     assert "Restart=on-failure" in dp and "--config /etc/pydp/appliance.toml" in dp
+    assert "net/ipv6/conf/eth1/disable_ipv6=1" in dp
     assert "link set dev eth1 up" in dp and "[Install]\nWantedBy=multi-user.target" in dp
     ctl = written["/etc/systemd/system/pydp-control.service"]
     assert "Restart=on-failure" in ctl and "Wants=pydp-dataplane.service" in ctl
@@ -246,3 +252,31 @@ def test_no_hugepages(ns, tmp_path, bootstrap):
     assert (procfs / "sys/vm/nr_hugepages").read_text() == "0\n"
     assert "[FAILED ] at least 256 hugepages reserved now" in proc.stdout
     assert "[skipped] appliance config /etc/pydp/appliance.toml" in proc.stdout
+
+
+SMALL = """
+[dataplane]
+lcores = "0-1"
+flow_capacity = 65536
+memory_mb = 256
+mbufs = 8191
+"""
+
+
+@pytest.mark.dpdk
+def test_the_bootstrapped_appliance_runs(ns, tmp_path, bootstrap):
+    """What bootstrap wrote brings a real data plane up: the config's af_packet port on eth1 and its TAP; then the
+    udev rule's command, run as udev runs it (no udev in a test namespace), gives the TAP its address."""
+    root = tmp_path / "root"
+    small = tmp_path / "small.toml"
+    small.write_text(SMALL)
+    bootstrap(ns, *BASE, "--nic", "eth1", "--config", str(small), "--tap-address", "198.51.100.2/24",
+              "--root", str(root))
+    text = (root / "etc/pydp/appliance.toml").read_text()
+    with DataplaneProcess(ns, text, tmp_path, args=["--own-all"]):
+        wait_until(lambda: run("ip", "-n", ns, "link", "show", "dev", "pydp-wan0", check=False).returncode == 0,
+                   10, "the TAP pydp-wan0")
+        rule = (root / "etc/udev/rules.d/80-pydp-tap.rules").read_text()
+        command = rule.split('RUN+="', 1)[1].split('"', 1)[0].split()     # udev splits RUN on spaces, no shell
+        ns_run(ns, *command)
+        assert "198.51.100.2/24" in run("ip", "-n", ns, "-4", "addr", "show", "dev", "pydp-wan0").stdout
