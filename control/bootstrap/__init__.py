@@ -1,7 +1,10 @@
 """pydp-bootstrap: brings a pydp appliance up with one command, and prepares service edges for DSR.
 
-    pydp-bootstrap appliance --nic eth1 --config appliance.toml      # checks, packages, hugepages, NIC, units
-    pydp-bootstrap edge --cluster-ip 198.51.100.10                   # cluster IP on lo, ARP sysctls (--undo)
+examples:
+  pydp-bootstrap appliance --nic eth1 --config appliance.toml --dry-run   # every step, nothing changed
+  pydp-bootstrap appliance --nic eth1 --config appliance.toml             # checks, packages, hugepages, NIC, units
+  pydp-bootstrap edge --cluster-ip 198.51.100.10                          # cluster IP on lo, ARP sysctls
+  pydp-bootstrap edge --undo
 
 Every change is a step that is checked first, so a second run changes nothing and ``--dry-run`` prints every step a
 real run would take. docs/bootstrap.md is the reference. Exit codes: 0 success, 1 a check or a step failed (the
@@ -31,7 +34,7 @@ class Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = Parser(prog=PROG, description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n")[1],
+    ap = Parser(prog=PROG, description=__doc__.split("\n\n")[0], epilog="\n\n".join(__doc__.split("\n\n")[1:]),
                 formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(metavar="COMMAND", parser_class=Parser)
     appliance.add_parser(sub)

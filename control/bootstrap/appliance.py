@@ -95,8 +95,11 @@ def check_cpu(env: Env) -> str:
 
 def check_memory(env: Env, hugepages: int) -> str:
     info = _meminfo(env)
+    if info.get("Hugepagesize", 2048) != 2048:
+        raise BootstrapError(f"the default hugepage size is {info['Hugepagesize']} kB and pydp-bootstrap reserves "
+                             f"2 MiB pages through vm.nr_hugepages: boot with default_hugepagesz=2M")
     total_mb = info.get("MemTotal", 0) // 1024
-    huge_mb = hugepages * info.get("Hugepagesize", 2048) // 1024
+    huge_mb = hugepages * 2
     if total_mb < huge_mb + MIN_SPARE_MB:
         raise BootstrapError(f"not enough memory: {total_mb} MiB, and {hugepages} hugepages take {huge_mb} MiB "
                              f"with {MIN_SPARE_MB} MiB to spare for the system: ask for fewer with --hugepages")
