@@ -209,9 +209,9 @@ def rp_filter_steps(ifaces: Iterable[str], state: State) -> list[Step]:
     A step exists only where it is needed, so the list is decided at planning time; a value already recorded
     (changed by an earlier run) keeps its step so the run reports it as done."""
     out = []
-    all_value = st.read_sysctl("net.ipv4.conf.all.rp_filter")
+    all_value = st.read_sysctl(st.ipv4_conf("all", "rp_filter"))
     for name in ifaces:
-        key = f"net.ipv4.conf.{name}.rp_filter"
+        key = st.ipv4_conf(name, "rp_filter")
         if max(int(all_value), int(st.read_sysctl(key))) == 1 or key in state.sysctls:
             out.append(sysctl_step(key, "2", state, "loose reverse-path filter: replies may leave by another way"))
     return out
@@ -222,9 +222,9 @@ def plan(ipr, ips, ifaces: list[str], state: State) -> list[Step]:
     steps = [address_step(ipr, lo, ip, state) for ip in ips]
     if any(ip.version == 4 for ip in ips):
         for name in ["all", *ifaces]:
-            steps.append(sysctl_step(f"net.ipv4.conf.{name}.arp_ignore", "1", state,
+            steps.append(sysctl_step(st.ipv4_conf(name, "arp_ignore"), "1", state,
                                      "answer ARP only for addresses of the receiving interface"))
-            steps.append(sysctl_step(f"net.ipv4.conf.{name}.arp_announce", "2", state,
+            steps.append(sysctl_step(st.ipv4_conf(name, "arp_announce"), "2", state,
                                      "ARP requests use the outgoing interface's address"))
         steps += rp_filter_steps(ifaces, state)
     return steps

@@ -152,10 +152,15 @@ def run_cmd(argv: Sequence[str], *, timeout: float = 600, env: dict | None = Non
     return proc
 
 
+def ipv4_conf(iface: str, name: str) -> str:
+    """The key of net.ipv4.conf.IFACE.NAME as sysctl(8) writes it: a dot inside a part (eth0.100) becomes '/'."""
+    return f"net.ipv4.conf.{iface.replace('.', '/')}.{name}"
+
+
 def sysctl_path(key: str) -> Path:
-    """/proc/sys path of a dotted sysctl key; the key's parts are checked so it cannot leave /proc/sys."""
-    parts = key.split(".")
-    if not all(p and p not in (".", "..") and "/" not in p for p in parts):
+    """/proc/sys path of a sysctl key (sysctl(8)'s dotted form); the parts are checked so it cannot leave /proc/sys."""
+    parts = [p.replace("/", ".") for p in key.split(".")]
+    if not all(p and p not in (".", "..") for p in parts):
         raise UsageError(f"{key!r} is not a sysctl key")
     return Path("/proc/sys", *parts)
 

@@ -9,6 +9,7 @@ still answer. A second run changes nothing; --undo puts back every previous valu
 from __future__ import annotations
 
 import json
+import uuid
 
 import pytest
 
@@ -149,3 +150,35 @@ def test_bad_input_is_refused_and_changes_nothing(lab, bootstrap, args, message)
     assert proc.returncode == 2, proc.stderr
     assert message in proc.stderr and proc.stderr.count("\n") == 1
     assert snapshot(edge) == before and not state_dir.exists()
+
+
+def test_uplink_with_a_dot_in_its_name(lab, bootstrap):
+    """A VLAN-style name (eth0.100): sysctl keys write the dot as '/', as sysctl(8) does."""
+    edge, _, state_dir = lab
+    veth(edge, "up.7", "pp.7")
+    path = "/proc/sys/net/ipv4/conf/up.7/arp_ignore"
+    out = json.loads(bootstrap(edge, "edge", "--cluster-ip", VIP4, "--interface", "up.7", "--state-dir",
+                               str(state_dir), "--json").stdout)
+    assert {"sysctl net.ipv4.conf.up/7.arp_ignore", "sysctl net.ipv4.conf.up/7.arp_announce"} <= \
+        {s["step"] for s in out["steps"]}
+    assert ns_run(edge, "cat", path).stdout.strip() == "1"
+    bootstrap(edge, "edge", "--undo", "--state-dir", str(state_dir))
+    assert ns_run(edge, "cat", path).stdout.strip() == "0"
+
+
+def test_record_of_a_deleted_namespace_by_the_same_name_is_dropped(tmp_path, bootstrap):
+    """A lab that deletes an edge's namespace without --undo and makes one by the same name again: the old record
+    went with the old namespace, the new run starts afresh instead of refusing."""
+    name = f"pydpt-same-{uuid.uuid4().hex[:8]}"
+    state_dir = tmp_path / "state"
+    try:
+        for _ in range(2):
+            run("ip", "netns", "add", name)
+            ns_run(name, "ip", "link", "set", "lo", "up")
+            out = json.loads(bootstrap(name, "edge", "--cluster-ip", VIP4, "--state-dir", str(state_dir),
+                                       "--json").stdout)
+            assert out["ok"] and {s["status"] for s in out["steps"]} == {"changed"}
+            assert out["state_file"] == str(state_dir / f"bootstrap-edge@{name}.json")
+            run("ip", "netns", "del", name)
+    finally:
+        run("ip", "netns", "del", name, check=False)
