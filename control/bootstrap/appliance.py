@@ -142,18 +142,13 @@ def normalize_pci(text: str) -> str | None:
     return f"{(m.group(1) or '0000').lower()}:{m.group(2).lower()}:{m.group(3).lower()}.{m.group(4)}"
 
 
-def _links(ipr) -> dict[str, int]:
-    return {link.get("IFLA_IFNAME"): link["index"] for link in ipr.get_links()}
-
-
 def check_interface_name(ipr, name: str) -> int:
-    links = _links(ipr)
-    if name not in links:
-        raise UsageError(f"unknown interface {name!r} (this network namespace has: {', '.join(sorted(links))})")
+    """An interface of this namespace whose name can go into a unit file verbatim."""
+    index = st.interface_index(ipr, name)
     if not SAFE_NAME_RE.fullmatch(name):
         raise UsageError(f"interface {name!r}: pydp-bootstrap handles names of letters, digits and '_.@+-' only; "
                          f"rename it (ip link set dev NAME name NEW)")
-    return links[name]
+    return index
 
 
 def in_use(ipr, index: int) -> list[str]:
@@ -213,7 +208,7 @@ def nic_steps(env: Env, ipr, port_no: int, nic: Nic, args) -> tuple[list[Step], 
         checks.append(check_step(f"check iommu {pci}", f"IOMMU for {pci}",
                                  lambda: check_iommu(env, pci, args.vfio_noiommu)))
         for name in pci_interfaces(env, pci):
-            index = _links(ipr).get(name)
+            index = (ipr.link_lookup(ifname=name) or [None])[0]
             if index is not None:
                 checks.append(check_step(f"check in-use {name}", f"{pci} ({name}) not used by the kernel",
                                          lambda name=name, index=index: check_not_in_use(ipr, name, index,

@@ -64,15 +64,6 @@ def parse_cluster_ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address
     return ip
 
 
-def interface_index(ipr, name: str) -> int:
-    """The kernel's index of an interface, or a usage error naming the interfaces that exist."""
-    found = ipr.link_lookup(ifname=name) if name and "/" not in name and len(name) <= 15 else []
-    if not found:
-        known = sorted(link.get("IFLA_IFNAME") for link in ipr.get_links())
-        raise UsageError(f"unknown interface {name!r} (this network namespace has: {', '.join(known)})")
-    return found[0]
-
-
 def default_uplinks(ipr) -> list[str]:
     """The interfaces the default routes leave by (IPv4 and IPv6): where the edge meets its clients."""
     names = []
@@ -157,10 +148,6 @@ class State:
         except FileNotFoundError:
             pass
 
-    @property
-    def empty(self) -> bool:
-        return not self.addresses and not self.sysctls
-
 
 # ---- the steps ----
 
@@ -218,7 +205,7 @@ def rp_filter_steps(ifaces: Iterable[str], state: State) -> list[Step]:
 
 
 def plan(ipr, ips, ifaces: list[str], state: State) -> list[Step]:
-    lo = interface_index(ipr, "lo")
+    lo = st.interface_index(ipr, "lo")
     steps = [address_step(ipr, lo, ip, state) for ip in ips]
     if any(ip.version == 4 for ip in ips):
         for name in ["all", *ifaces]:
@@ -232,7 +219,7 @@ def plan(ipr, ips, ifaces: list[str], state: State) -> list[Step]:
 
 def undo_plan(ipr, state: State) -> list[Step]:
     """Steps that take back what the state records: addresses off lo, then each sysctl to its previous value."""
-    lo = interface_index(ipr, "lo")
+    lo = st.interface_index(ipr, "lo")
     out = []
     for cidr in state.addresses:
         iface = ipaddress.ip_interface(cidr)
@@ -304,7 +291,7 @@ def run(args: argparse.Namespace) -> tuple[st.Outcome, dict]:
         else:
             ifaces = args.interface if args.interface is not None else default_uplinks(ipr)
             for name in ifaces:
-                interface_index(ipr, name)
+                st.interface_index(ipr, name)
             ifaces = [n for n in dict.fromkeys(ifaces) if n != "lo"]
             steps = plan(ipr, ips, ifaces, state)
         outcome = st.run_steps(steps, dry_run=args.dry_run)

@@ -152,6 +152,15 @@ def run_cmd(argv: Sequence[str], *, timeout: float = 600, env: dict | None = Non
     return proc
 
 
+def interface_index(ipr, name: str) -> int:
+    """The kernel's index of an interface (pyroute2 IPRoute), or a usage error naming the interfaces that exist."""
+    found = ipr.link_lookup(ifname=name) if name and "/" not in name and len(name) <= 15 else []
+    if not found:
+        known = sorted(link.get("IFLA_IFNAME") for link in ipr.get_links())
+        raise UsageError(f"unknown interface {name!r} (this network namespace has: {', '.join(known)})")
+    return found[0]
+
+
 def ipv4_conf(iface: str, name: str) -> str:
     """The key of net.ipv4.conf.IFACE.NAME as sysctl(8) writes it: a dot inside a part (eth0.100) becomes '/'."""
     return f"net.ipv4.conf.{iface.replace('.', '/')}.{name}"

@@ -280,3 +280,17 @@ def test_the_bootstrapped_appliance_runs(ns, tmp_path, bootstrap):
         command = rule.split('RUN+="', 1)[1].split('"', 1)[0].split()     # udev splits RUN on spaces, no shell
         ns_run(ns, *command)
         assert "198.51.100.2/24" in run("ip", "-n", ns, "-4", "addr", "show", "dev", "pydp-wan0").stdout
+
+
+def test_pci_nic_in_use_by_the_kernel_is_refused(ns, tmp_path, bootstrap):
+    """A PCI NIC whose kernel interface (sysfs .../net/NAME: here the namespace's eth1) carries an address: binding
+    it to vfio-pci would take that away, so bootstrap refuses before changing anything."""
+    sysfs = fake_sysfs(tmp_path, iommu=True)
+    (sysfs / "bus/pci/devices/0000:03:00.0/net/eth1").mkdir(parents=True)
+    run("ip", "-n", ns, "addr", "add", "192.0.2.9/24", "dev", "eth1")
+    run("ip", "-n", ns, "link", "set", "eth1", "up")
+    root = tmp_path / "root"
+    proc = bootstrap(ns, *BASE, "--nic", "0000:03:00.0", "--sysfs", str(sysfs), "--root", str(root), check=False)
+    assert proc.returncode == 1
+    assert "NIC in use: the kernel still uses eth1 (address 192.0.2.9/24, route 192.0.2.0/24)" in proc.stderr
+    assert not root.exists()
