@@ -580,8 +580,11 @@ def _tap_address(text: str) -> str:
 def plan(args, env: Env, ipr) -> tuple[list[Step], list[str]]:
     if not 1 <= args.hugepages <= 1 << 20:
         raise UsageError(f"--hugepages {args.hugepages}: give a number of 2 MiB pages from 1 to {1 << 20}")
-    if args.nic and normalize_pci(args.nic) and args.xdp:
-        raise UsageError("--xdp is for a kernel interface; a PCI NIC is bound to vfio-pci")
+    if args.xdp and (not args.nic or normalize_pci(args.nic)):
+        raise UsageError("--xdp makes --nic IFACE an af_xdp port (a PCI NIC is bound to vfio-pci; a --config's own "
+                         "ports keep their devices)")
+    if args.vfio_noiommu and args.nic and not normalize_pci(args.nic):
+        raise UsageError("--vfio-noiommu is for a PCI NIC (--nic 0000:03:00.0); a kernel interface needs no vfio")
     addresses = [_tap_address(a) for a in args.tap_address]
     text, cfg = build_config(args, ipr)
     if cfg.dataplane.hugepages and cfg.dataplane.memory_mb > args.hugepages * 2:

@@ -156,6 +156,8 @@ def test_appliance_without_nic_uses_the_config_ports(ns, tmp_path, bootstrap):
     (["--nic", "eth1", "--tap-address", "198.51.100.2"], 2, "give a unicast address with its prefix length"),
     (["--nic", "eth1", "--hugepages", "8"], 2, "dataplane.memory_mb = 512 needs 256 hugepages"),
     (["--nic", "eth1", "--config", "/nonexistent.toml"], 2, "--config /nonexistent.toml: No such file"),
+    (["--nic", "0000:03:00.0", "--xdp"], 2, "--xdp makes --nic IFACE an af_xdp port"),
+    (["--nic", "eth1", "--vfio-noiommu"], 2, "--vfio-noiommu is for a PCI NIC"),
 ])
 def test_bad_input_is_refused_and_writes_nothing(ns, tmp_path, bootstrap, args, code, message):
     root = tmp_path / "root"
@@ -293,4 +295,14 @@ def test_pci_nic_in_use_by_the_kernel_is_refused(ns, tmp_path, bootstrap):
     proc = bootstrap(ns, *BASE, "--nic", "0000:03:00.0", "--sysfs", str(sysfs), "--root", str(root), check=False)
     assert proc.returncode == 1
     assert "NIC in use: the kernel still uses eth1 (address 192.0.2.9/24, route 192.0.2.0/24)" in proc.stderr
+    assert not root.exists()
+
+
+def test_invalid_config_is_refused_with_its_errors(ns, tmp_path, bootstrap):
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[dataplane]\nlcores = "0"\nflw_capacity = 1\n')
+    root = tmp_path / "root"
+    proc = bootstrap(ns, *BASE, "--nic", "eth1", "--config", str(bad), "--root", str(root), check=False)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1
+    assert "dataplane.flw_capacity: unknown key (did you mean 'flow_capacity'?)" in proc.stderr
     assert not root.exists()
