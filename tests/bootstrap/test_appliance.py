@@ -26,9 +26,19 @@ EXAMPLE = REPO / "examples" / "appliance.toml"
 BASE = ["appliance", "--no-install", "--hugepages", "256"]
 
 
+def host_hugepages_ready() -> bool:
+    """256 pages reserved and hugetlbfs mounted: the live hugepage steps then find their work done, so a test never
+    changes the host's reservation (other helpers' data planes use it)."""
+    mounted = any(line.split()[1:3] == ["/dev/hugepages", "hugetlbfs"]
+                  for line in Path("/proc/mounts").read_text().splitlines())
+    return mounted and int(Path("/proc/sys/vm/nr_hugepages").read_text()) >= 256
+
+
 @pytest.fixture
 def ns():
     """A namespace with a veth pair: eth1 (the data NIC, down, no address) and peer1."""
+    if not host_hugepages_ready():
+        pytest.skip("needs 256 hugepages reserved and hugetlbfs on /dev/hugepages (scripts/setup.sh)")
     with netns("pydpt-app") as name:
         veth(name, "eth1", "peer1")
         run("ip", "-n", name, "link", "set", "eth1", "down")
