@@ -316,3 +316,20 @@ def test_invalid_config_is_refused_with_its_errors(ns, tmp_path, bootstrap):
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1
     assert "dataplane.flw_capacity: unknown key (did you mean 'flow_capacity'?)" in proc.stderr
     assert not root.exists()
+
+
+def test_live_dry_run_plans_packages_and_changes_nothing(ns, bootstrap):
+    """On the real root: the package step is planned (apt-get only for what dpkg says is missing), the files would
+    go to /etc, the systemd situation is reported, and nothing is written."""
+    targets = [Path("/etc/pydp/appliance.toml"), Path("/etc/systemd/system/pydp-dataplane.service"),
+               Path("/etc/sysctl.d/80-pydp-hugepages.conf")]
+    before = [p.exists() for p in targets]
+    out = json.loads(bootstrap(ns, "appliance", "--nic", "eth1", "--hugepages", "256", "--dry-run", "--json").stdout)
+    steps = {s["step"]: s for s in out["steps"]}
+    assert steps["packages"]["status"] in ("ok", "would-change")
+    if steps["packages"]["status"] == "would-change":
+        assert steps["packages"]["detail"].startswith("apt-get install ")
+    assert steps["config"]["status"] == "would-change" or before[0]
+    assert out["config_file"] == "/etc/pydp/appliance.toml"
+    assert any("systemd" in n for n in out["notes"]) or "daemon-reload" in steps
+    assert [p.exists() for p in targets] == before and not link_up(ns, "eth1")
