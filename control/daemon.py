@@ -40,7 +40,7 @@ import threading
 import time
 from typing import Any
 
-from control import carp_manager, observe, rpc
+from control import carp_manager, flowsync, observe, rpc
 from control.health import HealthChecker
 
 log = logging.getLogger("pydp.control")
@@ -256,6 +256,9 @@ class Daemon:
         self.health_targets: dict = {}        # (cluster, edge) -> (ip, HealthConfig) last given to the checker
         self.health_source: list[str] = []
         self.health_wake: asyncio.Event | None = None
+        # flow sync ([sync]): follows ownership from the region's flags itself (CARP, --own-all and standalone alike)
+        self.flowsync = flowsync.FlowSync(holder=self.holder, config=lambda: self.cfg, run_worker=self.run_worker,
+                                          event=event, alive=lambda: self.dp_alive)
 
     # ---- worker thread: the store and every write to the region ----
     def _open_store(self) -> None:
@@ -889,6 +892,7 @@ class Daemon:
             "dataplane_up": self.dp_alive,
             "clusters": clusters,
             "flow_table": st["flow_table"] if st else None,
+            "flowsync": self.flowsync.status(),
         }
 
     def stats(self) -> dict:
@@ -921,6 +925,7 @@ class Daemon:
         yield u
         yield from self._health_metrics()
         yield from self._carp_metrics()
+        yield from self.flowsync.metrics()
 
     def _health_metrics(self):
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -1017,7 +1022,7 @@ class Daemon:
         self.health_wake = asyncio.Event()
         self.checker = HealthChecker(self._on_health)
         tasks = [asyncio.create_task(c) for c in (self.watch_dataplane(), self.watch_store(), self.resolve_macs(),
-                                                  self.watch_health())]
+                                                  self.watch_health(), self.flowsync.run())]
         carp_stop = asyncio.Event()
         carp_task = asyncio.create_task(self.carp.run(lambda: self.cfg, carp_stop))
         try:
