@@ -12,7 +12,9 @@ Tasks (one asyncio loop; the store and every config write run on one worker thre
   cluster IP sets the fast path's ownership flag, puts the address on the TAP and announces it (gratuitous ARP);
 * health checks (control.health): every edge of every enabled cluster, sent from the appliance's own address on the
   TAP; an edge found down is applied as DOWN (its cluster's Maglev table is rebuilt without it), one found up again
-  comes back the same way. A cluster left with no edge UP demotes its CARP advertisements (control.carp_manager).
+  comes back the same way. A cluster left with no edge UP demotes its CARP advertisements (control.carp_manager);
+* flow sync (control.flowsync, [sync]): the flows of the clusters this appliance owns go to the peer, the peer's
+  flows of the others are installed here (docs/flowsync.md).
 
 The daemon never clears the data plane's tables: when it stops or dies, the data plane keeps forwarding with its
 last config, and a new daemon re-applies the same config without rebuilding a table or moving a flow. On SIGTERM

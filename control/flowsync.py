@@ -801,8 +801,22 @@ class FlowSync:
                               labels=["queue"])
         q.add_metric(["send"], s["sending"]["queued_flows"])
         q.add_metric(["install"], s["receiving"]["queued_flows"])
-        c = CounterMetricFamily("pydp_flowsync_events", "flow sync counters (docs/flowsync.md)", labels=["counter"])
+        c = CounterMetricFamily("pydp_flowsync", "flow sync counters (docs/flowsync.md)", labels=["counter"])
         for k, v in s["counters"].items():
             c.add_metric([k], v)
         c.add_metric(["events_dropped_ring_full"], s["events"]["dropped_ring_full"])
         yield from (up, q, c)
+
+
+def summary(s: dict) -> str:
+    """One line of `pydpctl status` from status()."""
+    c = s["counters"]
+    out, inp = s["sending"], s["receiving"]
+    dropped = (c["send_dropped_queue"] + c["send_dropped_slow_peer"] + c["install_dropped"]
+               + s["events"]["dropped_ring_full"])
+    refused = sum(c[k] for k in COUNTERS if k.startswith("rx_"))
+    owned = f" ({', '.join(out['clusters'])})" if out["clusters"] else ""
+    return (f"to {s['peer']} {out['state']}{owned}, from peer {'connected' if inp['peer'] else 'none'}; "
+            f"sent {c['flows_sent']} flows, installed {c['flows_installed']}; resyncs {c['resyncs_sent']} sent / "
+            f"{c['resyncs_received']} received; dropped {dropped}; refused {refused} "
+            f"(auth {c['rx_auth_failures']})")

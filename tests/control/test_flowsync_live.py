@@ -18,11 +18,11 @@ import subprocess
 import sys
 import time
 
-import numpy as np
 import pytest
 
 from failover_lab import EDGES, MGMT, SPARE_EDGES, SYNC_PORT, Lab, Traffic, pydpctl
 from netlab import ns_run, report, wait_until
+from test_failover_live import scrape
 
 pytestmark = [pytest.mark.dpdk, pytest.mark.netns]
 
@@ -221,4 +221,10 @@ def test_e_a_returns_and_gets_a_full_resync(lab):
     lab.notes.append(f"  A back: full resync of {len(copies)} flows from B "
                      f"({counter(a, 'flows_installed')} installed)")
     assert a.state() == "backup" and b.state() == "master"
-    np.testing.assert_equal(counter(a, "rx_auth_failures"), 0)
+    assert counter(a, "rx_auth_failures") == 0
+    # what an operator sees: pydpctl status and the Prometheus metrics
+    text = pydpctl("status", socket=b.ctl.socket).stdout
+    assert "flow sync:  to 192.0.2.1:7470 connected (web), from peer connected" in text, text
+    m = scrape(a)
+    assert m['pydp_flowsync_total{counter="resyncs_received"}'] >= 1
+    assert m['pydp_flowsync_connected{direction="in"}'] == 1
