@@ -38,6 +38,7 @@ import collections
 import contextlib
 import hashlib
 import hmac
+import ipaddress
 import logging
 import os
 import socket
@@ -374,8 +375,8 @@ COUNTERS = (
     "events_read", "events_unsent", "flows_sent", "messages_sent", "send_dropped_queue", "send_dropped_slow_peer",
     "refreshes", "resyncs_sent", "connects", "connect_failures", "disconnects",
     # receiving (the clusters the peer owns)
-    "accepted", "messages_received", "flows_received", "resyncs_received", "flows_installed", "install_dropped",
-    "skipped_owned", "skipped_unknown_cluster", "skipped_unknown_edge", "skipped_invalid",
+    "accepted", "refused_address", "messages_received", "flows_received", "resyncs_received", "flows_installed",
+    "install_dropped", "skipped_owned", "skipped_unknown_cluster", "skipped_unknown_edge", "skipped_invalid",
     "rx_auth_failures", "rx_replays", "rx_garbage", "rx_oversized", "rx_bad_version", "rx_unknown_cluster",
     "rx_protocol_errors",
 )
@@ -671,8 +672,14 @@ class FlowSync:
 
     # ---- receiving ----
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        peer = writer.get_extra_info("peername")
-        peer = f"{peer[0]}:{peer[1]}" if peer else "?"
+        addr = writer.get_extra_info("peername")
+        peer = f"{addr[0]}:{addr[1]}" if addr else "?"
+        want = self.settings.peer_address if self.settings is not None else None
+        if addr is None or want is None or ipaddress.ip_address(addr[0].partition("%")[0]) != want:
+            self.counters["refused_address"] += 1       # only the configured peer may speak (frames are MACed too)
+            self.event("flowsync_refused", logging.WARNING, peer=peer, expected=str(want))
+            writer.close()
+            return
         if self.inbound is not None:                 # the peer reconnected (or someone else did): the newest wins
             self.inbound.close()
         self.inbound = writer

@@ -372,10 +372,16 @@ def test_receiver_installs_into_every_worker_and_refuses_the_rest(region):
             w2.write(frames(enc2, batch(7, base=700)))
             await until(lambda: h.sync.counters["skipped_owned"] == 7)
             w2.close()
+            # only the configured peer may connect
+            h.cfg.sync = dataclasses.replace(h.cfg.sync, peer_address=ipaddress.ip_address("127.0.0.2"))
+            h.sync.settings = h.cfg.sync
+            reader, w3 = await asyncio.open_connection("127.0.0.1", cfg.sync.listen_port)
+            assert await reader.read(100) == b""                   # closed without a hello
+            w3.close()
             return dict(h.sync.counters)
 
     c = asyncio.run(main())
-    assert c["flows_installed"] == 105 and c["rx_oversized"] == 1
+    assert c["flows_installed"] == 105 and c["rx_oversized"] == 1 and c["refused_address"] == 1
     for worker in (0, 1):
         r = ring(region, worker)
         assert len(r) == 105                                  # every worker gets every flow
