@@ -478,9 +478,8 @@ class FlowSync:
                 await asyncio.wait_for(self.server.wait_closed(), 2)
             self.server = None
             self.event("flowsync_stopped")
-        region = self.holder.current
-        if region is not None:
-            with contextlib.suppress(Exception):
+        with self.holder.use() as region:
+            if region is not None:
                 region.flow_events = False
         self.region = None
         self.owned = {}
@@ -566,16 +565,16 @@ class FlowSync:
             self.queued += len(b)
 
     async def _tick(self) -> None:
-        region = self.holder.current
-        if region is None or not self.alive():
-            self.owned = {}
-            return
-        if region is not self.region:            # attached, or the data plane restarted: a new region
-            self.region = region
-            self.owned = {}
-            self._clear_queue()
-        if not region.flow_events:
-            region.flow_events = True
+        with self.holder.use() as region:        # lent: a region being replaced is unmapped only after this
+            if region is None or not self.alive():
+                self.owned = {}
+                return
+            if region is not self.region:        # attached, or the data plane restarted: a new region
+                self.region = region
+                self.owned = {}
+                self._clear_queue()
+            if not region.flow_events:
+                region.flow_events = True
         now = time.monotonic()
         refresh = self.writer is not None and now - self.last_refresh >= self.settings.refresh_s
         if refresh:
@@ -781,9 +780,8 @@ class FlowSync:
     def status(self) -> dict:
         st = self.settings
         ring = {"written": 0, "dropped": 0}
-        region = self.holder.current
-        if region is not None and self.alive():
-            with contextlib.suppress(Exception):
+        with self.holder.use() as region:
+            if region is not None and self.alive():
                 ring = region.event_counters()
         return {
             "enabled": bool(st is not None and st.enabled),

@@ -14,7 +14,6 @@ One story, in order, on one lab:
 
 from __future__ import annotations
 
-import subprocess
 import sys
 import time
 
