@@ -910,6 +910,11 @@ def _check_sync(ctx: _Ctx, cfg: ApplianceConfig) -> None:
     if _ok(sy.peer_address) and sy.peer_address is None:
         ctx.err("sync.peer_address", "required when flow sync is enabled (the peer appliance's management "
                                      "address)")
+    t = cfg.dataplane.timeouts
+    shortest = min((getattr(t, k), k) for k in ("tcp_established", "udp", "other") if _ok(getattr(t, k)))
+    if _ok(sy.refresh_s) and sy.refresh_s >= shortest[0]:
+        ctx.err("sync.refresh_s", f"must be less than dataplane.timeouts.{shortest[1]} ({shortest[0]:g}): the peer's "
+                                  f"copies of idle flows would expire between two refreshes, got {sy.refresh_s:g}")
     for i, c in enumerate(cfg.clusters):
         if c.mode == "cluster" and _ok(c.carp.passphrase) and not c.carp.passphrase and not c.carp.passphrase_file:
             ctx.err(f"cluster[{i}].carp.passphrase", "required when flow sync is enabled (flow sync authenticates "

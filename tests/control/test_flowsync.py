@@ -228,6 +228,9 @@ def test_sync_config_rules_and_round_trip():
         ('[sync]\npeer_address = "0.0.0.0"\n', "sync.peer_address"),
         ('[sync]\nbogus = 1\n', "sync.bogus"),
     ]
+    with pytest.raises(pconfig.ConfigError, match=r"sync\.refresh_s: must be less than dataplane\.timeouts\.udp"):
+        pconfig.loads(TEXT.replace("[dataplane]\n", "[dataplane]\ntimeouts = { udp = 20 }\n")
+                      + '[sync]\nenabled = true\npeer_address = "192.0.2.2"\n')
     for extra, want in bad:
         with pytest.raises(pconfig.ConfigError, match=want.replace(".", r"\.")):
             pconfig.loads(TEXT + extra)
