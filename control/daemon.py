@@ -421,7 +421,8 @@ class Daemon:
 
     def carp_health(self, tap: str) -> tuple[list[str], dict[str, bool]]:
         """(reasons common to every cluster, {cluster: has an edge UP}) for CARP's demotion. "dataplane": none
-        attached or its heartbeat is older than 1 s; "link": the link of the port whose TAP is `tap` is down."""
+        attached or its heartbeat is older than 1 s; "link": the link of the port whose TAP is `tap` is down;
+        "flowsync": just started, and the peer's flows are not installed yet (control.flowsync)."""
         from pydp._ffi import ffi
 
         with self.holder.use() as region:
@@ -430,7 +431,7 @@ class Daemon:
             h = region.hdr
             if observe.now_ms() - int(h.heartbeat_ms) > carp_manager.HEARTBEAT_DEMOTE_MS:
                 return ["dataplane"], {}
-            reasons = []
+            reasons = self.flowsync.demote_reasons()
             # the config port whose TAP this is, and its data-plane port: by device name, else by position
             ports = self.cfg.ports if self.cfg is not None else []
             index = next((i for i, p in enumerate(ports) if p.tap == tap), None)

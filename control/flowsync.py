@@ -69,6 +69,7 @@ WRITE_BUFFER_MAX = 4 << 20       # bytes waiting for a slow peer; beyond, batche
 EVENTS_PER_POP = 4096
 INSTALL_PER_JOB = 4096           # commands pushed per job on the worker thread (keeps it short)
 EV_NEW, EV_END = 1, 2
+SETTLE_S = 15.0                  # after start, CARP stays demoted at most this long waiting for the peer's resync
 
 _LEN = struct.Struct("!I")
 _SEQ = struct.Struct("!Q")
@@ -420,6 +421,8 @@ class FlowSync:
         self._keys_for = None
         self._keys: dict[str, bytes] = {}
         self.retry_listen = 0.0
+        self.started: float | None = None     # when sync was enabled (monotonic)
+        self.resync_seen = False              # a resync from the peer arrived since
 
     # ---- life cycle ----
     async def run(self) -> None:
@@ -450,7 +453,11 @@ class FlowSync:
             self.settings = want
         if want is None or not want.enabled:
             self.state_out = "disabled"
+            self.started = None
             return
+        if self.started is None:
+            self.started = time.monotonic()
+            self.resync_seen = False
         try:
             self.server = await asyncio.start_server(self._serve, host=str(want.listen_address),
                                                      port=want.listen_port, reuse_address=True)
@@ -710,6 +717,7 @@ class FlowSync:
     def _received(self, msg) -> None:
         self.counters["messages_received"] += 1
         if isinstance(msg, tuple):
+            self.resync_seen = True
             self.counters["resyncs_received"] += 1
             self.event("flowsync_resync_received", cluster=msg[1])
             return
@@ -775,6 +783,21 @@ class FlowSync:
                     return                               # a ring is full: the worker drains it, we come back
                 self.counters["flows_installed"] += len(cmds)
                 self.current = None
+
+    def demote_reasons(self) -> list[str]:
+        """["flowsync"] while this appliance should not take a cluster from its peer yet: sync has just started
+        (less than SETTLE_S ago), this appliance owns no cluster, the peer is reachable, and its full resync has
+        not arrived and been installed. CARP's demotion only stops a preemption (a returning appliance taking the
+        cluster back before it knows the peer's flows); a dead peer is still taken over at once, and a master is
+        never demoted by this (its peer, waiting for a resync, would take over)."""
+        if self.started is None or time.monotonic() - self.started >= SETTLE_S or self.owned:
+            return []
+        if self.peer_in is None and self.state_out != "connected":
+            return []
+        if self.resync_seen and not self.install and self.current is None:
+            self.started = time.monotonic() - SETTLE_S           # settled: never again until sync restarts
+            return []
+        return ["flowsync"]
 
     # ---- observability ----
     def status(self) -> dict:

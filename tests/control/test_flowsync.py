@@ -352,11 +352,15 @@ def test_receiver_installs_into_every_worker_and_refuses_the_rest(region):
     async def main():
         async with Harness(region, cfg) as h:
             await until(lambda: h.sync.server is not None)
+            assert h.sync.demote_reasons() == []                     # no peer yet: nothing to wait for
             _, w, nonce = await connect(cfg.sync.listen_port)
             enc = fs.Encoder(nonce, fs.keys_of(cfg))
+            await until(lambda: h.sync.peer_in is not None)
+            assert h.sync.demote_reasons() == ["flowsync"]           # the peer is there: wait for its flows
             w.write(enc.frame("web", {"v": 1, "t": "resync"}) + frames(enc, batch(100)))
             await until(lambda: h.sync.counters["flows_installed"] == 100)
             assert h.sync.counters["resyncs_received"] == 1
+            assert h.sync.demote_reasons() == []                     # installed: CARP may preempt
             good = frames(enc, batch(5, base=500))
             w.write(good + good)                                     # a replay inside the connection
             forged = bytearray(frames(enc, batch(5, base=600)))

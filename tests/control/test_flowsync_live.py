@@ -221,6 +221,10 @@ def test_e_a_returns_and_gets_a_full_resync(lab):
                      f"({counter(a, 'flows_installed')} installed)")
     assert a.state() == "backup" and b.state() == "master"
     assert counter(a, "rx_auth_failures") == 0
+    # a returning appliance is demoted ("flowsync") until the resync is installed, then no more
+    wait_until(lambda: a.carp()["demote"] == 0, 10, "A's flowsync demotion to end")
+    demoted = [e for e in a.events("carp_demoted") if "flowsync" in (e.get("reasons") or [])]
+    lab.notes.append(f"  A demoted for flow sync while it waited: {'yes' if demoted else 'not seen'}")
     # what an operator sees: pydpctl status and the Prometheus metrics
     text = pydpctl("status", socket=b.ctl.socket).stdout
     assert "flow sync:  to 192.0.2.1:7470 connected (web), from peer connected" in text, text
