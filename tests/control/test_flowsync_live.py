@@ -10,6 +10,7 @@ One story, in order, on one lab:
 5. While A is down, a stranger on the management link sends B garbage, forged MACs, replays and an oversized
    frame: all counted, nothing installed, forwarding undisturbed.
 6. A comes back (as backup: preempt is off): B connects and sends a full resync, which A installs.
+7. A TCP connection through B: its NEW (SYN) and END (FIN) events reach A, whose copy ends in state fin.
 """
 
 from __future__ import annotations
@@ -19,8 +20,8 @@ import time
 
 import pytest
 
-from failover_lab import EDGES, MGMT, SPARE_EDGES, SYNC_PORT, Lab, Traffic, pydpctl
-from netlab import ns_run, report, wait_until
+from failover_lab import CLIENT_IP, EDGES, MGMT, SPARE_EDGES, SYNC_PORT, VIP, Lab, Traffic, pydpctl
+from netlab import RAW_SENDER, link_mac, ns_run, report, wait_until
 from test_failover_live import scrape
 
 pytestmark = [pytest.mark.dpdk, pytest.mark.netns]
@@ -231,3 +232,30 @@ def test_e_a_returns_and_gets_a_full_resync(lab):
     m = scrape(a)
     assert m['pydp_flowsync_total{counter="resyncs_received"}'] >= 1
     assert m['pydp_flowsync_connected{direction="in"}'] == 1
+
+
+def tcp_state_on(ap, sport: int) -> str | None:
+    from control import observe
+
+    rows, _ = observe.find_flows(ap.dp.region, cluster="web", client=CLIENT_IP, limit=100000)
+    return next((r["state"] for r in rows if r["protocol"] == "tcp" and r["client_port"] == sport), None)
+
+
+def test_f_tcp_open_and_close_events_reach_the_peer(lab):
+    from scapy.layers.inet import IP, TCP
+    from scapy.layers.l2 import Ether
+
+    a, b = lab.a, lab.b
+    sport = 40123
+    eth = Ether(dst=b.mac, src=link_mac(lab.client_ns, "eth0"))
+
+    def send(flags: str, seq: int) -> None:
+        frame = eth / IP(src=CLIENT_IP, dst=VIP) / TCP(sport=sport, dport=80, flags=flags, seq=seq, ack=1)
+        ns_run(lab.client_ns, sys.executable, "-c", RAW_SENDER, bytes(frame).hex())
+
+    send("S", 100)
+    assert wait_until(lambda: tcp_state_on(a, sport), 5, "A's copy of the new TCP flow") == "syn"
+    send("A", 101)
+    send("FA", 101)
+    wait_until(lambda: tcp_state_on(a, sport) == "fin", 5, "the END event to reach A")
+    assert tcp_state_on(b, sport) == "fin"
