@@ -26,45 +26,12 @@ from pydp import config as pconfig
 from pydp._ffi import ffi, lib
 from pydp.apply import apply_config
 from pydp.shm import Region, numpy_dtype
+from test_observe import TEXT as OBSERVE_TEXT
 
 PASS = "s3cret-carp-Pa55"
-TEXT = f"""
-[dataplane]
-lcores = "0-2"
-flow_capacity = 1024
-maglev_size = 1021
-[[port]]
-name = "p0"
-device = "net_af_packet0,iface=lb0"
-[[cluster]]
-name = "web"
-cluster_ip = "198.51.100.10"
-[cluster.carp]
-vhid = 1
-passphrase = "{PASS}"
-[[cluster.edge]]
-name = "e1"
-ip = "198.51.100.21"
-mac = "02:00:00:00:02:01"
-[[cluster.edge]]
-name = "e2"
-ip = "198.51.100.22"
-mac = "02:00:00:00:02:02"
-[[cluster]]
-name = "dns"
-cluster_ip = "198.51.100.20"
-[cluster.carp]
-vhid = 2
-passphrase = "other-secret"
-[[cluster.edge]]
-name = "d1"
-ip = "198.51.100.31"
-mac = "02:00:00:00:03:01"
-[[cluster.edge]]
-name = "d2"
-ip = "198.51.100.32"
-mac = "02:00:00:00:03:02"
-"""
+# the clusters of test_observe (web: e1, e2; dns: d1, d2), with the CARP passphrases flow sync is keyed on
+TEXT = OBSERVE_TEXT.replace("vhid = 1\n", f'vhid = 1\npassphrase = "{PASS}"\n').replace(
+    "vhid = 2\n", 'vhid = 2\npassphrase = "other-secret"\n')
 NONCE = bytes(range(16))
 
 
