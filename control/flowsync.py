@@ -377,7 +377,8 @@ COUNTERS = (
     "refreshes", "resyncs_sent", "connects", "connect_failures", "disconnects",
     # receiving (the clusters the peer owns)
     "accepted", "refused_address", "messages_received", "flows_received", "resyncs_received", "flows_installed",
-    "install_dropped", "skipped_owned", "skipped_unknown_cluster", "skipped_unknown_edge", "skipped_invalid",
+    "install_dropped", "skipped_owned", "skipped_taken_over", "skipped_unknown_cluster", "skipped_unknown_edge",
+    "skipped_invalid",
     "rx_auth_failures", "rx_replays", "rx_garbage", "rx_oversized", "rx_bad_version", "rx_unknown_cluster",
     "rx_protocol_errors",
 )
@@ -763,7 +764,7 @@ class FlowSync:
                     with self.install_lock:
                         self.install_queued -= len(batch)
                     if batch.cluster in self.owned:      # taken over meanwhile: our own flows win
-                        self.counters["skipped_owned"] += len(batch)
+                        self.counters["skipped_taken_over"] += len(batch)
                         continue
                     if clusters is None:
                         clusters = observe.clusters(region)
