@@ -24,9 +24,12 @@ except ImportError as exc:  # a checkout without a build: skip, except in CI (se
 from pydp.maglev import build  # noqa: E402
 
 # Measured with the C test (native/tests/test_maglev.c) and 1500 random name sets: removing one of N edges (N = 2..16,
-# size 65537) moved on average 0.26% of the other edges' slots, at worst 1.49%. The design target of 1% holds for
-# the usual names but not for every name set, so this is the bound asserted for random names.
-REMOVAL_BOUND = 0.02
+# size 65537) moved on average 0.26% of the other edges' slots, at worst 1.49%. The tail is longer with few edges:
+# over 6000 removals from random Unicode name sets of 3 and 4 edges, 4 moved more than 2% and the worst 3.41%
+# (Hypothesis found one at 2.17%). So a single removal is held to 5%, and the design target of 1% is asserted on
+# the mean over many removals (test_removal_mean_is_below_one_percent).
+REMOVAL_BOUND = 0.05
+REMOVAL_MEAN_BOUND = 0.01
 
 SMALL_PRIMES = [2, 3, 5, 7, 11, 13, 17, 19, 23, 31, 53, 97, 101, 211, 251, 257, 263, 509, 521, 1009, 2003]
 
@@ -149,6 +152,21 @@ def test_removal_moves_few_slots(names, data):
     assert moved / len(other) <= REMOVAL_BOUND
     # the removed edge's slots all went to the others
     assert None not in after
+
+
+def test_removal_mean_is_below_one_percent():
+    rng = np.random.default_rng(20261124)
+    fractions = []
+    for _ in range(120):
+        n = int(rng.integers(3, 17))
+        names = [f"{rng.integers(1 << 40):x}-{i}" for i in range(n)]
+        removed = int(rng.integers(n))
+        rest = names[:removed] + names[removed + 1:]
+        before = _by_name(build(names, size=65537), names)
+        after = _by_name(build(rest, size=65537), rest)
+        other = [(b, a) for b, a in zip(before, after) if b != names[removed]]
+        fractions.append(sum(1 for b, a in other if b != a) / len(other))
+    assert np.mean(fractions) <= REMOVAL_MEAN_BOUND
 
 
 @FAST
