@@ -638,7 +638,7 @@ class Daemon:
             if self.flow_monitor_identity != self.dp_identity:      # a new data plane: new tables, new counters
                 self.flow_monitor.reset()
                 self.flow_monitor_identity = self.dp_identity
-            self.flow_monitor.check(observe.flow_table_stats(region)["workers"])
+            self.flow_monitor.check(self.flow_monitor.rows(region))
             since = {(r["cluster"], r["edge"]): r["since"] for r in self.store.drain_times()}
             self.drains.check(region, self.cfg, since)
 

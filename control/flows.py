@@ -8,7 +8,7 @@ region's file lock (the lock config writers take), so pydp-control and a pydpctl
     from control import flows
     flows.flush(region, cluster="web", edge="e1")     # {"scope": ..., "workers": [{"worker", "cleared"}], ...}
 
-TableMonitor (pydp-control, every FLOW_CHECK_S) raises the occupancy alarm with hysteresis and logs growing
+TableMonitor (pydp-control, every FLOW_CHECK_S) raises the occupancy alarm (flows not expired / capacity) with hysteresis and logs growing
 evictions at a bounded rate; DrainTracker moves the flows of an edge drained longer than its cluster's
 drain_timeout by flushing them (see docs/flows.md for why a flush and not a re-hash).
 """
@@ -27,7 +27,7 @@ from pydp._ffi import ffi, lib
 __all__ = ["FlushError", "flush", "TableMonitor", "DrainTracker", "drain_row", "ALARM_ON", "ALARM_OFF",
            "FLOW_CHECK_S", "EVICTION_LOG_S"]
 
-ALARM_ON = 0.90              # live / capacity of one worker's table above which the alarm is raised ...
+ALARM_ON = 0.90              # active (not expired) flows / capacity of a worker's table above which the alarm is on ...
 ALARM_OFF = 0.85             # ... and below which it clears (hysteresis: no alarm flapping around 90%)
 FLOW_CHECK_S = 1.0           # pydp-control looks at the tables (alarm, drains) this often
 EVICTION_LOG_S = 60.0        # at most one "flow_evictions" event per worker per this many seconds
@@ -141,15 +141,27 @@ class TableMonitor:
         """A new data plane: its tables start empty, its counters at zero."""
         self.state.clear()
 
+    @staticmethod
+    def rows(region) -> list[dict]:
+        """observe.flow_table_stats() rows with "active": the flows not expired. The alarm uses those: an expired
+        flow is reclaimed by the next insert without an eviction, so a table left full of expired flows after a
+        flood is not under pressure. The scan runs only when the worker's live counter is above ALARM_OFF."""
+        rows = observe.flow_table_stats(region)["workers"]
+        for row in rows:
+            full = row["capacity"] and row["live"] / row["capacity"] >= ALARM_OFF
+            row["active"] = observe.active_flows(region, row["worker"]) if full else row["live"]
+        return rows
+
     def check(self, rows: list[dict]) -> None:
         now = self.clock()
         for row in rows:
-            w, cap, live, ev = row["worker"], row["capacity"], row["live"], row["evicted"]
+            w, cap, live, ev = row["worker"], row["capacity"], row.get("active", row["live"]), row["evicted"]
             ratio = live / cap if cap else 0.0
             st = self.state.get(w)
             if st is None:
                 st = self.state[w] = {"alarm": False, "since": None, "evicted": ev, "at": now, "rate": 0.0,
                                       "logged_at": None, "logged_evicted": ev}
+            st["active"] = live
             dt = now - st["at"]
             if dt > 0:
                 st["rate"] = max(ev - st["evicted"], 0) / dt
@@ -157,11 +169,11 @@ class TableMonitor:
             st["evicted"], st["at"] = ev, now
             if not st["alarm"] and ratio > ALARM_ON:
                 st["alarm"], st["since"] = True, time.time()
-                self.event("flow_table_alarm", logging.WARNING, worker=w, live=live, capacity=cap,
+                self.event("flow_table_alarm", logging.WARNING, worker=w, active=live, capacity=cap,
                            occupancy_pct=round(100 * ratio, 1), threshold_pct=round(100 * ALARM_ON),
                            evicted=ev)
             elif st["alarm"] and ratio < ALARM_OFF:
-                self.event("flow_table_alarm_cleared", logging.INFO, worker=w, live=live, capacity=cap,
+                self.event("flow_table_alarm_cleared", logging.INFO, worker=w, active=live, capacity=cap,
                            occupancy_pct=round(100 * ratio, 1), threshold_pct=round(100 * ALARM_OFF),
                            alarm_s=round(time.time() - st["since"], 1))
                 st["alarm"], st["since"] = False, None
@@ -177,6 +189,7 @@ class TableMonitor:
         alarm (any worker) in the total."""
         for row in flow_table.get("workers", []):
             st = self.state.get(row["worker"], {})
+            row["active"] = st.get("active")
             row["alarm"] = bool(st.get("alarm"))
             row["alarm_since"] = st.get("since")
             row["eviction_rate"] = round(st.get("rate", 0.0), 1)
@@ -189,8 +202,10 @@ class TableMonitor:
 
 
 def annotate_direct(flow_table: dict) -> dict:
-    """Without pydp-control: the alarm as the occupancy says now (no hysteresis, no eviction rate)."""
+    """Without pydp-control: the alarm as the occupancy says now (the worker's live counter: expired flows not yet
+    reclaimed count; no hysteresis, no eviction rate)."""
     for row in flow_table.get("workers", []):
+        row["active"] = None
         row["alarm"] = row["capacity"] > 0 and row["live"] / row["capacity"] > ALARM_ON
         row["alarm_since"] = None
         row["eviction_rate"] = None

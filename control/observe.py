@@ -25,7 +25,7 @@ from pydp._ffi import ffi, lib
 from pydp.shm import Region, unpack_addr
 
 __all__ = ["HEARTBEAT_STALE_MS", "now_ms", "dataplane_info", "clusters", "stats", "flows", "find_flows",
-           "EDGE_STATES", "FLOW_STATES", "dataplane_alive", "flow_table_stats", "edge_flow_counts"]
+           "EDGE_STATES", "FLOW_STATES", "dataplane_alive", "flow_table_stats", "edge_flow_counts", "active_flows"]
 
 HEARTBEAT_STALE_MS = 3000
 
@@ -264,6 +264,13 @@ def _snapshot(region: Region, worker: int) -> tuple[np.ndarray, np.ndarray]:
     s1 = sig1[bi, wi]
     ok = (sig2 == s1) & ((fl["hash"] | np.uint32(1)) == s1)
     return fl[ok], last[ok]
+
+
+def active_flows(region: Region, worker: int) -> int:
+    """The flows of one worker's table that have not expired (its live counter also holds expired flows not yet
+    reclaimed). A scan of the signature lines in C: run it when the counter alone cannot tell."""
+    t = lib.pydp_shm_flows(region._shm, worker)
+    return int(lib.pydp_flow_count(t, now_ms() & 0xFFFFFFFF, region.config()))
 
 
 def edge_flow_counts(region: Region) -> dict[tuple[str, str], int]:
