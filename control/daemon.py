@@ -17,9 +17,9 @@ Tasks (one asyncio loop; the store and every config write run on one worker thre
   table; cleared below 85%), and the drain timeout: an edge draining longer than its cluster's drain_timeout has
   its remaining flows flushed, so they reach another edge at their next packet.
 
-Apart from those flushes the daemon never clears the data plane's tables: when it stops or dies, the data plane keeps forwarding with its
-last config, and a new daemon re-applies the same config without rebuilding a table or moving a flow. On SIGTERM
-its CARP instances bow out (the peer takes over at once) and release their cluster IPs.
+Apart from those flushes the daemon never clears the data plane's tables: when it stops or dies, the data plane
+keeps forwarding with its last config, and a new daemon re-applies the same config without rebuilding a table or
+moving a flow. On SIGTERM its CARP instances bow out (the peer takes over at once) and release their cluster IPs.
 """
 
 from __future__ import annotations

@@ -8,9 +8,9 @@ region's file lock (the lock config writers take), so pydp-control and a pydpctl
     from control import flows
     flows.flush(region, cluster="web", edge="e1")     # {"scope": ..., "workers": [{"worker", "cleared"}], ...}
 
-TableMonitor (pydp-control, every FLOW_CHECK_S) raises the occupancy alarm (flows not expired / capacity) with hysteresis and logs growing
-evictions at a bounded rate; DrainTracker moves the flows of an edge drained longer than its cluster's
-drain_timeout by flushing them (see docs/flows.md for why a flush and not a re-hash).
+TableMonitor (pydp-control, every FLOW_CHECK_S) raises the occupancy alarm (flows not expired / capacity) with
+hysteresis and logs growing evictions at a bounded rate; DrainTracker moves the flows of an edge drained longer than
+its cluster's drain_timeout by flushing them (see docs/flows.md for why a flush and not a re-hash).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from pydp._ffi import ffi, lib
 __all__ = ["FlushError", "flush", "TableMonitor", "DrainTracker", "drain_row", "ALARM_ON", "ALARM_OFF",
            "FLOW_CHECK_S", "EVICTION_LOG_S"]
 
-ALARM_ON = 0.90              # active (not expired) flows / capacity of a worker's table above which the alarm is on ...
+ALARM_ON = 0.90              # flows not expired / capacity of a worker's table above which the alarm is raised ...
 ALARM_OFF = 0.85             # ... and below which it clears (hysteresis: no alarm flapping around 90%)
 FLOW_CHECK_S = 1.0           # pydp-control looks at the tables (alarm, drains) this often
 EVICTION_LOG_S = 60.0        # at most one "flow_evictions" event per worker per this many seconds

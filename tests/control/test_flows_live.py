@@ -13,12 +13,11 @@ from __future__ import annotations
 import contextlib
 import json
 import subprocess
-import sys
 import time
 
 import pytest
 
-from netlab import ControlProcess, DataplaneProcess, netns, ns_run, traffic, veth, wait_until
+from netlab import control_lab, netns, pydpctl, scrape, traffic, veth, wait_until
 
 pytestmark = [pytest.mark.dpdk, pytest.mark.netns]
 
@@ -75,30 +74,16 @@ def lab(tmp_path_factory):
         lb_ns = stack.enter_context(netns("pydpt-flb"))
         cl_ns = stack.enter_context(netns("pydpt-fcl"))
         veth(lb_ns, "lb0", "c0", ns_b=cl_ns, mac_a=LB_MAC)
-        dp = DataplaneProcess(lb_ns, APPLIANCE, tmp)
-        stack.callback(dp.stop)
-        dp.start()
-        db = tmp / "pydp.db"
-        imp = subprocess.run([sys.executable, "-P", "-m", "control.cli", "--db", str(db), "import", str(dp.config)],
-                             capture_output=True, text=True, timeout=60)
-        assert imp.returncode == 0, imp.stderr
-        ctl = ControlProcess(lb_ns, tmp, db, dp.shm, metrics=METRICS, args=["--own-all"])
-        stack.callback(ctl.stop)
-        ctl.start()
+        dp, ctl, db = control_lab(stack, lb_ns, APPLIANCE, tmp, METRICS)
         yield {"lb_ns": lb_ns, "cl_ns": cl_ns, "dp": dp, "ctl": ctl, "tmp": tmp, "db": db}
 
 
-def pydpctl(lab, *args, ok: bool = True, daemon: bool = True) -> subprocess.CompletedProcess:
+def cli(lab, *args, ok: bool = True, daemon: bool = True) -> subprocess.CompletedProcess:
     """pydpctl through the lab's daemon, or (daemon=False) straight on the shared memory and the store."""
     where = (["--socket", lab["ctl"].socket] if daemon else
              ["--socket", str(lab["tmp"] / "no-daemon.sock"), "--db", str(lab["db"])])
-    argv = [sys.executable, "-P", "-m", "control.cli", *where, *args]
-    if not daemon and args[0] in ("flows", "status"):
-        argv += ["--shm", lab["dp"].shm]
-    p = subprocess.run(argv, capture_output=True, text=True, timeout=60)
-    if ok:
-        assert p.returncode == 0, f"pydpctl {' '.join(args)}: {p.stderr}"
-    return p
+    extra = ["--shm", lab["dp"].shm] if not daemon and args[0] in ("flows", "status") else []
+    return pydpctl(*where, *args, *extra, check=ok)
 
 
 def send(lab, flows: int, first_port: int = 20000) -> dict[int, str]:
@@ -112,20 +97,14 @@ def send(lab, flows: int, first_port: int = 20000) -> dict[int, str]:
 def edge_counts(lab, daemon: bool = True) -> dict[str, int]:
     out = {}
     for e in MACS:
-        res = json.loads(pydpctl(lab, "flows", "--cluster", "web", "--edge", e, "--limit", "0", "--json",
-                                 daemon=daemon).stdout)
+        res = json.loads(cli(lab, "flows", "--cluster", "web", "--edge", e, "--limit", "0", "--json",
+                             daemon=daemon).stdout)
         out[e] = res["matched"]
     return out
 
 
 def web_edge(status: dict, name: str) -> dict:
     return next(e for c in status["clusters"] if c["name"] == "web" for e in c["edges"] if e["name"] == name)
-
-
-def metrics_text(lab) -> str:
-    code = ("import urllib.request, sys; "
-            f"sys.stdout.write(urllib.request.urlopen('http://{METRICS}/metrics', timeout=5).read().decode())")
-    return ns_run(lab["lb_ns"], sys.executable, "-c", code).stdout
 
 
 def test_flush_an_edge_then_all_reports_each_worker_and_changes_nothing_else(lab):
@@ -136,7 +115,7 @@ def test_flush_an_edge_then_all_reports_each_worker_and_changes_nothing_else(lab
     gen = dp.region.generation
     inserts = int(dp.region.worker_stats()["flow_inserts"].sum())
 
-    res = json.loads(pydpctl(lab, "flows", "flush", "--cluster", "web", "--edge", "e1", "--json").stdout)
+    res = json.loads(cli(lab, "flows", "flush", "--cluster", "web", "--edge", "e1", "--json").stdout)
     assert res["via"] == "pydp-control" and res["scope"] == {"all": False, "cluster": "web", "edge": "e1"}
     assert res["cleared"] == counts["e1"], (res, counts)
     assert [w["worker"] for w in res["workers"]] == [0, 1]
@@ -153,7 +132,7 @@ def test_flush_an_edge_then_all_reports_each_worker_and_changes_nothing_else(lab
     for args, msg in ((("--cluster", "nope"), "no cluster 'nope'"), (("--cluster", "web", "--edge", "e9"),
                                                                       "no edge 'e9' in cluster 'web'"),
                       (("--edge", "e1"), "--edge needs --cluster"), ((), "say what to flush")):
-        p = pydpctl(lab, "flows", "flush", *args, ok=False)
+        p = cli(lab, "flows", "flush", *args, ok=False)
         assert p.returncode == 1 and msg in p.stderr, (args, p.stderr)
     assert edge_counts(lab) == after
 
@@ -164,26 +143,26 @@ def test_flush_an_edge_then_all_reports_each_worker_and_changes_nothing_else(lab
     assert new == counts["e1"], (new, counts)
 
     # without the daemon: straight through the shared memory, every flow
-    res = json.loads(pydpctl(lab, "flows", "flush", "--all", "--json", daemon=False).stdout)
+    res = json.loads(cli(lab, "flows", "flush", "--all", "--json", daemon=False).stdout)
     assert res["via"] == "shared memory" and res["scope"]["all"] is True and res["cleared"] == 300, res
     assert edge_counts(lab, daemon=False) == {"e1": 0, "e2": 0, "e3": 0}
-    text = pydpctl(lab, "flows", "flush", "--cluster", "other").stdout
+    text = cli(lab, "flows", "flush", "--cluster", "other").stdout
     assert "the flows of cluster 'other': 0 flow(s) cleared (worker 0: 0, worker 1: 0)" in text, text
 
 
 def test_drain_timeout_moves_the_flows_and_survives_a_daemon_restart(lab):
     ctl = lab["ctl"]
-    pydpctl(lab, "cluster", "edit", "web", "--drain-timeout", "4")
+    cli(lab, "cluster", "edit", "web", "--drain-timeout", "4")
     before = send(lab, 300, )
     on_e2 = [f for f, e in before.items() if e == "e2"]
     assert on_e2
     t0 = time.time()
-    pydpctl(lab, "edge", "drain", "web", "e2")
-    d = wait_until(lambda: web_edge(json.loads(pydpctl(lab, "status", "--json").stdout), "e2")["drain"], 10,
+    cli(lab, "edge", "drain", "web", "e2")
+    d = wait_until(lambda: web_edge(json.loads(cli(lab, "status", "--json").stdout), "e2")["drain"], 10,
                    "the drain in status")
     assert d["timeout_s"] == 4 and 0 < d["time_left_s"] <= 4 and d["remaining_flows"] == len(on_e2), d
     assert t0 - 1 <= d["since"] <= time.time() and not d["drained"]
-    show = pydpctl(lab, "edge", "show", "web", "e2").stdout
+    show = cli(lab, "edge", "show", "web", "e2").stdout
     assert "Draining since:" in show and "Drain timeout:  4 s" in show and "Flows left:" in show, show
 
     # the daemon restarts meanwhile: the drain's start comes from the store, the countdown goes on
@@ -194,12 +173,12 @@ def test_drain_timeout_moves_the_flows_and_survives_a_daemon_restart(lab):
     assert abs(ev["since"] - d["since"]) < 0.01
     fired_after = time.time() - d["since"]
     assert fired_after >= 4, fired_after
-    st = web_edge(json.loads(pydpctl(lab, "status", "--json").stdout), "e2")["drain"]
+    st = web_edge(json.loads(cli(lab, "status", "--json").stdout), "e2")["drain"]
     assert st["expired"] and st["drained"] and st["remaining_flows"] == 0 and st["time_left_s"] == 0, st
     drained = ctl.events("edge_drained")
     assert drained and drained[-1]["edge"] == "e2" and drained[-1]["by"] == "drain timeout", drained
-    assert "timed out" in pydpctl(lab, "status").stdout or "drained" in pydpctl(lab, "status").stdout
-    text = metrics_text(lab)
+    assert "timed out" in cli(lab, "status").stdout or "drained" in cli(lab, "status").stdout
+    text = scrape(lab["lb_ns"], METRICS)
     assert 'pydp_edge_drain_timeouts_total{cluster="web",edge="e2"} 1.0' in text, text[-3000:]
     assert f'pydp_edge_drain_flows_moved_total{{cluster="web",edge="e2"}} {float(len(on_e2))}' in text
 
@@ -210,25 +189,25 @@ def test_drain_timeout_moves_the_flows_and_survives_a_daemon_restart(lab):
             assert e != "e2", f"flow {f} still reaches the drained edge"
         else:
             assert e == before[f], f"flow {f} moved from {before[f]} to {e}"
-    pydpctl(lab, "edge", "undrain", "web", "e2")
-    pydpctl(lab, "cluster", "edit", "web", "--drain-timeout", "0")
+    cli(lab, "edge", "undrain", "web", "e2")
+    cli(lab, "cluster", "edit", "web", "--drain-timeout", "0")
 
 
 def test_edge_whose_flows_end_is_reported_drained(lab):
     """No drain timeout: the flows of a draining edge stay until they end on their own (UDP timeout), then the edge
     is reported drained."""
     ctl = lab["ctl"]
-    pydpctl(lab, "flows", "flush", "--all")
+    cli(lab, "flows", "flush", "--all")
     before = send(lab, 200)
     on_e3 = sum(1 for e in before.values() if e == "e3")
-    pydpctl(lab, "edge", "drain", "web", "e3")
-    d = wait_until(lambda: web_edge(json.loads(pydpctl(lab, "status", "--json").stdout), "e3")["drain"], 10,
+    cli(lab, "edge", "drain", "web", "e3")
+    d = wait_until(lambda: web_edge(json.loads(cli(lab, "status", "--json").stdout), "e3")["drain"], 10,
                    "the drain in status")
     assert d["timeout_s"] == 0 and d["time_left_s"] is None and d["remaining_flows"] == on_e3, d
     ev = wait_until(lambda: [e for e in ctl.events("edge_drained") if e["edge"] == "e3"], UDP_TIMEOUT + 10,
                     "e3 drained")[-1]
     assert ev["by"] == "its flows ended" and ev["after_s"] >= UDP_TIMEOUT - 2, ev
-    st = web_edge(json.loads(pydpctl(lab, "status", "--json").stdout), "e3")["drain"]
+    st = web_edge(json.loads(cli(lab, "status", "--json").stdout), "e3")["drain"]
     assert st["drained"] and not st["expired"] and st["remaining_flows"] == 0, st
     assert not ctl.events("drain_timeout") or all(e["edge"] != "e3" for e in ctl.events("drain_timeout"))
-    pydpctl(lab, "edge", "undrain", "web", "e3")
+    cli(lab, "edge", "undrain", "web", "e3")

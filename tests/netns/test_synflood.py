@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import json
 import re
-import subprocess
 import sys
 import threading
 import time
@@ -27,7 +26,7 @@ from pathlib import Path
 
 import pytest
 
-from netlab import ControlProcess, DataplaneProcess, netns, ns_run, report, traffic, veth, wait_until
+from netlab import control_lab, netns, ns_run, pydpctl, report, scrape, traffic, veth, wait_until
 
 pytestmark = [pytest.mark.dpdk, pytest.mark.netns]
 
@@ -90,30 +89,12 @@ def lab(tmp_path):
         lb_ns = stack.enter_context(netns("pydpt-slb"))
         cl_ns = stack.enter_context(netns("pydpt-scl"))
         veth(lb_ns, "lb0", "c0", ns_b=cl_ns, mac_a=LB_MAC)
-        dp = DataplaneProcess(lb_ns, APPLIANCE, tmp_path)
-        stack.callback(dp.stop)
-        dp.start()
-        db = tmp_path / "pydp.db"
-        imp = subprocess.run([sys.executable, "-P", "-m", "control.cli", "--db", str(db), "import", str(dp.config)],
-                             capture_output=True, text=True, timeout=60)
-        assert imp.returncode == 0, imp.stderr
-        ctl = ControlProcess(lb_ns, tmp_path, db, dp.shm, metrics=METRICS, args=["--own-all"])
-        stack.callback(ctl.stop)
-        ctl.start()
+        dp, ctl, _ = control_lab(stack, lb_ns, APPLIANCE, tmp_path, METRICS)
         yield {"lb_ns": lb_ns, "cl_ns": cl_ns, "dp": dp, "ctl": ctl, "tmp": tmp_path}
 
 
-def pydpctl(lab, *args) -> str:
-    p = subprocess.run([sys.executable, "-P", "-m", "control.cli", "--socket", lab["ctl"].socket, *args],
-                       capture_output=True, text=True, timeout=60)
-    assert p.returncode == 0, f"pydpctl {' '.join(args)}: {p.stderr}"
-    return p.stdout
-
-
-def metrics_text(lab) -> str:
-    code = ("import urllib.request, sys; "
-            f"sys.stdout.write(urllib.request.urlopen('http://{METRICS}/metrics', timeout=5).read().decode())")
-    return ns_run(lab["lb_ns"], sys.executable, "-c", code).stdout
+def ctl_out(lab, *args) -> str:
+    return pydpctl("--socket", lab["ctl"].socket, *args).stdout
 
 
 def test_syn_flood_fills_the_table_and_established_flows_keep_their_edge(lab, request):
@@ -131,12 +112,12 @@ def test_syn_flood_fills_the_table_and_established_flows_keep_their_edge(lab, re
     t.start()
     try:
         wait_until(start_file.exists, 30, "traffic.py to start")
-        wait_until(lambda: json.loads(pydpctl(lab, "flows", "--client", "203.0.113.0/24", "--limit", "0",
+        wait_until(lambda: json.loads(ctl_out(lab, "flows", "--client", "203.0.113.0/24", "--limit", "0",
                                               "--json"))["matched"] == FLOWS, 10, "the established flows")
-        pydpctl(lab, "edge", "drain", "web", "e1")       # e1 keeps its flows only as long as their entries live
+        ctl_out(lab, "edge", "drain", "web", "e1")       # e1 keeps its flows only as long as their entries live
         time.sleep(1.0)                                  # a round or two on the drained edge
         created = {(f["client"], f["client_port"]): f["age_s"] for f in
-                   json.loads(pydpctl(lab, "flows", "--client", "203.0.113.0/24", "--json"))["flows"]}
+                   json.loads(ctl_out(lab, "flows", "--client", "203.0.113.0/24", "--json"))["flows"]}
         t_flood = time.monotonic()
         tool_dir = str(Path(__file__).resolve().parent.parent)
         ns_run(lab["cl_ns"], sys.executable, "-c", SYN_FLOOD, str(FLOOD), LB_MAC, VIP, tool_dir, timeout=120)
@@ -150,10 +131,10 @@ def test_syn_flood_fills_the_table_and_established_flows_keep_their_edge(lab, re
         assert evictions > 0 and tables["evicted"] == evictions, (evictions, tables)
         alarm = wait_until(lambda: ctl.events("flow_table_alarm"), 10, "the flow_table_alarm event")
         assert alarm[0]["level"] == "warning" and alarm[0]["worker"] == 0 and alarm[0]["occupancy_pct"] > 90
-        st = json.loads(pydpctl(lab, "status", "--json"))
+        st = json.loads(ctl_out(lab, "status", "--json"))
         assert st["flow_table"]["alarm"] is True and st["flow_table"]["workers"][0]["alarm"] is True, st["flow_table"]
-        assert "ALARM: worker 0" in pydpctl(lab, "status")
-        text = metrics_text(lab)
+        assert "ALARM: worker 0" in ctl_out(lab, "status")
+        text = scrape(lab["lb_ns"], METRICS)
         assert 'pydp_flow_table_alarm{worker="0"} 1.0' in text, text[-3000:]
         m = re.search(r'^pydp_flow_table_evicted_total\{worker="0"\} (\S+)$', text, re.M)
         assert m and float(m[1]) >= evictions, text[-3000:]
@@ -175,7 +156,7 @@ def test_syn_flood_fills_the_table_and_established_flows_keep_their_edge(lab, re
     assert per_edge.get(MACS["e1"]), "no established flow was on e1"
     # and they are still the entries made before the flood
     now = {(f["client"], f["client_port"]): f["age_s"] for f in
-           json.loads(pydpctl(lab, "flows", "--client", "203.0.113.0/24", "--json"))["flows"]}
+           json.loads(ctl_out(lab, "flows", "--client", "203.0.113.0/24", "--json"))["flows"]}
     assert set(now) == set(created)
     for key, age in now.items():
         assert age >= created[key], f"flow {key} was created again after the flood ({age} s < {created[key]} s)"
@@ -186,10 +167,10 @@ def test_syn_flood_fills_the_table_and_established_flows_keep_their_edge(lab, re
     cleared = wait_until(lambda: ctl.events("flow_table_alarm_cleared"), SYN_TIMEOUT + 15, "the alarm to clear")
     assert cleared[0]["level"] == "info" and cleared[0]["occupancy_pct"] < 85, cleared
     assert len(ctl.events("flow_table_alarm")) == 1
-    assert 'pydp_flow_table_alarm{worker="0"} 0.0' in metrics_text(lab)
+    assert 'pydp_flow_table_alarm{worker="0"} 0.0' in scrape(lab["lb_ns"], METRICS)
     # nothing crashed
     assert dp.proc.poll() is None and ctl.proc.poll() is None
-    assert json.loads(pydpctl(lab, "status", "--json"))["dataplane"]["alive"] is True
+    assert json.loads(ctl_out(lab, "status", "--json"))["dataplane"]["alive"] is True
     report(request, f"\nSYN flood: {FLOOD} SYNs sent in {flood_s:.2f} s, {syn_rx} reached the worker, "
                     f"{evictions} evictions, table {tables['live']}/{CAPACITY}; {FLOWS} established flows "
                     f"({len(per_edge.get(MACS['e1'], []))} on the drained edge) kept their edge and their entries; "
