@@ -35,7 +35,7 @@ VIP = "198.51.100.10"
 MACS = {"e1": "02:00:00:00:02:01", "e2": "02:00:00:00:02:02", "e3": "02:00:00:00:02:03"}
 CAPACITY = 4096
 SYN_TIMEOUT = 6
-FLOOD = 40000                     # SYNs: about ten times the table
+FLOOD = 40000                     # SYNs per burst: about ten times the table
 FLOWS, ROUNDS, PPS = 64, 44, 128  # established flows: one datagram per flow every 0.5 s for 22 s
 METRICS = "127.0.0.1:19474"
 
@@ -61,7 +61,7 @@ vhid = 1
 type = "none"
 """ + "".join(f'[[cluster.edge]]\nname = "{e}"\nip = "198.51.100.2{e[1]}"\nmac = "{MACS[e]}"\n' for e in MACS)
 
-# Run in the client namespace: `python3 -c SYN_FLOOD COUNT LB_MAC VIP`. TCP SYNs to VIP:80 from random sources in
+# Run in the client namespace: `python3 -c SYN_FLOOD COUNT LB_MAC VIP TESTS_DIR SEED`. TCP SYNs to VIP:80 from random sources in
 # 192.0.2.0/24 and random ports (the established flows come from 203.0.113.0/24), sent as fast as one socket goes.
 SYN_FLOOD = r"""
 import random, socket, struct, sys
@@ -71,7 +71,7 @@ count, lb, vip = int(sys.argv[1]), mac_bytes(sys.argv[2]), socket.inet_aton(sys.
 me = mac_bytes("02:00:00:00:aa:02")
 s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
 s.bind(("c0", 0))
-rnd = random.Random(7)
+rnd = random.Random(int(sys.argv[5]))
 for i in range(count):
     src = bytes([192, 0, 2, rnd.randrange(1, 255)])
     tcp = struct.pack("!HHIIBBHHH", rnd.randrange(1024, 65536), 80, rnd.getrandbits(32), 0, 5 << 4, 0x02, 64240,
@@ -120,7 +120,13 @@ def test_syn_flood_fills_the_table_and_established_flows_keep_their_edge(lab, re
                    json.loads(ctl_out(lab, "flows", "--client", "203.0.113.0/24", "--json"))["flows"]}
         t_flood = time.monotonic()
         tool_dir = str(Path(__file__).resolve().parent.parent)
-        ns_run(lab["cl_ns"], sys.executable, "-c", SYN_FLOOD, str(FLOOD), LB_MAC, VIP, tool_dir, timeout=120)
+        sent = 0
+        for seed in range(4):          # a loaded machine's port may drop much of a burst: send more until full
+            ns_run(lab["cl_ns"], sys.executable, "-c", SYN_FLOOD, str(FLOOD), LB_MAC, VIP, tool_dir, str(seed),
+                   timeout=120)
+            sent += FLOOD
+            if region.flow_tables()["live"] >= 0.97 * CAPACITY:
+                break
         flood_s = time.monotonic() - t_flood
         tables = region.flow_tables()
         ws = region.worker_stats()
@@ -171,7 +177,7 @@ def test_syn_flood_fills_the_table_and_established_flows_keep_their_edge(lab, re
     # nothing crashed
     assert dp.proc.poll() is None and ctl.proc.poll() is None
     assert json.loads(ctl_out(lab, "status", "--json"))["dataplane"]["alive"] is True
-    report(request, f"\nSYN flood: {FLOOD} SYNs sent in {flood_s:.2f} s, {syn_rx} reached the worker, "
+    report(request, f"\nSYN flood: {sent} SYNs sent in {flood_s:.2f} s, {syn_rx} reached the worker, "
                     f"{evictions} evictions, table {tables['live']}/{CAPACITY}; {FLOWS} established flows "
                     f"({len(per_edge.get(MACS['e1'], []))} on the drained edge) kept their edge and their entries; "
                     f"{rep['missing']} of {rep['sent']} of their datagrams lost on the flooded port")
