@@ -205,7 +205,7 @@ def _cluster_settings(args: argparse.Namespace) -> dict:
     out: dict[str, Any] = {}
     for opt, key in (("cluster_ip", "cluster_ip"), ("mode", "mode"), ("dsr", "dsr"),
                      ("ipsec_local_termination", "ipsec_local_termination"), ("maglev_size", "maglev_size"),
-                     ("enabled", "enabled")):
+                     ("enabled", "enabled"), ("drain_timeout", "drain_timeout")):
         value = getattr(args, opt, None)
         if value is not None:
             out[key] = value
@@ -324,6 +324,8 @@ def _show_cluster(c: dict) -> str:
         ("IPSec local termination", _yes(c["ipsec_local_termination"])),
         ("DSR", dsr),
         ("Maglev table size", c.get("maglev_size")),
+        ("Drain timeout", f"{c['drain_timeout']:g} s" if c.get("drain_timeout") else
+         "none (a draining edge keeps its flows until they end)"),
         ("CARP", carp_text),
         ("Health check", _health_text(c["health"])),
     ]
@@ -434,7 +436,7 @@ def cmd_edge_edit(args: argparse.Namespace) -> int:
 
 
 def cmd_edge_show(args: argparse.Namespace) -> int:
-    c = _run(args, lambda b: b.get_cluster(args.cluster))
+    c, drains = _run(args, lambda b: (b.get_cluster(args.cluster), b.drain_times()))
     if args.edge is None:
         if args.json:
             _print_json(c["edge"])
@@ -446,13 +448,27 @@ def cmd_edge_show(args: argparse.Namespace) -> int:
             break
     else:
         raise StoreError(f"edge {args.edge!r} not found in cluster {args.cluster!r}")
+    drain = None
+    if e["state"] == "draining":
+        from control import cli_observe
+        since = next((d["since"] for d in drains if (d["cluster"], d["edge"]) == (c["name"], e["name"])), None)
+        drain = cli_observe.drain_info(args, c, e["name"], since)
     if args.json:
-        _print_json(e)
+        _print_json(dict(e, drain=drain) if drain is not None else e)
     else:
         fields = [("Edge", e["name"]), ("Cluster", c["name"]), ("IP", e["ip"]),
                   ("MAC", e["mac"] or "auto (resolved from the neighbour table by pydp-control)"),
                   ("Weight", e["weight"]), ("State", e["state"])]
-        print("\n".join(f"{k + ':':<9}{v}" for k, v in fields))
+        if drain is not None:
+            from control import cli_observe
+            fields += [("Draining since", cli_observe._since_text(drain["since"])),
+                       ("Drain timeout", f"{drain['timeout_s']:g} s" if drain["timeout_s"] else "none"),
+                       ("Time left", cli_observe._left_text(drain)),
+                       ("Flows left", "unknown (no data plane)" if drain["remaining_flows"] is None
+                        else drain["remaining_flows"]),
+                       ("Drain", cli_observe._drain_state(drain))]
+        width = max(len(k) for k, _ in fields) + 2
+        print("\n".join(f"{k + ':':<{width}}{v}" for k, v in fields))
     return 0
 
 
@@ -552,6 +568,9 @@ def _cluster_options(p: argparse.ArgumentParser, edit: bool) -> None:
     g.add_argument("--dsr", choices=("l2", "ipip"),
                    help="Direct Server Return: l2 (MAC rewrite, the default) or ipip (IP-in-IP encapsulation)")
     g.add_argument("--maglev-size", metavar="PRIME", type=int, help="Maglev table size (a prime, 17..655373)")
+    g.add_argument("--drain-timeout", metavar="SECONDS", type=float,
+                   help="how long a draining edge keeps its flows before they move to the other edges "
+                        "(0: until they end; the default)")
     c = p.add_argument_group("CARP (ignored for standalone clusters)")
     c.add_argument("--vhid", metavar="N", type=int, help="virtual host id 1..255, unique (default: the lowest free one)"
                    if not edit else "virtual host id 1..255, unique")

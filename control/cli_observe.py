@@ -1,4 +1,4 @@
-"""pydpctl status | stats | flows: what the load balancer is doing now.
+"""pydpctl status | stats | flows | flows flush: what the load balancer is doing now, and flow-table flushes.
 
 Each command asks the running pydp-control (RPC) and, when no daemon answers, reads the data plane's shared memory
 directly (--shm, else the store's dataplane.shm_path, else /dev/shm/pydp). Without the daemon the CARP state is
@@ -14,7 +14,7 @@ import sys
 import time
 from typing import Any, Callable, Sequence
 
-from control import rpc
+from control import flows, rpc
 
 PROG = "pydpctl"
 DEFAULT_SHM = "/dev/hugepages/pydp"
@@ -38,6 +38,7 @@ class Source:
         self._region = None
         self._appliance = None
         self._appliance_read = False
+        self.drain_times: dict[tuple[str, str], float] = {}
 
     def call(self, method: str, params: dict | None = None) -> Any:
         """The daemon's answer, or None when no daemon answers (then the caller reads the region)."""
@@ -48,7 +49,7 @@ class Source:
                 self.daemon = False
                 self.why_direct = str(exc)
             except rpc.RpcError as exc:
-                if exc.type == "Unavailable" and method in ("stats", "flows"):
+                if exc.type == "Unavailable" and method in ("stats", "flows", "flush"):
                     raise ObserveError(f"pydp-control: {exc.message}") from None
                 if exc.type == "BadRequest":
                     raise ObserveError(exc.message) from None
@@ -69,6 +70,7 @@ class Source:
                 if os.path.exists(path):            # a read never creates a store
                     with Store(path) as s:
                         self._appliance = s.appliance()
+                        self.drain_times = {(r["cluster"], r["edge"]): r["since"] for r in s.drain_times()}
                 elif db:
                     print(f"{PROG}: note: no store at {db}", file=sys.stderr)
             except Exception as exc:  # a store is optional here
@@ -145,7 +147,7 @@ def _dump(obj: Any) -> None:
 # ---- status ----
 
 def _direct_status(src: Source) -> dict:
-    from control import observe
+    from control import flows, observe
 
     region = src.region()
     info = observe.dataplane_info(region)
@@ -153,6 +155,8 @@ def _direct_status(src: Source) -> dict:
     cfg = src.appliance()
     conf = {cl.name: cl for cl in cfg.clusters} if cfg else {}
     clusters = []
+    counts = observe.edge_flow_counts(region) if info["alive"] else {}
+    now = time.time()
     for name, c in st["clusters"].items():
         cl = conf.get(name)
         forwarding = bool(c["active"]) and info["alive"]
@@ -165,13 +169,20 @@ def _direct_status(src: Source) -> dict:
             "packets": c["packets"], "bytes": c["bytes"], "edges": [],
         }
         for ename, e in c["edges"].items():
+            ce = next((x for x in cl.edges if x.name == ename), None) if cl else None
+            drain = None
+            if ce is not None and ce.state == "draining":
+                drain = flows.drain_row(src.drain_times.get((name, ename)), cl.drain_timeout,
+                                        counts.get((name, ename), 0) if info["alive"] else None, now)
             row["edges"].append({"name": ename, "ip": e["ip"], "mac": e["mac"],
                                  "mac_source": "data plane" if e["mac"] else "unresolved", "weight": e["weight"],
-                                 "admin_state": None, "state": e["state"], "health": "unknown (no daemon)",
-                                 "packets": e["packets"], "bytes": e["bytes"], "new_flows": e["new_flows"]})
+                                 "admin_state": ce.state if ce else None, "state": e["state"],
+                                 "health": "unknown (no daemon)", "packets": e["packets"], "bytes": e["bytes"],
+                                 "new_flows": e["new_flows"], "drain": drain})
         clusters.append(row)
     return {"daemon": {"running": False, "reason": src.why_direct}, "carp_known": False, "dataplane": info,
-            "dataplane_up": info["alive"], "clusters": clusters, "flow_table": st["flow_table"]}
+            "dataplane_up": info["alive"], "clusters": clusters,
+            "flow_table": flows.annotate_direct(st["flow_table"])}
 
 
 def _print_status(s: dict) -> None:
@@ -196,7 +207,7 @@ def _print_status(s: dict) -> None:
     ft = s.get("flow_table")
     if ft:
         print(f"flows:      {ft['live']} live of {ft['capacity']} ({ft['occupancy_pct']:.1f}%), "
-              f"{ft['evicted']} evicted")
+              f"{ft['evicted']} evicted" + _alarm_text(ft))
     if (s.get("flowsync") or {}).get("enabled"):
         from control.flowsync import summary
         print(f"flow sync:  {summary(s['flowsync'])}")
@@ -240,6 +251,68 @@ def _print_status(s: dict) -> None:
                          human(e["bytes"], "B"), human(e["new_flows"]), _short(e.get("health_detail"))])
     print(table(["CLUSTER", "EDGE", "IP", "MAC", "WEIGHT", "ADMIN", "STATE", "HEALTH", "PACKETS", "BYTES",
                  "NEW FLOWS", "LAST CHECK"], rows, right={4, 8, 9, 10}))
+    drains = [(c["name"], e["name"], e["drain"]) for c in s["clusters"] for e in c["edges"] if e.get("drain")]
+    if drains:
+        print()
+        print(table(["CLUSTER", "DRAINING EDGE", "SINCE", "TIMEOUT", "TIME LEFT", "FLOWS LEFT", "STATE"],
+                    [[c, e, _since_text(d["since"]), f"{d['timeout_s']:g} s" if d["timeout_s"] else "none",
+                      _left_text(d), "-" if d["remaining_flows"] is None else d["remaining_flows"], _drain_state(d)]
+                     for c, e, d in drains], right={5}))
+
+
+def _alarm_text(ft: dict) -> str:
+    hot = [w for w in ft.get("workers", []) if w.get("alarm")]
+    if not hot:
+        return ""
+    return ("; ALARM: " + ", ".join(f"worker {w['worker']} {w['occupancy_pct']:.0f}% full" for w in hot)
+            + f" (above {flows.ALARM_ON:.0%})")
+
+
+def _since_text(since: float | None) -> str:
+    if since is None:
+        return "unknown"
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(since)) + f" ({_duration(time.time() - since)} ago)"
+
+
+def _left_text(d: dict) -> str:
+    if not d["timeout_s"]:
+        return "- (until the flows end)"
+    return "expired" if d["expired"] else _duration(d["time_left_s"])
+
+
+def _drain_state(d: dict) -> str:
+    if d["drained"]:
+        return "drained"
+    if d["expired"]:
+        return "timed out: flows moved"
+    return "draining" if d["remaining_flows"] is not None else "draining (flows unknown)"
+
+
+def drain_info(args: argparse.Namespace, cluster: dict, edge: str, since: float | None) -> dict:
+    """The drain of one edge for `pydpctl edge show`: pydp-control's view when it runs, else computed here from
+    the store's drain start and the data plane's flow tables (remaining_flows None when neither answers)."""
+    from control import observe
+
+    src = Source(args)
+    try:
+        try:
+            s = src.call("status")
+        except ObserveError:
+            s = None
+        for c in (s or {}).get("clusters", []):
+            for e in c["edges"] if c["name"] == cluster["name"] else []:
+                if e["name"] == edge and e.get("drain"):
+                    return e["drain"]
+        remaining = None
+        try:
+            region = src.region()
+            if observe.dataplane_alive(region):
+                remaining = observe.edge_flow_counts(region).get((cluster["name"], edge), 0)
+        except ObserveError:
+            pass
+        return flows.drain_row(since, float(cluster.get("drain_timeout") or 0), remaining, time.time())
+    finally:
+        src.close()
 
 
 def _health_text(e: dict) -> str:
@@ -472,6 +545,39 @@ def cmd_flows(args: argparse.Namespace) -> int:
     return _with_source(args, run)
 
 
+# ---- flows flush ----
+
+def cmd_flush(args: argparse.Namespace) -> int:
+    if args.all and (args.cluster is not None or args.edge is not None):
+        raise ObserveError("flows flush: --all cannot be combined with --cluster or --edge")
+    if not args.all and args.cluster is None:
+        raise ObserveError("flows flush: say what to flush: --all, or --cluster NAME [--edge NAME]"
+                           if args.edge is None else "flows flush: --edge needs --cluster (edge names are per cluster)")
+
+    def run(src: Source) -> int:
+        params = {"all": args.all, "cluster": args.cluster, "edge": args.edge}
+        res = src.call("flush", params)
+        via = "pydp-control"
+        if res is None:
+            try:
+                res = flows.flush(src.region(), all_flows=args.all, cluster=args.cluster, edge=args.edge)
+            except flows.FlushError as exc:
+                raise ObserveError(exc.message) from None
+            via = "shared memory"
+            src.note_direct()
+        res = dict(res, via=via)
+        if args.json:
+            _dump(res)
+            return 0
+        sc = res["scope"]
+        what = ("every flow" if sc["all"] else f"the flows of cluster {sc['cluster']!r}" if sc["edge"] is None
+                else f"the flows of edge {sc['edge']!r} of cluster {sc['cluster']!r}")
+        per = ", ".join(f"worker {w['worker']}: {w['cleared']}" for w in res["workers"])
+        print(f"flushed {what}: {res['cleared']} flow(s) cleared ({per}); their next packets are hashed again")
+        return 0
+    return _with_source(args, run)
+
+
 # ---- plumbing ----
 
 def _with_source(args: argparse.Namespace, fn: Callable[[Source], int]) -> int:
@@ -557,6 +663,22 @@ def register(subparsers) -> None:
     p.add_argument("--client", metavar="IP[/LEN]", help="only flows from this address or prefix")
     p.add_argument("--limit", metavar="N", type=int, default=100, help="show at most N flows (default 100, max 4096)")
     p.set_defaults(func=_guarded(cmd_flows), command_name="flows")
+    sub = p.add_subparsers(dest="flows_command", metavar="ACTION")
+    f = sub.add_parser(
+        "flush", help="clear flows from the workers' flow tables (all, a cluster's, or an edge's)",
+        description="Clears flows from every worker's flow table: every flow (--all), a cluster's, or one edge's of "
+                    "a cluster. Their next packets are hashed again (Maglev) as new flows: a TCP connection whose "
+                    "edge changes that way is reset by its new edge. Prints how many flows each worker cleared.",
+        epilog=_epilog("pydpctl flows flush --cluster web --edge e1   # e.g. an edge drained for too long",
+                       "pydpctl flows flush --cluster web --json",
+                       "pydpctl flows flush --all",
+                       notes=NOTE + "\nExit status: 0 flushed, 1 error (unknown cluster or edge, no data plane, "
+                                    "a worker that does not take the command)."), **kw)
+    g = f.add_mutually_exclusive_group()
+    g.add_argument("--all", action="store_true", help="every flow of every cluster")
+    g.add_argument("--cluster", metavar="NAME", help="the flows of this cluster")
+    f.add_argument("--edge", metavar="NAME", help="with --cluster: only the flows pinned to this edge")
+    f.set_defaults(func=_guarded(cmd_flush), command_name="flows flush")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

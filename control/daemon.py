@@ -15,10 +15,13 @@ Tasks (one asyncio loop; the store and every config write run on one worker thre
   comes back the same way. A cluster left with no edge UP demotes its CARP advertisements (control.carp_manager);
 * flow sync (control.flowsync, [sync]): the flows of the clusters this appliance owns go to the peer, the peer's
   flows of the others are installed here (docs/flowsync.md).
+* flow tables (control.flows): flushes on request (RPC "flush"), the occupancy alarm (above 90% of a worker's
+  table; cleared below 85%), and the drain timeout: an edge draining longer than its cluster's drain_timeout has
+  its remaining flows flushed, so they reach another edge at their next packet.
 
-The daemon never clears the data plane's tables: when it stops or dies, the data plane keeps forwarding with its
-last config, and a new daemon re-applies the same config without rebuilding a table or moving a flow. On SIGTERM
-its CARP instances bow out (the peer takes over at once) and release their cluster IPs.
+Apart from those flushes the daemon never clears the data plane's tables: when it stops or dies, the data plane
+keeps forwarding with its last config, and a new daemon re-applies the same config without rebuilding a table or
+moving a flow. On SIGTERM its CARP instances bow out (the peer takes over at once) and release their cluster IPs.
 """
 
 from __future__ import annotations
@@ -42,7 +45,7 @@ import threading
 import time
 from typing import Any
 
-from control import carp_manager, flowsync, observe, rpc
+from control import carp_manager, flows, flowsync, observe, rpc
 from control.health import HealthChecker
 
 log = logging.getLogger("pydp.control")
@@ -261,6 +264,11 @@ class Daemon:
         # flow sync ([sync]): follows ownership from the region's flags itself (CARP, --own-all and standalone alike)
         self.flowsync = flowsync.FlowSync(holder=self.holder, config=lambda: self.cfg, run_worker=self.run_worker,
                                           event=event, alive=lambda: self.dp_alive)
+        # >>> flow-table management: occupancy alarm and drain timeouts (control.flows), checked on the worker thread
+        self.flow_monitor = flows.TableMonitor(event)
+        self.drains = flows.DrainTracker(event)
+        self.flow_monitor_identity = None
+        # <<< flow-table management
 
     # ---- worker thread: the store and every write to the region ----
     def _open_store(self) -> None:
@@ -626,6 +634,45 @@ class Daemon:
                 "health_since": None if since is None else round(time.time() - since, 3),
                 "health_check": h}
 
+    # >>> flow-table management
+    def _check_flows(self) -> None:
+        """Every FLOW_CHECK_S (worker thread): the tables' occupancy alarm, then the drain timeouts."""
+        with self.holder.use() as region:
+            if region is None or not self.dp_alive:
+                self.drains.check(None, self.cfg, {})
+                return
+            if self.flow_monitor_identity != self.dp_identity:      # a new data plane: new tables, new counters
+                self.flow_monitor.reset()
+                self.flow_monitor_identity = self.dp_identity
+            self.flow_monitor.check(self.flow_monitor.rows(region))
+            since = {(r["cluster"], r["edge"]): r["since"] for r in self.store.drain_times()}
+            self.drains.check(region, self.cfg, since)
+
+    async def watch_flows(self) -> None:
+        while True:
+            await asyncio.sleep(flows.FLOW_CHECK_S)
+            try:
+                await self.run_worker(self._check_flows)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("flow-table checks")
+
+    def _flush(self, params: dict) -> dict:
+        """The flush RPC (worker thread: the one writer of the region)."""
+        with self.holder.use() as region:
+            if region is None or not self.dp_alive:
+                raise rpc.RpcError("Unavailable", f"no data plane is running (waiting for {self.shm})")
+            try:
+                res = flows.flush(region, all_flows=bool(params.get("all")), cluster=params.get("cluster"),
+                                  edge=params.get("edge"))
+            except flows.FlushError as exc:
+                raise rpc.RpcError(exc.kind, exc.message) from None
+        event("flows_flushed", via="rpc", cleared=res["cleared"], **res["scope"],
+              workers={r["worker"]: r["cleared"] for r in res["workers"]})
+        return res
+    # <<< flow-table management
+
     # ---- the loop's tasks ----
     async def run_worker(self, fn, *args):
         return await self.loop.run_in_executor(self.worker, fn, *args)
@@ -795,6 +842,14 @@ class Daemon:
                 raise rpc.RpcError("BadRequest", f"flows: limit must be an integer 0..{MAX_FLOWS}")
             return await self.loop.run_in_executor(self.readers, self.flows, params.get("cluster"),
                                                    params.get("edge"), params.get("client"), limit)
+        if method == "flush":
+            _only(params, {"all", "cluster", "edge"})
+            for k in ("cluster", "edge"):
+                if params.get(k) is not None and not isinstance(params[k], str):
+                    raise rpc.RpcError("BadRequest", f"flush: {k} must be a string")
+            if not isinstance(params.get("all", False), bool):
+                raise rpc.RpcError("BadRequest", "flush: all must be true or false")
+            return await self.run_worker(self._flush, params)
         raise rpc.RpcError("BadRequest", f"unknown method {method!r}")
 
     async def _rpc_store(self, params: dict) -> Any:
@@ -881,6 +936,7 @@ class Daemon:
                     **self._health_row((name, ename), health_states if ce is not None and cl.enabled else {}),
                     "packets": se["packets"] if se else 0, "bytes": se["bytes"] if se else 0,
                     "new_flows": se["new_flows"] if se else 0,
+                    "drain": self.drains.row(name, ename) if ce is not None and ce.state == "draining" else None,
                 })
             clusters.append(row)
         return {
@@ -894,7 +950,7 @@ class Daemon:
             "dataplane": dp if dp is not None else {"running": False, "path": self.shm},
             "dataplane_up": self.dp_alive,
             "clusters": clusters,
-            "flow_table": st["flow_table"] if st else None,
+            "flow_table": self.flow_monitor.annotate(st["flow_table"]) if st else None,
             "flowsync": self.flowsync.status(),
         }
 
@@ -929,6 +985,9 @@ class Daemon:
         yield from self._health_metrics()
         yield from self._carp_metrics()
         yield from self.flowsync.metrics()
+        from control import metrics
+
+        yield from metrics.flow_management(self.flow_monitor.snapshot(), self.drains)
 
     def _health_metrics(self):
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -995,7 +1054,7 @@ class Daemon:
         _make_socket_dir(self.socket_path)
         try:
             self.rpc_server = await rpc.serve(self.socket_path, self.handle,
-                                              methods={"ping", "store", "status", "stats", "flows"})
+                                              methods={"ping", "store", "status", "stats", "flows", "flush"})
         except (OSError, RuntimeError) as exc:
             event("daemon_failed", logging.ERROR, error=f"cannot listen on {self.socket_path}: {exc}")
             return 1
@@ -1025,7 +1084,8 @@ class Daemon:
         self.health_wake = asyncio.Event()
         self.checker = HealthChecker(self._on_health)
         tasks = [asyncio.create_task(c) for c in (self.watch_dataplane(), self.watch_store(), self.resolve_macs(),
-                                                  self.watch_health(), self.flowsync.run())]
+                                                  self.watch_health(), self.flowsync.run(),
+                                                  self.watch_flows())]
         carp_stop = asyncio.Event()
         carp_task = asyncio.create_task(self.carp.run(lambda: self.cfg, carp_stop))
         try:

@@ -15,7 +15,9 @@ Metrics (counters end in _total):
     pydp_edge_packets_total{cluster,edge}, pydp_edge_bytes_total{cluster,edge}, pydp_edge_new_flows_total{...}
     pydp_edge_state{cluster,edge,state}                 1 for the edge's current state (up|draining|down|disabled)
     pydp_worker_polls_total{worker}, pydp_worker_idle_polls_total{worker}, pydp_worker_busy_cycles_total{worker},
-    pydp_worker_rx_packets_total{worker}, pydp_worker_flow_rehashed_total{worker}
+    pydp_worker_rx_packets_total{worker}, pydp_worker_flow_rehashed_total{worker},
+    pydp_worker_config_swaps_total{worker}, pydp_worker_flow_flushed_total{worker},
+    pydp_worker_flow_installs_total{worker}
     pydp_flow_table_entries{worker,kind=capacity|live}, pydp_flow_table_occupancy_ratio{worker},
     pydp_flow_table_expired_total{worker}, pydp_flow_table_evicted_total{worker}
 The daemon adds its own (extra): pydp_control_applied_revision, pydp_edge_mac_unresolved, the health checks'
@@ -23,7 +25,13 @@ The daemon adds its own (extra): pydp_control_applied_revision, pydp_edge_mac_un
     and CARP's
     pydp_carp_state{cluster,state}, pydp_carp_demote{cluster}, pydp_carp_drops_total{cluster,reason},
     pydp_carp_transitions_total{cluster}, pydp_carp_adverts_sent_total{cluster},
-    pydp_carp_adverts_received_total{cluster} (also while no data plane is attached)
+    pydp_carp_adverts_received_total{cluster} (also while no data plane is attached), and the flow-table
+    management's (flow_management()):
+    pydp_flow_table_alarm{worker}                       1 while the worker's table is above 90% (until below 85%)
+    pydp_flow_table_eviction_rate{worker}               evictions per second over the last check (1 s)
+    pydp_edge_draining_flows{cluster,edge}              live flows still pinned to a draining edge
+    pydp_edge_drain_time_left_seconds{cluster,edge}     until the drain timeout moves them (-1: no timeout)
+    pydp_edge_drain_timeouts_total{cluster,edge}, pydp_edge_drain_flows_moved_total{cluster,edge}
 """
 
 from __future__ import annotations
@@ -36,7 +44,7 @@ from prometheus_client.registry import CollectorRegistry
 
 from control import observe
 
-__all__ = ["Collector", "start", "parse_address"]
+__all__ = ["Collector", "start", "parse_address", "flow_management"]
 
 log = logging.getLogger("pydp.control.metrics")
 EDGE_STATE_NAMES = ("up", "draining", "down", "disabled")
@@ -153,6 +161,12 @@ def _workers(st):
                                              labels=["worker"]),
         "config_swaps": CounterMetricFamily("pydp_worker_config_swaps", "config generations picked up",
                                             labels=["worker"]),
+        "flow_flushed": CounterMetricFamily("pydp_worker_flow_flushed",
+                                            "flows cleared by flushes (pydpctl flows flush, drain timeouts)",
+                                            labels=["worker"]),
+        "flow_installs": CounterMetricFamily("pydp_worker_flow_installs",
+                                             "flows installed or refreshed by flow sync from the peer",
+                                             labels=["worker"]),
     }
     for w in st["workers"]:
         for k, fam in fams.items():
@@ -174,6 +188,35 @@ def _flow_tables(st):
         exp.add_metric([w], row["expired"])
         ev.add_metric([w], row["evicted"])
     yield from (ent, occ, exp, ev)
+
+
+def flow_management(alarms: dict[int, dict], drains) -> Iterable:
+    """The daemon's flow-table families: alarms is control.flows.TableMonitor.snapshot(), drains a
+    control.flows.DrainTracker."""
+    alarm = GaugeMetricFamily("pydp_flow_table_alarm", "1 while the worker's flow table is above 90% full (it "
+                              "clears below 85%)", labels=["worker"])
+    rate = GaugeMetricFamily("pydp_flow_table_eviction_rate", "live flows pushed out of full buckets per second "
+                             "(over the last check)", labels=["worker"])
+    for w, st in sorted(alarms.items()):
+        alarm.add_metric([str(w)], 1 if st["alarm"] else 0)
+        rate.add_metric([str(w)], st["eviction_rate"])
+    left = GaugeMetricFamily("pydp_edge_drain_time_left_seconds", "seconds until the drain timeout moves the "
+                             "draining edge's flows (-1: no timeout, the flows end on their own)",
+                             labels=["cluster", "edge"])
+    remaining = GaugeMetricFamily("pydp_edge_draining_flows", "live flows still pinned to the draining edge",
+                                  labels=["cluster", "edge"])
+    fired = CounterMetricFamily("pydp_edge_drain_timeouts", "drain timeouts that moved an edge's flows",
+                                labels=["cluster", "edge"])
+    moved = CounterMetricFamily("pydp_edge_drain_flows_moved", "flows flushed from draining edges by drain timeouts",
+                                labels=["cluster", "edge"])
+    for (c, e), row in sorted(drains.rows.items()):
+        left.add_metric([c, e], -1 if row["time_left_s"] is None else row["time_left_s"])
+        if row["remaining_flows"] is not None:
+            remaining.add_metric([c, e], row["remaining_flows"])
+    for key in sorted(set(drains.moved) | set(drains.timeouts)):
+        fired.add_metric(list(key), drains.timeouts.get(key, 0))
+        moved.add_metric(list(key), drains.moved.get(key, 0))
+    yield from (alarm, rate, left, remaining, fired, moved)
 
 
 def parse_address(text: str) -> tuple[str, int] | None:

@@ -25,7 +25,7 @@ from pydp._ffi import ffi, lib
 from pydp.shm import Region, unpack_addr
 
 __all__ = ["HEARTBEAT_STALE_MS", "now_ms", "dataplane_info", "clusters", "stats", "flows", "find_flows",
-           "EDGE_STATES", "FLOW_STATES", "dataplane_alive"]
+           "EDGE_STATES", "FLOW_STATES", "dataplane_alive", "flow_table_stats", "edge_flow_counts", "active_flows"]
 
 HEARTBEAT_STALE_MS = 3000
 
@@ -40,7 +40,8 @@ _PORT_COUNTERS = ("rx_packets", "rx_bytes", "tx_packets", "tx_bytes", "exc_to_ke
                   "exc_from_kernel")
 _WORKER_COUNTERS = ("polls", "idle_polls", "sleeps", "busy_cycles", "flow_lookups", "flow_hits", "flow_inserts",
                     "flow_evictions", "flow_rehashed", "cls_tcp", "cls_udp", "cls_icmp", "cls_fragment",
-                    "cls_icmp_error", "cls_ipsec", "cls_ipv6", "cls_other", "config_swaps", "cmds")
+                    "cls_icmp_error", "cls_ipsec", "cls_ipv6", "cls_other", "config_swaps", "cmds", "flow_flushed",
+                    "flow_installs")
 
 
 def now_ms() -> int:
@@ -136,7 +137,9 @@ def clusters(region: Region) -> dict[str, dict]:
     return out
 
 
-def _flow_table_stats(region: Region) -> dict:
+def flow_table_stats(region: Region) -> dict:
+    """Occupancy of each worker's flow table and the sum: capacity, live (occupied ways, expired ones not yet
+    reclaimed included), expired, evicted, occupancy_pct; "workers" lists the per-worker rows."""
     per = []
     tot = {"capacity": 0, "live": 0, "expired": 0, "evicted": 0}
     for w in range(region.nb_workers):
@@ -215,7 +218,7 @@ def stats(region: Region, appliance=None) -> dict:
         "ports": ports,
         "clusters": out_clusters,
         "workers": workers,
-        "flow_table": _flow_table_stats(region),
+        "flow_table": flow_table_stats(region),
     }
 
 
@@ -262,6 +265,46 @@ def _snapshot(region: Region, worker: int) -> tuple[np.ndarray, np.ndarray]:
     s1 = sig1[bi, wi]
     ok = (sig2 == s1) & ((fl["hash"] | np.uint32(1)) == s1)
     return fl[ok], last[ok]
+
+
+def active_flows(region: Region, worker: int) -> int:
+    """The flows of one worker's table that have not expired (its live counter also holds expired flows not yet
+    reclaimed). A scan of the signature lines in C: run it when the counter alone cannot tell."""
+    t = lib.pydp_shm_flows(region._shm, worker)
+    return int(lib.pydp_flow_count(t, now_ms() & 0xFFFFFFFF, region.config()))
+
+
+def edge_flow_counts(region: Region) -> dict[tuple[str, str], int]:
+    """{(cluster, edge): live flows pinned to that edge} over every worker's table (edges without flows are
+    absent). Reads only the fields it needs, so it is cheap enough to run every second."""
+    by_key = {}
+    for cname, c in clusters(region).items():
+        for ename, e in c["edges"].items():
+            by_key[(c["slot"], c["uid"], e["slot"], e["uid"])] = (cname, ename)
+    if not by_key:
+        return {}
+    timeouts = _timeouts(region.config())
+    now32 = np.uint32(now_ms() & 0xFFFFFFFF)
+    out: dict[tuple[str, str], int] = {}
+    for w in range(region.nb_workers):
+        b = region.flow_buckets(w)
+        sig = b["sig"].copy()
+        bi, wi = np.nonzero(sig)
+        if len(bi) == 0:
+            continue
+        fl = b["flows"][["cluster", "cluster_uid", "edge", "edge_uid", "state"]][bi, wi]
+        idle = (now32 - b["last_ms"][bi, wi]).astype(np.int32).astype(np.int64)
+        live = (idle <= timeouts[np.minimum(fl["state"], 7)]) & (b["sig"][bi, wi] == sig[bi, wi])
+        keys = np.stack([fl["cluster"][live].astype(np.int64), fl["cluster_uid"][live].astype(np.int64),
+                         fl["edge"][live].astype(np.int64), fl["edge_uid"][live].astype(np.int64)], axis=1)
+        if len(keys) == 0:
+            continue
+        uniq, counts = np.unique(keys, axis=0, return_counts=True)
+        for k, n in zip(map(tuple, uniq.tolist()), counts.tolist()):
+            name = by_key.get(k)
+            if name is not None:
+                out[name] = out.get(name, 0) + int(n)
+    return out
 
 
 def find_flows(region: Region, *, cluster: str | None = None, edge: str | None = None,

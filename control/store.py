@@ -31,6 +31,7 @@ import os
 import re
 import sqlite3
 import threading
+import time
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator
 
@@ -83,6 +84,9 @@ MIGRATIONS: list[tuple[str, tuple[str, ...] | Callable[[sqlite3.Connection], Non
     ("the [sync] section (flow sync)", (
         "ALTER TABLE appliance ADD COLUMN sync TEXT NOT NULL DEFAULT '{}'",   # JSON: the [sync] table ({} = defaults)
     )),
+    # >>> drain timeout (flow-table management)
+    ("drain_timeout of clusters, and when each draining edge started draining", lambda c: _migrate_drain(c)),
+    # <<< drain timeout
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -90,7 +94,7 @@ MUTATING = frozenset({
     "add_cluster", "edit_cluster", "delete_cluster", "duplicate_cluster", "set_cluster_enabled",
     "add_edge", "edit_edge", "remove_edge", "set_edge_state", "import_text",
 })
-READ_ONLY = frozenset({"list_clusters", "get_cluster", "export_text", "revision"})
+READ_ONLY = frozenset({"list_clusters", "get_cluster", "export_text", "revision", "drain_times"})
 
 
 class StoreError(ValueError):
@@ -104,6 +108,33 @@ class StoreError(ValueError):
 
 class NotFound(StoreError):
     """No cluster (or edge) of that name."""
+
+
+# >>> drain timeout (flow-table management)
+def _migrate_drain(c: sqlite3.Connection) -> None:
+    """Schema step 2: clusters.drain_timeout (0 = wait for the flows to end), and the drain_started table. Edges
+    already draining start their clock at the migration (their real start was not recorded)."""
+    c.execute("ALTER TABLE clusters ADD COLUMN drain_timeout REAL NOT NULL DEFAULT 0")
+    c.execute("""CREATE TABLE drain_started (
+                     cluster TEXT NOT NULL,
+                     edge    TEXT NOT NULL,
+                     since   REAL NOT NULL,                -- Unix time the edge's state became 'draining'
+                     PRIMARY KEY (cluster, edge)
+                 )""")
+    c.execute("INSERT INTO drain_started (cluster, edge, since) SELECT clusters.name, edges.name, ? FROM edges "
+              "JOIN clusters ON clusters.id = edges.cluster_id WHERE edges.state = 'draining'", (time.time(),))
+
+
+def _record_drains(c: sqlite3.Connection, doc: dict) -> None:
+    """Keeps drain_started in line with the edges' states: an edge that became draining gets the time now, one
+    that is no longer draining (or is gone) loses its row. Renaming a draining edge restarts its clock."""
+    draining = {(cd["name"], e["name"]) for cd in doc["cluster"] for e in cd["edge"] if e["state"] == "draining"}
+    known = {(cl, e) for cl, e in c.execute("SELECT cluster, edge FROM drain_started")}
+    c.executemany("DELETE FROM drain_started WHERE cluster = ? AND edge = ?", sorted(known - draining))
+    now = time.time()
+    c.executemany("INSERT INTO drain_started (cluster, edge, since) VALUES (?, ?, ?)",
+                  [(cl, e, now) for cl, e in sorted(draining - known)])
+# <<< drain timeout
 
 
 # ---- error messages ----
@@ -340,13 +371,14 @@ class Store:
             dataplane, ports, sync = defaults["dataplane"], [], defaults["sync"]
         clusters: list[dict] = []
         by_id: dict[int, dict] = {}
-        for (cid, name, cluster_ip, enabled, mode, dsr, ipsec, maglev_size, carp, health) in c.execute(
-                "SELECT id, name, cluster_ip, enabled, mode, dsr, ipsec_local_termination, maglev_size, carp, "
-                "health FROM clusters ORDER BY position, id"):
+        for (cid, name, cluster_ip, enabled, mode, dsr, ipsec, maglev_size, drain_timeout, carp, health) in c.execute(
+                "SELECT id, name, cluster_ip, enabled, mode, dsr, ipsec_local_termination, maglev_size, "
+                "drain_timeout, carp, health FROM clusters ORDER BY position, id"):
             cd: dict[str, Any] = {"name": name, "cluster_ip": cluster_ip, "enabled": bool(enabled), "mode": mode,
                                   "dsr": dsr, "ipsec_local_termination": bool(ipsec)}
             if maglev_size is not None:
                 cd["maglev_size"] = maglev_size
+            cd["drain_timeout"] = drain_timeout
             cd["carp"] = json.loads(carp)
             cd["health"] = json.loads(health)
             cd["edge"] = []
@@ -365,10 +397,10 @@ class Store:
         for i, cd in enumerate(doc["cluster"]):
             cid = c.execute(
                 "INSERT INTO clusters (position, name, cluster_ip, enabled, mode, dsr, ipsec_local_termination, "
-                "maglev_size, carp, health) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "maglev_size, drain_timeout, carp, health) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (i, cd["name"], cd["cluster_ip"], int(cd["enabled"]), cd["mode"], cd["dsr"],
-                 int(cd["ipsec_local_termination"]), cd.get("maglev_size"), json.dumps(cd["carp"]),
-                 json.dumps(cd["health"]))).lastrowid
+                 int(cd["ipsec_local_termination"]), cd.get("maglev_size"), cd.get("drain_timeout", 0),
+                 json.dumps(cd["carp"]), json.dumps(cd["health"]))).lastrowid
             c.executemany(
                 "INSERT INTO edges (cluster_id, position, name, ip, mac, weight, state) VALUES (?, ?, ?, ?, ?, ?, ?)",
                 [(cid, j, e["name"], e["ip"], e["mac"], e["weight"], e["state"]) for j, e in enumerate(cd["edge"])])
@@ -397,6 +429,7 @@ class Store:
             _, after = self._validate(doc, source)
             if after != before:
                 self._save(c, after)
+                _record_drains(c, after)
                 c.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'revision'")
             return after, result, self._revision(c)
 
@@ -422,6 +455,14 @@ class Store:
         """A counter bumped by every committed change (0 for a new store)."""
         with self._transaction(write=False) as c:
             return self._revision(c)
+
+    def drain_times(self) -> list[dict]:
+        """When each draining edge started draining: [{"cluster", "edge", "since" (Unix time)}]. Recorded by the
+        change that set the state (by whichever writer), so a restarted pydp-control keeps counting a drain
+        timeout from the drain's real start."""
+        with self._transaction(write=False) as c:
+            return [{"cluster": cl, "edge": e, "since": since}
+                    for cl, e, since in c.execute("SELECT cluster, edge, since FROM drain_started ORDER BY since")]
 
     def appliance(self) -> config.ApplianceConfig:
         """The whole configuration as pydp.config objects (validated; passphrase files read). It may have no

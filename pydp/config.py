@@ -49,6 +49,7 @@ DEVICE_NAME_MAX = 31        # struct pydp_port_info.name[32]
 IFNAME_MAX = 15             # Linux IFNAMSIZ - 1
 CARP_PASSPHRASE_MAX = 20    # bytes: the CARP/ucarp key field
 MAX_TIMEOUT_S = 86400
+MAX_DRAIN_TIMEOUT_S = 7 * 86400   # a cluster's drain_timeout: a week at most
 
 DSR_MODES = ("l2", "ipip")
 CLUSTER_MODES = ("cluster", "standalone")
@@ -321,6 +322,7 @@ class ClusterConfig:
     dsr: str = "l2"
     ipsec_local_termination: bool = False
     maglev_size: int | None = None      # after loading: always the effective size (dataplane default resolved)
+    drain_timeout: float = 0.0          # seconds a draining edge keeps its flows; 0 = until they end
     carp: CarpConfig = field(default_factory=CarpConfig)
     health: HealthConfig = field(default_factory=HealthConfig)
     edges: list[EdgeConfig] = field(default_factory=list)
@@ -728,6 +730,7 @@ _CLUSTER_SPEC = {
     "dsr": (_c_enum(DSR_MODES), "l2"),
     "ipsec_local_termination": (_c_bool, False),
     "maglev_size": (_c_maglev, None),
+    "drain_timeout": (_c_num(0, MAX_DRAIN_TIMEOUT_S, what="a number of seconds"), 0.0),
     "carp": (_SUB, None),
     "health": (_SUB, None),
     "edge": (_SUB, None),
@@ -1046,6 +1049,7 @@ def to_dict(cfg: ApplianceConfig, include_secrets: bool = False) -> dict[str, An
         }
         if c.maglev_size is not None:
             cd["maglev_size"] = c.maglev_size
+        cd["drain_timeout"] = _seconds(float(c.drain_timeout))
         k = c.carp
         cd["carp"] = {
             "vhid": k.vhid, "advbase": k.advbase, "advskew": k.advskew,

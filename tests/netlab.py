@@ -219,6 +219,37 @@ class ControlProcess:
         self.stop()
 
 
+def pydpctl(*args, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess:
+    """pydpctl with these arguments (give --socket or --db first); check: fail on a non-zero exit status."""
+    p = subprocess.run([sys.executable, "-P", "-m", "control.cli", *map(str, args)], capture_output=True, text=True,
+                       timeout=timeout)
+    if check:
+        assert p.returncode == 0, f"pydpctl {' '.join(map(str, args))}: {p.stderr}"
+    return p
+
+
+def control_lab(stack: contextlib.ExitStack, lb_ns: str, appliance: str, workdir: Path, metrics: str,
+                args=("--own-all",)) -> tuple[DataplaneProcess, "ControlProcess", Path]:
+    """A data plane running `appliance` in lb_ns, its config imported into a new store, and pydp-control on both;
+    stopped when stack closes. Returns (data plane, daemon, store path)."""
+    dp = DataplaneProcess(lb_ns, appliance, workdir)
+    stack.callback(dp.stop)
+    dp.start()
+    db = workdir / "pydp.db"
+    pydpctl("--db", db, "import", dp.config)
+    ctl = ControlProcess(lb_ns, workdir, db, dp.shm, metrics=metrics, args=args)
+    stack.callback(ctl.stop)
+    ctl.start()
+    return dp, ctl, db
+
+
+def scrape(ns: str, address: str) -> str:
+    """The Prometheus text pydp-control serves on address (HOST:PORT) inside ns."""
+    code = ("import urllib.request, sys; "
+            f"sys.stdout.write(urllib.request.urlopen('http://{address}/metrics', timeout=5).read().decode())")
+    return ns_run(ns, sys.executable, "-c", code).stdout
+
+
 def bridge(ns: str, name: str = "br0") -> str:
     """A Linux bridge in ns, up: no STP, no multicast snooping (every port sees every multicast, as on a plain
     switch), no IPv6 chatter."""

@@ -7,6 +7,9 @@
  *
  * Signatures: a way holds sig = hash | 1, so 0 always means "empty way". The bucket is hash & mask.
  *
+ * Eviction: an insert into a full bucket takes the first expired way, else the least recently used half-open flow
+ * (TCP SYN state), else the least recently used way of all: a SYN flood cannot push out established flows.
+ *
  * Expiry: times are uint32 milliseconds that wrap; a way is expired when (int32_t)(now - last_ms) > timeout of its
  * state. Expired ways are reclaimed lazily: by a lookup that finds its key expired, or by an insert that needs room.
  *
@@ -331,6 +334,10 @@ pydp_flow_insert(struct pydp_flow_table *t, const struct pydp_flow_key *key, uin
         uint32_t tmin, tmax;
         unsigned i, lru = 0, found = PYDP_FLOW_WAYS;
         int32_t oldest = INT32_MIN;
+        /* >>> SYN-first eviction (flow-table management): a half-open flow goes before any other */
+        unsigned lru_syn = PYDP_FLOW_WAYS;
+        int32_t oldest_syn = INT32_MIN;
+        /* <<< SYN-first eviction */
 
         flw_timeout_range(cfg, &tmin, &tmax);
         for (i = 0; i < PYDP_FLOW_WAYS; i++) {
@@ -344,12 +351,21 @@ pydp_flow_insert(struct pydp_flow_table *t, const struct pydp_flow_key *key, uin
                 oldest = age;
                 lru = i;
             }
+            /* >>> SYN-first eviction */
+            if (b->flows[i].state == PYDP_FLOW_TCP_SYN && age > oldest_syn) {
+                oldest_syn = age;
+                lru_syn = i;
+            }
+            /* <<< SYN-first eviction */
         }
         if (found < PYDP_FLOW_WAYS) {
             w = found;
             t->expired++;
         } else {
-            w = lru;
+            /* >>> SYN-first eviction: a flood of SYNs from random sources only pushes out its own kind, so
+             * established flows survive it however rarely they send; LRU decides among flows of one kind */
+            w = lru_syn < PYDP_FLOW_WAYS ? lru_syn : lru;
+            /* <<< SYN-first eviction */
             ev = 1;
             t->evicted++;
         }

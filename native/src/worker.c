@@ -352,7 +352,7 @@ static void wrk_run_cmds(struct dp_worker *w)
         default:
             break;
         }
-        (void)cleared;
+        w->stats->flow_flushed += cleared;
         tail++;
         n++;
     }

@@ -485,6 +485,48 @@ test_lru(void)
     free(t);
 }
 
+/* A full bucket of established flows and SYN-state flows: inserts evict the SYN flows (oldest first) and leave the
+ * established ones, even when those are the least recently used; with no SYN flow left, LRU decides again. */
+static void
+test_syn_first_eviction(void)
+{
+    struct pydp_config cfg = tst_cfg();
+    struct pydp_flow_table *t = tst_table(64);      /* 8 buckets */
+    struct pydp_flow_key k[16];
+    uint32_t h[16];
+    struct pydp_flow *f[16], *g;
+    const uint32_t T = 1000;
+    int ev, i;
+
+    for (i = 0; i < 16; i++) {
+        k[i] = tst_key4(0x0c000000u + (uint32_t)i, (uint16_t)(3000 + i), 443, 6);
+        h[i] = ((uint32_t)(i + 1) << 12) | 5;       /* all in bucket 5 */
+    }
+    /* ways 0..3: established, oldest; ways 4..7: half-open (SYN), newer */
+    for (i = 0; i < 8; i++) {
+        f[i] = tst_new_flow(t, &k[i], h[i], T + (uint32_t)i, &cfg, i < 4 ? TH_ACK : TH_SYN, 0, 0, &ev);
+        CHECK_EQ(ev, 0);
+        CHECK_EQ(f[i]->state, i < 4 ? PYDP_FLOW_TCP_EST : PYDP_FLOW_TCP_SYN);
+    }
+    /* four more SYNs: each takes the oldest SYN way, never an established one */
+    for (i = 8; i < 12; i++) {
+        g = tst_new_flow(t, &k[i], h[i], T + 100 + (uint32_t)i, &cfg, TH_SYN, 0, 0, &ev);
+        CHECK_EQ(ev, 1);
+        CHECK(g == f[i - 4]);
+        f[i] = g;
+    }
+    for (i = 0; i < 4; i++)
+        CHECK(pydp_flow_lookup(t, &k[i], h[i], T + 200, &cfg) == f[i]);
+    CHECK_EQ(t->evicted, 4);
+    /* the SYN flows complete their handshakes: now all are established and plain LRU (flow 0) applies */
+    for (i = 8; i < 12; i++)
+        pydp_flow_touch(t, f[i], TH_ACK, T + 300);
+    g = tst_new_flow(t, &k[12], h[12], T + 400, &cfg, TH_SYN, 0, 0, &ev);
+    CHECK_EQ(ev, 1);
+    CHECK(g == f[0]);
+    free(t);
+}
+
 static void
 test_flush(void)
 {
@@ -820,6 +862,7 @@ main(void)
     test_expiry();
     test_tcp_states();
     test_lru();
+    test_syn_first_eviction();
     test_flush();
     test_counters();
     test_bulk();

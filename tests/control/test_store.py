@@ -8,6 +8,7 @@ import stat
 import subprocess
 import sys
 import textwrap
+import time
 import tomllib
 from pathlib import Path
 
@@ -153,7 +154,8 @@ def test_failed_migration_changes_nothing(tmp_path, monkeypatch):
 def test_add_defaults_and_shape(st):
     c = st.add_cluster(web())
     assert list(c) == ["name", "cluster_ip", "enabled", "mode", "dsr", "ipsec_local_termination", "maglev_size",
-                       "carp", "health", "edge"]
+                       "drain_timeout", "carp", "health", "edge"]
+    assert c["drain_timeout"] == 0
     assert c["enabled"] is True and c["mode"] == "cluster" and c["dsr"] == "l2"
     assert c["carp"] == {"vhid": 1, "advbase": 1, "advskew": 0, "passphrase_file": "", "preempt": True,
                          "passphrase_set": False}
@@ -582,3 +584,52 @@ def test_store_only_config_has_no_ports(st):
     assert len(config.loads(text, require_ports=False).clusters) == 1
     with pytest.raises(config.ConfigError, match="at least one port is required"):
         config.loads(text)
+
+
+# ---- drain timeout (flow-table management) ----
+
+def test_drain_timeout_and_drain_times(st):
+    st.add_cluster(web())
+    assert st.drain_times() == []
+    c = st.edit_cluster("web", {"drain_timeout": 30})
+    assert c["drain_timeout"] == 30
+    with pytest.raises(StoreError, match=r"drain_timeout: must be at least 0"):
+        st.edit_cluster("web", {"drain_timeout": -1})
+    with pytest.raises(StoreError, match=r"drain_timeout: must be a number of seconds"):
+        st.edit_cluster("web", {"drain_timeout": "soon"})
+    t0 = time.time()
+    st.set_edge_state("web", "e1", "draining")
+    (row,) = st.drain_times()
+    assert row["cluster"] == "web" and row["edge"] == "e1" and t0 - 1 <= row["since"] <= time.time()
+    st.edit_edge("web", "e1", {"weight": 3})                 # still draining: the clock keeps its start
+    assert st.drain_times() == [row]
+    st.set_edge_state("web", "e1", "active")
+    assert st.drain_times() == []
+    st.add_edge("web", {"name": "e3", "ip": "198.51.100.23"})
+    st.set_edge_state("web", "e3", "draining")
+    st.remove_edge("web", "e3")
+    assert st.drain_times() == []
+    assert "drain_timeout = 30" in st.export_text()
+
+
+def test_migration_records_edges_already_draining(tmp_path):
+    """A store of schema 1 with a draining edge: the migration adds drain_timeout = 0 and starts the edge's drain
+    clock at the migration."""
+    p = tmp_path / "old.db"
+    con = sqlite3.connect(p)
+    for statement in store_mod.MIGRATIONS[0][1]:
+        con.execute(statement)
+    con.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+    con.execute("INSERT INTO meta VALUES ('schema_version', '1'), ('revision', '4')")
+    con.execute("INSERT INTO clusters VALUES (1, 0, 'web', '198.51.100.10', 1, 'cluster', 'l2', 0, NULL, "
+                "'{\"vhid\": 1}', '{}')")
+    con.execute("INSERT INTO edges VALUES (1, 1, 0, 'e1', '198.51.100.21', '', 1, 'draining')")
+    con.execute("INSERT INTO edges VALUES (2, 1, 1, 'e2', '198.51.100.22', '', 1, 'active')")
+    con.commit()
+    con.close()
+    t0 = time.time()
+    with Store(p) as s:
+        assert s.get_cluster("web")["drain_timeout"] == 0
+        (row,) = s.drain_times()
+        assert (row["cluster"], row["edge"]) == ("web", "e1") and row["since"] >= t0 - 1
+        assert s.revision() == 4
