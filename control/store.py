@@ -112,7 +112,7 @@ class NotFound(StoreError):
 
 # >>> drain timeout (flow-table management)
 def _migrate_drain(c: sqlite3.Connection) -> None:
-    """Schema step 2: clusters.drain_timeout (0 = wait for the flows to end), and the drain_started table. Edges
+    """Schema step 3: clusters.drain_timeout (0 = wait for the flows to end), and the drain_started table. Edges
     already draining start their clock at the migration (their real start was not recorded)."""
     c.execute("ALTER TABLE clusters ADD COLUMN drain_timeout REAL NOT NULL DEFAULT 0")
     c.execute("""CREATE TABLE drain_started (

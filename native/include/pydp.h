@@ -222,7 +222,7 @@ struct pydp_worker_stats {
     uint64_t cmds;               /* control commands executed */
     uint64_t flow_installs;      /* flows installed or refreshed by flow sync (PYDP_CMD_INSERT) */
     uint64_t flow_flushed;       /* flows cleared by flush commands (pydpctl flows flush, drain timeout) */
-    uint64_t pad0[12];
+    uint64_t pad0[11];
     struct pydp_port_stats port[4];
 };                                /* 256 + 768 = 1024 bytes */
 

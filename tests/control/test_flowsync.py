@@ -21,7 +21,7 @@ import pytest
 
 from control import flowsync as fs
 from control.daemon import RegionHolder
-from control.store import Store
+from control.store import SCHEMA_VERSION, Store
 from pydp import config as pconfig
 from pydp._ffi import ffi, lib
 from pydp.apply import apply_config
@@ -213,17 +213,19 @@ def test_store_keeps_sync_and_migrates_an_old_store(tmp_path):
         s.import_text(TEXT + '[sync]\nenabled = true\npeer_address = "192.0.2.2"\n')
         assert s.appliance().sync.enabled
         assert "[sync]" in s.export_text()
-    # a store of schema version 1 (before [sync]): migrated, sync off, everything else kept
+    # a store of schema version 1 (before [sync] and drain timeouts): migrated, sync off, everything else kept
     old = tmp_path / "old.db"
     with Store(old) as s:
         s.import_text(TEXT)
     con = sqlite3.connect(old)
     con.execute("ALTER TABLE appliance DROP COLUMN sync")
+    con.execute("ALTER TABLE clusters DROP COLUMN drain_timeout")
+    con.execute("DROP TABLE drain_started")
     con.execute("UPDATE meta SET value = '1' WHERE key = 'schema_version'")
     con.commit()
     con.close()
     with Store(old) as s:
-        assert s.schema_version == 2
+        assert s.schema_version == SCHEMA_VERSION
         cfg = s.appliance()
         assert not cfg.sync.enabled and [c.name for c in cfg.clusters] == ["web", "dns"]
 
