@@ -18,7 +18,7 @@ from scapy.utils import PcapWriter, rdpcap
 from perfpaths import ROOT
 
 import compile as gencompile  # noqa: E402
-import harness  # noqa: E402
+import engine  # noqa: E402
 from trex_stl_lib import api  # noqa: E402
 
 pytestmark = pytest.mark.dpdk
@@ -30,7 +30,7 @@ PAYLOAD = bytes(range(40))
 @pytest.fixture(scope="module")
 def gen_binary():
     path = ROOT / "build" / "perf" / "pydp-gen"
-    harness.build_gen(str(path))
+    engine.build_gen(str(path))
     return str(path)
 
 
@@ -77,7 +77,7 @@ def _run(gen: str, tmp_path, spec_text: str, count: int) -> tuple[dict, list]:
                                "--", "--spec", str(spec), "--count", str(count), "--warmup", "0", "--json",
                                "--link-timeout", "10"], capture_output=True, text=True, timeout=60)
     finally:
-        harness.remove_eal_files(prefix)
+        engine.remove_eal_files(prefix)
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout.strip().splitlines()[-1]), rdpcap(str(tx))
 
@@ -146,5 +146,5 @@ def test_bad_spec_is_refused(gen_binary, tmp_path):
                                "--vdev", "net_null0", "--", "--spec", str(bad)],
                               capture_output=True, text=True, timeout=60)
     finally:
-        harness.remove_eal_files(prefix)
+        engine.remove_eal_files(prefix)
     assert done.returncode == 1 and "bad.spec:3: write: width or offset out of bounds" in done.stderr
