@@ -326,7 +326,7 @@ static uint16_t make_burst(struct gen_tx *g, struct rte_mbuf **pkts, uint16_t wa
     return n;
 }
 
-/* Sends and receives until end_tsc (and, when min_packets, until that many were sent or hard_end_tsc), or until
+/* Sends and receives until end_tsc (and until min_packets were sent, or hard_end_tsc), or until
  * max_packets were sent (0: no limit). Returns the TSC at which the phase ended. */
 static uint64_t run_phase(uint16_t port, struct gen_tx *g, const struct gen_opts *o, struct gen_count *c,
                           uint64_t end_tsc, uint64_t min_packets, uint64_t hard_end_tsc, uint64_t max_packets)
@@ -336,13 +336,13 @@ static uint64_t run_phase(uint16_t port, struct gen_tx *g, const struct gen_opts
     const uint64_t hz = rte_get_tsc_hz();
     const uint64_t burst_gap = o->rate ? hz * GEN_BURST / o->rate : 0;
     uint64_t now = rte_get_tsc_cycles();
-    uint64_t next_tx = now, made = 0;
+    uint64_t next_tx = now;
     uint16_t n;
 
     while (!gen_quit) {
         now = rte_get_tsc_cycles();
         if (max_packets ? c->tx >= max_packets && g->nb_pending == 0
-                        : now >= end_tsc && (made >= min_packets || now >= hard_end_tsc))
+                        : now >= end_tsc && (c->tx >= min_packets || now >= hard_end_tsc))
             break;
         if (burst_gap == 0 || now >= next_tx) {
             uint16_t want = GEN_BURST, have, sent;
@@ -350,7 +350,6 @@ static uint64_t run_phase(uint16_t port, struct gen_tx *g, const struct gen_opts
             if (max_packets && max_packets - c->tx < want)
                 want = (uint16_t)(max_packets - c->tx);
             have = make_burst(g, pkts, want, c);
-            made += have - g->nb_pending;
             sent = have ? rte_eth_tx_burst(port, 0, pkts, have) : 0;
             if (sent < have) {
                 c->tx_full += have - sent;
