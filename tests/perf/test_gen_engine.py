@@ -133,18 +133,19 @@ def test_profiles_run_on_the_generator(gen_binary, tmp_path):
     assert len(set(spis)) > 1
 
 
+def _refused(gen: str, spec) -> subprocess.CompletedProcess:
+    prefix = f"pydpt-gen-{uuid.uuid4().hex[:8]}"
+    try:
+        return subprocess.run([gen, "--no-pci", "--no-huge", "-m", "64", "--file-prefix", prefix, "--vdev",
+                               "net_null0", "--", "--spec", str(spec)], capture_output=True, text=True, timeout=60)
+    finally:
+        engine.remove_eal_files(prefix)
+
+
 def test_bad_spec_is_refused(gen_binary, tmp_path):
-    done = subprocess.run([gen_binary, "--no-pci", "--no-huge", "-m", "64", "--file-prefix",
-                           f"pydpt-gen-{uuid.uuid4().hex[:8]}", "--vdev", "net_null0", "--", "--spec",
-                           str(tmp_path / "missing.spec")], capture_output=True, text=True, timeout=60)
+    done = _refused(gen_binary, tmp_path / "missing.spec")
     assert done.returncode == 1 and "missing.spec" in done.stderr
     bad = tmp_path / "bad.spec"
     bad.write_text("pydp-gen-spec 1\nstream 1 " + "00" * 60 + "\nwrite 0 58 4 0 1\n")
-    prefix = f"pydpt-gen-{uuid.uuid4().hex[:8]}"
-    try:
-        done = subprocess.run([gen_binary, "--no-pci", "--no-huge", "-m", "64", "--file-prefix", prefix,
-                               "--vdev", "net_null0", "--", "--spec", str(bad)],
-                              capture_output=True, text=True, timeout=60)
-    finally:
-        engine.remove_eal_files(prefix)
+    done = _refused(gen_binary, bad)
     assert done.returncode == 1 and "bad.spec:3: write: width or offset out of bounds" in done.stderr
