@@ -1,20 +1,23 @@
 /*
- * pydp_gen.c - pydp-gen: a small DPDK UDP traffic generator and sink on one port, for the fast-path benchmark.
+ * pydp_gen.c - pydp-gen: a small DPDK traffic generator and sink on one port, for the performance harness.
  *
- *   pydp-gen EAL-ARGS -- [--flows N] [--dst IP] [--dst-mac MAC] [--size BYTES] [--seconds S] [--warmup S]
- *                        [--rate PPS] [--link-timeout S] [--json]
+ *   pydp-gen EAL-ARGS -- --spec FILE [--seconds S] [--warmup S] [--warmup-packets N] [--rate PPS] [--count N]
+ *                        [--drain S] [--link-timeout S] [--json] [--linger S]
  *
- * One lcore sends bursts of 32 UDP/IPv4 frames to the cluster IP and, in the same loop, receives and counts what
- * comes back on the same port (the forwarder under test sends it back). The flows are N distinct 5-tuples: the
- * source address walks the benchmarking range 198.18.0.0/15 and the source port steps every 131072 flows.
+ * The spec (perf/trex/compile.py writes it from a TRex stateless profile) holds each stream's frame and its
+ * field-engine program (gen_engine.c). One lcore sends bursts of 32 frames, the streams interleaved in the
+ * spec's order, and in the same loop receives and counts what comes back on the same port (the forwarder under
+ * test sends it back).
  *
- * The TX mempool is a template pool: every mbuf is written once with a complete frame when the pool is created,
+ * Each stream has a template pool: every mbuf is written once with the stream's frame when the pool is created,
  * and since nothing else ever writes into those buffers (received frames come from a separate pool), a packet is
- * made by rewriting only the IPv4 source, its checksum (incrementally) and the UDP source port.
+ * made by running the program only. Frames the ring refuses are kept and sent first next time, so the field
+ * engine's sequence (the flows) has no gaps.
  *
- * Phases: wait for the link, warm up (at least --warmup seconds and at least one pass over all N flows, so the
- * forwarder's flow table holds them all; bounded), then measure for --seconds. Progress goes to stderr
- * ("pydp-gen: measuring" marks the start of the measurement window), the result to stdout.
+ * Phases: wait for the link, warm up (at least --warmup seconds and at least --warmup-packets packets, so the
+ * forwarder's flow table holds the flows; bounded), then measure for --seconds (or until --count packets are
+ * sent), then receive only for --drain seconds (frames still in flight count as received). Progress goes to
+ * stderr ("pydp-gen: measuring" marks the start of the measurement window), the result to stdout.
  */
 #include <errno.h>
 #include <getopt.h>
@@ -24,51 +27,36 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include <rte_byteorder.h>
 #include <rte_cycles.h>
 #include <rte_eal.h>
 #include <rte_ethdev.h>
-#include <rte_ip.h>
 #include <rte_lcore.h>
 #include <rte_malloc.h>
 #include <rte_mbuf.h>
 #include <rte_mbuf_pool_ops.h>
 #include <rte_mempool.h>
-#include <rte_udp.h>
+
+#include "gen_engine.h"
 
 #define GEN_BURST 32
 #define GEN_RX_BURST 64
 #define GEN_RING 1024
-#define GEN_TX_MBUFS 8191
+#define GEN_TX_MBUFS 8191           /* over all streams */
 #define GEN_RX_MBUFS 8191
 #define GEN_CACHE 256
-#define GEN_SRC_BASE 0xc6120000u    /* 198.18.0.0 */
-#define GEN_SRC_SPAN 131072u        /* addresses in 198.18.0.0/15 */
-#define GEN_SPORT_BASE 1024u
-#define GEN_SPORT_SPAN 64512u       /* source ports 1024..65535 */
-#define GEN_DPORT 8080
-#define GEN_MIN_SIZE 60             /* Ethernet + IPv4 + UDP + 18 bytes, without FCS */
-#define GEN_MAX_SIZE 1514
-#define GEN_WARMUP_GRACE_S 30       /* how long past --warmup the first pass over the flows may take */
+#define GEN_WARMUP_GRACE_S 30       /* how long past --warmup the --warmup-packets may take */
 
 struct gen_opts {
-    uint32_t flows;
-    uint32_t dst_ip;                /* host order */
-    struct rte_ether_addr dst_mac;
-    uint32_t size;
+    const char *spec;
     double seconds;
     double warmup;
+    uint64_t warmup_packets;
     uint64_t rate;                  /* packets per second, 0 = as fast as possible */
+    uint64_t count;                 /* packets to send in the measurement window, 0 = no limit */
+    double drain;
     double link_timeout;
     double linger;                  /* after reporting, keep the link up (draining RX) this long or until a signal */
     int json;
-};
-
-/* The template written into every TX mbuf; only the varying fields change per packet. */
-struct gen_template {
-    uint8_t frame[GEN_MAX_SIZE];
-    uint32_t len;
-    uint32_t cksum_base;            /* one's-complement sum of the IPv4 header without source and checksum */
 };
 
 static volatile sig_atomic_t gen_quit;
@@ -82,19 +70,21 @@ static void gen_on_signal(int sig)
 static void usage(FILE *f)
 {
     fprintf(f,
-            "usage: pydp-gen EAL-ARGS -- [options]\n"
-            "  --flows N          distinct UDP flows (default 1024; max 4294967295)\n"
-            "  --dst IP           destination IPv4 address, the cluster IP (default 198.51.100.10)\n"
-            "  --dst-mac MAC      destination MAC (default 02:00:00:00:00:02)\n"
-            "  --size BYTES       frame size without FCS, %d..%d (default 64)\n"
+            "usage: pydp-gen EAL-ARGS -- --spec FILE [options]\n"
+            "  --spec FILE        streams and field-engine programs (perf/trex/compile.py PROFILE -o FILE)\n"
             "  --seconds S        measurement time (default 5)\n"
-            "  --warmup S         send this long first, and at least one pass over all flows (default 2)\n"
+            "  --warmup S         send this long first (default 2)\n"
+            "  --warmup-packets N and at least N packets (e.g. the flow count: the forwarder then holds every flow)\n"
             "  --rate PPS         offered load, 0 = flat out (default 0)\n"
+            "  --count N          stop the measurement after N packets (default: no limit)\n"
+            "  --drain S          after sending, receive only for S seconds (in-flight frames count; default 0)\n"
             "  --link-timeout S   how long to wait for the link (default 30)\n"
             "  --json             print the result as one JSON object\n"
             "  --linger S         after the result, keep the link up (draining) for S seconds or until SIGTERM,\n"
-            "                     so the peer can stop first\n",
-            GEN_MIN_SIZE, GEN_MAX_SIZE);
+            "                     so the peer can stop first\n"
+            "example:\n"
+            "  pydp-gen --lcores 0@0 --no-pci --vdev net_memif0,role=server,socket=/tmp/m.sock -- \\\n"
+            "      --spec udp.spec --seconds 5 --json\n");
 }
 
 static int parse_u64(const char *s, uint64_t *out)
@@ -123,108 +113,55 @@ static int parse_secs(const char *s, double *out)
     return 0;
 }
 
-static int parse_ipv4(const char *s, uint32_t *out)
-{
-    unsigned int a, b, c, d;
-    char tail;
-
-    if (sscanf(s, "%u.%u.%u.%u%c", &a, &b, &c, &d, &tail) != 4 || a > 255 || b > 255 || c > 255 || d > 255)
-        return -1;
-    *out = (a << 24) | (b << 16) | (c << 8) | d;
-    return 0;
-}
-
 static int parse_opts(int argc, char **argv, struct gen_opts *o)
 {
     static const struct option longopts[] = {
-        {"flows", required_argument, NULL, 'f'},
-        {"dst", required_argument, NULL, 'd'},
-        {"dst-mac", required_argument, NULL, 'm'},
-        {"size", required_argument, NULL, 's'},
+        {"spec", required_argument, NULL, 'S'},
         {"seconds", required_argument, NULL, 't'},
         {"warmup", required_argument, NULL, 'w'},
+        {"warmup-packets", required_argument, NULL, 'W'},
         {"rate", required_argument, NULL, 'r'},
+        {"count", required_argument, NULL, 'c'},
+        {"drain", required_argument, NULL, 'D'},
         {"link-timeout", required_argument, NULL, 'l'},
         {"json", no_argument, NULL, 'j'},
         {"linger", required_argument, NULL, 'g'},
         {NULL, 0, NULL, 0},
     };
-    uint64_t v;
+    struct { int opt; const char *name; double *secs; uint64_t *num; } fields[] = {
+        {'t', "--seconds", &o->seconds, NULL}, {'w', "--warmup", &o->warmup, NULL},
+        {'D', "--drain", &o->drain, NULL}, {'l', "--link-timeout", &o->link_timeout, NULL},
+        {'g', "--linger", &o->linger, NULL}, {'W', "--warmup-packets", NULL, &o->warmup_packets},
+        {'r', "--rate", NULL, &o->rate}, {'c', "--count", NULL, &o->count},
+    };
     int c;
+    size_t i;
 
     memset(o, 0, sizeof(*o));
-    o->flows = 1024;
-    o->dst_ip = 0xc633640a;         /* 198.51.100.10 */
-    rte_ether_unformat_addr("02:00:00:00:00:02", &o->dst_mac);
-    o->size = 64;
     o->seconds = 5.0;
     o->warmup = 2.0;
     o->link_timeout = 30.0;
     optind = 1;
     while ((c = getopt_long(argc, argv, "", longopts, NULL)) != -1) {
-        switch (c) {
-        case 'f':
-            /* 131072 addresses x 64512 ports exceed 2^32: every 32-bit count is a set of distinct flows */
-            if (parse_u64(optarg, &v) != 0 || v < 1 || v > UINT32_MAX) {
-                fprintf(stderr, "pydp-gen: --flows: '%s' is not a flow count (1..%u)\n", optarg, UINT32_MAX);
-                return -1;
-            }
-            o->flows = (uint32_t)v;
-            break;
-        case 'd':
-            if (parse_ipv4(optarg, &o->dst_ip) != 0) {
-                fprintf(stderr, "pydp-gen: --dst: '%s' is not an IPv4 address\n", optarg);
-                return -1;
-            }
-            break;
-        case 'm':
-            if (rte_ether_unformat_addr(optarg, &o->dst_mac) != 0) {
-                fprintf(stderr, "pydp-gen: --dst-mac: '%s' is not a MAC address\n", optarg);
-                return -1;
-            }
-            break;
-        case 's':
-            if (parse_u64(optarg, &v) != 0 || v < GEN_MIN_SIZE || v > GEN_MAX_SIZE) {
-                fprintf(stderr, "pydp-gen: --size: '%s' is not a frame size (%d..%d)\n", optarg, GEN_MIN_SIZE,
-                        GEN_MAX_SIZE);
-                return -1;
-            }
-            o->size = (uint32_t)v;
-            break;
-        case 't':
-            if (parse_secs(optarg, &o->seconds) != 0 || o->seconds <= 0) {
-                fprintf(stderr, "pydp-gen: --seconds: '%s' is not a positive number of seconds\n", optarg);
-                return -1;
-            }
-            break;
-        case 'w':
-            if (parse_secs(optarg, &o->warmup) != 0) {
-                fprintf(stderr, "pydp-gen: --warmup: '%s' is not a number of seconds\n", optarg);
-                return -1;
-            }
-            break;
-        case 'r':
-            if (parse_u64(optarg, &o->rate) != 0) {
-                fprintf(stderr, "pydp-gen: --rate: '%s' is not a packet rate\n", optarg);
-                return -1;
-            }
-            break;
-        case 'l':
-            if (parse_secs(optarg, &o->link_timeout) != 0) {
-                fprintf(stderr, "pydp-gen: --link-timeout: '%s' is not a number of seconds\n", optarg);
-                return -1;
-            }
-            break;
-        case 'j':
+        if (c == 'S') {
+            o->spec = optarg;
+            continue;
+        }
+        if (c == 'j') {
             o->json = 1;
-            break;
-        case 'g':
-            if (parse_secs(optarg, &o->linger) != 0) {
-                fprintf(stderr, "pydp-gen: --linger: '%s' is not a number of seconds\n", optarg);
+            continue;
+        }
+        for (i = 0; i < RTE_DIM(fields); i++) {
+            if (fields[i].opt != c)
+                continue;
+            if (fields[i].secs ? parse_secs(optarg, fields[i].secs) : parse_u64(optarg, fields[i].num)) {
+                fprintf(stderr, "pydp-gen: %s: '%s' is not a %s\n", fields[i].name, optarg,
+                        fields[i].secs ? "number of seconds (0..86400)" : "non-negative integer");
                 return -1;
             }
             break;
-        default:
+        }
+        if (i == RTE_DIM(fields)) {
             usage(stderr);
             return -1;
         }
@@ -233,75 +170,36 @@ static int parse_opts(int argc, char **argv, struct gen_opts *o)
         fprintf(stderr, "pydp-gen: unexpected argument '%s'\n", argv[optind]);
         return -1;
     }
+    if (o->spec == NULL) {
+        fprintf(stderr, "pydp-gen: --spec FILE is required (perf/trex/compile.py writes one from a profile)\n");
+        return -1;
+    }
+    if (!(o->seconds > 0) && o->count == 0) {
+        fprintf(stderr, "pydp-gen: --seconds must be positive\n");
+        return -1;
+    }
     return 0;
 }
 
-static uint32_t csum_add16(uint32_t sum, const uint8_t *p, uint32_t len)
-{
-    uint32_t i;
-
-    for (i = 0; i + 1 < len; i += 2)
-        sum += (uint32_t)(p[i] << 8 | p[i + 1]);
-    return sum;
-}
-
-static inline uint16_t csum_fold(uint32_t sum)
-{
-    sum = (sum & 0xffff) + (sum >> 16);
-    sum = (sum & 0xffff) + (sum >> 16);
-    return (uint16_t)~sum;
-}
-
-static void build_template(struct gen_template *t, const struct gen_opts *o, const struct rte_ether_addr *src_mac)
-{
-    struct rte_ether_hdr *eth = (struct rte_ether_hdr *)t->frame;
-    struct rte_ipv4_hdr *ip = (struct rte_ipv4_hdr *)(eth + 1);
-    struct rte_udp_hdr *udp = (struct rte_udp_hdr *)(ip + 1);
-    uint32_t ip_len = o->size - RTE_ETHER_HDR_LEN;
-    uint32_t i;
-
-    memset(t, 0, sizeof(*t));
-    t->len = o->size;
-    rte_ether_addr_copy(&o->dst_mac, &eth->dst_addr);
-    rte_ether_addr_copy(src_mac, &eth->src_addr);
-    eth->ether_type = rte_cpu_to_be_16(RTE_ETHER_TYPE_IPV4);
-    ip->version_ihl = RTE_IPV4_VHL_DEF;
-    ip->type_of_service = 0;
-    ip->total_length = rte_cpu_to_be_16((uint16_t)ip_len);
-    ip->packet_id = 0;
-    ip->fragment_offset = rte_cpu_to_be_16(RTE_IPV4_HDR_DF_FLAG);
-    ip->time_to_live = 64;
-    ip->next_proto_id = IPPROTO_UDP;
-    ip->hdr_checksum = 0;
-    ip->src_addr = 0;
-    ip->dst_addr = rte_cpu_to_be_32(o->dst_ip);
-    udp->src_port = rte_cpu_to_be_16(GEN_SPORT_BASE);
-    udp->dst_port = rte_cpu_to_be_16(GEN_DPORT);
-    udp->dgram_len = rte_cpu_to_be_16((uint16_t)(ip_len - sizeof(*ip)));
-    udp->dgram_cksum = 0;           /* no UDP checksum (allowed for IPv4) */
-    for (i = RTE_ETHER_HDR_LEN + sizeof(*ip) + sizeof(*udp); i < t->len; i++)
-        t->frame[i] = (uint8_t)i;
-    /* source address and checksum are zero here, so this is the sum of the fixed words */
-    t->cksum_base = csum_add16(0, (const uint8_t *)ip, sizeof(*ip));
-}
-
-/* mempool object initialiser: after the standard mbuf init, copy the template frame into the buffer. */
+/* mempool object initialiser: after the standard mbuf init, copy the stream's frame into the buffer. */
 static void init_tx_mbuf(struct rte_mempool *mp, void *arg, void *obj, unsigned int idx)
 {
-    const struct gen_template *t = arg;
+    const struct gen_stream *s = arg;
     struct rte_mbuf *m = obj;
 
     rte_pktmbuf_init(mp, NULL, obj, idx);
-    memcpy((uint8_t *)m->buf_addr + RTE_PKTMBUF_HEADROOM, t->frame, t->len);
+    memcpy((uint8_t *)m->buf_addr + RTE_PKTMBUF_HEADROOM, s->frame, s->len);
 }
 
-static struct rte_mempool *make_tx_pool(const struct gen_template *t, int socket)
+static struct rte_mempool *make_tx_pool(const struct gen_stream *s, unsigned int n, unsigned int idx, int socket)
 {
     struct rte_pktmbuf_pool_private priv;
     struct rte_mempool *mp;
+    char name[RTE_MEMPOOL_NAMESIZE];
 
-    mp = rte_mempool_create_empty("gen_tx", GEN_TX_MBUFS, sizeof(struct rte_mbuf) + RTE_MBUF_DEFAULT_BUF_SIZE,
-                                  GEN_CACHE, sizeof(priv), socket, 0);
+    snprintf(name, sizeof(name), "gen_tx%u", idx);
+    mp = rte_mempool_create_empty(name, n, sizeof(struct rte_mbuf) + RTE_MBUF_DEFAULT_BUF_SIZE, GEN_CACHE,
+                                  sizeof(priv), socket, 0);
     if (mp == NULL)
         return NULL;
     if (rte_mempool_set_ops_byname(mp, rte_mbuf_best_mempool_ops(), NULL) != 0)
@@ -312,7 +210,7 @@ static struct rte_mempool *make_tx_pool(const struct gen_template *t, int socket
     rte_pktmbuf_pool_init(mp, &priv);
     if (rte_mempool_populate_default(mp) < 0)
         goto fail;
-    rte_mempool_obj_iter(mp, init_tx_mbuf, (void *)(uintptr_t)t);
+    rte_mempool_obj_iter(mp, init_tx_mbuf, (void *)(uintptr_t)s);
     return mp;
 fail:
     rte_mempool_free(mp);
@@ -371,31 +269,67 @@ static int wait_link(uint16_t port, double timeout)
     return -1;
 }
 
-struct gen_run {
-    uint64_t tx, rx, tx_full;
-    uint64_t cursor;                /* index of the next flow to send, 0..flows-1 */
-    uint64_t sent_total;            /* since the start of the warm-up: >= flows means one full pass */
+struct gen_tx {
+    struct gen_spec *spec;
+    struct rte_mempool *pools[GEN_MAX_STREAMS];
+    uint32_t cursor;                /* position in spec->order of the next packet */
+    struct rte_mbuf *pending[GEN_BURST];    /* made, refused by the ring: sent first next time */
+    uint16_t nb_pending;
 };
 
-static inline void rewrite(struct rte_mbuf *m, const struct gen_template *t, uint32_t flow)
-{
-    uint8_t *frame = rte_pktmbuf_mtod(m, uint8_t *);
-    struct rte_ipv4_hdr *ip = (struct rte_ipv4_hdr *)(frame + RTE_ETHER_HDR_LEN);
-    struct rte_udp_hdr *udp = (struct rte_udp_hdr *)(ip + 1);
-    uint32_t src = GEN_SRC_BASE + flow % GEN_SRC_SPAN;
-    uint16_t sport = (uint16_t)(GEN_SPORT_BASE + flow / GEN_SRC_SPAN);
-    uint32_t sum = t->cksum_base + (src >> 16) + (src & 0xffff);
+struct gen_count {
+    uint64_t tx, rx, tx_full, tx_nombuf;
+    uint64_t stream_tx[GEN_MAX_STREAMS];
+};
 
-    ip->src_addr = rte_cpu_to_be_32(src);
-    ip->hdr_checksum = rte_cpu_to_be_16(csum_fold(sum));
-    udp->src_port = rte_cpu_to_be_16(sport);
+/* Fills the burst up to GEN_BURST with new packets (pending ones first); returns how many it holds. */
+static uint16_t make_burst(struct gen_tx *g, struct rte_mbuf **pkts, uint16_t want, struct gen_count *c)
+{
+    struct gen_spec *spec = g->spec;
+    uint8_t which[GEN_BURST];
+    uint16_t need[GEN_MAX_STREAMS] = {0}, pos[GEN_MAX_STREAMS] = {0};
+    struct rte_mbuf *got[GEN_MAX_STREAMS][GEN_BURST];
+    uint16_t n = g->nb_pending, i, k;
+    uint32_t cur = g->cursor, s;
+
+    memcpy(pkts, g->pending, n * sizeof(pkts[0]));
+    g->nb_pending = 0;
+    if (want <= n)
+        return n;
+    k = want - n;
+    for (i = 0; i < k; i++) {
+        which[i] = spec->order[cur];
+        need[which[i]]++;
+        if (++cur == spec->order_len)
+            cur = 0;
+    }
+    for (s = 0; s < spec->nb_streams; s++) {
+        if (need[s] && rte_pktmbuf_alloc_bulk(g->pools[s], got[s], need[s]) != 0) {
+            while (s-- > 0)
+                if (need[s])
+                    rte_pktmbuf_free_bulk(got[s], need[s]);
+            c->tx_nombuf++;
+            return n;
+        }
+    }
+    for (i = 0; i < k; i++) {
+        struct gen_stream *st = &spec->streams[which[i]];
+        struct rte_mbuf *m = got[which[i]][pos[which[i]]++];
+
+        m->data_len = (uint16_t)st->len;       /* the allocation reset the lengths, not the bytes */
+        m->pkt_len = st->len;
+        gen_stream_apply(st, rte_pktmbuf_mtod(m, uint8_t *));
+        c->stream_tx[which[i]]++;
+        pkts[n++] = m;
+    }
+    g->cursor = cur;
+    return n;
 }
 
-/* Sends and receives until end_tsc (and, when need_pass, at least one pass over all flows, until hard_end_tsc).
- * Returns the TSC at which the phase ended. */
-static uint64_t run_phase(uint16_t port, struct rte_mempool *tx_pool, const struct gen_template *t,
-                          const struct gen_opts *o, struct gen_run *r, uint64_t end_tsc, int need_pass,
-                          uint64_t hard_end_tsc)
+/* Sends and receives until end_tsc (and until min_packets were sent, or hard_end_tsc), or until
+ * max_packets were sent (0: no limit). Returns the TSC at which the phase ended. */
+static uint64_t run_phase(uint16_t port, struct gen_tx *g, const struct gen_opts *o, struct gen_count *c,
+                          uint64_t end_tsc, uint64_t min_packets, uint64_t hard_end_tsc, uint64_t max_packets)
 {
     struct rte_mbuf *pkts[GEN_BURST];
     struct rte_mbuf *rx[GEN_RX_BURST];
@@ -403,58 +337,121 @@ static uint64_t run_phase(uint16_t port, struct rte_mempool *tx_pool, const stru
     const uint64_t burst_gap = o->rate ? hz * GEN_BURST / o->rate : 0;
     uint64_t now = rte_get_tsc_cycles();
     uint64_t next_tx = now;
-    uint16_t i, n;
+    uint16_t n;
 
     while (!gen_quit) {
         now = rte_get_tsc_cycles();
-        if (now >= end_tsc && (!need_pass || r->sent_total >= o->flows || now >= hard_end_tsc))
+        if (max_packets ? c->tx >= max_packets && g->nb_pending == 0
+                        : now >= end_tsc && (c->tx >= min_packets || now >= hard_end_tsc))
             break;
         if (burst_gap == 0 || now >= next_tx) {
-            if (rte_pktmbuf_alloc_bulk(tx_pool, pkts, GEN_BURST) == 0) {
-                uint64_t c = r->cursor;
-                uint16_t sent;
+            uint16_t want = GEN_BURST, have, sent;
 
-                for (i = 0; i < GEN_BURST; i++) {
-                    struct rte_mbuf *m = pkts[i];
-
-                    m->data_len = (uint16_t)t->len;
-                    m->pkt_len = t->len;
-                    rewrite(m, t, (uint32_t)c);
-                    if (++c == o->flows)
-                        c = 0;
-                }
-                sent = rte_eth_tx_burst(port, 0, pkts, GEN_BURST);
-                if (sent < GEN_BURST) {
-                    r->tx_full += GEN_BURST - sent;
-                    rte_pktmbuf_free_bulk(&pkts[sent], GEN_BURST - sent);
-                }
-                /* the cursor moves by what was sent, so a full ring skips no flow */
-                r->cursor = (r->cursor + sent) % o->flows;
-                r->tx += sent;
-                r->sent_total += sent;
+            if (max_packets && max_packets - c->tx < want)
+                want = (uint16_t)(max_packets - c->tx);
+            have = make_burst(g, pkts, want, c);
+            sent = have ? rte_eth_tx_burst(port, 0, pkts, have) : 0;
+            if (sent < have) {
+                c->tx_full += have - sent;
+                memcpy(g->pending, &pkts[sent], (have - sent) * sizeof(pkts[0]));
+                g->nb_pending = have - sent;
             }
+            c->tx += sent;
             if (burst_gap)
                 next_tx += burst_gap;
         }
         n = rte_eth_rx_burst(port, 0, rx, GEN_RX_BURST);
         if (n) {
-            r->rx += n;
+            c->rx += n;
             rte_pktmbuf_free_bulk(rx, n);
         }
     }
     return now;
 }
 
+/* Receives only, until end_tsc: frames still in flight when sending stopped. */
+static void drain(uint16_t port, uint64_t end_tsc, uint64_t *rx)
+{
+    struct rte_mbuf *pkts[GEN_RX_BURST];
+
+    while (!gen_quit && rte_get_tsc_cycles() < end_tsc) {
+        uint16_t n = rte_eth_rx_burst(port, 0, pkts, GEN_RX_BURST);
+
+        if (n) {
+            *rx += n;
+            rte_pktmbuf_free_bulk(pkts, n);
+        } else {
+            rte_delay_us_sleep(50);
+        }
+    }
+}
+
+static void report(const struct gen_opts *o, const struct gen_spec *spec, const struct gen_count *warm,
+                   const struct gen_count *m, uint64_t drained, double secs)
+{
+    uint32_t s;
+
+    if (!o->json) {
+        printf("seconds %.3f  streams %u\n", secs, spec->nb_streams);
+        printf("tx %" PRIu64 " (%.3f Mpps)  rx %" PRIu64 " (%.3f Mpps)  drained %" PRIu64 "  tx ring full %" PRIu64
+               "\n", m->tx, secs > 0 ? (double)m->tx / secs / 1e6 : 0.0, m->rx,
+               secs > 0 ? (double)m->rx / secs / 1e6 : 0.0, drained, m->tx_full);
+        return;
+    }
+    printf("{\"tx_pps\": %.1f, \"rx_pps\": %.1f, \"tx\": %" PRIu64 ", \"rx\": %" PRIu64 ", \"drained_rx\": %" PRIu64
+           ", \"seconds\": %.6f, \"tx_ring_full\": %" PRIu64 ", \"tx_no_mbuf\": %" PRIu64 ", \"warmup_tx\": %" PRIu64
+           ", \"warmup_rx\": %" PRIu64 ", \"tsc_hz\": %" PRIu64 ", \"interrupted\": %s, \"streams\": [",
+           secs > 0 ? (double)m->tx / secs : 0.0, secs > 0 ? (double)m->rx / secs : 0.0, m->tx, m->rx, drained, secs,
+           m->tx_full, m->tx_nombuf, warm->tx, warm->rx, rte_get_tsc_hz(), gen_quit ? "true" : "false");
+    for (s = 0; s < spec->nb_streams; s++)
+        printf("%s{\"size\": %u, \"tx\": %" PRIu64 "}", s ? ", " : "", spec->streams[s].len, m->stream_tx[s]);
+    printf("]}\n");
+}
+
+static void linger(uint16_t port, double secs)
+{
+    /* The peer stops first: a memif peer that vanishes while the other side polls can crash it. */
+    uint64_t discard = 0;
+
+    fprintf(stderr, "pydp-gen: lingering (up to %.1f s, until SIGTERM)\n", secs);
+    drain(port, rte_get_tsc_cycles() + (uint64_t)(secs * (double)rte_get_tsc_hz()), &discard);
+}
+
+static struct gen_spec *load_spec(const char *path)
+{
+    static char err[512];
+    struct gen_spec *spec = rte_zmalloc("gen_spec", sizeof(*spec), RTE_CACHE_LINE_SIZE);
+    FILE *f;
+
+    if (spec == NULL) {
+        fprintf(stderr, "pydp-gen: out of memory\n");
+        return NULL;
+    }
+    f = fopen(path, "r");
+    if (f == NULL) {
+        fprintf(stderr, "pydp-gen: --spec %s: %s\n", path, strerror(errno));
+        rte_free(spec);
+        return NULL;
+    }
+    if (gen_spec_load(spec, f, path, err, sizeof(err)) != 0) {
+        fprintf(stderr, "pydp-gen: %s\n", err);
+        rte_free(spec);
+        spec = NULL;
+    }
+    fclose(f);
+    return spec;
+}
+
 int main(int argc, char **argv)
 {
     struct gen_opts o;
-    struct gen_template *t = NULL;
-    struct rte_mempool *tx_pool = NULL, *rx_pool = NULL;
-    struct rte_ether_addr src_mac;
-    struct gen_run warm, meas;
-    uint64_t hz, start, end, hard_end;
+    struct gen_tx g;
+    struct rte_mempool *rx_pool = NULL;
+    struct gen_count warm, meas;
+    uint64_t hz, start, end, drained = 0;
     uint16_t port = RTE_MAX_ETHPORTS, pid;
     int ret, rc = 1, port_started = 0;
+    uint32_t s;
     double secs;
     int i;
 
@@ -469,6 +466,7 @@ int main(int argc, char **argv)
             }
         }
     }
+    memset(&g, 0, sizeof(g));
     ret = rte_eal_init(argc, argv);
     if (ret < 0) {
         fprintf(stderr, "pydp-gen: EAL initialisation failed: %s\n", rte_strerror(rte_errno));
@@ -476,7 +474,7 @@ int main(int argc, char **argv)
     }
     argc -= ret;
     argv += ret;
-    if (parse_opts(argc, argv, &o) != 0)
+    if (parse_opts(argc, argv, &o) != 0 || (g.spec = load_spec(o.spec)) == NULL)
         goto out;
     signal(SIGINT, gen_on_signal);
     signal(SIGTERM, gen_on_signal);
@@ -490,24 +488,22 @@ int main(int argc, char **argv)
                 "found %u\n", rte_eth_dev_count_avail());
         goto out;
     }
-    t = rte_zmalloc("gen_template", sizeof(*t), RTE_CACHE_LINE_SIZE);
-    if (t == NULL) {
-        fprintf(stderr, "pydp-gen: out of memory\n");
-        goto out;
-    }
-    rte_eth_macaddr_get(port, &src_mac);
-    build_template(t, &o, &src_mac);
     rx_pool = rte_pktmbuf_pool_create("gen_rx", GEN_RX_MBUFS, GEN_CACHE, 0, RTE_MBUF_DEFAULT_BUF_SIZE,
                                       (int)rte_socket_id());
-    tx_pool = make_tx_pool(t, (int)rte_socket_id());
-    if (rx_pool == NULL || tx_pool == NULL) {
+    for (s = 0; s < g.spec->nb_streams; s++) {
+        g.pools[s] = make_tx_pool(&g.spec->streams[s], GEN_TX_MBUFS / g.spec->nb_streams, s,
+                                  (int)rte_socket_id());
+        if (g.pools[s] == NULL)
+            break;
+    }
+    if (rx_pool == NULL || s < g.spec->nb_streams) {
         fprintf(stderr, "pydp-gen: cannot create the mbuf pools: %s\n", rte_strerror(rte_errno));
         goto out;
     }
     if (port_setup(port, rx_pool) != 0)
         goto out;
     port_started = 1;
-    fprintf(stderr, "pydp-gen: port %u up, waiting for the link\n", port);
+    fprintf(stderr, "pydp-gen: port %u up, %u stream(s), waiting for the link\n", port, g.spec->nb_streams);
     if (wait_link(port, o.link_timeout) != 0) {
         fprintf(stderr, "pydp-gen: %s\n", gen_quit ? "interrupted" : "no link (is the peer connected?)");
         goto out;
@@ -515,64 +511,45 @@ int main(int argc, char **argv)
     hz = rte_get_tsc_hz();
 
     memset(&warm, 0, sizeof(warm));
-    start = rte_get_tsc_cycles();
-    end = start + (uint64_t)(o.warmup * (double)hz);
-    hard_end = end + (uint64_t)GEN_WARMUP_GRACE_S * hz;
-    fprintf(stderr, "pydp-gen: link up, warming up (%.1f s, %u flows)\n", o.warmup, o.flows);
-    run_phase(port, tx_pool, t, &o, &warm, end, 1, hard_end);
-    if (warm.sent_total < o.flows && !gen_quit)
-        fprintf(stderr, "pydp-gen: warning: warm-up ended after %" PRIu64 " of %u flows\n", warm.sent_total,
-                o.flows);
+    if (o.warmup > 0 || o.warmup_packets > 0) {
+        start = rte_get_tsc_cycles();
+        end = start + (uint64_t)(o.warmup * (double)hz);
+        fprintf(stderr, "pydp-gen: link up, warming up (%.1f s, %" PRIu64 " packets)\n", o.warmup,
+                o.warmup_packets);
+        run_phase(port, &g, &o, &warm, end, o.warmup_packets, end + (uint64_t)GEN_WARMUP_GRACE_S * hz, 0);
+        if (warm.tx < o.warmup_packets && !gen_quit)
+            fprintf(stderr, "pydp-gen: warning: warm-up ended after %" PRIu64 " of %" PRIu64 " packets\n",
+                    warm.tx, o.warmup_packets);
+    }
 
     memset(&meas, 0, sizeof(meas));
-    meas.cursor = warm.cursor;
     fprintf(stderr, "pydp-gen: measuring (%.1f s)\n", o.seconds);
     start = rte_get_tsc_cycles();
-    end = run_phase(port, tx_pool, t, &o, &meas, start + (uint64_t)(o.seconds * (double)hz), 0, 0);
+    end = run_phase(port, &g, &o, &meas, start + (uint64_t)(o.seconds * (double)hz), 0, 0, o.count);
     secs = (double)(end - start) / (double)hz;
+    if (o.drain > 0)
+        drain(port, rte_get_tsc_cycles() + (uint64_t)(o.drain * (double)hz), &drained);
     fprintf(stderr, "pydp-gen: done\n");
     if (gen_quit)
         fprintf(stderr, "pydp-gen: interrupted: the result covers %.3f s\n", secs);
-
-    if (o.json) {
-        printf("{\"tx_pps\": %.1f, \"rx_pps\": %.1f, \"tx\": %" PRIu64 ", \"rx\": %" PRIu64 ", \"seconds\": %.6f, "
-               "\"flows\": %u, \"size\": %u, \"tx_ring_full\": %" PRIu64 ", \"warmup_tx\": %" PRIu64
-               ", \"warmup_rx\": %" PRIu64 ", \"tsc_hz\": %" PRIu64 ", \"interrupted\": %s}\n",
-               secs > 0 ? (double)meas.tx / secs : 0.0, secs > 0 ? (double)meas.rx / secs : 0.0, meas.tx, meas.rx,
-               secs, o.flows, o.size, meas.tx_full, warm.tx, warm.rx, hz, gen_quit ? "true" : "false");
-    } else {
-        printf("seconds %.3f  flows %u  size %u\n", secs, o.flows, o.size);
-        printf("tx %" PRIu64 " (%.3f Mpps)  rx %" PRIu64 " (%.3f Mpps)  tx ring full %" PRIu64 "\n", meas.tx,
-               secs > 0 ? (double)meas.tx / secs / 1e6 : 0.0, meas.rx,
-               secs > 0 ? (double)meas.rx / secs / 1e6 : 0.0, meas.tx_full);
-    }
+    report(&o, g.spec, &warm, &meas, drained, secs);
     fflush(stdout);
-    if (o.linger > 0 && !gen_quit) {
-        /* The peer stops first: a memif peer that vanishes while the other side polls can crash it. */
-        uint64_t until = rte_get_tsc_cycles() + (uint64_t)(o.linger * (double)hz);
-        struct rte_mbuf *drain[GEN_BURST];
-
-        fprintf(stderr, "pydp-gen: lingering (up to %.1f s, until SIGTERM)\n", o.linger);
-        while (!gen_quit && rte_get_tsc_cycles() < until) {
-            uint16_t n = rte_eth_rx_burst(port, 0, drain, GEN_BURST);
-
-            if (n)
-                rte_pktmbuf_free_bulk(drain, n);
-            else
-                rte_delay_us_sleep(100);
-        }
-    }
+    if (o.linger > 0 && !gen_quit)
+        linger(port, o.linger);
     rc = 0;
 out:
     if (port_started) {
         rte_eth_dev_stop(port);
         rte_eth_dev_close(port);
     }
-    if (tx_pool != NULL)
-        rte_mempool_free(tx_pool);
+    if (g.nb_pending)
+        rte_pktmbuf_free_bulk(g.pending, g.nb_pending);
+    for (s = 0; s < GEN_MAX_STREAMS; s++)
+        if (g.pools[s] != NULL)
+            rte_mempool_free(g.pools[s]);
     if (rx_pool != NULL)
         rte_mempool_free(rx_pool);
-    rte_free(t);
+    rte_free(g.spec);
     rte_eal_cleanup();
     return rc;
 }
