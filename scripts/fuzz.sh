@@ -49,6 +49,10 @@ for name in "${names[@]}"; do
             build_c classify "$here"/native/src/{parse,hash,maglev,flow,dsr,shm}.c "$here/native/tests/fuzz_classify.c"
             cmd=("$out/$name/fuzz_classify"); seeds="$here/native/tests/corpus/classify" ;;
         *)
+            if ! "$py" -c "import atheris" 2>/dev/null; then
+                echo "[fuzz] $name FAILED: atheris is missing for $py (pip install '.[test]')"
+                failed+=("$name"); continue
+            fi
             # -P: the installed package is what runs (the source tree lacks the compiled module)
             cmd=("$py" -P "$here/tests/fuzz/fuzz_$name.py"); seeds="$here/tests/fuzz/corpus/$name" ;;
     esac
