@@ -105,10 +105,15 @@ class Appliance:
 
     def start(self) -> None:
         """Data plane, the TAP's address, then the daemon (which starts CARP once the TAP has its address)."""
+        self.start_dataplane()
+        self.ctl.start()
+
+    def start_dataplane(self) -> None:
+        """The data plane and its TAP's address (also to restart a killed data plane under a running daemon)."""
+        self.dp.stop()                  # what a killed one left: its region, its DPDK runtime directory
         self.dp.start()
         ns_run(self.ns, "sysctl", "-qw", f"net.ipv6.conf.{TAP}.disable_ipv6=1", check=False)
         ns_run(self.ns, "ip", "addr", "add", f"{self.addr}/24", "dev", TAP)
-        self.ctl.start()
 
     def kill(self) -> float:
         """SIGKILL the data plane and the daemon at once; returns the wall-clock time of the kill."""
