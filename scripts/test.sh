@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Sets everything up (scripts/setup.sh) and runs the whole test suite: the C unit tests (ctest, plain and under ASan/UBSan),
-# every fuzz harness for a bounded time (scripts/fuzz.sh) and pytest
+# the golden tests with the fast path under ASan/UBSan, every fuzz harness for a bounded time (scripts/fuzz.sh)
+# and pytest
 # (unit, golden packet tests through the real DPDK path, network-namespace tests).
 # With CI=true (or PYDP_REQUIRE_DPDK=1) a DPDK or netns test that would be skipped fails instead.
 set -euo pipefail
@@ -22,6 +23,13 @@ echo "[test] C unit tests under AddressSanitizer and UBSan"
 cmake -S "$here" -B "$here/build/asan" -G Ninja -DCMAKE_BUILD_TYPE=Debug -DPYDP_SANITIZE=ON >/dev/null
 cmake --build "$here/build/asan" --target all >/dev/null
 ASAN_OPTIONS=detect_leaks=1 ctest --test-dir "$here/build/asan" --output-on-failure
+
+echo "[test] golden packet tests with the fast path under AddressSanitizer and UBSan"
+# the pydp package with the sanitized cffi module of that build; pydp-dataplane loads it with the runtimes
+# preloaded (tests/golden/harness.py, sanitized_env)
+rm -rf "$here/build/asan-py" && mkdir -p "$here/build/asan-py/pydp"
+cp "$here"/pydp/*.py "$here"/build/asan/_pydp*.so "$here/build/asan-py/pydp/"
+PYDP_SANITIZED_PATH="$here/build/asan-py" "${PYTHON:-python3}" -P -m pytest -p no:cacheprovider -q "$here/tests/golden"
 
 echo "[test] fuzzing: parser, classify path, CARP codec, RPC decoder, config loader (30 s each)"
 "$here/scripts/fuzz.sh" --seconds "${PYDP_FUZZ_SECONDS:-30}"
