@@ -353,6 +353,16 @@ class Traffic:
             time.sleep(0.05)
 
 
+def assert_flows_through(lab: "Lab", owner: Appliance, other: Appliance, seconds: float = 1.5) -> None:
+    """Datagrams sent during the next `seconds` arrive through owner, none through other."""
+    t0 = time.time()
+    time.sleep(seconds)
+    seen = lab.traffic.since(t0)
+    why = f"{seen}; {owner.name}: {owner.carp()}; client's entry for the cluster IP: {lab.client_neigh()}"
+    assert seen.get(other.mac, 0) == 0, f"datagrams through {other.name}: {why}"
+    assert seen.get(owner.mac, 0) >= 0.8 * lab.traffic.pps * seconds, f"too few datagrams through {owner.name}: {why}"
+
+
 class Lab:
     """The whole topology (see the module docstring). Use as a context manager."""
 

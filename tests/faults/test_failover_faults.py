@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from failover_lab import APPLIANCES, Lab, Traffic, interval
+from failover_lab import APPLIANCES, Lab, Traffic, assert_flows_through, interval
 from netlab import ns_run, wait_until
 
 pytestmark = [pytest.mark.dpdk, pytest.mark.netns]
@@ -49,17 +49,6 @@ def settled_on(lab, owner, other, timeout: float) -> float:
     return wait_until(settled, timeout, f"the traffic to settle on {owner.name}", step=0.1)
 
 
-def flows_through(lab, owner, other, seconds: float = 1.5) -> None:
-    t0 = time.time()
-    time.sleep(seconds)
-    seen = lab.traffic.since(t0)
-    evs = [(x.name, e["ts"][11:23], e["event"], e.get("state"), e.get("reason"), e.get("demote"), e.get("reasons"))
-           for x in (owner, other) for e in x.events() if e["event"].startswith(("carp", "dataplane"))]
-    why = f"{seen}; {owner.name}: {owner.carp()}; client ARP {lab.client_neigh()}; {sorted(evs, key=lambda v: v[1])}"
-    assert seen.get(other.mac, 0) == 0, f"datagrams through {other.name}: {why}"
-    assert seen.get(owner.mac, 0) >= 0.8 * PPS * seconds, f"too few datagrams through {owner.name}: {why}"
-
-
 def demotions(appliance, since: float) -> list[dict]:
     from datetime import datetime
 
@@ -81,13 +70,13 @@ def test_a_dataplane_killed_on_master(lab):
     wait_until(lambda: any(e["event"] == "dataplane_lost" and e.get("pid") == old_pid for e in a.events()), 6,
                "A's daemon to notice its data plane's death")
     assert a.state() != "master", "A still claims the cluster without a data plane"
-    flows_through(lab, b, a)
+    assert_flows_through(lab, b, a)
     # a restarted data plane recovers: A's daemon re-applies the store, A undemotes and takes back (preempt)
     a.start_dataplane()
     wait_until(lambda: a.state() == "master", 30, "A to take back after its data plane restarted")
     settled_on(lab, a, b, 10)
     assert a.carp()["demote"] == 0
-    flows_through(lab, a, b)
+    assert_flows_through(lab, a, b)
 
 
 def test_b_link_down_and_up(lab):
@@ -111,7 +100,7 @@ def test_b_link_down_and_up(lab):
     assert settled - t_up <= 4 * interval(APPLIANCES["A"][2]) + 3
     assert a.carp()["demote"] == 0
     assert any(e for e in a.events("carp_undemoted"))
-    flows_through(lab, a, b)
+    assert_flows_through(lab, a, b)
 
 
 def test_c_exception_flood_on_the_master(lab):
@@ -131,4 +120,4 @@ def test_c_exception_flood_on_the_master(lab):
     dropped = after["drops"]["exc_ratelimit"] - before["drops"]["exc_ratelimit"]
     assert dropped >= 0.3 * int(sent), f"only {dropped} of {sent} flood frames were rate-limited"
     assert after["drops"]["exc_prio_ratelimit"] == before["drops"]["exc_prio_ratelimit"]
-    flows_through(lab, a, b)
+    assert_flows_through(lab, a, b)
