@@ -106,11 +106,14 @@ class RpcBackend:
 
 
 def daemon_listening(path: str, timeout: float = 1.0) -> bool:
-    """True if something accepts connections on the UNIX socket path."""
+    """True if something accepts connections on the UNIX socket path; DaemonError if we may not connect."""
     s = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
     s.settimeout(timeout)
     try:
         s.connect(path)
+    except PermissionError:
+        from control import rpc
+        raise DaemonError(rpc.permission_denied(path)) from None     # a daemon is there, but not for us
     except OSError:
         return False
     finally:

@@ -945,7 +945,8 @@ class Daemon:
                        "carp_src6": self.carp_src6,
                        "metrics": f"{self.metrics_addr[0]}:{self.metrics_addr[1]}" if self.metrics_addr else None,
                        "revision": self.revision, "applied_revision": self.applied_revision,
-                       "last_apply": self.last_apply, "applies": self.apply_count},
+                       "last_apply": self.last_apply, "applies": self.apply_count,
+                       "rpc_refused": self.rpc_server.refused if self.rpc_server else 0},
             "carp_known": True,
             "dataplane": dp if dp is not None else {"running": False, "path": self.shm},
             "dataplane_up": self.dp_alive,
@@ -974,7 +975,7 @@ class Daemon:
 
     # ---- metrics ----
     def _metrics_extra(self):
-        from prometheus_client.core import GaugeMetricFamily
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
         g = GaugeMetricFamily("pydp_control_applied_revision", "store revision last applied to the data plane")
         g.add_metric([], self.applied_revision if self.applied_revision is not None else -1)
@@ -982,6 +983,9 @@ class Daemon:
         u = GaugeMetricFamily("pydp_edge_mac_unresolved", "edges without a MAC yet (they get no traffic)")
         u.add_metric([], len(self._unresolved_wanted()))
         yield u
+        r = CounterMetricFamily("pydp_rpc_refused", "RPC connections refused: the peer was not root")
+        r.add_metric([], self.rpc_server.refused if self.rpc_server else 0)
+        yield r
         yield from self._health_metrics()
         yield from self._carp_metrics()
         yield from self.flowsync.metrics()

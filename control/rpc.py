@@ -12,6 +12,11 @@ many connections), Internal (a bug: the daemon logged it). A frame larger than M
 msgpack or not a map gets an error reply and the connection is closed; a well-formed request that is invalid gets
 an error reply and the connection stays usable. The server never stops because of what a client sends.
 
+Access: the socket file is mode 0600 (owned by the daemon's user, root), and the server also checks the peer's
+credentials (SO_PEERCRED) on every connection: a peer that is neither root nor the daemon's own user gets an
+"Unavailable" error reply and is disconnected, counted in Server.refused and logged (event rpc_refused). The
+check holds even when the file mode is loosened by hand or the socket is passed into a container.
+
     result = call("/run/pydp/control.sock", "status")
     result = call(path, "store", {"op": "add_edge", "args": {"cluster": "web", "edge": {...}}})
 """
@@ -197,6 +202,11 @@ def _check_reply(msg: Any, want_id: int, on_warning=None) -> Any:
 
 # ---- client ----
 
+def permission_denied(socket_path: str) -> str:
+    return (f"permission denied on {socket_path}: only root may use pydp-control (the socket is mode 0600); "
+            "run pydpctl as root")
+
+
 _ids = itertools.count(int.from_bytes(os.urandom(3), "big"))
 
 
@@ -225,7 +235,9 @@ def call(socket_path: str, method: str, params: dict | None = None, timeout: flo
         sock.settimeout(timeout)
         try:
             sock.connect(socket_path)
-        except (FileNotFoundError, ConnectionRefusedError, PermissionError, NotADirectoryError) as exc:
+        except PermissionError:
+            raise Unreachable(permission_denied(socket_path)) from None
+        except (FileNotFoundError, ConnectionRefusedError, NotADirectoryError) as exc:
             raise Unreachable(f"pydp-control is not reachable at {socket_path}: {exc.strerror or exc}") from None
         except socket.timeout:
             raise Unreachable(f"pydp-control at {socket_path} does not accept connections") from None
@@ -251,7 +263,9 @@ async def acall(socket_path: str, method: str, params: dict | None = None, timeo
     data = frame(make_request(req_id, method, params))
     try:
         reader, writer = await asyncio.wait_for(asyncio.open_unix_connection(socket_path), timeout)
-    except (FileNotFoundError, ConnectionRefusedError, PermissionError) as exc:
+    except PermissionError:
+        raise Unreachable(permission_denied(socket_path)) from None
+    except (FileNotFoundError, ConnectionRefusedError) as exc:
         raise Unreachable(f"pydp-control is not reachable at {socket_path}: {exc.strerror or exc}") from None
     try:
         writer.write(data)
@@ -318,6 +332,19 @@ def _bind_socket(path: str) -> tuple[socket.socket, int]:
     return sock, os.stat(path).st_ino
 
 
+_PEERCRED = struct.Struct("iII")          # struct ucred: pid, uid, gid
+
+
+def peer_credentials(sock: socket.socket | None) -> tuple[int, int, int] | None:
+    """(pid, uid, gid) of the process at the other end of a UNIX socket, None when the kernel cannot tell."""
+    if sock is None:
+        return None
+    try:
+        return _PEERCRED.unpack(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size))
+    except OSError:
+        return None
+
+
 class Server:
     """An RPC server on a UNIX socket. handler(method, params) returns the result or raises RpcError; any other
     exception becomes an "Internal" error reply (and is logged)."""
@@ -333,6 +360,8 @@ class Server:
         self.connections = 0
         self.requests = 0
         self.errors = 0
+        self.refused = 0                  # connections from a user other than root and the daemon's own
+        self.allowed_uids = {0, os.geteuid()}
         self._server: asyncio.AbstractServer | None = None
         self._ino = None
         self._tasks: set[asyncio.Task] = set()
@@ -387,6 +416,15 @@ class Server:
         self._tasks.add(task)
         self.connections += 1
         try:
+            cred = peer_credentials(writer.get_extra_info("socket"))
+            if cred is None or cred[1] not in self.allowed_uids:
+                self.refused += 1
+                pid, uid = (cred[0], cred[1]) if cred is not None else (None, None)
+                log.warning("rpc_refused", extra={"fields": {"pid": pid, "uid": uid, "socket": self.path}})
+                await self._send(writer, make_error(None, "Unavailable",
+                                                    f"permission denied: uid {uid} may not use pydp-control "
+                                                    "(only root)"))
+                return
             if self.connections > self.max_connections:
                 await self._send(writer, make_error(None, "Unavailable",
                                                     f"too many connections (limit {self.max_connections})"))

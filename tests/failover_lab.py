@@ -117,10 +117,15 @@ class Appliance:
 
     def start(self) -> None:
         """Data plane, the TAP's address, then the daemon (which starts CARP once the TAP has its address)."""
+        self.start_dataplane()
+        self.ctl.start()
+
+    def start_dataplane(self) -> None:
+        """The data plane and its TAP's address (also to restart a killed data plane under a running daemon)."""
+        self.dp.stop()                  # what a killed one left: its region, its DPDK runtime directory
         self.dp.start()
         ns_run(self.ns, "sysctl", "-qw", f"net.ipv6.conf.{TAP}.disable_ipv6=1", check=False)
         ns_run(self.ns, "ip", "addr", "add", f"{self.addr}/24", "dev", TAP)
-        self.ctl.start()
 
     def kill(self) -> float:
         """SIGKILL the data plane and the daemon at once; returns the wall-clock time of the kill."""
@@ -383,6 +388,16 @@ class Traffic:
                 raise AssertionError(f"no datagram through {mac} within {timeout:.1f}s; seen since: "
                                      f"{self.since(t_wall)}")
             time.sleep(0.05)
+
+
+def assert_flows_through(lab: "Lab", owner: Appliance, other: Appliance, seconds: float = 1.5) -> None:
+    """Datagrams sent during the next `seconds` arrive through owner, none through other."""
+    t0 = time.time()
+    time.sleep(seconds)
+    seen = lab.traffic.since(t0)
+    why = f"{seen}; {owner.name}: {owner.carp()}; client's entry for the cluster IP: {lab.client_neigh()}"
+    assert seen.get(other.mac, 0) == 0, f"datagrams through {other.name}: {why}"
+    assert seen.get(owner.mac, 0) >= 0.8 * lab.traffic.pps * seconds, f"too few datagrams through {owner.name}: {why}"
 
 
 class Lab:

@@ -143,10 +143,10 @@ def traffic(ns: str, workdir: Path, *args, timeout: float = 120.0) -> dict:
 
 
 class ControlProcess:
-    """pydp-control run in a namespace with its own store, socket and metrics address; stopped (or killed) at the
-    end, its socket file removed."""
+    """pydp-control run in a namespace (ns None: in ours) with its own store, socket and metrics address; stopped
+    (or killed) at the end, its socket file removed."""
 
-    def __init__(self, ns: str, workdir: Path, db: Path, shm: str, *, metrics: str = "127.0.0.1:19469",
+    def __init__(self, ns: str | None, workdir: Path, db: Path, shm: str, *, metrics: str = "127.0.0.1:19469",
                  args=()):
         self.ns = ns
         self.workdir = workdir
@@ -164,7 +164,8 @@ class ControlProcess:
 
         logf = open(self.log, "a")
         self.proc = subprocess.Popen(
-            ["ip", "netns", "exec", self.ns, sys.executable, "-P", "-m", "control.daemon", "--db", str(self.db),
+            [*(["ip", "netns", "exec", self.ns] if self.ns else []), sys.executable, "-P", "-m", "control.daemon",
+             "--db", str(self.db),
              "--socket", self.socket, "--shm", self.shm, "--metrics", self.metrics, *self.args],
             stdout=logf, stderr=subprocess.STDOUT)
         logf.close()

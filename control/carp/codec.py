@@ -16,17 +16,19 @@ cluster address is announced with an unsolicited neighbour advertisement (:func:
 A received IPv4 advertisement goes through :func:`parse_ipv4` (IP header, TTL 255), :func:`decode` (length,
 checksum, version, type), :func:`check_vhid` and :func:`verify` (HMAC); :func:`accept_ipv4` runs the lot and
 counts the outcome in :class:`Counters`. Every refusal is a :class:`CarpError` whose ``reason`` is one of
-:data:`REASONS`.
+:data:`REASONS`. :class:`ReplayGuard` refuses an authenticated advertisement seen before ("replay").
 """
 
 from __future__ import annotations
 
+import collections
 import hashlib
 import hmac
 import ipaddress
 import struct
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 CARP_PROTO = 112
 CARP_VERSION = 2
@@ -49,7 +51,7 @@ BOWOUT_ADVBASE = 255
 BOWOUT_ADVSKEW = 255
 COUNTER_MASK = (1 << 64) - 1
 
-REASONS = ("short", "ttl", "version", "type", "checksum", "hmac", "vhid", "family")
+REASONS = ("short", "ttl", "version", "type", "checksum", "hmac", "vhid", "family", "replay")
 
 _HDR = struct.Struct("!BBBBBBH Q 20s")
 _IP4 = struct.Struct("!BBHHHBBH4s4s")
@@ -362,6 +364,36 @@ def accept_ipv6(carp: bytes, hoplimit: int, key: bytes, addrs: Iterable, vhid: i
     if counters is not None:
         counters.count("ok")
     return adv
+
+
+class ReplayGuard:
+    """Refuses an advertisement whose (source, counter) was accepted before: a captured advert sent again.
+
+    CARP has no timestamp and ucarp draws a new counter at random for every advert, so no order can be required;
+    but a legitimate sender never repeats a 64-bit counter, so a repeat is a replay. The last ``memory`` counters
+    of up to ``sources`` sources are remembered (only authenticated adverts get here, so the table cannot be
+    flooded by anyone without the passphrase). An advert older than the memory is not recognised: the protocol
+    cannot tell it from a new one."""
+
+    def __init__(self, memory: int = 1024, sources: int = 16):
+        self.memory = memory
+        self.sources = sources
+        self._seen: dict[Any, tuple[collections.deque, set]] = {}
+
+    def check(self, src, adv: Advert) -> None:
+        """Raise CarpError("replay") if src sent this counter before; else remember it."""
+        entry = self._seen.get(src)
+        if entry is None:
+            if len(self._seen) >= self.sources:
+                self._seen.pop(next(iter(self._seen)))
+            entry = self._seen[src] = (collections.deque(), set())
+        order, seen = entry
+        if adv.counter in seen:
+            raise CarpError("replay", f"counter {adv.counter:#x} from {src} was accepted before")
+        order.append(adv.counter)
+        seen.add(adv.counter)
+        if len(order) > self.memory:
+            seen.discard(order.popleft())
 
 
 def virtual_mac(vhid: int) -> bytes:

@@ -175,6 +175,7 @@ class Instance:
             vhid=config.vhid, advbase=config.advbase, advskew=config.advskew, preempt=config.preempt,
             deadratio=config.deadratio, mode=config.mode, src=self.src))
         self.counters = codec.Counters()
+        self.replays = codec.ReplayGuard()
         self.stats = {"adverts_sent": 0, "send_errors": 0, "gratuitous_sent": 0, "split_brain": 0,
                       "to_master": 0, "to_backup": 0, "own_ignored": 0}
         self.ifindex = 0
@@ -347,6 +348,7 @@ class Instance:
             adv = codec.decode(carp)
             codec.check_vhid(adv, self.cfg.vhid)
             codec.verify(adv, self._key, [self.vip])
+            self.replays.check(src, adv)
         except codec.CarpError as e:
             self.counters.count(e.reason)
             log.debug("vhid %d: dropped an advertisement from %s: %s", self.cfg.vhid, src or "?", e.reason)
@@ -387,6 +389,8 @@ class Instance:
             adv = codec.decode(carp)
             codec.check_vhid(adv, self.cfg.vhid)
             codec.verify(adv, self._key, [self.vip])
+            if peer is not None:
+                self.replays.check(peer, adv)
         except codec.CarpError as e:
             self.counters.count(e.reason)
             log.debug("vhid %d: dropped an advertisement from %s: %s", self.cfg.vhid, peer or "?", e.reason)

@@ -417,12 +417,20 @@ class Machine:
         new = min(ev.demote, 255)
         if new == self.demote:
             return []
+        healthier = new < self.demote
         self.demote = new
         out: list[Action] = []
         if self.state is State.MASTER:
             # tell the peer at once (as OpenBSD does), then keep the usual rhythm
             self._advertise(out)
             self._set(out, "advert", ev.now + self.settings.interval)
+            if healthier:
+                # A master that was demoted may have been cut off (its link down): the peer may have taken over
+                # meanwhile and pointed the segment's ARP/ND entries at itself. Recovering, we announce the
+                # address again, or clients would keep sending to the peer (now backup) until their entries age;
+                # a second time later, as after a takeover (a link just up may not carry the first one).
+                out.append(SendGratuitous())
+                self._set(out, "garp2", ev.now + GARP2_ADVERTS * self.settings.interval)
         return out
 
     def _shutdown(self, ev: Shutdown) -> list[Action]:

@@ -2,9 +2,13 @@
  * dataplane.c - EAL start, the mbuf pool, ports, shared memory and workers: the life cycle the Python launcher
  * drives through cffi (setup, launch or run to completion, poll, stop, wait, teardown).
  */
+#include <net/if.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/ioctl.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #include <rte_cycles.h>
 #include <rte_eal.h>
@@ -242,6 +246,29 @@ int pydp_dp_wait(void)
     return 0;
 }
 
+/* The link of a port backed by a kernel interface (net_af_packet, net_af_xdp): those PMDs report the link up from
+ * the start whatever the interface does, so the kernel's IFF_RUNNING decides (a veth whose peer or itself is down,
+ * a cable pulled). Ports of other drivers keep what rte_eth_link_get_nowait says. */
+static int dp_kernel_link(uint16_t port_id, int pmd_up)
+{
+    struct rte_eth_dev_info info;
+    struct ifreq ifr;
+    int fd, up;
+
+    if (rte_eth_dev_info_get(port_id, &info) != 0 || info.if_index == 0 || info.driver_name == NULL ||
+        (strcmp(info.driver_name, "net_af_packet") != 0 && strcmp(info.driver_name, "net_af_xdp") != 0))
+        return pmd_up;
+    memset(&ifr, 0, sizeof(ifr));
+    if (if_indextoname(info.if_index, ifr.ifr_name) == NULL)
+        return 0;                   /* the interface is gone */
+    fd = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return pmd_up;
+    up = ioctl(fd, SIOCGIFFLAGS, &ifr) == 0 ? (ifr.ifr_flags & IFF_UP) && (ifr.ifr_flags & IFF_RUNNING) : pmd_up;
+    close(fd);
+    return up && pmd_up;
+}
+
 /* Called by the launcher's main loop (~every 100 ms): link state and the data plane's heartbeat. */
 int pydp_dp_poll(void)
 {
@@ -255,9 +282,11 @@ int pydp_dp_poll(void)
 
         memset(&link, 0, sizeof(link));
         if (rte_eth_link_get_nowait(dp.ports[pi].port_id, &link) == 0) {
-            dp.shm.hdr->ports[pi].link_up = link.link_status ? 1 : 0;
+            int link_up = dp_kernel_link(dp.ports[pi].port_id, link.link_status ? 1 : 0);
+
+            dp.shm.hdr->ports[pi].link_up = (uint8_t)link_up;
             dp.shm.hdr->ports[pi].link_speed_mbps = link.link_speed;
-            up += link.link_status ? 1 : 0;
+            up += link_up;
         }
     }
     __atomic_store_n(&dp.shm.hdr->heartbeat_ms, pydp_now_ms(), __ATOMIC_RELEASE);

@@ -224,6 +224,43 @@ int pydp_shm_create(struct pydp_shm *shm, const char *path, const struct pydp_sh
     return 0;
 }
 
+/* A region the data plane (root) did not make is not trusted: the control plane follows its offsets. Refused
+ * when owned by another user than root and us, or writable by group or others. */
+static int shm_untrusted(const char *path, const struct stat *st, char *err)
+{
+    if (st->st_uid != 0 && st->st_uid != geteuid()) {
+        shm_err(err, "%s: owned by uid %u, not by root: refusing to attach a region someone else made", path,
+                (unsigned)st->st_uid);
+        return 1;
+    }
+    if (st->st_mode & (S_IWGRP | S_IWOTH)) {
+        shm_err(err, "%s: writable by group or others (mode %03o): refusing to attach it", path,
+                (unsigned)(st->st_mode & 0777));
+        return 1;
+    }
+    return 0;
+}
+
+/* The offsets in a header must be those the data plane computes for its parameters (and fit in the region):
+ * nothing in the header can point the control plane outside the mapping. */
+static int shm_layout_differs(const struct pydp_shm_header *h)
+{
+    struct pydp_shm_params p = { .nb_workers = h->nb_workers, .nb_ports = h->nb_ports,
+                                 .maglev_max = h->maglev_max, .flow_capacity = h->flow_capacity };
+    struct pydp_shm_header want;
+    uint64_t size;
+
+    if (h->flow_capacity < PYDP_FLOW_WAYS || (h->flow_capacity & (h->flow_capacity - 1)) != 0)
+        return 1;
+    memset(&want, 0, sizeof(want));
+    size = shm_layout(&want, &p);
+    return size > h->total_size || memcmp(want.off_config, h->off_config, sizeof(want.off_config)) != 0 ||
+           memcmp(want.off_maglev, h->off_maglev, sizeof(want.off_maglev)) != 0 ||
+           want.off_worker_stats != h->off_worker_stats || want.off_cluster_stats != h->off_cluster_stats ||
+           want.off_flows != h->off_flows || want.flow_table_stride != h->flow_table_stride ||
+           want.off_cmds != h->off_cmds;
+}
+
 int pydp_shm_attach(struct pydp_shm *shm, const char *path, char *err)
 {
     struct pydp_shm_header h;
@@ -238,8 +275,16 @@ int pydp_shm_attach(struct pydp_shm *shm, const char *path, char *err)
         return -1;
     }
     fd = open(path, O_RDWR | O_CLOEXEC);
+    if (fd < 0 && (errno == EACCES || errno == EPERM)) {
+        shm_err(err, "%s: permission denied: the region is readable and writable by root only; run as root", path);
+        return -1;
+    }
     if (fd < 0) {
         shm_err(err, "%s: cannot open (is pydp-dataplane running?): %s", path, strerror(errno));
+        return -1;
+    }
+    if (fstat(fd, &st) == 0 && shm_untrusted(path, &st, err)) {
+        close(fd);
         return -1;
     }
     if (fstat(fd, &st) != 0 || (uint64_t)st.st_size < sizeof(h)) {
@@ -264,6 +309,11 @@ int pydp_shm_attach(struct pydp_shm *shm, const char *path, char *err)
         h.nb_ports > PYDP_MAX_PORTS || h.maglev_max > PYDP_MAGLEV_MAX_SIZE) {
         shm_err(err, "%s: inconsistent header (size %llu of %llu, %u workers)", path,
                 (unsigned long long)h.total_size, (unsigned long long)st.st_size, h.nb_workers);
+        close(fd);
+        return -1;
+    }
+    if (shm_layout_differs(&h)) {
+        shm_err(err, "%s: inconsistent header (offsets do not match the layout of %u workers)", path, h.nb_workers);
         close(fd);
         return -1;
     }

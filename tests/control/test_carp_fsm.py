@@ -348,7 +348,10 @@ def test_master_demotion_is_advertised_at_once_and_kept():
     assert m.state is State.MASTER and m.demote == 1
     assert m.handle(TimerExpired(4.2, "advert")) == [SendAdvert(1, 0, 1, C0 + 2), SetTimer("advert", 5.2)]
     assert m.handle(DemoteChanged(4.5, 1)) == []                 # unchanged
-    assert m.handle(DemoteChanged(4.6, 0)) == [SendAdvert(1, 0, 0, C0 + 3), SetTimer("advert", 5.6)]
+    # healthy again: the address is announced again too (the peer may have taken it while we were cut off)
+    assert m.handle(DemoteChanged(4.6, 0)) == [SendAdvert(1, 0, 0, C0 + 3), SetTimer("advert", 5.6),
+                                               SendGratuitous(), SetTimer("garp2", 6.6)]
+    assert m.handle(TimerExpired(6.6, "garp2")) == [SendGratuitous()]
 
 
 def test_backup_demotion_changes_only_the_value():

@@ -12,6 +12,7 @@ Takeover times go to a summary printed at the end of the module.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import os
 import shutil
@@ -479,8 +480,10 @@ def test_forged_adverts_counted_and_ignored_virtual_mac(lab, procs):
     c_mac = bytes.fromhex(lab.macs[lab.c].replace(":", ""))
     eth = codec.GROUP4_MAC + c_mac + struct.pack("!H", 0x0800)
 
+    counters = itertools.count(12345)      # a new counter per advert: a repeated one is dropped as a replay
+
     def carp(key=PASS, vhid=VHID, first=None, advbase=1, advskew=0):
-        raw = bytearray(codec.encode(vhid, advbase, advskew, 0, 12345, key, [VIP]))
+        raw = bytearray(codec.encode(vhid, advbase, advskew, 0, next(counters), key, [VIP]))
         if first is not None:                       # another version/type, checksum made right again
             raw[0] = first
             raw[6:8] = b"\0\0"

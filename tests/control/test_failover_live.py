@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from failover_lab import APPLIANCES, PASSPHRASE, Lab, Traffic, interval, pydpctl
+from failover_lab import APPLIANCES, PASSPHRASE, Lab, Traffic, assert_flows_through, interval, pydpctl
 from netlab import ns_run, report, wait_until
 
 pytestmark = [pytest.mark.dpdk, pytest.mark.netns]
@@ -50,8 +50,6 @@ def _summary(request, timings) -> None:
     report(request, text)
 
 
-
-
 def scrape(appliance) -> dict[str, float]:
     code = ("import urllib.request, sys; sys.stdout.write(urllib.request.urlopen("
             f"'http://{appliance.ctl.metrics}/metrics', timeout=5).read().decode())")
@@ -63,15 +61,6 @@ def scrape(appliance) -> dict[str, float]:
             out[key] = float(value)
     out["__text__"] = text
     return out
-
-
-def assert_flows_through(lab, owner, other, seconds: float = 1.5) -> None:
-    """Datagrams sent during the next `seconds` arrive through owner, none through other."""
-    t0 = time.time()
-    time.sleep(seconds)
-    seen = lab.traffic.since(t0)
-    assert seen.get(other.mac, 0) == 0, f"datagrams through {other.name}: {seen}"
-    assert seen.get(owner.mac, 0) >= 0.8 * PPS * seconds, f"too few datagrams through {owner.name}: {seen}"
 
 
 def test_a_one_master_one_backup(lab):

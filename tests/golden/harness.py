@@ -9,6 +9,7 @@ and the frame that should leave: the same frame with new MAC addresses (DSR l2) 
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import json
 import os
@@ -45,6 +46,32 @@ class Result:
     cases: list[Case] = field(default_factory=list)
 
 
+@functools.cache
+def sanitized_env() -> dict | None:
+    """With PYDP_SANITIZED_PATH set (scripts/test.sh does): the environment that makes pydp-dataplane load the
+    fast path built with AddressSanitizer and UBSan. The directory holds a copy of the pydp package with the
+    sanitized _pydp module; the sanitizer runtimes are preloaded (the Python interpreter is not instrumented).
+    DPDK's own libraries are not instrumented either: mbufs live in hugepage memory ASan does not track, so it
+    checks the stack, the heap and globals of the fast path (the flow tables and the config in the region are
+    plain mmap'd memory, also untracked); UBSan checks every operation of the fast path."""
+    path = os.environ.get("PYDP_SANITIZED_PATH")
+    if not path:
+        return None
+    import subprocess as sp
+
+    libs = [sp.run(["gcc", f"-print-file-name=lib{n}.so"], capture_output=True, text=True, check=True).stdout.strip()
+            for n in ("asan", "ubsan")]
+    env = {**os.environ, "PYTHONPATH": path, "LD_PRELOAD": " ".join(libs),
+           # Python itself leaks by design at exit; a sanitizer error must fail the run
+           "ASAN_OPTIONS": "detect_leaks=0:abort_on_error=1:halt_on_error=1",
+           "UBSAN_OPTIONS": "print_stacktrace=1:halt_on_error=1"}
+    probe = sp.run([sys.executable, "-P", "-c", "import pydp._pydp as m; print(m.__file__); "
+                    "print(open('/proc/self/maps').read())"], capture_output=True, text=True, env=env, timeout=60)
+    assert probe.returncode == 0 and probe.stdout.startswith(os.path.abspath(path)) and "libasan" in probe.stdout, \
+        f"the sanitized fast path does not load from {path}:\n{probe.stdout[:300]}{probe.stderr[-2000:]}"
+    return env
+
+
 def run_pcap(tmp_path, config_text: str, frames: list[bytes], extra_args=()) -> Result:
     cfg = tmp_path / "appliance.toml"
     cfg.write_text(config_text)
@@ -53,8 +80,11 @@ def run_pcap(tmp_path, config_text: str, frames: list[bytes], extra_args=()) -> 
     cmd = [sys.executable, "-P", "-m", "pydp.dataplane", "--config", str(cfg), "--pcap-in", str(pin),
            "--pcap-out", str(pout), "--pcap-exception", str(pexc), "--stats-json", str(stats),
            "--shm", f"/dev/shm/pydp-golden-{os.getpid()}", *extra_args]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    env = sanitized_env()
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300 if env else 120, env=env)
     assert proc.returncode == 0, f"pydp-dataplane failed ({proc.returncode}):\n{proc.stderr[-3000:]}"
+    if env is not None:
+        assert "Sanitizer" not in proc.stderr and "runtime error:" not in proc.stderr, proc.stderr[-3000:]
     out = [bytes(p) for p in rdpcap(str(pout))] if pout.stat().st_size > 24 else []
     exc = [bytes(p) for p in rdpcap(str(pexc))] if pexc.stat().st_size > 24 else []
     return Result(out=out, exc=exc, summary=json.loads(stats.read_text()))

@@ -1,0 +1,75 @@
+#!/usr/bin/env bash
+# Builds and runs the fuzz harnesses, each for a bounded time, on a working copy of its seed corpus.
+#   scripts/fuzz.sh                         every harness, 30 s each (what scripts/test.sh runs)
+#   scripts/fuzz.sh --seconds 3600          the long run: an hour each
+#   scripts/fuzz.sh --seconds 120 classify rpc
+# Harnesses:
+#   parse     native/tests/fuzz_parse.c     the packet parser (libFuzzer, ASan, UBSan)
+#   classify  native/tests/fuzz_classify.c  parse, cluster IP, flow table, Maglev, DSR rewrite (same)
+#   carp      tests/fuzz/fuzz_carp.py       the CARP receive path (atheris)
+#   rpc       tests/fuzz/fuzz_rpc.py        the RPC frame decoder and request validation (atheris)
+#   config    tests/fuzz/fuzz_config.py     the TOML config loader (atheris)
+# Seeds: native/tests/corpus/<name> and tests/fuzz/corpus/<name>; what a run finds is kept in
+# build/fuzz/<name>/corpus (new inputs) and build/fuzz/<name>/crash-* (an input that failed). Exit 1 on a crash;
+# turn it into a regression test and add the input to the seed corpus.
+set -euo pipefail
+
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+seconds=30
+names=()
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --seconds) seconds="$2"; shift 2 ;;
+        --seconds=*) seconds="${1#*=}"; shift ;;
+        -h|--help) sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        parse|classify|carp|rpc|config) names+=("$1"); shift ;;
+        *) echo "fuzz.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
+    esac
+done
+[ "${#names[@]}" -gt 0 ] || names=(parse classify carp rpc config)
+case "$seconds" in ''|*[!0-9]*) echo "fuzz.sh: --seconds needs a whole number" >&2; exit 2 ;; esac
+py="${PYTHON:-python3}"
+out="$here/build/fuzz"
+cflags=(-g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined -msse4.2
+        -I"$here/native/include")
+
+build_c() {    # name, sources...
+    local name="$1"; shift
+    clang "${cflags[@]}" "$@" -o "$out/$name/fuzz_$name"
+}
+
+failed=()
+for name in "${names[@]}"; do
+    mkdir -p "$out/$name/corpus"
+    case "$name" in
+        parse)
+            build_c parse "$here/native/src/parse.c" "$here/native/tests/fuzz_parse.c"
+            cmd=("$out/$name/fuzz_parse"); seeds="$here/native/tests/corpus/parse" ;;
+        classify)
+            build_c classify "$here"/native/src/{parse,hash,maglev,flow,dsr,shm}.c "$here/native/tests/fuzz_classify.c"
+            cmd=("$out/$name/fuzz_classify"); seeds="$here/native/tests/corpus/classify" ;;
+        *)
+            if ! "$py" -c "import atheris" 2>/dev/null; then
+                echo "[fuzz] $name FAILED: atheris is missing for $py (pip install '.[test]')"
+                failed+=("$name"); continue
+            fi
+            # -P: the installed package is what runs (the source tree lacks the compiled module)
+            cmd=("$py" -P "$here/tests/fuzz/fuzz_$name.py"); seeds="$here/tests/fuzz/corpus/$name" ;;
+    esac
+    echo "[fuzz] $name: ${seconds} s"
+    # new inputs go to the first directory only: the seeds in the repository stay as they are
+    if ASAN_OPTIONS="${ASAN_OPTIONS:-detect_leaks=1}" UBSAN_OPTIONS="${UBSAN_OPTIONS:-print_stacktrace=1}" \
+            "${cmd[@]}" -max_total_time="$seconds" -rss_limit_mb=1024 -timeout=10 -print_final_stats=1 \
+            -artifact_prefix="$out/$name/" "$out/$name/corpus" "$seeds" > "$out/$name/log" 2>&1; then
+        grep -E "^Done|stat::number_of_executed_units|stat::new_units_added" "$out/$name/log" | tr '\n' ' '; echo
+    else
+        tail -40 "$out/$name/log"
+        echo "[fuzz] $name FAILED: the input is $(ls -t "$out/$name"/crash-* "$out/$name"/timeout-* \
+            "$out/$name"/oom-* 2>/dev/null | head -1)"
+        failed+=("$name")
+    fi
+done
+if [ "${#failed[@]}" -gt 0 ]; then
+    echo "[fuzz] crashes in: ${failed[*]} (logs in $out/<name>/log)"
+    exit 1
+fi
