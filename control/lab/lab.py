@@ -65,7 +65,7 @@ class Edge:
         bridge_host(lab.topo.sw_ns, "br0", self.ns, s.name, mac=s.mac, addr=f"{s.ip}/24")
         full_checksums(self.ns, "eth0")
         enable_ipv6(self.ns, "eth0", [f"{s.ip6}/64"])
-        prepare_edge(self.ns, lab.topo.vips())
+        prepare_edge(self.ns, lab.topo.vips(), self.dir / "bootstrap")
         (self.dir / "nginx.conf").write_text(T.nginx_conf(s.name, str(self.dir)))
         self.start()
 
@@ -119,13 +119,14 @@ def enable_ipv6(ns: str, dev: str, addrs: list[str]) -> None:
     run("ip", "-n", ns, "-batch", "-", input=batch)
 
 
-def prepare_edge(ns: str, vips: list[str]) -> None:
-    """What DSR asks of an edge: the cluster IPs on lo, and no ARP answers for them on eth0 (arp_ignore=1,
-    arp_announce=2), so only the load balancer answers for them on the segment."""
-    ns_run(ns, "sysctl", "-qw", "net.ipv4.conf.all.arp_ignore=1", "net.ipv4.conf.all.arp_announce=2",
-           "net.ipv4.conf.eth0.arp_ignore=1", "net.ipv4.conf.eth0.arp_announce=2")
-    batch = "".join(f"addr add {v}/{128 if ':' in v else 32} dev lo{' nodad' if ':' in v else ''}\n" for v in vips)
-    run("ip", "-n", ns, "-batch", "-", input=batch)
+def prepare_edge(ns: str, vips: list[str], state_dir: Path) -> None:
+    """What DSR asks of an edge, done as an operator would: `pydp-bootstrap edge` (cluster IPs on lo, no ARP
+    answers for them on eth0) inside the edge's namespace, its record of changes kept in the lab's run dir."""
+    argv = [sys.executable, "-P", "-m", "control.bootstrap", "edge", "--interface", "eth0", "--state-dir",
+            str(state_dir)] + [a for v in vips for a in ("--cluster-ip", v)]
+    p = ns_run(ns, *argv, check=False, timeout=60)
+    if p.returncode != 0:
+        raise LabError(f"pydp-bootstrap edge failed in {ns}: {p.stdout}{p.stderr}")
 
 
 class Lab:
