@@ -36,11 +36,12 @@ class Appliance:
 
     def __init__(self, name: str, ns: str, workdir: Path, text: str, *, mac: str, addr: str, advskew: int,
                  metrics: str, addr6: str | None = None, cluster: str = "web", vip: str | None = None,
-                 shm: str | None = None):
+                 shm: str | None = None, tap_extra: tuple[str, ...] = ()):
         self.name = name
         self.ns = ns
         self.mac, self.addr, self.addr6, self.advskew = mac, addr, addr6, advskew
         self.cluster, self.vip = cluster, vip
+        self.tap_extra = tap_extra
         self.workdir = workdir
         workdir.mkdir(parents=True, exist_ok=True)
         self.db = workdir / "pydp.db"
@@ -54,6 +55,11 @@ class Appliance:
     def start(self) -> None:
         """Data plane, the TAP's addresses, then the daemon (which starts CARP once the TAP has its address)."""
         self.dp.start()
+        self.address_tap()
+        self.ctl.start()
+
+    def address_tap(self) -> None:
+        """The appliance's own addresses on the TAP the data plane (re)created, as the host's network setup would."""
         if self.addr6:
             # no duplicate address detection: the address is usable at once, as CARP's source
             ns_run(self.ns, "sysctl", "-qw", f"net.ipv6.conf.{TAP}.accept_dad=0", check=False)
@@ -61,7 +67,17 @@ class Appliance:
         else:
             ns_run(self.ns, "sysctl", "-qw", f"net.ipv6.conf.{TAP}.disable_ipv6=1", check=False)
         ns_run(self.ns, "ip", "addr", "add", f"{self.addr}/24", "dev", TAP)
-        self.ctl.start()
+        for a in self.tap_extra:
+            ns_run(self.ns, "ip", "addr", "add", a, "dev", TAP)
+
+    def restart_dataplane(self) -> None:
+        """SIGKILL the data plane alone and start it again (the daemon keeps running and re-attaches)."""
+        if self.dp.proc is not None and self.dp.proc.poll() is None:
+            self.dp.proc.kill()
+            self.dp.proc.wait(10)
+        self.dp.stop()
+        self.dp.start()
+        self.address_tap()
 
     def kill(self) -> float:
         """SIGKILL the data plane and the daemon at once; returns the wall-clock time of the kill."""

@@ -203,7 +203,10 @@ class Lab:
             kernel_ignores(ns, "lb0")
             a = Appliance(spec.name, ns, self.run_dir / f"lb{spec.name}", topo.appliance_text(spec), mac=spec.mac,
                           addr=spec.addr, addr6=spec.addr6, advskew=spec.advskew, metrics="127.0.0.1:9470",
-                          cluster="web", vip=T.VIP, shm=topo.shm(spec.name))
+                          cluster="web", vip=T.VIP, shm=topo.shm(spec.name),
+                          # pydp-control owns a standalone cluster (its data plane forwards it) but puts no address
+                          # on the TAP, so nothing would answer ARP for it: the host's setup adds it, as here
+                          tap_extra=(f"{T.VIP_SOLO}/32",) if spec.name == "A" else ())
             self.appliances[spec.name] = a
         # A first: it is master before B listens, so the roles are known (B's advskew is higher anyway)
         for name in ("A", "B"):
