@@ -23,7 +23,7 @@ import sys
 import time
 from pathlib import Path
 
-from control.lab.appliance import TAP, Appliance, pydpctl  # noqa: F401 (tests import them from here)
+from control.lab.appliance import TAP, Appliance, Pair, pydpctl  # noqa: F401 (tests import them from here)
 from netlab import bridge, bridge_host, netns, run
 
 VIP = "198.51.100.10"
@@ -225,7 +225,7 @@ class Traffic:
             time.sleep(0.05)
 
 
-class Lab:
+class Lab(Pair):
     """The whole topology (see the module docstring). Use as a context manager."""
 
     def __init__(self, tmp: Path, *, preempt: bool = True, exception_pps: int = 20000):
@@ -263,14 +263,6 @@ class Lab:
             st.callback(a.stop)
             self.appliances[name] = a
         # the bridge learns the appliances' MACs from their first frames; no other setup is needed
-
-    @property
-    def a(self) -> Appliance:
-        return self.appliances["A"]
-
-    @property
-    def b(self) -> Appliance:
-        return self.appliances["B"]
 
     def client_neigh(self) -> str | None:
         """The MAC the client's kernel has for the cluster IP (None if no usable entry)."""

@@ -178,3 +178,23 @@ class Appliance:
             if ts >= t_wall:
                 return ts
         return None
+
+
+class Pair:
+    """The two appliances A and B of a lab (self.appliances by name), and which one is master."""
+
+    appliances: dict[str, Appliance]
+
+    @property
+    def a(self) -> Appliance:
+        return self.appliances["A"]
+
+    @property
+    def b(self) -> Appliance:
+        return self.appliances["B"]
+
+    def master(self, cluster: str | None = None) -> Appliance | None:
+        return next((a for a in self.appliances.values() if a.state(cluster) == "master"), None)
+
+    def other(self, a: Appliance) -> Appliance:
+        return self.b if a is self.a else self.a

@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 from control.lab import topology as T
-from control.lab.appliance import Appliance
+from control.lab.appliance import Appliance, Pair
 from control.lab.net import bridge, bridge_host, full_checksums, kernel_ignores, ns_run, run, terminate, wait_until
 
 RUN_ROOT = Path(os.environ.get("PYDP_LAB_RUN", "/run/pydp-lab"))
@@ -129,7 +129,7 @@ def prepare_edge(ns: str, vips: list[str], state_dir: Path) -> None:
         raise LabError(f"pydp-bootstrap edge failed in {ns}: {p.stdout}{p.stderr}")
 
 
-class Lab:
+class Lab(Pair):
     """The whole lab, driven from this process. `up()` then `down()` (also on failure)."""
 
     def __init__(self, topo: T.Topology, run_root: Path = RUN_ROOT):
@@ -248,20 +248,6 @@ class Lab:
         return teardown(self.topo.name, self.run_dir.parent)
 
     # ---- reading ----
-
-    @property
-    def a(self) -> Appliance:
-        return self.appliances["A"]
-
-    @property
-    def b(self) -> Appliance:
-        return self.appliances["B"]
-
-    def master(self, cluster: str = "web") -> Appliance | None:
-        return next((a for a in self.appliances.values() if a.state(cluster) == "master"), None)
-
-    def other(self, a: Appliance) -> Appliance:
-        return self.b if a is self.a else self.a
 
     def edge_health(self, a: Appliance, cluster: str = "web") -> dict[str, str]:
         """Edge name → health state ("up", "down", ...) as appliance a's daemon sees it."""

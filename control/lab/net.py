@@ -56,7 +56,22 @@ def veth(ns: str, a: str, b: str, ns_b: str | None = None, mac_a: str | None = N
         ns_run(n, "sysctl", "-qw", f"net.ipv6.conf.{i}.disable_ipv6=1", check=False)
 
 
-class DataplaneProcess:
+class Started:
+    """A process started by start() and stopped by stop(); as a context manager, stopped also when start fails."""
+
+    def __enter__(self):
+        try:
+            self.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+class DataplaneProcess(Started):
     """pydp-dataplane run in a namespace, as the appliance would run it."""
 
     def __init__(self, ns: str, config_text: str, workdir: Path, args=(), shm: str | None = None):
@@ -106,19 +121,8 @@ class DataplaneProcess:
         shutil.rmtree(f"/var/run/dpdk/{prefix}", ignore_errors=True)
         return rc
 
-    def __enter__(self) -> "DataplaneProcess":
-        try:
-            self.start()
-        except BaseException:
-            self.stop()
-            raise
-        return self
 
-    def __exit__(self, *exc) -> None:
-        self.stop()
-
-
-class ControlProcess:
+class ControlProcess(Started):
     """pydp-control run in a namespace with its own store, socket and metrics address; stopped (or killed) at the
     end, its socket file removed."""
 
@@ -182,17 +186,6 @@ class ControlProcess:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.socket)
         return rc
-
-    def __enter__(self) -> "ControlProcess":
-        try:
-            self.start()
-        except BaseException:
-            self.stop()
-            raise
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
 
 
 def bridge(ns: str, name: str = "br0") -> str:
