@@ -56,9 +56,7 @@ def cmd_status(args) -> int:
         return 3
     print(f"lab {args.name!r}: {'ready' if st['ready'] else 'not ready'}, run dir {st['run_dir']}")
     for ns, procs in st["namespaces"].items():
-        names = ", ".join(f"{p['cmd'].split()[0].rsplit('/', 1)[-1]}"
-                          f"{' ' + p['cmd'].split()[2] if 'python' in p['cmd'] and len(p['cmd'].split()) > 2 else ''}"
-                          f" [{p['pid']}]" for p in procs)
+        names = ", ".join(f"{program(p['cmd'])} [{p['pid']}]" for p in procs)
         print(f"  {ns:<20} {names or '-'}")
     for name, a in st["appliances"].items():
         if not a["running"]:
@@ -68,6 +66,14 @@ def cmd_status(args) -> int:
             edges = " ".join(f"{e}:{h}" for e, h in c["edges"].items())
             print(f"  appliance {name} cluster {cname:<6} {c['carp']:<9} {edges}")
     return 0
+
+
+def program(cmd: str) -> str:
+    """What a process is, for people: the module of `python -m MODULE`, else the program's name."""
+    argv = cmd.split()
+    if "-m" in argv[:-1]:
+        return argv[argv.index("-m") + 1]
+    return argv[0].rsplit("/", 1)[-1].rstrip(":") if argv else "?"
 
 
 def cmd_demo(args) -> int:
@@ -118,6 +124,9 @@ def main(argv=None) -> int:
     except (LabError, ValueError) as e:
         print(f"pydp-lab: {e}", file=sys.stderr)
         return 2
+    except BrokenPipeError:                   # `pydp-lab status | head`
+        sys.stderr.close()
+        return 0
     except KeyboardInterrupt:
         print("pydp-lab: interrupted (the lab was removed)" if args.command == "demo" else "pydp-lab: interrupted",
               file=sys.stderr)
