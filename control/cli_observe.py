@@ -197,6 +197,9 @@ def _print_status(s: dict) -> None:
     if ft:
         print(f"flows:      {ft['live']} live of {ft['capacity']} ({ft['occupancy_pct']:.1f}%), "
               f"{ft['evicted']} evicted")
+    if (s.get("flowsync") or {}).get("enabled"):
+        from control.flowsync import summary
+        print(f"flow sync:  {summary(s['flowsync'])}")
     if not s["clusters"]:
         print("\nno clusters")
         return

@@ -12,7 +12,9 @@ Tasks (one asyncio loop; the store and every config write run on one worker thre
   cluster IP sets the fast path's ownership flag, puts the address on the TAP and announces it (gratuitous ARP);
 * health checks (control.health): every edge of every enabled cluster, sent from the appliance's own address on the
   TAP; an edge found down is applied as DOWN (its cluster's Maglev table is rebuilt without it), one found up again
-  comes back the same way. A cluster left with no edge UP demotes its CARP advertisements (control.carp_manager).
+  comes back the same way. A cluster left with no edge UP demotes its CARP advertisements (control.carp_manager);
+* flow sync (control.flowsync, [sync]): the flows of the clusters this appliance owns go to the peer, the peer's
+  flows of the others are installed here (docs/flowsync.md).
 
 The daemon never clears the data plane's tables: when it stops or dies, the data plane keeps forwarding with its
 last config, and a new daemon re-applies the same config without rebuilding a table or moving a flow. On SIGTERM
@@ -40,7 +42,7 @@ import threading
 import time
 from typing import Any
 
-from control import carp_manager, observe, rpc
+from control import carp_manager, flowsync, observe, rpc
 from control.health import HealthChecker
 
 log = logging.getLogger("pydp.control")
@@ -256,6 +258,9 @@ class Daemon:
         self.health_targets: dict = {}        # (cluster, edge) -> (ip, HealthConfig) last given to the checker
         self.health_source: list[str] = []
         self.health_wake: asyncio.Event | None = None
+        # flow sync ([sync]): follows ownership from the region's flags itself (CARP, --own-all and standalone alike)
+        self.flowsync = flowsync.FlowSync(holder=self.holder, config=lambda: self.cfg, run_worker=self.run_worker,
+                                          event=event, alive=lambda: self.dp_alive)
 
     # ---- worker thread: the store and every write to the region ----
     def _open_store(self) -> None:
@@ -416,7 +421,8 @@ class Daemon:
 
     def carp_health(self, tap: str) -> tuple[list[str], dict[str, bool]]:
         """(reasons common to every cluster, {cluster: has an edge UP}) for CARP's demotion. "dataplane": none
-        attached or its heartbeat is older than 1 s; "link": the link of the port whose TAP is `tap` is down."""
+        attached or its heartbeat is older than 1 s; "link": the link of the port whose TAP is `tap` is down;
+        "flowsync": just started, and the peer's flows are not installed yet (control.flowsync)."""
         from pydp._ffi import ffi
 
         with self.holder.use() as region:
@@ -425,7 +431,7 @@ class Daemon:
             h = region.hdr
             if observe.now_ms() - int(h.heartbeat_ms) > carp_manager.HEARTBEAT_DEMOTE_MS:
                 return ["dataplane"], {}
-            reasons = []
+            reasons = self.flowsync.demote_reasons()
             # the config port whose TAP this is, and its data-plane port: by device name, else by position
             ports = self.cfg.ports if self.cfg is not None else []
             index = next((i for i, p in enumerate(ports) if p.tap == tap), None)
@@ -889,6 +895,7 @@ class Daemon:
             "dataplane_up": self.dp_alive,
             "clusters": clusters,
             "flow_table": st["flow_table"] if st else None,
+            "flowsync": self.flowsync.status(),
         }
 
     def stats(self) -> dict:
@@ -921,6 +928,7 @@ class Daemon:
         yield u
         yield from self._health_metrics()
         yield from self._carp_metrics()
+        yield from self.flowsync.metrics()
 
     def _health_metrics(self):
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -1017,7 +1025,7 @@ class Daemon:
         self.health_wake = asyncio.Event()
         self.checker = HealthChecker(self._on_health)
         tasks = [asyncio.create_task(c) for c in (self.watch_dataplane(), self.watch_store(), self.resolve_macs(),
-                                                  self.watch_health())]
+                                                  self.watch_health(), self.flowsync.run())]
         carp_stop = asyncio.Event()
         carp_task = asyncio.create_task(self.carp.run(lambda: self.cfg, carp_stop))
         try:

@@ -80,6 +80,9 @@ MIGRATIONS: list[tuple[str, tuple[str, ...] | Callable[[sqlite3.Connection], Non
            )""",
         "CREATE INDEX edges_by_cluster ON edges (cluster_id, position)",
     )),
+    ("the [sync] section (flow sync)", (
+        "ALTER TABLE appliance ADD COLUMN sync TEXT NOT NULL DEFAULT '{}'",   # JSON: the [sync] table ({} = defaults)
+    )),
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -329,11 +332,12 @@ class Store:
 
     def _load(self, c: sqlite3.Connection) -> dict:
         """The whole stored configuration as a pydp.config.to_dict()-shaped dict, secrets included."""
-        row = c.execute("SELECT dataplane, ports FROM appliance WHERE id = 1").fetchone()
+        row = c.execute("SELECT dataplane, ports, sync FROM appliance WHERE id = 1").fetchone()
+        defaults = config.to_dict(config.ApplianceConfig())
         if row:
-            dataplane, ports = json.loads(row[0]), json.loads(row[1])
+            dataplane, ports, sync = json.loads(row[0]), json.loads(row[1]), json.loads(row[2]) or defaults["sync"]
         else:
-            dataplane, ports = config.to_dict(config.ApplianceConfig())["dataplane"], []
+            dataplane, ports, sync = defaults["dataplane"], [], defaults["sync"]
         clusters: list[dict] = []
         by_id: dict[int, dict] = {}
         for (cid, name, cluster_ip, enabled, mode, dsr, ipsec, maglev_size, carp, health) in c.execute(
@@ -351,11 +355,11 @@ class Store:
         for (cid, name, ip, mac, weight, state) in c.execute(
                 "SELECT cluster_id, name, ip, mac, weight, state FROM edges ORDER BY cluster_id, position, id"):
             by_id[cid]["edge"].append({"name": name, "ip": ip, "mac": mac, "weight": weight, "state": state})
-        return {"dataplane": dataplane, "port": ports, "cluster": clusters}
+        return {"dataplane": dataplane, "port": ports, "cluster": clusters, "sync": sync}
 
     def _save(self, c: sqlite3.Connection, doc: dict) -> None:
-        c.execute("INSERT OR REPLACE INTO appliance (id, dataplane, ports) VALUES (1, ?, ?)",
-                  (json.dumps(doc["dataplane"]), json.dumps(doc["port"])))
+        c.execute("INSERT OR REPLACE INTO appliance (id, dataplane, ports, sync) VALUES (1, ?, ?, ?)",
+                  (json.dumps(doc["dataplane"]), json.dumps(doc["port"]), json.dumps(doc.get("sync") or {})))
         c.execute("DELETE FROM edges")
         c.execute("DELETE FROM clusters")
         for i, cd in enumerate(doc["cluster"]):

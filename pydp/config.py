@@ -327,10 +327,27 @@ class ClusterConfig:
 
 
 @dataclass
+class SyncConfig:
+    """[sync]: flow sync with the peer appliance (docs/flowsync.md)."""
+    enabled: bool = False
+    listen_address: ipaddress.IPv4Address | ipaddress.IPv6Address = field(
+        default_factory=lambda: ipaddress.IPv4Address("0.0.0.0"))
+    listen_port: int = 7470
+    peer_address: ipaddress.IPv4Address | ipaddress.IPv6Address | None = None
+    peer_port: int = 7470
+    batch_flows: int = 256              # flows per message at most
+    batch_ms: int = 100                 # a message leaves at the latest this long after its first flow
+    max_flows_per_s: int = 50000        # sending rate bound (events, refresh and resync together)
+    queue_flows: int = 65536            # flows waiting to be sent (or installed) at most; beyond: dropped, counted
+    refresh_s: float = 30.0             # every flow seen since the last refresh is sent again this often
+
+
+@dataclass
 class ApplianceConfig:
     dataplane: DataplaneConfig = field(default_factory=DataplaneConfig)
     ports: list[PortConfig] = field(default_factory=list)
     clusters: list[ClusterConfig] = field(default_factory=list)
+    sync: SyncConfig = field(default_factory=SyncConfig)
 
 
 # ---- converters (first pass): each returns the converted value or raises _Bad(reason) ----
@@ -501,6 +518,22 @@ def _c_unicast_ip(v: Any) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
     if why:
         raise _Bad(f"{v!r} is not a unicast address ({why})")
     return ip
+
+
+def _c_any_ip(v: Any) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    """An address to listen on: unicast, or the unspecified address (every address of the appliance)."""
+    _c_str(v)
+    try:
+        ip = ipaddress.ip_address(v)
+    except ValueError:
+        raise _Bad(f"{v!r} is not an IP address") from None
+    if ip.is_multicast:
+        raise _Bad(f"{v!r} is a multicast address")
+    return ip
+
+
+def _c_opt_unicast_ip(v: Any) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    return None if v == "" else _c_unicast_ip(v)
 
 
 def _c_prefix(version: int) -> Conv:
@@ -726,7 +759,20 @@ _EDGE_SPEC = {
     "weight": (_c_int(1, 65535), 1),
     "state": (_c_enum(EDGE_STATES), "active"),
 }
-_TOP_SPEC = {"dataplane": (_SUB, None), "port": (_SUB, None), "cluster": (_SUB, None)}
+_SY = SyncConfig()
+_SYNC_SPEC = {
+    "enabled": (_c_bool, _SY.enabled),
+    "listen_address": (_c_any_ip, _SY.listen_address),
+    "listen_port": (_c_int(1, 65535), _SY.listen_port),
+    "peer_address": (_c_opt_unicast_ip, None),
+    "peer_port": (_c_int(1, 65535), _SY.peer_port),
+    "batch_flows": (_c_int(1, 4096), _SY.batch_flows),
+    "batch_ms": (_c_int(1, 10000), _SY.batch_ms),
+    "max_flows_per_s": (_c_int(1, 10000000), _SY.max_flows_per_s),
+    "queue_flows": (_c_int(1024, 16777216), _SY.queue_flows),
+    "refresh_s": (_c_num(1, 86400, what="a number of seconds"), _SY.refresh_s),
+}
+_TOP_SPEC = {"dataplane": (_SUB, None), "port": (_SUB, None), "cluster": (_SUB, None), "sync": (_SUB, None)}
 
 
 def _parse(ctx: _Ctx, d: Any) -> ApplianceConfig:
@@ -771,7 +817,8 @@ def _parse(ctx: _Ctx, d: Any) -> ApplianceConfig:
             clusters.append(ClusterConfig(**cv, carp=carp, health=health, edges=edges))
             if edge_list is None:
                 clusters[-1].edges = _BAD  # type: ignore[assignment]
-    return ApplianceConfig(dataplane=dataplane, ports=ports, clusters=clusters)
+    sync = SyncConfig(**_fields(ctx, "sync", _sub(ctx, "", d, "sync"), _SYNC_SPEC))
+    return ApplianceConfig(dataplane=dataplane, ports=ports, clusters=clusters, sync=sync)
 
 
 # ---- second pass: rules across keys ----
@@ -848,9 +895,30 @@ def _cross_check(ctx: _Ctx, cfg: ApplianceConfig) -> None:
         if _ok(h.interval, h.timeout) and h.timeout >= h.interval:
             ctx.err(f"{p}.health.timeout", f"must be less than interval ({h.interval:g}), got {h.timeout:g}")
 
+    _check_sync(ctx, cfg)
     if ipip_users and _ok(dp.ipip.gateway_mac) and dp.ipip.gateway_mac is None:
         ctx.err("dataplane.ipip.gateway_mac", "required when a cluster uses dsr = \"ipip\" (used by "
                 + ", ".join(ipip_users) + ")")
+
+
+def _check_sync(ctx: _Ctx, cfg: ApplianceConfig) -> None:
+    """Flow sync needs its peer, and a secret for every CARP cluster: its messages are authenticated with a key
+    derived from the cluster's CARP passphrase."""
+    sy = cfg.sync
+    if not sy.enabled:
+        return
+    if _ok(sy.peer_address) and sy.peer_address is None:
+        ctx.err("sync.peer_address", "required when flow sync is enabled (the peer appliance's management "
+                                     "address)")
+    t = cfg.dataplane.timeouts
+    shortest = min((getattr(t, k), k) for k in ("tcp_established", "udp", "other") if _ok(getattr(t, k)))
+    if _ok(sy.refresh_s) and sy.refresh_s >= shortest[0]:
+        ctx.err("sync.refresh_s", f"must be less than dataplane.timeouts.{shortest[1]} ({shortest[0]:g}): the peer's "
+                                  f"copies of idle flows would expire between two refreshes, got {sy.refresh_s:g}")
+    for i, c in enumerate(cfg.clusters):
+        if c.mode == "cluster" and _ok(c.carp.passphrase) and not c.carp.passphrase and not c.carp.passphrase_file:
+            ctx.err(f"cluster[{i}].carp.passphrase", "required when flow sync is enabled (flow sync authenticates "
+                                                     "the cluster's flows with a key derived from it)")
 
 
 def _read_passphrase(ctx: _Ctx, path: str, filename: str) -> Any:
@@ -959,6 +1027,13 @@ def to_dict(cfg: ApplianceConfig, include_secrets: bool = False) -> dict[str, An
         "port": [{"name": p.name, "device": p.device, "tap": p.tap if p.tap is not None else _default_tap(p.name),
                   "promiscuous": p.promiscuous} for p in cfg.ports],
         "cluster": [],
+    }
+    sy = cfg.sync
+    out["sync"] = {
+        "enabled": sy.enabled, "listen_address": str(sy.listen_address), "listen_port": sy.listen_port,
+        "peer_address": str(sy.peer_address) if sy.peer_address is not None else "", "peer_port": sy.peer_port,
+        "batch_flows": sy.batch_flows, "batch_ms": sy.batch_ms, "max_flows_per_s": sy.max_flows_per_s,
+        "queue_flows": sy.queue_flows, "refresh_s": _seconds(float(sy.refresh_s)),
     }
     for c in cfg.clusters:
         cd: dict[str, Any] = {

@@ -182,6 +182,41 @@ class Region:
             cmd.flow = flow
         return lib.pydp_cmd_push(self._shm, worker, cmd) == 0
 
+    def push_commands(self, worker: int, cmds: np.ndarray) -> int:
+        """Pushes the commands (dtype of struct pydp_cmd) in order until the worker's ring is full; returns how many
+        went in. One producer per ring: call from one thread only."""
+        buf = ffi.from_buffer("struct pydp_cmd[]", cmds)
+        for i in range(len(cmds)):
+            if lib.pydp_cmd_push(self._shm, worker, buf + i) != 0:
+                return i
+        return len(cmds)
+
+    # ---- flow events (flow sync) ----
+    @property
+    def flow_events(self) -> bool:
+        return bool(self.hdr.flow_events)
+
+    @flow_events.setter
+    def flow_events(self, on: bool) -> None:
+        self.hdr.flow_events = 1 if on else 0
+
+    def pop_events(self, worker: int, limit: int = 4096) -> np.ndarray:
+        """Takes up to limit events from the worker's flow-event ring (dtype of struct pydp_flow_event). One
+        consumer per ring."""
+        out = np.empty(limit, dtype=numpy_dtype("struct pydp_flow_event"))
+        n = lib.pydp_event_pop(lib.pydp_shm_events(self._shm, worker), ffi.from_buffer("struct pydp_flow_event[]",
+                                                                                      out), limit)
+        return out[:n]
+
+    def event_counters(self) -> dict:
+        """Flow events written and dropped (ring full), summed over workers."""
+        out = {"written": 0, "dropped": 0}
+        for w in range(self.nb_workers):
+            r = lib.pydp_shm_events(self._shm, w)
+            out["written"] += r.written
+            out["dropped"] += r.dropped
+        return out
+
     # ---- counters and tables as numpy views ----
     def _view(self, ptr, cname: str, count: int) -> np.ndarray:
         dt = numpy_dtype(cname)

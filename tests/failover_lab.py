@@ -9,6 +9,7 @@ tests/control/test_failover_live.py and perf/failover.py.
       │        kernel (so it follows the cluster IP's ARP entry, which only gratuitous ARP moves)
       └─ pe ── eth0 in the edge namespace: the edges' MACs are static on this bridge port, and a sniffer there
                records every datagram that reaches an edge with the MAC of the appliance that forwarded it
+    with sync=True: a management link mg0 between A (192.0.2.1/24) and B (192.0.2.2/24) carries flow sync
 
 Every process and namespace is removed when the lab's context ends, also on failure.
 """
@@ -24,13 +25,16 @@ import time
 from pathlib import Path
 
 from control.lab.appliance import TAP, Appliance, Pair, pydpctl  # noqa: F401 (tests import them from here)
-from netlab import bridge, bridge_host, netns, run
+from netlab import bridge, bridge_host, netns, ns_run, run, veth
 
 VIP = "198.51.100.10"
 VHID = 10
 PASSPHRASE = "s3cret-carp-Pa55"          # 16 bytes; tests grep for it where it must never appear
 CLIENT_IP = "198.51.100.99"
 EDGES = {"e1": ("198.51.100.21", "02:00:00:00:02:01"), "e2": ("198.51.100.22", "02:00:00:00:02:02")}
+SPARE_EDGES = {"e3": ("198.51.100.23", "02:00:00:00:02:03")}    # not configured: tests add it to change the set
+MGMT = {"A": "192.0.2.1", "B": "192.0.2.2"}                      # management addresses (flow sync)
+SYNC_PORT = 7470
 APPLIANCES = {
     # name: (data port MAC, TAP address, advskew, metrics port)
     "A": ("02:00:00:00:01:0a", "198.51.100.2", 0, 19481),
@@ -42,6 +46,13 @@ MAGIC = b"PYDPFO"
 
 def interval(advskew: int) -> float:
     return ADVBASE + advskew / 256
+
+
+def sync_text(name: str) -> str:
+    """[sync] of appliance `name`: listen on its management address, the other appliance as the peer."""
+    peer = next(n for n in MGMT if n != name)
+    return (f'[sync]\nenabled = true\nlisten_address = "{MGMT[name]}"\nlisten_port = {SYNC_PORT}\n'
+            f'peer_address = "{MGMT[peer]}"\npeer_port = {SYNC_PORT}\nrefresh_s = 5\n')
 
 
 def appliance_text(advskew: int, preempt: bool = True, exception_pps: int = 20000) -> str:
@@ -74,23 +85,27 @@ type = "none"                     # the lab's edges serve nothing: always up
     return text
 
 
-def appliance(name: str, ns: str, workdir: Path, *, preempt: bool = True, exception_pps: int = 20000) -> Appliance:
-    """Appliance A or B of this topology, with its store imported."""
+def appliance(name: str, ns: str, workdir: Path, *, preempt: bool = True, exception_pps: int = 20000,
+              sync: bool = False) -> Appliance:
+    """Appliance A or B of this topology, with its store imported (and flow sync on the management link)."""
     mac, addr, advskew, metrics_port = APPLIANCES[name]
-    return Appliance(name, ns, workdir, appliance_text(advskew, preempt, exception_pps), mac=mac, addr=addr,
-                     advskew=advskew, metrics=f"127.0.0.1:{metrics_port}", cluster="web", vip=VIP)
+    text = appliance_text(advskew, preempt, exception_pps) + (sync_text(name) if sync else "")
+    return Appliance(name, ns, workdir, text, mac=mac, addr=addr, advskew=advskew,
+                     metrics=f"127.0.0.1:{metrics_port}", cluster="web", vip=VIP)
 
 
 SENDER = r"""
 import os, socket, struct, sys, time
 vip, pps, stop_file, max_s = sys.argv[1], float(sys.argv[2]), sys.argv[3], float(sys.argv[4])
-s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-s.setblocking(False)
+flows = int(sys.argv[5]) if len(sys.argv) > 5 else 1      # one socket (source port) per flow, used in turn
+socks = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(flows)]
+for s in socks:
+    s.setblocking(False)
 start = time.monotonic()
 seq = 0
 while not os.path.exists(stop_file) and time.monotonic() - start < max_s:
     try:
-        s.sendto(b"PYDPFO" + struct.pack("!Id", seq, time.time()), (vip, 9))
+        socks[seq % flows].sendto(b"PYDPFO" + struct.pack("!Id", seq, time.time()), (vip, 9))
     except OSError:
         pass                      # no ARP answer yet, or a full queue: the datagram is lost, as on a real net
     seq += 1
@@ -117,7 +132,8 @@ while True:
         off = 14 + (f[14] & 15) * 4 + 8
         if f[off:off + 6] == b"PYDPFO":
             seq, sent = struct.unpack("!Id", f[off + 6:off + 18])
-            out.write(f"{time.time():.6f} {seq} {f[6:12].hex(':')} {f[0:6].hex(':')} {sent:.6f}\n")
+            sport = struct.unpack("!H", f[off - 8:off - 6])[0]
+            out.write(f"{time.time():.6f} {seq} {f[6:12].hex(':')} {f[0:6].hex(':')} {sent:.6f} {sport}\n")
     now = time.monotonic()
     if now - last > 0.02:
         out.flush()
@@ -156,14 +172,16 @@ print(sent, round(time.monotonic() - start, 3))
 class Traffic:
     """The client's datagram stream to the cluster IP and the edge-side sniffer that records where each arrived."""
 
-    def __init__(self, lab: "Lab", pps: float = 500.0, max_seconds: float = 900.0):
+    def __init__(self, lab: "Lab", pps: float = 500.0, max_seconds: float = 900.0, flows: int = 1):
         self.lab = lab
         self.pps = pps
         self.max_seconds = max_seconds
+        self.flows = flows
         self.stop_file = lab.tmp / f"traffic-stop-{os.getpid()}-{time.monotonic_ns()}"
         self.record = lab.tmp / f"arrivals-{time.monotonic_ns()}.txt"
         self.sniffer: subprocess.Popen | None = None
         self.sender: subprocess.Popen | None = None
+        self.more: list[subprocess.Popen] = []
 
     def __enter__(self) -> "Traffic":
         self.sniffer = subprocess.Popen(["ip", "netns", "exec", self.lab.edge_ns, sys.executable, "-c", SNIFFER,
@@ -174,13 +192,20 @@ class Traffic:
                 self.__exit__()
                 raise RuntimeError("the edge sniffer did not start")
             time.sleep(0.02)
-        self.sender = subprocess.Popen(["ip", "netns", "exec", self.lab.client_ns, sys.executable, "-c", SENDER,
-                                        VIP, str(self.pps), str(self.stop_file), str(self.max_seconds)])
+        self.sender = self._sender(self.pps, self.flows) if self.flows else None
         return self
+
+    def _sender(self, pps: float, flows: int) -> subprocess.Popen:
+        return subprocess.Popen(["ip", "netns", "exec", self.lab.client_ns, sys.executable, "-c", SENDER, VIP,
+                                 str(pps), str(self.stop_file), str(self.max_seconds), str(flows)])
+
+    def add_flows(self, flows: int, pps: float) -> None:
+        """Another stream of `flows` new flows (new source ports) until the traffic stops."""
+        self.more.append(self._sender(pps, flows))
 
     def __exit__(self, *exc) -> None:
         self.stop_file.touch()
-        for p in (self.sender, self.sniffer):
+        for p in (*self.more, self.sender, self.sniffer):
             if p is None:
                 continue
             if p is self.sniffer:
@@ -192,14 +217,27 @@ class Traffic:
                 p.kill()
                 p.wait(5)
         self.sender = self.sniffer = None
+        self.more = []
 
     def arrivals(self) -> list[tuple[float, int, str]]:
         """(wall time, sequence number, forwarding appliance's MAC) for every datagram seen at the edges."""
+        return [(t, seq, via) for t, seq, via, _edge, _sport in self.flow_arrivals()]
+
+    def flow_arrivals(self) -> list[tuple[float, int, str, str, int]]:
+        """(wall time, sequence number, forwarding appliance's MAC, edge MAC, client source port) per datagram."""
         out = []
         for line in self.record.read_text().splitlines()[1:]:
             parts = line.split()
-            if len(parts) == 5:
-                out.append((float(parts[0]), int(parts[1]), parts[2]))
+            if len(parts) == 6:
+                out.append((float(parts[0]), int(parts[1]), parts[2], parts[3], int(parts[5])))
+        return out
+
+    def edges_by_flow(self, since: float, until: float = float("inf"), via: str | None = None) -> dict[int, set]:
+        """{client source port: edge MACs its datagrams reached} between two wall times (through `via` only)."""
+        out: dict[int, set] = {}
+        for t, _seq, v, edge, sport in self.flow_arrivals():
+            if since <= t < until and (via is None or v == via):
+                out.setdefault(sport, set()).add(edge)
         return out
 
     def since(self, t_wall: float) -> dict[str, int]:
@@ -228,10 +266,11 @@ class Traffic:
 class Lab(Pair):
     """The whole topology (see the module docstring). Use as a context manager."""
 
-    def __init__(self, tmp: Path, *, preempt: bool = True, exception_pps: int = 20000):
+    def __init__(self, tmp: Path, *, preempt: bool = True, exception_pps: int = 20000, sync: bool = False):
         self.tmp = tmp
         self.preempt = preempt
         self.exception_pps = exception_pps
+        self.sync = sync
         self.stack = contextlib.ExitStack()
         self.appliances: dict[str, Appliance] = {}
 
@@ -254,14 +293,19 @@ class Lab(Pair):
         self.edge_ns = st.enter_context(netns("pydpt-ed"))
         bridge_host(self.sw_ns, br, self.client_ns, "pc", addr=f"{CLIENT_IP}/24")
         bridge_host(self.sw_ns, br, self.edge_ns, "pe")
-        for _, mac in EDGES.values():
+        for _, mac in (*EDGES.values(), *SPARE_EDGES.values()):
             run("bridge", "-n", self.sw_ns, "fdb", "add", mac, "dev", "pe", "master", "static")
         for name in APPLIANCES:
             ns = st.enter_context(netns(f"pydpt-{name.lower()}"))
             bridge_host(self.sw_ns, br, ns, f"p{name.lower()}", ifname="lb0", mac=APPLIANCES[name][0])
-            a = appliance(name, ns, self.tmp / name, preempt=self.preempt, exception_pps=self.exception_pps)
+            a = appliance(name, ns, self.tmp / name, preempt=self.preempt, exception_pps=self.exception_pps,
+                          sync=self.sync)
             st.callback(a.stop)
             self.appliances[name] = a
+        if self.sync:
+            veth(self.a.ns, "mg0", "mg0", self.b.ns)
+            for name, ap in self.appliances.items():
+                ns_run(ap.ns, "ip", "addr", "add", f"{MGMT[name]}/24", "dev", "mg0")
         # the bridge learns the appliances' MACs from their first frames; no other setup is needed
 
     def client_neigh(self) -> str | None:

@@ -22,7 +22,7 @@ extern "C" {
 /* cdef-begin */
 
 #define PYDP_SHM_MAGIC 0x314d534850445950
-#define PYDP_LAYOUT_VERSION 1
+#define PYDP_LAYOUT_VERSION 2
 
 #define PYDP_MAX_CLUSTERS 64
 #define PYDP_MAX_EDGES 16
@@ -35,6 +35,7 @@ extern "C" {
 #define PYDP_MAGLEV_NONE 255
 #define PYDP_FLOW_WAYS 8
 #define PYDP_CMD_RING_SIZE 256
+#define PYDP_EVENT_RING_SIZE 4096
 #define PYDP_ERR_LEN 256
 
 enum pydp_family {
@@ -219,7 +220,8 @@ struct pydp_worker_stats {
     uint64_t cls_other;
     uint64_t config_swaps;       /* generations picked up */
     uint64_t cmds;               /* control commands executed */
-    uint64_t pad0[13];
+    uint64_t flow_installs;      /* flows installed or refreshed by flow sync (PYDP_CMD_INSERT) */
+    uint64_t pad0[12];
     struct pydp_port_stats port[4];
 };                                /* 256 + 768 = 1024 bytes */
 
@@ -247,8 +249,11 @@ enum pydp_cmd_op {
     PYDP_CMD_FLUSH_ALL = 1,
     PYDP_CMD_FLUSH_CLUSTER = 2,  /* arg0 = cluster */
     PYDP_CMD_FLUSH_EDGE = 3,     /* arg0 = cluster, arg1 = edge slot */
-    PYDP_CMD_INSERT = 4          /* flow = the flow to install (flow sync) */
+    PYDP_CMD_INSERT = 4          /* flow = the flow to install (flow sync); arg0 = PYDP_INSTALL_* flags */
 };
+
+/* Flags of PYDP_CMD_INSERT (arg0). */
+#define PYDP_INSTALL_UPDATE_ONLY 1   /* change the flow only if the table has it (an ended flow): never insert */
 
 struct pydp_cmd {
     uint32_t op;
@@ -265,6 +270,42 @@ struct pydp_cmd_ring {
     uint32_t tail;               /* written by the consumer */
     uint32_t pad1[15];
     struct pydp_cmd cmds[256];
+};
+
+/* ---- flow events (one worker -> the control plane; single producer, single consumer) ----
+ * Written only while the header's flow_events flag is set (flow sync on): NEW when a worker pins a flow to an edge
+ * (a new flow, or one re-hashed because its edge went away), END when a TCP flow sees its first FIN or RST. A full
+ * ring drops the event and counts it; flow sync's periodic refresh and resync cover what was dropped. */
+
+enum pydp_event_type {
+    PYDP_EV_NONE = 0,
+    PYDP_EV_NEW = 1,
+    PYDP_EV_END = 2
+};
+
+struct pydp_flow_event {
+    struct pydp_flow_key key;
+    uint32_t hash;
+    uint16_t cluster;
+    uint16_t cluster_uid;
+    uint16_t edge_uid;
+    uint8_t  edge;
+    uint8_t  type;           /* enum pydp_event_type */
+    uint8_t  state;          /* enum pydp_flow_state after the packet */
+    uint8_t  pad0[3];
+    uint32_t time_ms;
+    uint32_t pad1;
+};                            /* 64 bytes */
+
+struct pydp_event_ring {
+    uint32_t head;               /* written by the producer (the worker) */
+    uint32_t pad0;
+    uint64_t written;            /* events put in the ring */
+    uint64_t dropped;            /* events lost because the ring was full */
+    uint64_t pad1[5];
+    uint32_t tail;               /* written by the consumer (pydp-control) */
+    uint32_t pad2[15];
+    struct pydp_flow_event events[4096];
 };
 
 /* ---- the region ---- */
@@ -309,7 +350,10 @@ struct pydp_shm_header {
     uint64_t off_flows;          /* [worker] flow table, flow_table_stride bytes each */
     uint64_t flow_table_stride;
     uint64_t off_cmds;           /* [worker] struct pydp_cmd_ring */
-    uint64_t pad1[7];
+    uint64_t off_events;         /* [worker] struct pydp_event_ring */
+    uint32_t flow_events;        /* 1 = workers write flow events (flow sync on), set by the control plane */
+    uint32_t pad3;
+    uint64_t pad1[5];
     /* cache line: published generation */
     uint64_t generation;         /* the slot in use is generation & 1 */
     uint64_t pad2[7];
@@ -345,6 +389,7 @@ struct pydp_flow_table *pydp_shm_flows(struct pydp_shm *shm, uint32_t worker);
 struct pydp_worker_stats *pydp_shm_worker_stats(struct pydp_shm *shm, uint32_t worker);
 struct pydp_cluster_stats *pydp_shm_cluster_stats(struct pydp_shm *shm, uint32_t worker, uint32_t cluster);
 struct pydp_cmd_ring *pydp_shm_cmds(struct pydp_shm *shm, uint32_t worker);
+struct pydp_event_ring *pydp_shm_events(struct pydp_shm *shm, uint32_t worker);
 
 /* config swap (one writer at a time; see DESIGN.md): begin returns the idle slot holding a copy of the current
  * config, once every online worker has left the slot; NULL on timeout. publish makes it current. */
@@ -397,6 +442,14 @@ uint32_t pydp_flow_timeout(const struct pydp_config *cfg, uint8_t state);
 uint32_t pydp_flow_last_ms(const struct pydp_flow_table *t, const struct pydp_flow *f);
 uint64_t pydp_flow_flush(struct pydp_flow_table *t, int cluster, int edge);
 uint64_t pydp_flow_count(const struct pydp_flow_table *t, uint32_t now_ms, const struct pydp_config *cfg);
+/* flow sync (flow.c): install a flow received from the peer (PYDP_CMD_INSERT). The hash is recomputed with this
+ * appliance's seed; the flow's last-packet time becomes now (a refresh keeps it alive). Returns the flow, or NULL
+ * when flags has PYDP_INSTALL_UPDATE_ONLY and the table does not hold the key, or the flow is invalid. */
+struct pydp_flow *pydp_flow_install(struct pydp_flow_table *t, const struct pydp_flow *in, uint32_t flags,
+                                    uint32_t now_ms, const struct pydp_config *cfg, int *evicted);
+/* the flow-event ring: push (the worker; 0, or -1 when full and counted) and pop (the consumer; events copied) */
+int pydp_event_push(struct pydp_event_ring *r, uint8_t type, const struct pydp_flow *f, uint32_t now_ms);
+uint32_t pydp_event_pop(struct pydp_event_ring *r, struct pydp_flow_event *out, uint32_t max);
 
 /* DSR rewrite (dsr.c). l2 rewrites the Ethernet addresses in place. encap writes a new Ethernet header and an outer
  * IPv4 (20 bytes) or IPv6 (40 bytes) header at out, where out = the frame start moved back by that many bytes;

@@ -115,6 +115,7 @@ static int dp_workers_init(void)
         w->cstats = pydp_shm_cluster_stats(&dp.shm, wi, 0);
         w->flows = pydp_shm_flows(&dp.shm, wi);
         w->cmds = pydp_shm_cmds(&dp.shm, wi);
+        w->events = pydp_shm_events(&dp.shm, wi);
         w->state = &h->workers[wi];
         w->drain_tsc = dp.tsc_hz / 1000000 * (dp.p.tx_drain_us ? dp.p.tx_drain_us : 100);
         dp_bucket_init(&w->exc_bulk, dp.p.exc_pps ? dp.p.exc_pps : 1, dp.tsc_hz);

@@ -45,6 +45,7 @@ struct dp_worker {
     struct pydp_cluster_stats *cstats;     /* [PYDP_MAX_CLUSTERS] */
     struct pydp_flow_table *flows;
     struct pydp_cmd_ring *cmds;
+    struct pydp_event_ring *events;
     struct pydp_worker_state *state;
     uint64_t gen;
     const struct pydp_config *cfg;

@@ -443,3 +443,82 @@ pydp_flow_count(const struct pydp_flow_table *t, uint32_t now_ms, const struct p
     }
     return live;
 }
+
+/* ---- flow sync ---- */
+
+struct pydp_flow *
+pydp_flow_install(struct pydp_flow_table *t, const struct pydp_flow *in, uint32_t flags, uint32_t now_ms,
+                  const struct pydp_config *cfg, int *evicted)
+{
+    struct pydp_flow_key key = in->key;
+    struct pydp_flow_bucket *b;
+    struct pydp_flow *f;
+    uint32_t hash;
+    unsigned w;
+
+    if (evicted != NULL)
+        *evicted = 0;
+    /* a flow from the peer is data from the network: only what the fast path can use gets in */
+    if (in->cluster >= PYDP_MAX_CLUSTERS || in->edge >= PYDP_MAX_EDGES || in->state > PYDP_FLOW_OTHER ||
+        (key.family != PYDP_AF_INET && key.family != PYDP_AF_INET6))
+        return NULL;
+    key.pad0 = 0;
+    hash = pydp_flow_hash(&key, cfg->hash_seed);
+    f = pydp_flow_lookup(t, &key, hash, now_ms, cfg);
+    if (f == NULL) {
+        if (flags & PYDP_INSTALL_UPDATE_ONLY)
+            return NULL;
+        f = pydp_flow_insert(t, &key, hash, now_ms, cfg, evicted);
+    }
+    f->cluster = in->cluster;
+    f->cluster_uid = in->cluster_uid;
+    f->edge = in->edge;
+    f->edge_uid = in->edge_uid;
+    f->state = in->state == PYDP_FLOW_EMPTY ? PYDP_FLOW_OTHER : in->state;
+    b = flw_bucket_of(t, f, &w);
+    b->last_ms[w] = now_ms;
+    return f;
+}
+
+int
+pydp_event_push(struct pydp_event_ring *r, uint8_t type, const struct pydp_flow *f, uint32_t now_ms)
+{
+    uint32_t head = r->head;
+    uint32_t tail = __atomic_load_n(&r->tail, __ATOMIC_ACQUIRE);
+    struct pydp_flow_event *ev;
+
+    if (__builtin_expect(head - tail >= PYDP_EVENT_RING_SIZE, 0)) {
+        r->dropped++;
+        return -1;
+    }
+    ev = &r->events[head & (PYDP_EVENT_RING_SIZE - 1)];
+    ev->key = f->key;
+    ev->hash = f->hash;
+    ev->cluster = f->cluster;
+    ev->cluster_uid = f->cluster_uid;
+    ev->edge_uid = f->edge_uid;
+    ev->edge = f->edge;
+    ev->type = type;
+    ev->state = f->state;
+    ev->time_ms = now_ms;
+    r->written++;
+    __atomic_store_n(&r->head, head + 1, __ATOMIC_RELEASE);
+    return 0;
+}
+
+uint32_t
+pydp_event_pop(struct pydp_event_ring *r, struct pydp_flow_event *out, uint32_t max)
+{
+    uint32_t tail = r->tail;
+    uint32_t head = __atomic_load_n(&r->head, __ATOMIC_ACQUIRE);
+    uint32_t n = 0;
+
+    if (head - tail > PYDP_EVENT_RING_SIZE)      /* a corrupt or foreign ring: skip to the present */
+        tail = head;
+    while (tail != head && n < max) {
+        out[n++] = r->events[tail & (PYDP_EVENT_RING_SIZE - 1)];
+        tail++;
+    }
+    __atomic_store_n(&r->tail, tail, __ATOMIC_RELEASE);
+    return n;
+}

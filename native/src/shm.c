@@ -27,6 +27,10 @@ _Static_assert(sizeof(struct pydp_port_stats) == 192, "pydp_port_stats layout");
 _Static_assert(sizeof(struct pydp_worker_stats) == 1024, "pydp_worker_stats layout");
 _Static_assert(sizeof(struct pydp_cluster_stats) == 576, "pydp_cluster_stats layout");
 _Static_assert(sizeof(struct pydp_cmd) == 128, "pydp_cmd layout");
+_Static_assert(sizeof(struct pydp_flow_event) == 64, "pydp_flow_event layout");
+_Static_assert(offsetof(struct pydp_event_ring, tail) == 64, "event ring: consumer index on its own line");
+_Static_assert(offsetof(struct pydp_event_ring, events) == 128, "event ring: events cache aligned");
+_Static_assert(sizeof(((struct pydp_event_ring *)0)->events) / 64 == PYDP_EVENT_RING_SIZE, "event ring size");
 _Static_assert(sizeof(struct pydp_worker_state) == 64, "pydp_worker_state layout");
 _Static_assert(sizeof(struct pydp_port_info) == 128, "pydp_port_info layout");
 _Static_assert(offsetof(struct pydp_shm_header, generation) % 64 == 0, "generation on its own cache line");
@@ -88,6 +92,8 @@ static uint64_t shm_layout(struct pydp_shm_header *h, const struct pydp_shm_para
                     SHM_ALIGN);
     h->off_cmds = off;
     off = shm_align(off + (uint64_t)p->nb_workers * sizeof(struct pydp_cmd_ring), SHM_ALIGN);
+    h->off_events = off;
+    off = shm_align(off + (uint64_t)p->nb_workers * sizeof(struct pydp_event_ring), SHM_ALIGN);
     h->flow_table_stride = shm_align(pydp_flow_table_bytes(p->flow_capacity), SHM_ALIGN);
     h->off_flows = off;
     off += (uint64_t)p->nb_workers * h->flow_table_stride;
@@ -507,6 +513,11 @@ int pydp_config_publish(struct pydp_shm *shm, struct pydp_config *slot, char *er
     slot->generation = gen + 1;
     __atomic_store_n(&shm->hdr->generation, gen + 1, __ATOMIC_RELEASE);
     return 0;
+}
+
+struct pydp_event_ring *pydp_shm_events(struct pydp_shm *shm, uint32_t worker)
+{
+    return (struct pydp_event_ring *)((uint8_t *)shm->base + shm->hdr->off_events) + worker;
 }
 
 int pydp_cmd_push(struct pydp_shm *shm, uint32_t worker, const struct pydp_cmd *cmd)

@@ -106,6 +106,13 @@ struct wrk_pkt {
 #define WRK_EXC_PRIO 2
 #define WRK_WAYS_AHEAD 6            /* forward packet i while the flows of packet i + 6 are being fetched */
 
+/* A flow event for flow sync: one flag test when sync is off (the header line is read-mostly and cached). */
+static inline void wrk_event(struct dp_worker *w, uint8_t type, const struct pydp_flow *f, uint32_t now)
+{
+    if (unlikely(dp.shm.hdr->flow_events))
+        pydp_event_push(w->events, type, f, now);
+}
+
 /* Chooses the edge slot of a packet for a cluster: the flow's pinned edge while it is usable, else Maglev.
  * Returns PYDP_MAGLEV_NONE when the cluster has no edge up. */
 static inline uint32_t wrk_choose_edge(struct dp_worker *w, const struct pydp_cluster *c, const struct wrk_pkt *p,
@@ -133,9 +140,15 @@ static inline uint32_t wrk_choose_edge(struct dp_worker *w, const struct pydp_cl
             f->edge = (uint8_t)slot;
             f->edge_uid = c->edges[slot].uid;
             s->flow_rehashed++;
+            wrk_event(w, PYDP_EV_NEW, f, now);
         }
-        if (!(p->info.flags & PYDP_PF_ICMP_ERROR))
+        if (!(p->info.flags & PYDP_PF_ICMP_ERROR)) {
+            uint8_t before = f->state;
+
             pydp_flow_touch(w->flows, f, p->info.tcp_flags, now);
+            if (unlikely(f->state == PYDP_FLOW_TCP_FIN && before != PYDP_FLOW_TCP_FIN))
+                wrk_event(w, PYDP_EV_END, f, now);
+        }
         return slot;
     }
     slot = table[pydp_maglev_slot(p->hash, c->maglev_size)];
@@ -154,6 +167,7 @@ static inline uint32_t wrk_choose_edge(struct dp_worker *w, const struct pydp_cl
     f->state = PYDP_FLOW_EMPTY;
     pydp_flow_touch(w->flows, f, p->info.tcp_flags, now);
     w->cstats[p->ci].edges[slot].new_flows++;
+    wrk_event(w, PYDP_EV_NEW, f, now);
     return slot;
 }
 
@@ -326,21 +340,13 @@ static void wrk_run_cmds(struct dp_worker *w)
             cleared = pydp_flow_flush(w->flows, (int)cmd->arg0, (int)cmd->arg1);
             break;
         case PYDP_CMD_INSERT: {
-            const struct pydp_flow *in = &cmd->flow;
-            uint32_t now = wrk_now_ms();
-            struct pydp_flow *f = pydp_flow_lookup(w->flows, &in->key, in->hash, now, w->cfg);
             int evicted = 0;
 
-            if (f == NULL) {
-                f = pydp_flow_insert(w->flows, &in->key, in->hash, now, w->cfg, &evicted);
-                w->stats->flow_inserts++;
+            /* flow sync: a flow of the peer, pinned to its edge (invalid ones are refused by install) */
+            if (pydp_flow_install(w->flows, &cmd->flow, cmd->arg0, wrk_now_ms(), w->cfg, &evicted) != NULL) {
+                w->stats->flow_installs++;
                 w->stats->flow_evictions += (uint64_t)evicted;
             }
-            f->cluster = in->cluster;
-            f->cluster_uid = in->cluster_uid;
-            f->edge = in->edge;
-            f->edge_uid = in->edge_uid;
-            f->state = in->state;
             break;
         }
         default:

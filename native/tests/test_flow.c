@@ -673,6 +673,143 @@ test_counters(void)
     free(t);
 }
 
+/* ---- flow sync: install (PYDP_CMD_INSERT) and the flow-event ring ---- */
+
+static struct pydp_flow
+tst_synced(const struct pydp_flow_key *k, uint16_t cluster, uint16_t cluster_uid, uint8_t edge, uint16_t edge_uid,
+           uint8_t state)
+{
+    struct pydp_flow f;
+
+    memset(&f, 0, sizeof(f));
+    f.key = *k;
+    f.hash = 0xdeadbeef;            /* the peer's hash is never trusted: install recomputes it */
+    f.cluster = cluster;
+    f.cluster_uid = cluster_uid;
+    f.edge = edge;
+    f.edge_uid = edge_uid;
+    f.state = state;
+    return f;
+}
+
+static void
+test_install(void)
+{
+    struct pydp_config cfg = tst_cfg();
+    struct pydp_flow_table *t = tst_table(1024);
+    struct pydp_flow_key k = tst_key4(0x0a000001, 40000, 443, 6);
+    struct pydp_flow in = tst_synced(&k, 3, 7, 5, 11, PYDP_FLOW_TCP_EST);
+    uint32_t hash;
+    struct pydp_flow *f;
+    int ev = -1;
+
+    cfg.hash_seed = 0x5eed;
+    hash = pydp_flow_hash(&k, cfg.hash_seed);
+    /* update-only on an absent flow (an END for a flow we never had): nothing is inserted */
+    CHECK(pydp_flow_install(t, &in, PYDP_INSTALL_UPDATE_ONLY, 1000, &cfg, &ev) == NULL);
+    CHECK_EQ(t->live, 0);
+    /* insert: the worker's lookup (with its own hash) finds the flow pinned to the peer's edge */
+    f = pydp_flow_install(t, &in, 0, 1000, &cfg, &ev);
+    CHECK(f != NULL);
+    CHECK_EQ(ev, 0);
+    CHECK(pydp_flow_lookup(t, &k, hash, 1001, &cfg) == f);
+    CHECK_EQ(f->hash, hash);
+    CHECK_EQ(f->cluster, 3);
+    CHECK_EQ(f->cluster_uid, 7);
+    CHECK_EQ(f->edge, 5);
+    CHECK_EQ(f->edge_uid, 11);
+    CHECK_EQ(f->state, PYDP_FLOW_TCP_EST);
+    CHECK_EQ(pydp_flow_last_ms(t, f), 1000);
+    CHECK_EQ(t->live, 1);
+    /* a refresh late in the timeout keeps the flow alive: last_ms moves, no second copy */
+    in.edge = 6;
+    in.edge_uid = 12;
+    CHECK(pydp_flow_install(t, &in, 0, 1000 + cfg.tcp_est_timeout_ms - 1, &cfg, &ev) == f);
+    CHECK_EQ(t->live, 1);
+    CHECK_EQ(f->edge, 6);
+    CHECK_EQ(f->edge_uid, 12);
+    CHECK(pydp_flow_lookup(t, &k, hash, 1000 + 2 * cfg.tcp_est_timeout_ms - 2, &cfg) == f);
+    /* END: update-only moves it to FIN (short timeout) */
+    in.state = PYDP_FLOW_TCP_FIN;
+    CHECK(pydp_flow_install(t, &in, PYDP_INSTALL_UPDATE_ONLY, 1000 + 2 * cfg.tcp_est_timeout_ms - 2, &cfg, &ev) == f);
+    CHECK_EQ(f->state, PYDP_FLOW_TCP_FIN);
+    CHECK(pydp_flow_lookup(t, &k, hash, 1000 + 2 * cfg.tcp_est_timeout_ms + cfg.tcp_fin_timeout_ms + 1, &cfg)
+          == NULL);
+    /* a padded key is normalised (keys compare as bytes) */
+    in = tst_synced(&k, 3, 7, 5, 11, PYDP_FLOW_UDP);
+    in.key.pad0 = 0xffff;
+    f = pydp_flow_install(t, &in, 0, 5000000, &cfg, &ev);
+    CHECK(f != NULL && f->key.pad0 == 0);
+    CHECK(pydp_flow_lookup(t, &k, hash, 5000001, &cfg) == f);
+    /* what the fast path could not use is refused, and the table is unchanged */
+    in = tst_synced(&k, PYDP_MAX_CLUSTERS, 7, 5, 11, PYDP_FLOW_UDP);
+    CHECK(pydp_flow_install(t, &in, 0, 5000000, &cfg, &ev) == NULL);
+    in = tst_synced(&k, 3, 7, PYDP_MAX_EDGES, 11, PYDP_FLOW_UDP);
+    CHECK(pydp_flow_install(t, &in, 0, 5000000, &cfg, &ev) == NULL);
+    in = tst_synced(&k, 3, 7, 5, 11, PYDP_FLOW_OTHER + 1);
+    CHECK(pydp_flow_install(t, &in, 0, 5000000, &cfg, &ev) == NULL);
+    in = tst_synced(&k, 3, 7, 5, 11, PYDP_FLOW_UDP);
+    in.key.family = 0;
+    CHECK(pydp_flow_install(t, &in, 0, 5000000, &cfg, &ev) == NULL);
+    CHECK_EQ(t->live, 1);
+    free(t);
+}
+
+static void
+test_event_ring(void)
+{
+    struct pydp_event_ring *r = aligned_alloc(64, sizeof(*r));
+    static struct pydp_flow_event out[PYDP_EVENT_RING_SIZE + 8];
+    struct pydp_flow f;
+    uint32_t i, n, got;
+    uint32_t start = UINT32_MAX - 100;     /* the indices wrap during the test */
+
+    memset(r, 0, sizeof(*r));
+    r->head = r->tail = start;
+    memset(&f, 0, sizeof(f));
+    f.key = tst_key4(1, 1, 80, 6);
+    CHECK_EQ(pydp_event_pop(r, out, 16), 0);
+    for (i = 0; i < PYDP_EVENT_RING_SIZE; i++) {
+        f.key.sport = (uint16_t)i;
+        f.edge = (uint8_t)(i & 15);
+        f.cluster = (uint16_t)(i & 63);
+        f.edge_uid = (uint16_t)(i * 3);
+        f.state = PYDP_FLOW_TCP_EST;
+        CHECK_EQ(pydp_event_push(r, (uint8_t)(i & 1 ? PYDP_EV_END : PYDP_EV_NEW), &f, i), 0);
+    }
+    /* full: the event is dropped and counted, the ring unchanged */
+    CHECK_EQ(pydp_event_push(r, PYDP_EV_NEW, &f, 0), -1);
+    CHECK_EQ(r->dropped, 1);
+    CHECK_EQ(r->written, PYDP_EVENT_RING_SIZE);
+    /* drained in pieces, in order, with every field */
+    for (got = 0; got < PYDP_EVENT_RING_SIZE; got += n) {
+        n = pydp_event_pop(r, out + got, 1000);
+        CHECK(n > 0);
+        if (n == 0)
+            break;
+    }
+    CHECK_EQ(got, PYDP_EVENT_RING_SIZE);
+    for (i = 0; i < got; i++) {
+        if (out[i].key.sport != i || out[i].edge != (i & 15) || out[i].cluster != (i & 63) ||
+            out[i].edge_uid != (uint16_t)(i * 3) || out[i].type != (i & 1 ? PYDP_EV_END : PYDP_EV_NEW) ||
+            out[i].time_ms != i || out[i].state != PYDP_FLOW_TCP_EST) {
+            CHECK(!"event out of order or changed");
+            break;
+        }
+    }
+    CHECK_EQ(r->tail, r->head);
+    CHECK_EQ(r->head, start + PYDP_EVENT_RING_SIZE);
+    /* room again after the consumer moved on */
+    CHECK_EQ(pydp_event_push(r, PYDP_EV_NEW, &f, 7), 0);
+    CHECK_EQ(pydp_event_pop(r, out, 16), 1);
+    CHECK_EQ(out[0].time_ms, 7);
+    /* a consumer index beyond reason (corrupt ring) is resynchronised, never read past the array */
+    r->tail = r->head + 5;
+    CHECK_EQ(pydp_event_pop(r, out, 16), 0);
+    CHECK_EQ(r->tail, r->head);
+    free(r);
+}
+
 int
 main(void)
 {
@@ -686,5 +823,7 @@ main(void)
     test_flush();
     test_counters();
     test_bulk();
+    test_install();
+    test_event_ring();
     return check_report("flow");
 }

@@ -209,6 +209,7 @@ test_header(struct pydp_shm *shm)
                             (uint64_t)NB_WORKERS * PYDP_MAX_CLUSTERS * sizeof(struct pydp_cluster_stats),
                             "cluster stats" };
     s[n++] = (struct span){ h->off_cmds, NB_WORKERS * sizeof(struct pydp_cmd_ring), "cmds" };
+    s[n++] = (struct span){ h->off_events, NB_WORKERS * sizeof(struct pydp_event_ring), "events" };
     s[n++] = (struct span){ h->off_flows, NB_WORKERS * h->flow_table_stride, "flows" };
     for (i = 0; i < n; i++) {
         if (s[i].off % ALIGN != 0 || s[i].off + s[i].len > h->total_size) {
