@@ -21,7 +21,8 @@ from pathlib import Path
 
 from control.lab import topology as T
 from control.lab.appliance import Appliance, Pair
-from control.lab.net import bridge, bridge_host, full_checksums, kernel_ignores, ns_run, run, terminate, wait_until
+from control.lab.net import (bridge, bridge_host, full_checksums, kernel_ignores, ns_run, run, terminate, veth,
+                             wait_until)
 
 RUN_ROOT = Path(os.environ.get("PYDP_LAB_RUN", "/run/pydp-lab"))
 
@@ -208,6 +209,10 @@ class Lab(Pair):
                           # on the TAP, so nothing would answer ARP for it: the host's setup adds it, as here
                           tap_extra=(f"{T.VIP_SOLO}/32",) if spec.name == "A" else ())
             self.appliances[spec.name] = a
+        veth(self.a.ns, "mg0", "mg0", self.b.ns)
+        for a in self.appliances.values():
+            ns_run(a.ns, "ip", "addr", "add", f"{next(s.mgmt for s in T.APPLIANCES if s.name == a.name)}/24",
+                   "dev", "mg0")
         # A first: it is master before B listens, so the roles are known (B's advskew is higher anyway)
         for name in ("A", "B"):
             a = self.appliances[name]

@@ -5,6 +5,7 @@ clients). Nothing here touches the system.
       ├─ pA ── lb0 in <name>-lbA: pydp-dataplane (af_packet on lb0, TAP pydp-p0 198.51.100.2, 2001:db8::2)
       │        and pydp-control (CARP advskew 0, health checks)
       ├─ pB ── lb0 in <name>-lbB: the same, TAP 198.51.100.3, 2001:db8::3, CARP advskew 100
+      │        (lbA and lbB also share a management link mg0, 192.0.2.1 and .2: flow sync)
       ├─ pc ── eth0 in <name>-cl: the clients, 198.51.100.100.. and 2001:db8::1:0.. (one address per client)
       └─ e1..eN ── eth0 in <name>-e1..eN: nginx on :80 (and a UDP echo on :53), the cluster IPs on lo
 
@@ -26,6 +27,7 @@ HTTP_PORT = 80
 UDP_PORT = 53
 HEALTH_PATH = "/health"
 PASSPHRASE = "pydp-lab-carp"
+SYNC_PORT = 7470
 ADVBASE = 1
 HEALTH = {"interval": 0.5, "timeout": 0.4, "rise": 2, "fall": 3}
 MAX_EDGES = 16
@@ -40,6 +42,7 @@ class ApplianceSpec:
     addr: str
     addr6: str
     advskew: int
+    mgmt: str            # on the management link mg0 between the appliances: flow sync
 
     def ns(self, lab: str) -> str:
         return f"{lab}-lb{self.name}"
@@ -56,8 +59,8 @@ class EdgeSpec:
         return f"{lab}-{self.name}"
 
 
-APPLIANCES = (ApplianceSpec("A", "02:00:00:00:01:0a", "198.51.100.2", "2001:db8::2", 0),
-              ApplianceSpec("B", "02:00:00:00:01:0b", "198.51.100.3", "2001:db8::3", 100))
+APPLIANCES = (ApplianceSpec("A", "02:00:00:00:01:0a", "198.51.100.2", "2001:db8::2", 0, "192.0.2.1"),
+              ApplianceSpec("B", "02:00:00:00:01:0b", "198.51.100.3", "2001:db8::3", 100, "192.0.2.2"))
 
 
 def edge_spec(i: int) -> EdgeSpec:
@@ -133,6 +136,9 @@ tap = "pydp-p0"
         text += cluster("off", VIP_OFF, 13, v4, "enabled = false\n")
         if a.name == "A":
             text += cluster("solo", VIP_SOLO, 0, v4[:1], 'mode = "standalone"\n')
+        peer = next(p for p in APPLIANCES if p.name != a.name)
+        text += (f'[sync]\nenabled = true\nlisten_address = "{a.mgmt}"\nlisten_port = {SYNC_PORT}\n'
+                 f'peer_address = "{peer.mgmt}"\npeer_port = {SYNC_PORT}\nrefresh_s = 5\n')
         return text
 
     def vips(self) -> list[str]:
