@@ -72,17 +72,18 @@ class Edge:
 
     def start(self) -> None:
         """nginx (in the foreground of its own process group, so kill() reaches its workers) and the UDP echo."""
-        self.nginx = subprocess.Popen(["ip", "netns", "exec", self.ns, "nginx", "-p", str(self.dir), "-c",
-                                       str(self.dir / "nginx.conf"), "-e", str(self.dir / "error.log")],
-                                      stdout=subprocess.DEVNULL, stderr=open(self.dir / "nginx.out", "a"),
-                                      start_new_session=True)
+        with open(self.dir / "nginx.out", "a") as err:
+            self.nginx = subprocess.Popen(["ip", "netns", "exec", self.ns, "nginx", "-p", str(self.dir), "-c",
+                                           str(self.dir / "nginx.conf"), "-e", str(self.dir / "error.log")],
+                                          stdout=subprocess.DEVNULL, stderr=err, start_new_session=True)
         self.lab.record("pids", self.nginx.pid)
         binds = [f"{T.VIP}:{T.UDP_PORT}", f"[{T.VIP6}]:{T.UDP_PORT}", f"{T.VIP_IPSEC}:500", f"{T.VIP_IPSEC}:4500"]
         if self.echo is None or self.echo.poll() is not None:
-            self.echo = subprocess.Popen(["ip", "netns", "exec", self.ns, sys.executable, "-P", "-m",
-                                          "control.lab.udpecho", "--edge", self.name, "--esp-log",
-                                          str(self.dir / "esp.log")] + [a for b in binds for a in ("--bind", b)],
-                                         stdout=subprocess.DEVNULL, stderr=open(self.dir / "udpecho.out", "a"))
+            with open(self.dir / "udpecho.out", "a") as err:
+                self.echo = subprocess.Popen(["ip", "netns", "exec", self.ns, sys.executable, "-P", "-m",
+                                              "control.lab.udpecho", "--edge", self.name, "--esp-log",
+                                              str(self.dir / "esp.log")] + [a for b in binds for a in ("--bind", b)],
+                                             stdout=subprocess.DEVNULL, stderr=err)
             self.lab.record("pids", self.echo.pid)
         wait_until(lambda: ns_run(self.ns, "curl", "-s", "-m", "1", f"http://{self.spec.ip}{T.HEALTH_PATH}",
                                   check=False).stdout.startswith("ok"), 15, f"nginx on {self.name}", step=0.1)

@@ -29,7 +29,8 @@ class Load:
         self.summary: dict | None = None
 
     def start(self, timeout: float = 30.0) -> "Load":
-        self.proc = subprocess.Popen(self.argv, stdout=subprocess.DEVNULL, stderr=open(self.dir / "client.err", "w"))
+        with open(self.dir / "client.err", "w") as err:
+            self.proc = subprocess.Popen(self.argv, stdout=subprocess.DEVNULL, stderr=err)
         self.lab.record("pids", self.proc.pid)
         wait_until(lambda: self.proc.poll() is not None or len(self.open_conns()) >= self.conns, timeout,
                    f"{self.conns} long-lived connections open", step=0.2)
