@@ -19,13 +19,13 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-from netlab import ControlProcess, DataplaneProcess, bridge, bridge_host, netns, ns_run, run, veth
+from control.lab.appliance import TAP, Appliance, Pair, pydpctl  # noqa: F401 (tests import them from here)
+from netlab import bridge, bridge_host, netns, ns_run, run, veth
 
 VIP = "198.51.100.10"
 VHID = 10
@@ -40,7 +40,6 @@ APPLIANCES = {
     "A": ("02:00:00:00:01:0a", "198.51.100.2", 0, 19481),
     "B": ("02:00:00:00:01:0b", "198.51.100.3", 100, 19482),
 }
-TAP = "pydp-p0"
 ADVBASE = 1
 MAGIC = b"PYDPFO"
 
@@ -86,139 +85,13 @@ type = "none"                     # the lab's edges serve nothing: always up
     return text
 
 
-def pydpctl(*args, socket: str | None = None, db: Path | None = None, check: bool = True,
-            timeout: float = 60) -> subprocess.CompletedProcess:
-    where = ["--socket", socket] if socket else ["--db", str(db)]
-    p = subprocess.run([sys.executable, "-P", "-m", "control.cli", *where, *map(str, args)], capture_output=True,
-                       text=True, timeout=timeout)
-    if check and p.returncode != 0:
-        raise AssertionError(f"pydpctl {' '.join(map(str, args))}: {p.returncode}\n{p.stdout}\n{p.stderr}")
-    return p
-
-
-class Appliance:
-    """One pydp appliance: its namespace, data plane and control daemon, with its own store."""
-
-    def __init__(self, name: str, ns: str, workdir: Path, *, preempt: bool = True, exception_pps: int = 20000,
-                 sync: bool = False):
-        self.name = name
-        self.ns = ns
-        self.mac, self.addr, self.advskew, metrics_port = APPLIANCES[name]
-        self.workdir = workdir
-        workdir.mkdir(parents=True, exist_ok=True)
-        self.db = workdir / "pydp.db"
-        text = appliance_text(self.advskew, preempt, exception_pps) + (sync_text(name) if sync else "")
-        (workdir / "store.toml").write_text(text)
-        pydpctl("import", workdir / "store.toml", db=self.db)
-        self.dp = DataplaneProcess(ns, text, workdir)
-        self.ctl = ControlProcess(ns, workdir, self.db, self.dp.shm, metrics=f"127.0.0.1:{metrics_port}")
-
-    # ---- life cycle ----
-
-    def start(self) -> None:
-        """Data plane, the TAP's address, then the daemon (which starts CARP once the TAP has its address)."""
-        self.start_dataplane()
-        self.ctl.start()
-
-    def start_dataplane(self) -> None:
-        """The data plane and its TAP's address (also to restart a killed data plane under a running daemon)."""
-        self.dp.stop()                  # what a killed one left: its region, its DPDK runtime directory
-        self.dp.start()
-        ns_run(self.ns, "sysctl", "-qw", f"net.ipv6.conf.{TAP}.disable_ipv6=1", check=False)
-        ns_run(self.ns, "ip", "addr", "add", f"{self.addr}/24", "dev", TAP)
-
-    def kill(self) -> float:
-        """SIGKILL the data plane and the daemon at once; returns the wall-clock time of the kill."""
-        procs = [p for p in (self.dp.proc, self.ctl.proc) if p is not None and p.poll() is None]
-        t = time.time()
-        for p in procs:
-            p.send_signal(signal.SIGKILL)
-        for p in procs:
-            p.wait(10)
-        return t
-
-    def stop(self) -> None:
-        self.ctl.stop()
-        self.dp.stop()
-
-    def restart(self) -> None:
-        """After kill(): clean up what the killed processes left and start both again."""
-        self.stop()
-        self.start()
-
-    # ---- reading ----
-
-    def status(self) -> dict:
-        from control import rpc
-
-        return rpc.call(self.ctl.socket, "status", timeout=5.0)
-
-    def carp(self) -> dict:
-        s = self.status()
-        return next(c for c in s["clusters"] if c["name"] == "web")["carp"]
-
-    def state(self) -> str | None:
-        """This appliance's CARP state for the cluster, or None when its daemon does not answer."""
-        try:
-            return self.carp()["local"]
-        except (ConnectionError, OSError, StopIteration, KeyError):
-            return None
-
-    def events(self, name: str | None = None) -> list[dict]:
-        return self.ctl.events(name) if self.ctl.log.exists() else []
-
-    def transitions(self) -> list[dict]:
-        return [e for e in self.events("carp_transition") if e.get("source") == "carp"]
-
-    def owns_vip(self) -> bool:
-        from netlab import addresses
-
-        return VIP in addresses(self.ns, TAP)
-
-    def active_flag(self) -> bool | None:
-        from control import observe
-
-        r = self.dp.region
-        if r is None:
-            return None
-        return bool(observe.clusters(r)["web"]["active"])
-
-    def counters(self) -> dict:
-        """Port and cluster counters straight from the data plane's shared memory."""
-        from control import observe
-
-        st = observe.stats(self.dp.region)
-        port = st["ports"][0]
-        web = st["clusters"]["web"]
-        return {"rx": port["rx_packets"], "exc": port["exc_to_kernel"], "exc_prio": port["exc_prio"],
-                "drops": dict(port["drops"]), "web_packets": web["packets"],
-                "web_not_active": web["drop_not_active"]}
-
-    def wait_state(self, want: str, timeout: float) -> float:
-        """Waits until this appliance's CARP state is `want`; returns the seconds it took."""
-        t0 = time.monotonic()
-        while True:
-            if self.state() == want:
-                return time.monotonic() - t0
-            if time.monotonic() - t0 > timeout:
-                raise AssertionError(f"appliance {self.name} is not {want} after {timeout:.1f}s "
-                                     f"(state {self.state()}):\n{self.log_tail()}")
-            time.sleep(0.05)
-
-    def log_tail(self, n: int = 4000) -> str:
-        return self.ctl.log.read_text()[-n:] if self.ctl.log.exists() else "(no log)"
-
-    def first_master_after(self, t_wall: float) -> float | None:
-        """Wall-clock time of the first transition to master logged after t_wall (from the JSON log)."""
-        from datetime import datetime
-
-        for e in self.transitions():
-            if e.get("state") != "master":
-                continue
-            ts = datetime.fromisoformat(e["ts"].replace("Z", "+00:00")).timestamp()
-            if ts >= t_wall:
-                return ts
-        return None
+def appliance(name: str, ns: str, workdir: Path, *, preempt: bool = True, exception_pps: int = 20000,
+              sync: bool = False) -> Appliance:
+    """Appliance A or B of this topology, with its store imported (and flow sync on the management link)."""
+    mac, addr, advskew, metrics_port = APPLIANCES[name]
+    text = appliance_text(advskew, preempt, exception_pps) + (sync_text(name) if sync else "")
+    return Appliance(name, ns, workdir, text, mac=mac, addr=addr, advskew=advskew,
+                     metrics=f"127.0.0.1:{metrics_port}", cluster="web", vip=VIP)
 
 
 SENDER = r"""
@@ -400,7 +273,7 @@ def assert_flows_through(lab: "Lab", owner: Appliance, other: Appliance, seconds
     assert seen.get(owner.mac, 0) >= 0.8 * lab.traffic.pps * seconds, f"too few datagrams through {owner.name}: {why}"
 
 
-class Lab:
+class Lab(Pair):
     """The whole topology (see the module docstring). Use as a context manager."""
 
     def __init__(self, tmp: Path, *, preempt: bool = True, exception_pps: int = 20000, sync: bool = False):
@@ -435,7 +308,7 @@ class Lab:
         for name in APPLIANCES:
             ns = st.enter_context(netns(f"pydpt-{name.lower()}"))
             bridge_host(self.sw_ns, br, ns, f"p{name.lower()}", ifname="lb0", mac=APPLIANCES[name][0])
-            a = Appliance(name, ns, self.tmp / name, preempt=self.preempt, exception_pps=self.exception_pps,
+            a = appliance(name, ns, self.tmp / name, preempt=self.preempt, exception_pps=self.exception_pps,
                           sync=self.sync)
             st.callback(a.stop)
             self.appliances[name] = a
@@ -444,14 +317,6 @@ class Lab:
             for name, ap in self.appliances.items():
                 ns_run(ap.ns, "ip", "addr", "add", f"{MGMT[name]}/24", "dev", "mg0")
         # the bridge learns the appliances' MACs from their first frames; no other setup is needed
-
-    @property
-    def a(self) -> Appliance:
-        return self.appliances["A"]
-
-    @property
-    def b(self) -> Appliance:
-        return self.appliances["B"]
 
     def client_neigh(self) -> str | None:
         """The MAC the client's kernel has for the cluster IP (None if no usable entry)."""

@@ -1,4 +1,4 @@
-"""The README's main job (scripts/demo.sh -> python3 -m pydp.demo) runs and reports real decisions."""
+"""The pcap demo (`pydp-demo`, python3 -m pydp.demo) runs and reports real decisions."""
 
 import json
 import subprocess

@@ -72,7 +72,7 @@ def test_a_dataplane_killed_on_master(lab):
     assert a.state() != "master", "A still claims the cluster without a data plane"
     assert_flows_through(lab, b, a)
     # a restarted data plane recovers: A's daemon re-applies the store, A undemotes and takes back (preempt)
-    a.start_dataplane()
+    a.restart_dataplane()
     wait_until(lambda: a.state() == "master", 30, "A to take back after its data plane restarted")
     settled_on(lab, a, b, 10)
     assert a.carp()["demote"] == 0

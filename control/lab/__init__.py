@@ -1,0 +1,1 @@
+"""pydp-lab: the whole system on one Linux machine, in network namespaces (docs/lab.md)."""

@@ -1,0 +1,177 @@
+"""The virtual lab's topology as data: names, addresses and the appliance files, derived from (name, edges,
+clients). Nothing here touches the system.
+
+    namespace <name>-sw: bridge br0
+      ├─ pA ── lb0 in <name>-lbA: pydp-dataplane (af_packet on lb0, TAP pydp-p0 198.51.100.2, 2001:db8::2)
+      │        and pydp-control (CARP advskew 0, health checks)
+      ├─ pB ── lb0 in <name>-lbB: the same, TAP 198.51.100.3, 2001:db8::3, CARP advskew 100
+      │        (lbA and lbB also share a management link mg0, 192.0.2.1 and .2: flow sync)
+      ├─ pc ── eth0 in <name>-cl: the clients, 198.51.100.100.. and 2001:db8::1:0.. (one address per client)
+      └─ e1..eN ── eth0 in <name>-e1..eN: nginx on :80 (and a UDP echo on :53), the cluster IPs on lo
+
+Addresses come from the documentation ranges only; MACs are locally administered.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from dataclasses import dataclass, field
+
+VIP = "198.51.100.10"           # cluster "web": HTTP and UDP through the active appliance
+VIP6 = "2001:db8::10"           # cluster "web6"
+VIP_IPSEC = "198.51.100.11"     # cluster "ipsec": IPsec local termination on
+VIP_SOLO = "198.51.100.12"      # cluster "solo": standalone (one edge, no CARP), on appliance A only
+VIP_OFF = "198.51.100.13"       # cluster "off": disabled, forwards nothing
+HTTP_PORT = 80
+UDP_PORT = 53
+HEALTH_PATH = "/health"
+PASSPHRASE = "pydp-lab-carp"
+SYNC_PORT = 7470
+ADVBASE = 1
+HEALTH = {"interval": 0.5, "timeout": 0.4, "rise": 2, "fall": 3}
+MAX_EDGES = 16
+MAX_CLIENTS = 250
+NAME_RE = re.compile(r"^[a-z][a-z0-9]{0,15}$")
+
+
+@dataclass(frozen=True)
+class ApplianceSpec:
+    name: str            # "A" or "B"
+    mac: str
+    addr: str
+    addr6: str
+    advskew: int
+    mgmt: str            # on the management link mg0 between the appliances: flow sync
+
+    def ns(self, lab: str) -> str:
+        return f"{lab}-lb{self.name}"
+
+
+@dataclass(frozen=True)
+class EdgeSpec:
+    name: str            # "e1".."e16"
+    ip: str
+    ip6: str
+    mac: str
+
+    def ns(self, lab: str) -> str:
+        return f"{lab}-{self.name}"
+
+
+APPLIANCES = (ApplianceSpec("A", "02:00:00:00:01:0a", "198.51.100.2", "2001:db8::2", 0, "192.0.2.1"),
+              ApplianceSpec("B", "02:00:00:00:01:0b", "198.51.100.3", "2001:db8::3", 100, "192.0.2.2"))
+
+
+def edge_spec(i: int) -> EdgeSpec:
+    return EdgeSpec(f"e{i}", f"198.51.100.{20 + i}", f"2001:db8::{0x20 + i:x}", f"02:00:00:00:02:{i:02x}")
+
+
+@dataclass
+class Topology:
+    name: str = "pydplab"
+    edges: int = 3
+    clients: int = 32
+    edge_specs: list[EdgeSpec] = field(init=False)
+
+    def __post_init__(self):
+        if not NAME_RE.match(self.name):
+            raise ValueError(f"lab name {self.name!r}: lower-case letters and digits, starting with a letter, "
+                             "at most 16")
+        if not 2 <= self.edges <= MAX_EDGES - 1:
+            raise ValueError(f"--edges {self.edges}: 2 to {MAX_EDGES - 1} (one slot stays free for adding an edge)")
+        if not 1 <= self.clients <= MAX_CLIENTS:
+            raise ValueError(f"--clients {self.clients}: 1 to {MAX_CLIENTS}")
+        self.edge_specs = [edge_spec(i) for i in range(1, self.edges + 1)]
+
+    @property
+    def sw_ns(self) -> str:
+        return f"{self.name}-sw"
+
+    @property
+    def client_ns(self) -> str:
+        return f"{self.name}-cl"
+
+    def client_ips(self) -> list[str]:
+        return [f"198.51.100.{100 + j}" for j in range(self.clients)]
+
+    def client_ips6(self) -> list[str]:
+        return [str(ipaddress.IPv6Address("2001:db8::1:0") + j) for j in range(self.clients)]
+
+    def shm(self, appliance: str) -> str:
+        """The data plane's region; its DPDK file prefix is derived from it (pydp-<name>-lbA)."""
+        return f"/dev/shm/{self.name}-lb{appliance}"
+
+    def appliance_text(self, a: ApplianceSpec) -> str:
+        """The appliance file of one load balancer (pydp-dataplane's format; imported into its store)."""
+        carp = f'advbase = {ADVBASE}\nadvskew = {a.advskew}\npassphrase = "{PASSPHRASE}"\npreempt = false\n'
+        health = (f'type = "http"\nport = {HTTP_PORT}\npath = "{HEALTH_PATH}"\nexpect_body = "ok"\n'
+                  + "".join(f"{k} = {v}\n" for k, v in HEALTH.items()))
+
+        def cluster(name: str, vip: str, vhid: int, edges: list[tuple[str, str, str]], extra: str = "") -> str:
+            text = f'[[cluster]]\nname = "{name}"\ncluster_ip = "{vip}"\n{extra}'
+            if vhid:
+                text += f"[cluster.carp]\nvhid = {vhid}\n{carp}"
+            text += f"[cluster.health]\n{health}"
+            for ename, ip, mac in edges:
+                text += f'[[cluster.edge]]\nname = "{ename}"\nip = "{ip}"\nmac = "{mac}"\n'
+            return text
+
+        v4 = [(e.name, e.ip, e.mac) for e in self.edge_specs]
+        v6 = [(e.name, e.ip6, e.mac) for e in self.edge_specs]
+        text = """[dataplane]
+lcores = "0-1"
+flow_capacity = 16384
+hugepages = true
+memory_mb = 160
+mbufs = 4095
+[[port]]
+name = "p0"
+device = "net_af_packet0,iface=lb0"
+tap = "pydp-p0"
+"""
+        text += cluster("web", VIP, 10, v4)
+        text += cluster("web6", VIP6, 16, v6)
+        text += cluster("ipsec", VIP_IPSEC, 11, v4, "ipsec_local_termination = true\n")
+        text += cluster("off", VIP_OFF, 13, v4, "enabled = false\n")
+        if a.name == "A":
+            text += cluster("solo", VIP_SOLO, 0, v4[:1], 'mode = "standalone"\n')
+        peer = next(p for p in APPLIANCES if p.name != a.name)
+        text += (f'[sync]\nenabled = true\nlisten_address = "{a.mgmt}"\nlisten_port = {SYNC_PORT}\n'
+                 f'peer_address = "{peer.mgmt}"\npeer_port = {SYNC_PORT}\nrefresh_s = 5\n')
+        return text
+
+    def vips(self) -> list[str]:
+        return [VIP, VIP6, VIP_IPSEC, VIP_SOLO, VIP_OFF]
+
+
+NGINX_CONF = """# pydp-lab edge {edge}: everything under {dir}
+worker_processes 1;
+daemon off;
+pid {dir}/nginx.pid;
+error_log {dir}/error.log warn;
+events {{ worker_connections 2048; }}
+http {{
+    client_body_temp_path {dir}/tmp/body;
+    proxy_temp_path {dir}/tmp/proxy;
+    fastcgi_temp_path {dir}/tmp/fastcgi;
+    uwsgi_temp_path {dir}/tmp/uwsgi;
+    scgi_temp_path {dir}/tmp/scgi;
+    default_type text/plain;
+    keepalive_timeout 3600s;
+    keepalive_requests 1000000;
+    # one line per request: who asked on which connection, and the bytes nginx sent (headers and body)
+    log_format lab '$msec $remote_addr $remote_port $connection $bytes_sent $status $request_uri';
+    access_log {dir}/access.log lab;
+    server {{
+        listen {port} reuseport;
+        listen [::]:{port} ipv6only=on reuseport;
+        location = {health} {{ access_log off; return 200 "ok {edge}\\n"; }}
+        location / {{ return 200 "edge {edge}\\n"; }}
+    }}
+}}
+"""
+
+
+def nginx_conf(edge: str, run_dir: str) -> str:
+    return NGINX_CONF.format(edge=edge, dir=run_dir, port=HTTP_PORT, health=HEALTH_PATH)

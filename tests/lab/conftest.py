@@ -1,0 +1,22 @@
+"""The virtual lab (control/lab) for the end-to-end tests: one lab per module, checked clean (labcheck.py) at the
+end, also when a test failed."""
+
+from __future__ import annotations
+
+import pytest
+
+from control.lab.lab import Lab
+from control.lab.topology import Topology
+from labcheck import assert_clean, lab_name
+
+
+@pytest.fixture(scope="module")
+def lab():
+    """A lab with three edges and 32 client addresses, removed (and checked clean) at the end of the module."""
+    lab = Lab(Topology(lab_name(), edges=3, clients=32))
+    try:
+        lab.up()
+        yield lab
+    finally:
+        lab.down()
+        assert_clean(lab.topo.name)
