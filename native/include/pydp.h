@@ -440,6 +440,8 @@ struct pydp_flow *pydp_flow_insert(struct pydp_flow_table *t, const struct pydp_
 void pydp_flow_prefetch_bucket(const struct pydp_flow_table *t, uint32_t hash);
 void pydp_flow_prefetch_ways(const struct pydp_flow_table *t, uint32_t hash);
 void pydp_flow_touch(struct pydp_flow_table *t, struct pydp_flow *f, uint8_t tcp_flags, uint32_t now_ms);
+/* the first packet of a flow just inserted: the touch of a new flow, with the key's protocol given, not read back */
+void pydp_flow_start(struct pydp_flow_table *t, struct pydp_flow *f, uint8_t proto, uint8_t tcp_flags);
 uint32_t pydp_flow_timeout(const struct pydp_config *cfg, uint8_t state);
 uint32_t pydp_flow_last_ms(const struct pydp_flow_table *t, const struct pydp_flow *f);
 uint64_t pydp_flow_flush(struct pydp_flow_table *t, int cluster, int edge);

@@ -20,12 +20,16 @@
  * Per-packet use by the owning worker:
  *
  *     f = pydp_flow_lookup(t, &key, hash, now, cfg);
- *     if (f == NULL) {
+ *     if (f != NULL) {
+ *         pydp_flow_touch(t, f, tcp_flags, now);     <- the next state from this packet
+ *     } else {
  *         f = pydp_flow_insert(t, &key, hash, now, cfg, &evicted);
  *         f->cluster = ...; f->edge = ...; f->cluster_uid = ...; f->edge_uid = ...;
- *         f->state = PYDP_FLOW_EMPTY;      <- the caller sets EMPTY before the first touch ...
+ *         pydp_flow_start(t, f, key.proto, tcp_flags);  <- the initial state from this first packet
  *     }
- *     pydp_flow_touch(t, f, tcp_flags, now); <- ... and touch derives the initial state from this first packet
+ *
+ * (Setting f->state = PYDP_FLOW_EMPTY and calling pydp_flow_touch gives the same flow, but reads back the line the
+ * insert has just written, which may still be on its way from memory.)
  *
  * TCP states are tracked from the client side only (DSR: the replies do not come through us):
  *     EMPTY --SYN without ACK--> SYN         EMPTY --anything else--> EST
@@ -457,6 +461,18 @@ pydp_flow_touch(struct pydp_flow_table *t, struct pydp_flow *f, uint8_t tcp_flag
     f->packets++;
     if (st != f->state)
         flw_set_state(b, w, f, st);
+}
+
+void
+pydp_flow_start(struct pydp_flow_table *t, struct pydp_flow *f, uint8_t proto, uint8_t tcp_flags)
+{
+    unsigned w;
+    struct pydp_flow_bucket *b = flw_bucket_of(t, f, &w);
+    uint8_t st = proto == FLW_PROTO_TCP ? flw_tcp_next(PYDP_FLOW_EMPTY, tcp_flags)
+               : proto == FLW_PROTO_UDP ? PYDP_FLOW_UDP : PYDP_FLOW_OTHER;
+
+    f->packets = 1;                     /* the insert wrote 0 and last_ms: nothing here reads the flow line */
+    flw_set_state(b, w, f, st);
 }
 
 uint32_t

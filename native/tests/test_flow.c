@@ -567,6 +567,41 @@ test_sig_syn_bit(void)
     free(t);
 }
 
+/* pydp_flow_start (the worker's new-flow path, no read-back) leaves a flow exactly as EMPTY + pydp_flow_touch does,
+ * for every protocol and first-packet flags. */
+static void
+test_flow_start(void)
+{
+    static const uint8_t protos[] = { 6, 17, 1, 50 };
+    static const uint8_t flags[] = { 0, TH_SYN, TH_SYN | TH_ACK, TH_ACK, TH_FIN | TH_ACK, TH_RST };
+    struct pydp_config cfg = tst_cfg();
+    struct pydp_flow_table *a = tst_table(64), *b = tst_table(64);
+    unsigned pi, fi;
+    uint32_t n = 0;
+
+    for (pi = 0; pi < sizeof(protos); pi++) {
+        for (fi = 0; fi < sizeof(flags); fi++, n++) {
+            struct pydp_flow_key k = tst_key4(0x0c000000u + n, (uint16_t)(5000 + n), 443, protos[pi]);
+            uint32_t h = pydp_flow_hash(&k, cfg.hash_seed);
+            struct pydp_flow *fa = tst_new_flow(a, &k, h, 100 + n, &cfg, flags[fi], 0, 0, NULL);
+            struct pydp_flow *fb = pydp_flow_insert(b, &k, h, 100 + n, &cfg, NULL);
+            const struct pydp_flow_bucket *ba = (const struct pydp_flow_bucket *)(a + 1) + (h & a->mask);
+            const struct pydp_flow_bucket *bb = (const struct pydp_flow_bucket *)(b + 1) + (h & b->mask);
+
+            fb->cluster = 0;
+            fb->edge = 0;
+            pydp_flow_start(b, fb, protos[pi], flags[fi]);
+            CHECK_EQ(fb->state, fa->state);
+            CHECK_EQ(fb->packets, fa->packets);
+            CHECK_EQ(fb - bb->flows, fa - ba->flows);
+            CHECK_EQ(bb->sig[fb - bb->flows], ba->sig[fa - ba->flows]);
+            CHECK_EQ(bb->last_ms[fb - bb->flows], ba->last_ms[fa - ba->flows]);
+        }
+    }
+    free(a);
+    free(b);
+}
+
 static void
 test_flush(void)
 {
@@ -904,6 +939,7 @@ main(void)
     test_lru();
     test_syn_first_eviction();
     test_sig_syn_bit();
+    test_flow_start();
     test_flush();
     test_counters();
     test_bulk();
