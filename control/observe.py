@@ -263,7 +263,9 @@ def _snapshot(region: Region, worker: int) -> tuple[np.ndarray, np.ndarray]:
     last = b["last_ms"][bi, wi]
     sig2 = b["sig"][bi, wi]
     s1 = sig1[bi, wi]
-    ok = (sig2 == s1) & ((fl["hash"] | np.uint32(1)) == s1)
+    # bit 1 of a signature is the half-open flag (PYDP_FLOW_SIG_SYN), not the hash's
+    syn = np.uint32(lib.PYDP_FLOW_SIG_SYN)
+    ok = (sig2 == s1) & ((fl["hash"] | np.uint32(1) | syn) == (s1 | syn))
     return fl[ok], last[ok]
 
 

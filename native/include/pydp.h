@@ -34,6 +34,7 @@ extern "C" {
 #define PYDP_MAGLEV_MAX_SIZE 655373
 #define PYDP_MAGLEV_NONE 255
 #define PYDP_FLOW_WAYS 8
+#define PYDP_FLOW_SIG_SYN 2        /* bit of a way's signature: the flow is half-open (state TCP_SYN) */
 #define PYDP_CMD_RING_SIZE 256
 #define PYDP_EVENT_RING_SIZE 4096
 #define PYDP_ERR_LEN 256
@@ -171,7 +172,7 @@ struct pydp_flow {
 };                            /* 64 bytes */
 
 struct pydp_flow_bucket {
-    uint32_t sig[8];         /* 0 = empty way */
+    uint32_t sig[8];         /* 0 = empty way, else hash | 1 with bit 1 = PYDP_FLOW_SIG_SYN (see flow.c) */
     uint32_t last_ms[8];     /* last packet of each way */
     struct pydp_flow flows[8];
 };                            /* 576 bytes */
@@ -439,6 +440,8 @@ struct pydp_flow *pydp_flow_insert(struct pydp_flow_table *t, const struct pydp_
 void pydp_flow_prefetch_bucket(const struct pydp_flow_table *t, uint32_t hash);
 void pydp_flow_prefetch_ways(const struct pydp_flow_table *t, uint32_t hash);
 void pydp_flow_touch(struct pydp_flow_table *t, struct pydp_flow *f, uint8_t tcp_flags, uint32_t now_ms);
+/* the first packet of a flow just inserted: the touch of a new flow, with the key's protocol given, not read back */
+void pydp_flow_start(struct pydp_flow_table *t, struct pydp_flow *f, uint8_t proto, uint8_t tcp_flags);
 uint32_t pydp_flow_timeout(const struct pydp_config *cfg, uint8_t state);
 uint32_t pydp_flow_last_ms(const struct pydp_flow_table *t, const struct pydp_flow *f);
 uint64_t pydp_flow_flush(struct pydp_flow_table *t, int cluster, int edge);

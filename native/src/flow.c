@@ -5,7 +5,11 @@
  * is one cache line of signatures and last-packet times (sig[8], last_ms[8]) followed by eight 64-byte flows, so a
  * lookup reads the signature line, then only the flow lines whose signature matches.
  *
- * Signatures: a way holds sig = hash | 1, so 0 always means "empty way". The bucket is hash & mask.
+ * Signatures: a way holds sig = hash | 1, so 0 always means "empty way". The bucket is hash & mask. Bit 1 of a
+ * signature is not the hash's but PYDP_FLOW_SIG_SYN, set while the flow is half-open (state TCP_SYN): every way of
+ * a bucket shares the hash's low bits (at least 8 buckets), so the bit costs no precision, and it lets an insert
+ * into a full bucket find the half-open ways from the signature line alone instead of reading eight flow lines
+ * (in a SYN flood those eight cache misses were 60 % of the worker's time). Matching ignores the bit.
  *
  * Eviction: an insert into a full bucket takes the first expired way, else the least recently used half-open flow
  * (TCP SYN state), else the least recently used way of all: a SYN flood cannot push out established flows.
@@ -16,12 +20,16 @@
  * Per-packet use by the owning worker:
  *
  *     f = pydp_flow_lookup(t, &key, hash, now, cfg);
- *     if (f == NULL) {
+ *     if (f != NULL) {
+ *         pydp_flow_touch(t, f, tcp_flags, now);     <- the next state from this packet
+ *     } else {
  *         f = pydp_flow_insert(t, &key, hash, now, cfg, &evicted);
  *         f->cluster = ...; f->edge = ...; f->cluster_uid = ...; f->edge_uid = ...;
- *         f->state = PYDP_FLOW_EMPTY;      <- the caller sets EMPTY before the first touch ...
+ *         pydp_flow_start(t, f, key.proto, tcp_flags);  <- the initial state from this first packet
  *     }
- *     pydp_flow_touch(t, f, tcp_flags, now); <- ... and touch derives the initial state from this first packet
+ *
+ * (Setting f->state = PYDP_FLOW_EMPTY and calling pydp_flow_touch gives the same flow, but reads back the line the
+ * insert has just written, which may still be on its way from memory.)
  *
  * TCP states are tracked from the client side only (DSR: the replies do not come through us):
  *     EMPTY --SYN without ACK--> SYN         EMPTY --anything else--> EST
@@ -78,7 +86,7 @@ flw_bucket(const struct pydp_flow_table *t, uint32_t hash)
 static inline uint32_t
 flw_sig(uint32_t hash)
 {
-    return hash | 1u;
+    return (hash | 1u) & ~(uint32_t)PYDP_FLOW_SIG_SYN;
 }
 
 /* The bucket holding f, and f's way in it. */
@@ -107,14 +115,15 @@ flw_unpublish(struct pydp_flow_bucket *b, unsigned way)
     flw_barrier();
 }
 
-/* Bit w set for every way whose signature equals sig (sig = 0 gives the empty ways). */
+/* Bit w set for every way whose signature, with the bits in ignore cleared, equals sig. */
 static inline unsigned
-flw_match(const struct pydp_flow_bucket *b, uint32_t sig)
+flw_match_masked(const struct pydp_flow_bucket *b, uint32_t sig, uint32_t ignore)
 {
 #ifdef __SSE2__
     __m128i s = _mm_set1_epi32((int)sig);
-    __m128i lo = _mm_loadu_si128((const __m128i *)(const void *)&b->sig[0]);
-    __m128i hi = _mm_loadu_si128((const __m128i *)(const void *)&b->sig[4]);
+    __m128i keep = _mm_set1_epi32((int)~ignore);
+    __m128i lo = _mm_and_si128(_mm_loadu_si128((const __m128i *)(const void *)&b->sig[0]), keep);
+    __m128i hi = _mm_and_si128(_mm_loadu_si128((const __m128i *)(const void *)&b->sig[4]), keep);
     unsigned mlo = (unsigned)_mm_movemask_ps(_mm_castsi128_ps(_mm_cmpeq_epi32(lo, s)));
     unsigned mhi = (unsigned)_mm_movemask_ps(_mm_castsi128_ps(_mm_cmpeq_epi32(hi, s)));
 
@@ -123,9 +132,42 @@ flw_match(const struct pydp_flow_bucket *b, uint32_t sig)
     unsigned m = 0, w;
 
     for (w = 0; w < PYDP_FLOW_WAYS; w++)
-        m |= (unsigned)(b->sig[w] == sig) << w;
+        m |= (unsigned)((b->sig[w] & ~ignore) == sig) << w;
     return m;
 #endif
+}
+
+/* The ways that may hold hash's flow (the half-open bit ignored). */
+static inline unsigned
+flw_match_hash(const struct pydp_flow_bucket *b, uint32_t hash)
+{
+    return flw_match_masked(b, flw_sig(hash), PYDP_FLOW_SIG_SYN);
+}
+
+/* The empty ways. */
+static inline unsigned
+flw_match_empty(const struct pydp_flow_bucket *b)
+{
+    return flw_match_masked(b, 0, 0);
+}
+
+/* The half-open ways. */
+static inline unsigned
+flw_match_syn(const struct pydp_flow_bucket *b)
+{
+    return flw_match_masked(b, PYDP_FLOW_SIG_SYN, ~(uint32_t)PYDP_FLOW_SIG_SYN);
+}
+
+/* Sets f's state (way w of b) and mirrors "half-open" into the way's signature: state first, then the signature,
+ * so a reader that copies sig, flow, sig sees the change as a changed signature. */
+static inline void
+flw_set_state(struct pydp_flow_bucket *b, unsigned w, struct pydp_flow *f, uint8_t st)
+{
+    uint32_t sig = b->sig[w] & ~(uint32_t)PYDP_FLOW_SIG_SYN;
+
+    f->state = st;
+    flw_barrier();
+    __atomic_store_n(&b->sig[w], st == PYDP_FLOW_TCP_SYN ? sig | PYDP_FLOW_SIG_SYN : sig, __ATOMIC_RELAXED);
 }
 
 static inline uint64_t
@@ -285,16 +327,21 @@ void
 pydp_flow_prefetch_ways(const struct pydp_flow_table *t, uint32_t hash)
 {
     const struct pydp_flow_bucket *b = flw_bucket(t, hash);
-    unsigned m = flw_match(b, flw_sig(hash));
+    unsigned m = flw_match_hash(b, hash);
 
     if (m == 0) {
-        unsigned empty = flw_match(b, 0), i, lru = 0;
+        unsigned empty = flw_match_empty(b), cand, i, lru;
 
         if (empty != 0) {
             lru = (unsigned)__builtin_ctz(empty);
         } else {
-            for (i = 1; i < PYDP_FLOW_WAYS; i++)
-                if ((int32_t)(b->last_ms[i] - b->last_ms[lru]) < 0)
+            /* as the insert: the least recently used half-open way, else the least recently used way */
+            cand = flw_match_syn(b);
+            if (cand == 0)
+                cand = (1u << PYDP_FLOW_WAYS) - 1;
+            lru = (unsigned)__builtin_ctz(cand);
+            for (i = lru + 1; i < PYDP_FLOW_WAYS; i++)
+                if (((cand >> i) & 1) && (int32_t)(b->last_ms[i] - b->last_ms[lru]) < 0)
                     lru = i;
         }
         __builtin_prefetch(&b->flows[lru], 1, 3);
@@ -311,7 +358,7 @@ pydp_flow_lookup(struct pydp_flow_table *t, const struct pydp_flow_key *key, uin
                  const struct pydp_config *cfg)
 {
     struct pydp_flow_bucket *b = flw_bucket(t, hash);
-    unsigned m = flw_match(b, flw_sig(hash));
+    unsigned m = flw_match_hash(b, hash);
 
     while (m != 0) {
         unsigned w = (unsigned)__builtin_ctz(m);
@@ -337,7 +384,7 @@ pydp_flow_insert(struct pydp_flow_table *t, const struct pydp_flow_key *key, uin
                  const struct pydp_config *cfg, int *evicted)
 {
     struct pydp_flow_bucket *b = flw_bucket(t, hash);
-    unsigned empty = flw_match(b, 0);
+    unsigned empty = flw_match_empty(b);
     unsigned w;
     int ev = 0;
     struct pydp_flow nf;
@@ -348,6 +395,7 @@ pydp_flow_insert(struct pydp_flow_table *t, const struct pydp_flow_key *key, uin
     } else {
         /* full bucket: the first expired way, else the least recently used one */
         uint32_t tmin, tmax;
+        unsigned syn = flw_match_syn(b);
         unsigned i, lru = 0, found = PYDP_FLOW_WAYS;
         int32_t oldest = INT32_MIN;
         /* >>> SYN-first eviction (flow-table management): a half-open flow goes before any other */
@@ -368,7 +416,7 @@ pydp_flow_insert(struct pydp_flow_table *t, const struct pydp_flow_key *key, uin
                 lru = i;
             }
             /* >>> SYN-first eviction */
-            if (b->flows[i].state == PYDP_FLOW_TCP_SYN && age > oldest_syn) {
+            if (((syn >> i) & 1) && age > oldest_syn) {     /* from the signature: no flow line read */
                 oldest_syn = age;
                 lru_syn = i;
             }
@@ -412,7 +460,19 @@ pydp_flow_touch(struct pydp_flow_table *t, struct pydp_flow *f, uint8_t tcp_flag
     b->last_ms[w] = now_ms;
     f->packets++;
     if (st != f->state)
-        f->state = st;
+        flw_set_state(b, w, f, st);
+}
+
+void
+pydp_flow_start(struct pydp_flow_table *t, struct pydp_flow *f, uint8_t proto, uint8_t tcp_flags)
+{
+    unsigned w;
+    struct pydp_flow_bucket *b = flw_bucket_of(t, f, &w);
+    uint8_t st = proto == FLW_PROTO_TCP ? flw_tcp_next(PYDP_FLOW_EMPTY, tcp_flags)
+               : proto == FLW_PROTO_UDP ? PYDP_FLOW_UDP : PYDP_FLOW_OTHER;
+
+    f->packets = 1;                     /* the insert wrote 0 and last_ms: nothing here reads the flow line */
+    flw_set_state(b, w, f, st);
 }
 
 uint32_t
@@ -432,7 +492,7 @@ pydp_flow_flush(struct pydp_flow_table *t, int cluster, int edge)
     uint32_t i;
 
     for (i = 0; i < t->nb_buckets; i++, b++) {
-        unsigned m = ~flw_match(b, 0) & ((1u << PYDP_FLOW_WAYS) - 1);
+        unsigned m = ~flw_match_empty(b) & ((1u << PYDP_FLOW_WAYS) - 1);
 
         while (m != 0) {
             unsigned w = (unsigned)__builtin_ctz(m);
@@ -463,7 +523,7 @@ pydp_flow_count(const struct pydp_flow_table *t, uint32_t now_ms, const struct p
 
     flw_timeout_range(cfg, &tmin, &tmax);
     for (i = 0; i < t->nb_buckets; i++, b++) {
-        unsigned m = ~flw_match(b, 0) & ((1u << PYDP_FLOW_WAYS) - 1);
+        unsigned m = ~flw_match_empty(b) & ((1u << PYDP_FLOW_WAYS) - 1);
 
         while (m != 0) {
             unsigned w = (unsigned)__builtin_ctz(m);
@@ -506,8 +566,8 @@ pydp_flow_install(struct pydp_flow_table *t, const struct pydp_flow *in, uint32_
     f->cluster_uid = in->cluster_uid;
     f->edge = in->edge;
     f->edge_uid = in->edge_uid;
-    f->state = in->state == PYDP_FLOW_EMPTY ? PYDP_FLOW_OTHER : in->state;
     b = flw_bucket_of(t, f, &w);
+    flw_set_state(b, w, f, in->state == PYDP_FLOW_EMPTY ? PYDP_FLOW_OTHER : in->state);
     b->last_ms[w] = now_ms;
     return f;
 }

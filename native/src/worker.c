@@ -169,8 +169,7 @@ static inline uint32_t wrk_choose_edge(struct dp_worker *w, const struct pydp_cl
     f->cluster_uid = c->uid;
     f->edge = (uint8_t)slot;
     f->edge_uid = c->edges[slot].uid;
-    f->state = PYDP_FLOW_EMPTY;
-    pydp_flow_touch(w->flows, f, p->info.tcp_flags, now);
+    pydp_flow_start(w->flows, f, p->info.key.proto, p->info.tcp_flags);   /* no read-back of the new line */
     w->cstats[p->ci].edges[slot].new_flows++;
     wrk_event(w, PYDP_EV_NEW, f, now);
     return slot;

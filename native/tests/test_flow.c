@@ -495,6 +495,7 @@ test_syn_first_eviction(void)
     struct pydp_flow_key k[16];
     uint32_t h[16];
     struct pydp_flow *f[16], *g;
+    const struct pydp_flow_bucket *bk = (const struct pydp_flow_bucket *)(t + 1) + 5;
     const uint32_t T = 1000;
     int ev, i;
 
@@ -507,6 +508,8 @@ test_syn_first_eviction(void)
         f[i] = tst_new_flow(t, &k[i], h[i], T + (uint32_t)i, &cfg, i < 4 ? TH_ACK : TH_SYN, 0, 0, &ev);
         CHECK_EQ(ev, 0);
         CHECK_EQ(f[i]->state, i < 4 ? PYDP_FLOW_TCP_EST : PYDP_FLOW_TCP_SYN);
+        /* the signature mirrors "half-open", so the eviction scan needs no flow line */
+        CHECK_EQ((bk->sig[i] & PYDP_FLOW_SIG_SYN) != 0, i >= 4);
     }
     /* four more SYNs: each takes the oldest SYN way, never an established one */
     for (i = 8; i < 12; i++) {
@@ -519,12 +522,84 @@ test_syn_first_eviction(void)
         CHECK(pydp_flow_lookup(t, &k[i], h[i], T + 200, &cfg) == f[i]);
     CHECK_EQ(t->evicted, 4);
     /* the SYN flows complete their handshakes: now all are established and plain LRU (flow 0) applies */
-    for (i = 8; i < 12; i++)
+    for (i = 8; i < 12; i++) {
         pydp_flow_touch(t, f[i], TH_ACK, T + 300);
+        CHECK_EQ(bk->sig[i - 4] & PYDP_FLOW_SIG_SYN, 0);
+        CHECK(pydp_flow_lookup(t, &k[i], h[i], T + 300, &cfg) == f[i]);
+    }
     g = tst_new_flow(t, &k[12], h[12], T + 400, &cfg, TH_SYN, 0, 0, &ev);
     CHECK_EQ(ev, 1);
     CHECK(g == f[0]);
     free(t);
+}
+
+/* The half-open bit is bit 1 of the signature: a hash with that bit set still finds its flow in every state, and a
+ * flow installed by flow sync in the SYN state carries the bit. */
+static void
+test_sig_syn_bit(void)
+{
+    struct pydp_config cfg = tst_cfg();
+    struct pydp_flow_table *t = tst_table(64);
+    struct pydp_flow_key k = tst_key4(0x0c000001u, 4000, 443, 6);
+    const uint32_t h = 0xabcd0007u;             /* bit 1 set; bucket 7 */
+    const struct pydp_flow_bucket *b;
+    struct pydp_flow *f, in;
+    int ev;
+
+    f = tst_new_flow(t, &k, h, 10, &cfg, TH_SYN, 0, 0, &ev);
+    CHECK(pydp_flow_lookup(t, &k, h, 11, &cfg) == f);
+    pydp_flow_touch(t, f, TH_ACK, 12);
+    CHECK_EQ(f->state, PYDP_FLOW_TCP_EST);
+    CHECK(pydp_flow_lookup(t, &k, h, 13, &cfg) == f);
+    pydp_flow_touch(t, f, TH_FIN, 14);
+    pydp_flow_touch(t, f, TH_SYN, 15);          /* port reuse */
+    CHECK_EQ(f->state, PYDP_FLOW_TCP_SYN);
+    CHECK(pydp_flow_lookup(t, &k, h, 16, &cfg) == f);
+
+    memset(&in, 0, sizeof(in));
+    in.key = tst_key4(0x0c000002u, 4001, 443, 6);
+    in.state = PYDP_FLOW_TCP_SYN;
+    f = pydp_flow_install(t, &in, 0, 20, &cfg, &ev);
+    CHECK(f != NULL);
+    b = (const struct pydp_flow_bucket *)(t + 1) + (f->hash & t->mask);
+    CHECK(b->sig[f - b->flows] & PYDP_FLOW_SIG_SYN);
+    CHECK(pydp_flow_lookup(t, &in.key, f->hash, 21, &cfg) == f);
+    free(t);
+}
+
+/* pydp_flow_start (the worker's new-flow path, no read-back) leaves a flow exactly as EMPTY + pydp_flow_touch does,
+ * for every protocol and first-packet flags. */
+static void
+test_flow_start(void)
+{
+    static const uint8_t protos[] = { 6, 17, 1, 50 };
+    static const uint8_t flags[] = { 0, TH_SYN, TH_SYN | TH_ACK, TH_ACK, TH_FIN | TH_ACK, TH_RST };
+    struct pydp_config cfg = tst_cfg();
+    struct pydp_flow_table *a = tst_table(64), *b = tst_table(64);
+    unsigned pi, fi;
+    uint32_t n = 0;
+
+    for (pi = 0; pi < sizeof(protos); pi++) {
+        for (fi = 0; fi < sizeof(flags); fi++, n++) {
+            struct pydp_flow_key k = tst_key4(0x0c000000u + n, (uint16_t)(5000 + n), 443, protos[pi]);
+            uint32_t h = pydp_flow_hash(&k, cfg.hash_seed);
+            struct pydp_flow *fa = tst_new_flow(a, &k, h, 100 + n, &cfg, flags[fi], 0, 0, NULL);
+            struct pydp_flow *fb = pydp_flow_insert(b, &k, h, 100 + n, &cfg, NULL);
+            const struct pydp_flow_bucket *ba = (const struct pydp_flow_bucket *)(a + 1) + (h & a->mask);
+            const struct pydp_flow_bucket *bb = (const struct pydp_flow_bucket *)(b + 1) + (h & b->mask);
+
+            fb->cluster = 0;
+            fb->edge = 0;
+            pydp_flow_start(b, fb, protos[pi], flags[fi]);
+            CHECK_EQ(fb->state, fa->state);
+            CHECK_EQ(fb->packets, fa->packets);
+            CHECK_EQ(fb - bb->flows, fa - ba->flows);
+            CHECK_EQ(bb->sig[fb - bb->flows], ba->sig[fa - ba->flows]);
+            CHECK_EQ(bb->last_ms[fb - bb->flows], ba->last_ms[fa - ba->flows]);
+        }
+    }
+    free(a);
+    free(b);
 }
 
 static void
@@ -863,6 +938,8 @@ main(void)
     test_tcp_states();
     test_lru();
     test_syn_first_eviction();
+    test_sig_syn_bit();
+    test_flow_start();
     test_flush();
     test_counters();
     test_bulk();
