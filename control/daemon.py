@@ -439,7 +439,9 @@ class Daemon:
             h = region.hdr
             if observe.now_ms() - int(h.heartbeat_ms) > carp_manager.HEARTBEAT_DEMOTE_MS:
                 return ["dataplane"], {}
-            reasons = self.flowsync.demote_reasons()
+            # a master is never demoted for flow sync; CARP's own view says so at once, also for a cluster resumed
+            # after a restart before flow sync has read the ownership flags
+            reasons = [] if self.carp_owned else self.flowsync.demote_reasons()
             # the config port whose TAP this is, and its data-plane port: by device name, else by position
             ports = self.cfg.ports if self.cfg is not None else []
             index = next((i for i, p in enumerate(ports) if p.tap == tap), None)
