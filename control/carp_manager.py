@@ -19,6 +19,12 @@ its source address changing) and feeds every instance its demotion:
     plane's config ("edges"); a data plane that is not forwarding (heartbeat older than 1 s, or none attached:
     "dataplane") counts as all three, since neither its links nor its tables can be trusted.
 
+Resuming after a crash: a pydp-control that was SIGKILLed left the data plane forwarding with the ownership flags
+and the cluster IPs on the TAP as they were. The daemon that starts next finds them and hands the owned clusters to
+``resume`` before CARP runs; an instance for such a cluster whose cluster IP is still on the TAP starts as MASTER at
+once (fsm.Resume: no release, no dark window) and logs ``carp_resumed``. A candidate that cannot resume (the address
+is gone, CARP cannot run for it) gives its flag up (``carp_resume_skipped``).
+
 Passphrases live only in the instances' configs (driver.Config.key, left out of repr) and in the Spec used to see
 that they changed (also left out of repr); nothing here logs or returns them.
 """
@@ -135,6 +141,9 @@ class CarpManager:
         self.tap_lookup = tap_lookup
         self.entries: dict[str, Entry] = {}
         self.enabled = True
+        # clusters found owned in the data plane when the daemon started (set by the daemon before run()): their
+        # instances start as MASTER if the cluster IP is still on the TAP; each name is used at most once
+        self.resume: set[str] = set()
 
     # ---- the loop ----
 
@@ -166,6 +175,8 @@ class CarpManager:
                     del self.entries[name]
                 else:
                     self.entries[name].problem = "disabled"
+        for name in sorted(self.resume - set(wanted)):
+            self._skip_resume(name, "the cluster is not run by CARP any more")
         if not wanted:
             return
         tap = self.interface()
@@ -175,6 +186,8 @@ class CarpManager:
             e = self.entries.setdefault(name, Entry())
             spec, problem = self._spec(cl, tap, info, cluster_ips)
             if spec is None:
+                if name in self.resume:
+                    self._skip_resume(name, problem)
                 if e.inst is not None:
                     await self._stop(name, problem)
                 if e.problem != problem:
@@ -185,8 +198,20 @@ class CarpManager:
                 await self._stop(name, "interface re-created" if e.spec.ifindex != spec.ifindex and
                                  e.spec.interface == spec.interface else "settings changed")
             if e.inst is None:
-                await self._start(name, spec)
+                resume = False
+                if name in self.resume:
+                    resume = _same_ip(spec.addr, info[2])
+                    if not resume:
+                        self._skip_resume(name, f"the cluster IP {spec.addr} is no longer on {tap}")
+                    self.resume.discard(name)
+                await self._start(name, spec, resume=resume)
         await self._demote_all(tap)
+
+    def _skip_resume(self, name: str, why: str) -> None:
+        """A cluster found owned at start that will not resume as master: its ownership flag goes."""
+        self.resume.discard(name)
+        self.set_owned(name, False)
+        self.event("carp_resume_skipped", logging.WARNING, cluster=name, reason=why)
 
     def _spec(self, cl, tap: str | None, info, cluster_ips: set[str]) -> tuple[Spec | None, str | None]:
         if not cl.carp.passphrase:
@@ -241,7 +266,8 @@ class CarpManager:
 
     # ---- instances ----
 
-    async def _start(self, name: str, spec: Spec) -> None:
+    async def _start(self, name: str, spec: Spec, resume: bool = False) -> None:
+        """Starts the cluster's instance: as BACKUP, or with resume as MASTER at once (see the module's doc)."""
         e = self.entries[name]
         cfg = driver.Config(interface=spec.interface, srcip=spec.srcip, vhid=spec.vhid, addr=spec.addr,
                             key=spec.key, advbase=spec.advbase, advskew=spec.advskew, preempt=spec.preempt,
@@ -271,10 +297,12 @@ class CarpManager:
         inst.set_demote(e.demote)
         e.inst, e.spec = inst, spec
         try:
-            await inst.start()
+            await inst.start(resume=resume)
         except (OSError, ValueError, RuntimeError) as exc:
             e.inst = None
             _close_failed(inst)
+            if resume:
+                self.set_owned(name, False)
             problem = f"cannot start on {spec.interface}: {exc}"
             if e.problem != problem:
                 self.event("carp_inactive", logging.WARNING, cluster=name, vhid=spec.vhid, problem=problem)
@@ -283,7 +311,10 @@ class CarpManager:
         e.problem = None
         self.event("carp_started", cluster=name, vhid=spec.vhid, interface=spec.interface, srcip=spec.srcip,
                    cluster_ip=spec.addr, advbase=spec.advbase, advskew=spec.advskew, preempt=spec.preempt,
-                   demote=e.demote, demote_reasons=e.reasons)
+                   demote=e.demote, demote_reasons=e.reasons, resumed=resume)
+        if resume:
+            self.event("carp_resumed", cluster=name, vhid=spec.vhid, interface=spec.interface, cluster_ip=spec.addr,
+                       demote=e.demote, demote_reasons=e.reasons)
 
     async def _stop(self, name: str, why: str) -> None:
         e = self.entries.get(name)
@@ -416,6 +447,18 @@ def peer_text(s: dict | None) -> str:
     if p.get("demote"):
         text += f" demote {p['demote']}"
     return text + f" ({p['age_s']:.1f}s ago)"
+
+
+def _same_ip(addr: str, addrs: list[str]) -> bool:
+    """Whether addr is among the interface's addresses (compared as addresses, not as text)."""
+    want = ipaddress.ip_address(addr)
+    for a in addrs:
+        try:
+            if ipaddress.ip_address(a.partition("%")[0]) == want:
+                return True
+        except ValueError:
+            continue
+    return False
 
 
 def _ip6(text: str):

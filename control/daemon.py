@@ -439,7 +439,9 @@ class Daemon:
             h = region.hdr
             if observe.now_ms() - int(h.heartbeat_ms) > carp_manager.HEARTBEAT_DEMOTE_MS:
                 return ["dataplane"], {}
-            reasons = self.flowsync.demote_reasons()
+            # a master is never demoted for flow sync; CARP's own view says so at once, also for a cluster resumed
+            # after a restart before flow sync has read the ownership flags
+            reasons = [] if self.carp_owned else self.flowsync.demote_reasons()
             # the config port whose TAP this is, and its data-plane port: by device name, else by position
             ports = self.cfg.ports if self.cfg is not None else []
             index = next((i for i, p in enumerate(ports) if p.tap == tap), None)
@@ -677,8 +679,9 @@ class Daemon:
     async def run_worker(self, fn, *args):
         return await self.loop.run_in_executor(self.worker, fn, *args)
 
-    def _check_dataplane(self) -> str | None:
-        """Attaches, re-attaches or notes the data plane; returns why the config must be applied, or None."""
+    def _check_dataplane(self, resume: bool = False) -> str | None:
+        """Attaches, re-attaches or notes the data plane; returns why the config must be applied, or None.
+        resume: the daemon is starting; clusters the data plane has as owned are kept so (_seed_resume)."""
         from pydp.shm import Region, ShmError
 
         path = self.shm
@@ -728,6 +731,8 @@ class Daemon:
             new.close()
             return None
         restarted = region is not None
+        if resume and not restarted:
+            self._seed_resume(new)
         self.holder.replace(new)
         self.dp_identity = identity
         self.dp_alive = True
@@ -735,10 +740,29 @@ class Daemon:
               workers=int(h.nb_workers), generation=int(h.generation))
         return "data plane restarted" if restarted else "data plane attached"
 
-    def _watch_once(self) -> None:
+    def _seed_resume(self, region) -> None:
+        """A data plane found running when the daemon starts: the previous pydp-control may have been killed while
+        master. Clusters run by CARP whose ownership flag is still set stay owned through the first apply, and
+        CARP resumes them as MASTER if their cluster IP is still on the TAP (control.carp_manager), so a restart
+        of the control plane drops no packet."""
+        if self.own_all or self.cfg is None or not self.carp.enabled:
+            return
+        try:
+            found = observe.clusters(region)
+        except Exception:
+            log.exception("reading the ownership flags of the running data plane")
+            return
+        owned = {cl.name for cl in self.cfg.clusters if cl.enabled and cl.mode == "cluster"
+                 and found.get(cl.name, {}).get("active")}
+        if owned:
+            with self.own_lock:
+                self.carp_owned |= owned
+            self.carp.resume = set(owned)
+
+    def _watch_once(self, resume: bool = False) -> None:
         """One look at the data plane, and the apply it calls for (worker thread: no change slips between)."""
         try:
-            why = self._check_dataplane()
+            why = self._check_dataplane(resume)
         except Exception:
             log.exception("data-plane watcher")
             return
@@ -1064,7 +1088,7 @@ class Daemon:
             return 1
         # queued on the worker thread before any request can be: a running data plane is attached and gets the
         # config before the first change is taken
-        first = self.loop.run_in_executor(self.worker, self._watch_once)
+        first = self.loop.run_in_executor(self.worker, self._watch_once, True)
         if self.metrics_addr is not None:
             from control import metrics
 

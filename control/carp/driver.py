@@ -221,7 +221,9 @@ class Instance:
 
     # ---- life cycle ----
 
-    async def start(self) -> None:
+    async def start(self, *, resume: bool = False) -> None:
+        """Opens the sockets and starts the machine: as BACKUP (fsm.Start), or with resume=True as MASTER at once
+        (fsm.Resume: the address is still ours from before a crash of the process that ran this instance)."""
         if self._started:
             raise RuntimeError("already started")
         self._loop = asyncio.get_running_loop()
@@ -242,7 +244,8 @@ class Instance:
                  self.cfg.vhid, self.cfg.interface, self.vip, self.src,
                  self.cfg.advbase + self.cfg.advskew / 256, "on" if self.cfg.preempt else "off", self.cfg.mode,
                  self.cfg.mac, _mac_text(self.advert_mac))
-        self._feed(fsm.Start(time.monotonic(), neutral=self.cfg.neutral))
+        now = time.monotonic()
+        self._feed(fsm.Resume(now) if resume else fsm.Start(now, neutral=self.cfg.neutral))
 
     def _open_sockets(self) -> None:
         ifname = self.cfg.interface

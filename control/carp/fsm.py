@@ -7,6 +7,8 @@ A driver owns the sockets and the clock and carries out the actions in the order
 States and the rules (OpenBSD ip_carp.c and ucarp carp.c; see docs/carp.md for the table):
 
 * INIT -> BACKUP on Start; the master-down timer is armed.
+* INIT -> MASTER on Resume: a restarted control plane finds the cluster still owned (the data plane's flag and the
+  address kept) and carries on as master at once, as after a takeover; the rules below settle any other master.
 * BACKUP -> MASTER when the master-down timer fires, or at once on an advertisement that is a bow-out
   (255/255), or comes from a master more demoted than us, or (preempt on, equal demotion) advertises a longer
   interval than ours, or advertises a longer interval than our master-down interval. Any other advertisement
@@ -17,7 +19,7 @@ States and the rules (OpenBSD ip_carp.c and ucarp carp.c; see docs/carp.md for t
   means two masters: SplitBrain is reported, a gratuitous ARP reasserts us, and the peer yields by the same
   rules when it hears our next advertisement.
 * Shutdown: a MASTER bows out (one advertisement with advbase 255, advskew 255) and releases the address;
-  the machine returns to INIT, where everything but Start is ignored.
+  the machine returns to INIT, where everything but Start (or Resume) is ignored.
 """
 
 from __future__ import annotations
@@ -127,6 +129,15 @@ class Start:
 
 
 @dataclass(frozen=True)
+class Resume:
+    """Begin as MASTER (INIT -> MASTER): the node was master when its control plane stopped uncleanly (killed)
+    and still holds the address, so it carries on without a dark window. If the peer took over meanwhile, the
+    two masters settle by the MASTER rules, as after a partition heals."""
+
+    now: float
+
+
+@dataclass(frozen=True)
 class AdvertReceived:
     """An advertisement already decoded and authenticated by the driver; ``src`` is its IP source."""
 
@@ -159,7 +170,7 @@ class Shutdown:
     now: float
 
 
-Event = Start | AdvertReceived | TimerExpired | DemoteChanged | Shutdown
+Event = Start | Resume | AdvertReceived | TimerExpired | DemoteChanged | Shutdown
 
 
 # ---- actions ------------------------------------------------------------------------------------------------
@@ -260,6 +271,8 @@ class Machine:
     def handle(self, event: Event) -> list[Action]:
         if isinstance(event, Start):
             return self._start(event)
+        if isinstance(event, Resume):
+            return self._resume(event)
         if isinstance(event, AdvertReceived):
             return self._advert(event)
         if isinstance(event, TimerExpired):
@@ -320,6 +333,15 @@ class Machine:
             out.append(ReleaseAddress())
         self._set(out, "master_down", ev.now + self.settings.master_down)
         return out
+
+    def _resume(self, ev: Resume) -> list[Action]:
+        """The actions of a takeover: the address is asserted again (it is still held: a no-op), an advertisement
+        goes out at once so that a waiting backup re-arms its master-down timer, and gratuitous ARPs point the
+        segment at us in case the peer took over while we were away."""
+        if self.state is not State.INIT:
+            self.stats["ignored"] += 1
+            return []
+        return self._to_master(ev.now, "resumed: the cluster was still owned when the control plane restarted")
 
     def _is_own(self, ev: AdvertReceived) -> bool:
         """One of our own advertisements looped back (multicast loop, a bridged loop).

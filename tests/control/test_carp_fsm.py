@@ -10,8 +10,8 @@ import pytest
 
 from control.carp import codec
 from control.carp.codec import Advert
-from control.carp.fsm import (AdvertReceived, CancelTimer, DemoteChanged, Machine, ReleaseAddress, SendAdvert,
-                              SendGratuitous, SetTimer, Settings, Shutdown, SplitBrain, Start, State,
+from control.carp.fsm import (AdvertReceived, CancelTimer, DemoteChanged, Machine, ReleaseAddress, Resume,
+                              SendAdvert, SendGratuitous, SetTimer, Settings, Shutdown, SplitBrain, Start, State,
                               StateChanged, TakeAddress, TimerExpired, ucarp_order_key)
 
 OWN = "192.0.2.1"
@@ -126,6 +126,30 @@ def test_init_ignores_everything_but_start(event):
     m = machine()
     assert m.handle(event) == []
     assert m.state is State.INIT
+
+
+def test_resume_goes_master_at_once_keeping_the_address():
+    """A restarted control plane that still owns the cluster: MASTER at once, an advertisement and a gratuitous
+    ARP now, never a ReleaseAddress (TakeAddress re-asserts what is held: the hooks make it a no-op)."""
+    m = machine(advskew=50)
+    m.handle(DemoteChanged(0.0, 1))           # the demotion known at start goes in first and is advertised
+    out = m.handle(Resume(5.0))
+    iv = 1 + 50 / 256
+    assert out == [
+        StateChanged(State.INIT, State.MASTER, "resumed: the cluster was still owned when the control plane "
+                                               "restarted"),
+        TakeAddress(),
+        SendAdvert(1, 50, 1, C0),
+        SendGratuitous(),
+        SetTimer("advert", 5.0 + iv),
+        SetTimer("garp2", 5.0 + 2 * iv),
+    ]
+    assert m.state is State.MASTER and m.handle(Resume(6.0)) == [] and m.handle(Start(6.0)) == []
+
+
+def test_resume_is_ignored_once_running():
+    m = backup(machine())
+    assert m.handle(Resume(1.0)) == [] and m.state is State.BACKUP
 
 
 # ---- BACKUP -> MASTER ---------------------------------------------------------------------------------------
@@ -629,3 +653,59 @@ def test_openbsd_equal_intervals_both_yield():
     a.handle(AdvertReceived(3.5, "192.0.2.2", adv(advskew=10, counter=5000)))
     b.handle(AdvertReceived(3.5, "192.0.2.1", adv(advskew=10, counter=10)))
     assert a.state is State.BACKUP and b.state is State.BACKUP
+
+
+def restart_resuming(link: Link, name: str, now: float, counter: int = 90000) -> Machine:
+    """The control plane of node `name` is killed and a new one resumes at `now` with a fresh machine (the old
+    machine's timers die with it: run_until fires only the live machine's timers)."""
+    old = link.m[name]
+    new = Machine(old.settings, counter=counter)
+    link.m[name] = new
+    link.up[name] = True
+    link.event(name, Resume(now))
+    return new
+
+
+@pytest.mark.parametrize("preempt", [False, True])
+def test_sim_control_restart_within_master_down_changes_nothing(preempt):
+    """Killed and resumed before the backup's master-down interval: the backup never moves, the address never
+    leaves the master."""
+    link, a, b = pair(dict(advskew=0, preempt=preempt), dict(advskew=100, preempt=preempt))
+    link.event("192.0.2.1", Start(0.0))
+    link.event("192.0.2.2", Start(0.5))
+    link.run_until(20.0)
+    assert link.masters() == ["192.0.2.1"]
+    b_changes = len([x for _t, n, x in link.log if n == "192.0.2.2" and isinstance(x, StateChanged)])
+    link.up["192.0.2.1"] = False              # SIGKILL: no bow-out, the address stays (owner unchanged)
+    link.run_until(21.5)
+    assert b.state is State.BACKUP
+    restart_resuming(link, "192.0.2.1", 21.5)
+    link.run_until(80.0)
+    assert link.masters() == ["192.0.2.1"] and link.owner == {"192.0.2.1"}
+    assert len([x for _t, n, x in link.log if n == "192.0.2.2" and isinstance(x, StateChanged)]) == b_changes
+    assert not [x for t, n, x in link.log if t >= 20.0 and isinstance(x, ReleaseAddress)]
+
+
+@pytest.mark.parametrize("mode", ["ucarp", "openbsd"])
+@pytest.mark.parametrize("preempt", [False, True])
+@pytest.mark.parametrize("a_skew, b_skew, winner", [(0, 100, "192.0.2.1"), (100, 0, "192.0.2.2")])
+def test_sim_resume_after_the_peer_took_over_settles_without_flapping(mode, preempt, a_skew, b_skew, winner):
+    """Down longer than the peer's master-down interval: the peer took over, both are MASTER for a moment, and the
+    MASTER rules (OpenBSD's, whatever preempt) leave the better one: a single hand-over, never both BACKUP."""
+    b_preempt = preempt and b_skew > a_skew       # a better b with preempt would never have left a master
+    link, a, b = pair(dict(advskew=a_skew, preempt=preempt), dict(advskew=b_skew, preempt=b_preempt), mode)
+    link.event("192.0.2.1", Start(0.0))
+    link.run_until(5.0)
+    link.event("192.0.2.2", Start(5.0))       # a is master before b starts, whatever the skews
+    link.run_until(20.0)
+    assert link.masters() == ["192.0.2.1"]
+    link.up["192.0.2.1"] = False
+    link.run_until(26.0)
+    assert b.state is State.MASTER            # b took over
+    n_log = len(link.log)
+    restart_resuming(link, "192.0.2.1", 26.0)
+    link.run_until(90.0)
+    assert link.masters() == [winner] and link.owner == {winner}
+    changes = [(n, x.new) for _t, n, x in link.log[n_log:] if isinstance(x, StateChanged)]
+    loser = ({"192.0.2.1", "192.0.2.2"} - {winner}).pop()
+    assert changes == [("192.0.2.1", State.MASTER), (loser, State.BACKUP)]

@@ -158,3 +158,59 @@ def test_peer_text():
     assert carp_manager.peer_text({"peer_advert": None}) == "not heard"
     s = {"peer_advert": {"src": "198.51.100.3", "interval": 1.391, "demote": 2, "age_s": 0.25}}
     assert carp_manager.peer_text(s) == "198.51.100.3 every 1.391s demote 2 (0.2s ago)"
+
+
+class StartedInstance:
+    """Stands in for ManagedInstance where only the start matters: records how it was started."""
+
+    started: list = []
+
+    def __init__(self, cfg):
+        self.cfg = cfg
+        self.demotes = []
+        self.state = "INIT"
+
+    def set_demote(self, n):
+        self.demotes.append(n)
+
+    async def start(self, *, resume=False):
+        StartedInstance.started.append((self.cfg.vhid, resume))
+
+
+@pytest.mark.parametrize("info, cluster, resumed, skipped", [
+    # the cluster IP is still on the TAP: MASTER at once, the flag is left alone
+    ((7, True, ["198.51.100.2", "198.51.100.10"]), ("web", "198.51.100.10", ""), True, None),
+    ((7, True, ["2001:db8::2", "2001:0db8::10"]), ("web6", "2001:db8::10", ""), True, None),
+    # gone from the TAP: an ordinary start (BACKUP) and the flag goes
+    ((7, True, ["198.51.100.2"]), ("web", "198.51.100.10", ""), False, "no longer on pydp-p0"),
+    # CARP cannot run for it, or it is not a CARP cluster any more: the flag goes, nothing starts
+    ((7, True, ["198.51.100.2", "198.51.100.10"]), ("nopass", "198.51.100.10", ""), None, "no CARP passphrase"),
+    ((7, False, ["198.51.100.2", "198.51.100.10"]), ("web", "198.51.100.10", ""), None, "is down"),
+    ((7, True, ["198.51.100.2", "198.51.100.10"]), ("web", "198.51.100.10", "enabled = false"), None,
+     "not run by CARP"),
+])
+def test_resume_after_a_restart(monkeypatch, info, cluster, resumed, skipped):
+    """Clusters found owned at start (CarpManager.resume): resumed as MASTER only with the cluster IP still on
+    the TAP; otherwise their ownership flag is given up. Each name is used once: a later restart of the instance
+    is an ordinary start."""
+    monkeypatch.setattr(carp_manager, "ManagedInstance", StartedInstance)
+    StartedInstance.started = []
+    events, owned = [], []
+    m = manager(info=info, health=([], {cluster[0]: True}), events=events)
+    m.set_owned = lambda name, flag: owned.append((name, flag))
+    m.resume = {cluster[0]}
+    asyncio.run(m.tick(appliance(cluster)))
+    names = [n for n, _ in events]
+    assert m.resume == set()
+    assert StartedInstance.started == ([] if resumed is None else [(1, resumed)])
+    if resumed:
+        assert owned == [] and "carp_resumed" in names and "carp_resume_skipped" not in names
+        assert dict(events)["carp_started"]["resumed"] is True
+        assert dict(events)["carp_resumed"]["cluster_ip"] == cluster[1]
+    else:
+        assert owned == [(cluster[0], False)] and "carp_resumed" not in names
+        assert skipped in dict(events)["carp_resume_skipped"]["reason"]
+    if resumed is not None:
+        m.entries[cluster[0]].inst = None       # the instance stops (settings changed, say): starts again as usual
+        asyncio.run(m.tick(appliance(cluster)))
+        assert StartedInstance.started[-1] == (1, False)

@@ -95,6 +95,35 @@ def test_a_one_master_one_backup(lab):
     assert "backup" in text and APPLIANCES["A"][1] in text and "TRANSITIONS" in text
 
 
+def test_a2_master_control_killed_and_restarted_loses_no_packet(lab):
+    """SIGKILL of the master's pydp-control under traffic, a new one within a second: it resumes as master
+    (carp_resumed) with the flag and the cluster IP it never gave up; no datagram lost, B never moves."""
+    a, b = lab.a, lab.b
+    transitions_b = len(b.transitions())
+    t0 = time.time()
+    a.ctl.kill()
+    a.ctl.stop()                                  # its socket file
+    a.ctl.start()
+    t_up = time.time()
+    a.wait_state("master", 5)
+    time.sleep(3 * B_INTERVAL)                    # past B's master-down interval counted from the kill
+    t1 = time.time()
+    seqs = sorted({seq for t, seq, via in lab.traffic.arrivals() if t0 - 1 <= t <= t1})
+    vias = {via for t, _seq, via in lab.traffic.arrivals() if t0 - 1 <= t <= t1}
+    missing = (seqs[-1] - seqs[0] + 1) - len(seqs)
+    lab.timings.append(("A's pydp-control SIGKILLed -> new daemon answering", t_up - t0, 5.0))
+    report_text = f"A's daemon killed and restarted: {len(seqs)} datagrams in {t1 - t0 + 1:.1f} s, {missing} lost"
+    assert missing == 0, report_text
+    assert len(seqs) >= 0.8 * PPS * (t1 - t0)
+    assert vias == {a.mac}
+    assert len(b.transitions()) == transitions_b and b.state() == "backup"
+    resumed = [e for e in a.events() if e["event"] == "carp_resumed" and _after(e, t0)]
+    assert [e["cluster"] for e in resumed] == ["web"]
+    assert [e["reason"] for e in a.transitions() if _after(e, t0)] == \
+        ["resumed: the cluster was still owned when the control plane restarted"]
+    assert a.owns_vip() and a.active_flag() and not b.owns_vip()
+
+
 def test_b_master_killed_backup_takes_over(lab):
     a, b = lab.a, lab.b
     t_kill = a.kill()
