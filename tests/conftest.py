@@ -1,6 +1,7 @@
 """Shared test setup.
 
-Tests marked ``dpdk`` run the real fast path; tests marked ``netns`` build network namespaces. Both need root.
+Tests marked ``dpdk`` run the real fast path; tests marked ``netns`` build network namespaces; tests marked
+``root`` need root for something else (chattr, mounts, switching to user nobody). All of them need root.
 With PYDP_REQUIRE_DPDK=1 (set by scripts/test.sh when CI=true) such a test that would be skipped fails instead,
 so a CI run can never be green because the real thing did not run.
 """
@@ -25,7 +26,13 @@ def _missing_prerequisite() -> str | None:
     return None
 
 
+def _required(item) -> bool:
+    return any(item.get_closest_marker(m) for m in ("dpdk", "netns", "root"))
+
+
 def pytest_runtest_setup(item):
+    if item.get_closest_marker("root") and os.geteuid() != 0:
+        pytest.skip("needs root")
     if item.get_closest_marker("dpdk") or item.get_closest_marker("netns"):
         why = _missing_prerequisite()
         if why:
@@ -36,7 +43,7 @@ def pytest_runtest_setup(item):
 def pytest_runtest_makereport(item, call):
     outcome = yield
     report = outcome.get_result()
-    if REQUIRE and report.skipped and (item.get_closest_marker("dpdk") or item.get_closest_marker("netns")):
+    if REQUIRE and report.skipped and _required(item):
         report.outcome = "failed"
         reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
-        report.longrepr = f"PYDP_REQUIRE_DPDK=1 and this DPDK/netns test was skipped: {reason}"
+        report.longrepr = f"PYDP_REQUIRE_DPDK=1 and this DPDK/netns/root test was skipped: {reason}"

@@ -15,7 +15,7 @@ import pytest
 
 from control.store import Store
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (chattr, mount)")
+pytestmark = pytest.mark.root          # chattr, mounts, commands run as nobody
 
 EDGES = [{"name": f"e{i}", "ip": f"198.51.100.{20 + i}", "mac": f"02:00:00:00:02:{i:02x}"} for i in range(1, 3)]
 

@@ -6,11 +6,9 @@ The unprivileged Python is the interpreter nobody can run; when nobody cannot re
 interpreter under /root), they are hard-linked (or copied) into a private directory that nobody can read."""
 
 import contextlib
-import json
 import os
 import pwd
 import shutil
-import socket
 import stat
 import subprocess
 import sys
@@ -25,7 +23,7 @@ from pydp._ffi import ffi
 from pydp.shm import Region, ShmError
 from netlab import ControlProcess
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (runs commands as nobody)")
+pytestmark = pytest.mark.root          # chattr, mounts, commands run as nobody
 
 NOBODY = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups"]
 MODULES = ("control", "pydp", "msgpack", "numpy", "numpy.libs", "cffi", "_cffi_backend")
