@@ -1,5 +1,5 @@
 """Two pydp appliances failing over with CARP, on one bridged segment: the topology of
-tests/control/test_failover_live.py and perf/failover.py.
+tests/netns/test_failover_live.py and perf/failover.py.
 
     namespace sw: bridge br0 (no STP, no multicast snooping)
       ├─ pa ── lb0 (02:00:00:00:01:0a) in appliance A: pydp-dataplane (af_packet on lb0, TAP pydp-p0 with

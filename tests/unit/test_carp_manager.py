@@ -1,5 +1,5 @@
 """control.carp_manager without sockets: when CARP can run for a cluster, what it runs with, and the demotion rules.
-The live behaviour (two appliances, real packets) is tests/control/test_failover_live.py."""
+The live behaviour (two appliances, real packets) is tests/netns/test_failover_live.py."""
 
 from __future__ import annotations
 

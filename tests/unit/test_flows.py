@@ -1,6 +1,6 @@
 """control.flows without a data plane: the occupancy alarm's hysteresis and rate limits, the drain tracker's
 decisions and the flush's refusals, on a region of our own whose flows are inserted with the C flow-table code
-(tests/control/test_observe.py's insert). The flush reaching real workers is tested in test_flows_live.py."""
+(tests/unit/test_observe.py's insert). The flush reaching real workers is tested in test_flows_live.py."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """The CARP codec: real ucarp advertisements, round trips, known answers, and every drop reason.
 
-The fixture tests/control/data/ucarp_vhid7.pcap holds three advertisements sent by ucarp 1.5.2 (Debian
-1.5.2+git20192404.1a9aaf7-1). It was made by ``recapture()`` below (run ``python3 tests/control/test_carp_codec.py
+The fixture tests/unit/data/ucarp_vhid7.pcap holds three advertisements sent by ucarp 1.5.2 (Debian
+1.5.2+git20192404.1a9aaf7-1). It was made by ``recapture()`` below (run ``python3 tests/unit/test_carp_codec.py
 --recapture`` as root to make it again): two network namespaces joined by a veth, ucarp on one end::
 
     ucarp --interface=ca --srcip=192.0.2.1 --vhid=7 --pass=secret --addr=192.0.2.100 \

@@ -45,7 +45,7 @@ cluster_ip = "198.51.100.10"
 [cluster.carp]
 vhid = 1
 [cluster.health]
-type = "none"       # the edges serve nothing: always up (tests/control/test_health_live.py checks)
+type = "none"       # the edges serve nothing: always up (tests/netns/test_health_live.py checks)
 """
     for e in edges:
         mac = "" if e in macless else f'mac = "{MACS[e]}"\n'

@@ -1,6 +1,6 @@
 """No shell is ever built from input, and the CARP passphrase stays out of logs (debug level included), the
 process list, status and exports unless --include-secrets is given. (The live two-appliance check with CARP
-running is tests/control/test_failover_live.py::test_i_passphrase_never_shown.)"""
+running is tests/netns/test_failover_live.py::test_i_passphrase_never_shown.)"""
 
 import ast
 import os

@@ -1,5 +1,5 @@
 """CARP: an advertisement sent again (a captured advert replayed) is refused and counted as "replay"; forged ones
-(wrong key, vhid, checksum, TTL, ...) are covered live in tests/control/test_carp_interop.py. The receive path is
+(wrong key, vhid, checksum, TTL, ...) are covered live in tests/netns/test_carp_interop.py. The receive path is
 the driver's own (Instance.receive / receive6), fed with bytes as the raw socket gives them."""
 
 import ipaddress

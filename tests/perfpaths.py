@@ -3,7 +3,7 @@
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 PERF = ROOT / "perf"
 TREX = PERF / "trex"
 PROFILES = sorted(p.stem for p in TREX.glob("*.py") if p.stem not in ("compile", "pydp_trex"))
