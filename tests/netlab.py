@@ -85,9 +85,12 @@ def report(request, text: str) -> None:
 
 
 def pydp_carp_argv() -> list[str]:
-    """How to run pydp-carp: the installed script."""
+    """How to run pydp-carp: the installed script, or its module when the tests run from the source tree
+    (scripts/test.sh --quick sets PYDP_SOURCE_TREE=1)."""
     import sysconfig
 
+    if os.environ.get("PYDP_SOURCE_TREE") == "1":
+        return [sys.executable, "-P", "-m", "control.carp.cli"]
     return [os.path.join(sysconfig.get_path("scripts"), "pydp-carp")]
 
 

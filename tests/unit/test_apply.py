@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import uuid
 
 import numpy as np
 import pytest
@@ -17,11 +16,12 @@ except ImportError as exc:  # a checkout without a build: skip, except in CI (se
 from pydp import config as pconfig  # noqa: E402
 from pydp import maglev  # noqa: E402
 from pydp.apply import ApplyError, apply_config  # noqa: E402
-from pydp.shm import Region  # noqa: E402
 
 MAGLEV_MAX = 65537
 SMALL = 1021          # the table size of most clusters here (prime): keeps the builds quick
 NONE = lib.PYDP_MAGLEV_NONE
+
+pytestmark = pytest.mark.region(workers=1, ports=1, maglev_max=MAGLEV_MAX, flow_capacity=1024)
 
 
 # ---- config text ----
@@ -75,18 +75,6 @@ def load(clusters, **kw):
 
 
 # ---- region helpers ----
-
-@pytest.fixture
-def region():
-    path = f"/dev/shm/pydp-test-apply-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    r = Region.create(path, workers=1, ports=1, maglev_max=MAGLEV_MAX, flow_capacity=1024)
-    try:
-        yield r
-    finally:
-        r.close()
-        if os.path.exists(path):
-            os.unlink(path)
-
 
 def cl_slot(region, i):
     return region.config().clusters[i]

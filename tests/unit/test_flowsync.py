@@ -6,14 +6,12 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import contextlib
 import dataclasses
 import ipaddress
 import os
 import socket
 import sqlite3
 import struct
-import uuid
 
 import msgpack
 import numpy as np
@@ -25,7 +23,7 @@ from control.store import SCHEMA_VERSION, Store
 from pydp import config as pconfig
 from pydp._ffi import ffi, lib
 from pydp.apply import apply_config
-from pydp.shm import Region, numpy_dtype
+from pydp.shm import numpy_dtype
 from test_observe import TEXT as OBSERVE_TEXT
 
 PASS = "s3cret-carp-Pa55"
@@ -233,16 +231,10 @@ def test_store_keeps_sync_and_migrates_an_old_store(tmp_path):
 # ---- the service on a real region ----
 
 @pytest.fixture
-def region():
-    path = f"/dev/shm/pydp-fs-{uuid.uuid4().hex[:8]}"
-    r = Region.create(path, workers=2, flow_capacity=1024, maglev_max=1021)
-    try:
-        r.slots = apply_config(r, pconfig.loads(TEXT)).slots
-        yield r
-    finally:
-        r.close()
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(path)
+def region(region):
+    """The shared region (tests/conftest.py) with TEXT applied; .slots: its cluster slots."""
+    region.slots = apply_config(region, pconfig.loads(TEXT)).slots
+    return region
 
 
 def ring(region, worker: int) -> np.ndarray:

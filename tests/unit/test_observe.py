@@ -9,14 +9,13 @@ import json
 import os
 import subprocess
 import sys
-import uuid
 
 import pytest
 
 from pydp import config as pconfig
 from pydp._ffi import ffi, lib
 from pydp.apply import apply_config
-from pydp.shm import Region, pack_addr
+from pydp.shm import pack_addr
 from control import metrics, observe
 
 TEXT = """
@@ -57,17 +56,11 @@ mac = "02:00:00:00:03:02"
 
 
 @pytest.fixture
-def region():
-    path = f"/dev/shm/pydp-obs-{uuid.uuid4().hex[:8]}"
-    r = Region.create(path, workers=2, flow_capacity=1024, maglev_max=1021)
-    try:
-        res = apply_config(r, pconfig.loads(TEXT))
-        r.set_active(res.slots["web"], True)
-        yield r
-    finally:
-        r.close()
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(path)
+def region(region):
+    """The shared region (tests/conftest.py) with TEXT applied and its cluster web owned."""
+    res = apply_config(region, pconfig.loads(TEXT))
+    region.set_active(res.slots["web"], True)
+    return region
 
 
 def _sw(port: int) -> int:

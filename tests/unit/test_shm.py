@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import ipaddress
 import os
-import uuid
 
 import numpy as np
 import pytest
@@ -41,24 +40,7 @@ VIEW_STRUCTS = [
 ]
 
 
-@pytest.fixture
-def shm_path():
-    """A fresh name in /dev/shm; whatever is left there is removed afterwards."""
-    path = f"/dev/shm/pydp-test-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    yield path
-    for p in (path, path + ".other"):
-        try:
-            os.unlink(p)
-        except FileNotFoundError:
-            pass
-
-
-@pytest.fixture
-def region(shm_path):
-    r = Region.create(shm_path, workers=WORKERS, ports=1, maglev_max=MAGLEV_MAX, flow_capacity=FLOW_CAPACITY)
-    yield r
-    r.close()
-    assert not os.path.exists(shm_path), "closing the creator must unlink the region"
+pytestmark = pytest.mark.region(workers=WORKERS, ports=1, maglev_max=MAGLEV_MAX, flow_capacity=FLOW_CAPACITY)
 
 
 # ---- create / attach ----
