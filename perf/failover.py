@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Failover benchmark: two pydp appliances with CARP; SIGKILL the master N times and time the takeover.
 
-Topology: tests/failover_lab.py (two appliances on one bridge, a client sending UDP datagrams to the cluster IP
+Topology: control/lab/failover.py (two appliances on one bridge, a client sending UDP datagrams to the cluster IP
 through its kernel, a sniffer behind the edges recording which appliance forwarded each datagram). Cluster
 "web": advbase 1 s, A advskew 0 (master-down 3.0 s), B advskew 100 (master-down 3.39 s).
 
@@ -31,10 +31,7 @@ import tempfile
 import time
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent / "tests"))
-
-from failover_lab import APPLIANCES, Lab, Traffic, interval  # noqa: E402
+from control.lab.failover import APPLIANCES, FailoverLab, Traffic, interval
 
 EPILOG = """examples:
   perf/failover.py                                  # 20 failovers, both directions, table on stdout
@@ -59,7 +56,7 @@ def summarize(xs: list[float]) -> dict:
 
 def run(args) -> dict:
     rounds = []
-    with tempfile.TemporaryDirectory(prefix="pydp-failover-") as tmp, Lab(Path(tmp), preempt=args.preempt) as lab:
+    with tempfile.TemporaryDirectory(prefix="pydp-failover-") as tmp, FailoverLab(Path(tmp), preempt=args.preempt) as lab:
         lab.a.start()
         lab.b.start()
         lab.a.wait_state("master", 15)

@@ -1,33 +1,24 @@
-"""Test topologies made of network namespaces, and a pydp-dataplane process run inside one.
+"""The tests' one helper module on top of the shipped lab library (control/lab/: namespaces, veths, bridges,
+pydp-dataplane and pydp-control in a namespace, one appliance, the two-appliance failover topology, the virtual
+lab). Only what tests alone need lives here; the rest is re-exported so tests import from one place.
 
-Everything a test makes here is removed when its context ends, also on failure: namespaces (and the veths in
-them), the data-plane process, its shared memory and its DPDK runtime directory. The plumbing itself lives in
-control/lab/net.py (the virtual lab uses it too); this module adds what only tests need.
+Everything a test makes with these is removed when its context ends, also on failure: namespaces (and the veths in
+them), processes, shared memory and DPDK runtime directories.
 """
 
 from __future__ import annotations
 
 import contextlib
+import glob
 import os
-import subprocess
 import sys
+import time
 import uuid
 from pathlib import Path
 
+from control.lab.appliance import Appliance, pydpctl  # noqa: F401  (re-exported)
 from control.lab.net import (ControlProcess, DataplaneProcess, addresses, bridge, bridge_host,  # noqa: F401
-                             link_mac, ns_run, run, terminate, veth, wait_until)
-
-
-@contextlib.contextmanager
-def netns(prefix: str = "pydpt"):
-    """A fresh namespace with its loopback up; deleted (with every interface in it) at the end."""
-    name = f"{prefix}-{uuid.uuid4().hex[:8]}"
-    run("ip", "netns", "add", name)
-    try:
-        ns_run(name, "ip", "link", "set", "lo", "up")
-        yield name
-    finally:
-        run("ip", "netns", "del", name, check=False)
+                             eventually, link_mac, netns, ns_run, run, terminate, veth)
 
 
 def traffic(ns: str, workdir: Path, *args, timeout: float = 120.0) -> dict:
@@ -40,15 +31,6 @@ def traffic(ns: str, workdir: Path, *args, timeout: float = 120.0) -> dict:
                   check=False)
     assert proc.returncode == 0, f"traffic.py failed:\n{proc.stdout}\n{proc.stderr}"
     return json.loads(out.read_text())
-
-
-def pydpctl(*args, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess:
-    """pydpctl with these arguments (give --socket or --db first); check: fail on a non-zero exit status."""
-    p = subprocess.run([sys.executable, "-P", "-m", "control.cli", *map(str, args)], capture_output=True, text=True,
-                       timeout=timeout)
-    if check:
-        assert p.returncode == 0, f"pydpctl {' '.join(map(str, args))}: {p.stderr}"
-    return p
 
 
 def control_lab(stack: contextlib.ExitStack, lb_ns: str, appliance: str, workdir: Path, metrics: str,
@@ -71,6 +53,18 @@ def scrape(ns: str, address: str) -> str:
     code = ("import urllib.request, sys; "
             f"sys.stdout.write(urllib.request.urlopen('http://{address}/metrics', timeout=5).read().decode())")
     return ns_run(ns, sys.executable, "-c", code).stdout
+
+
+def metrics(appliance: Appliance) -> dict[str, float]:
+    """An appliance's Prometheus metrics, {'name{labels}': value}, and the text itself under '__text__'."""
+    text = scrape(appliance.ns, appliance.ctl.metrics)
+    out: dict = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            key, _, value = line.rpartition(" ")
+            out[key] = float(value)
+    out["__text__"] = text
+    return out
 
 
 def report(request, text: str) -> None:
@@ -104,3 +98,87 @@ for h in sys.argv[1:]:
     s.send(bytes.fromhex(h))
     time.sleep(0.02)
 """
+
+
+# ---- the failover topology (control/lab/failover.py) ----
+
+def assert_flows_through(lab, owner: Appliance, other: Appliance, seconds: float = 1.5) -> None:
+    """Datagrams sent from now on arrive through owner, none through other: waits (at most 2 x seconds) until
+    owner has forwarded what the client sends in `seconds`, then checks that other forwarded none meanwhile."""
+    t0 = time.time()
+    want = 0.8 * lab.traffic.pps * seconds
+
+    def why() -> str:
+        return (f"{lab.traffic.since(t0)}; {owner.name}: {owner.carp()}; client's entry for the cluster IP: "
+                f"{lab.client_neigh()}")
+
+    eventually(lambda: lab.traffic.since(t0).get(owner.mac, 0) >= want, 2 * seconds,
+               lambda: f"{want:.0f} datagrams through {owner.name}: {why()}", interval=0.1)
+    assert lab.traffic.since(t0).get(other.mac, 0) == 0, f"datagrams through {other.name}: {why()}"
+
+
+# ---- the virtual lab (control/lab/lab.py) ----
+
+def lab_name() -> str:
+    """A fresh lab name (its namespaces, files and processes all carry it)."""
+    return f"pl{uuid.uuid4().hex[:8]}"
+
+
+def leftovers(name: str) -> dict:
+    """Everything of lab `name` still on the machine (empty lists: nothing)."""
+    from control.lab.lab import RUN_ROOT, lab_namespaces
+
+    procs = []
+    for p in glob.glob("/proc/[0-9]*/cmdline"):
+        try:
+            if name.encode() in Path(p).read_bytes():
+                procs.append(int(p.split("/")[2]))
+        except OSError:
+            pass
+    procs = [p for p in procs if p != os.getpid()]
+    return {"namespaces": lab_namespaces(name), "processes": procs,
+            "files": glob.glob(f"/dev/shm/{name}-*") + glob.glob(f"/dev/hugepages/*{name}-*"),
+            "dpdk": glob.glob(f"/var/run/dpdk/pydp-{name}-*"),
+            "run_dir": [str(RUN_ROOT / name)] if (RUN_ROOT / name).exists() else []}
+
+
+def assert_clean(name: str) -> None:
+    """Nothing of lab `name` is left on the machine."""
+    left = leftovers(name)
+    assert not any(left.values()), f"lab {name} left: {left}"
+
+
+# ---- the one-appliance namespace tests: an appliance lb0 (af_packet, TAP pydp-p0) and edges on the client side ----
+
+LB_MAC = "02:00:00:00:01:01"                     # the appliance's data port lb0
+VIP = "198.51.100.10"                            # cluster web
+EDGE_MACS = {"e1": "02:00:00:00:02:01", "e2": "02:00:00:00:02:02", "e3": "02:00:00:00:02:03"}
+EDGE_IPS = {"e1": "198.51.100.21", "e2": "198.51.100.22", "e3": "198.51.100.23"}
+
+
+def edge_toml(name: str, ip: str, mac: str | None = None, weight: int | None = None) -> str:
+    """One [[cluster.edge]] table."""
+    return (f'[[cluster.edge]]\nname = "{name}"\nip = "{ip}"\n' + (f'mac = "{mac}"\n' if mac else "")
+            + (f"weight = {weight}\n" if weight is not None else ""))
+
+
+def cluster_toml(name: str, vip: str, vhid: int, edges: str, health: str | None = 'type = "none"') -> str:
+    """One [[cluster]] with its CARP vhid, its [cluster.health] lines (None: no table) and edges (edge_toml)."""
+    return (f'[[cluster]]\nname = "{name}"\ncluster_ip = "{vip}"\n[cluster.carp]\nvhid = {vhid}\n'
+            + (f"[cluster.health]\n{health}\n" if health is not None else "") + edges)
+
+
+def appliance_toml(*clusters: str, lcores: str = "0-1", flow_capacity: int = 65536,
+                   timeouts: dict | None = None) -> str:
+    """The appliance file of the one-appliance namespace tests: the data plane on lb0 (af_packet) with its TAP
+    pydp-p0, then the clusters (cluster_toml)."""
+    text = (f'[dataplane]\nlcores = "{lcores}"\nflow_capacity = {flow_capacity}\nhugepages = true\nmemory_mb = 256\n'
+            "mbufs = 8191\n")
+    if timeouts:
+        text += "[dataplane.timeouts]\n" + "".join(f"{k} = {v}\n" for k, v in timeouts.items())
+    text += '[[port]]\nname = "p0"\ndevice = "net_af_packet0,iface=lb0"\ntap = "pydp-p0"\n'
+    return text + "".join(clusters)
+
+# a second cluster next to web, so that tests see one cluster's change leave the other alone
+OTHER_TOML = cluster_toml("other", "198.51.100.20", 2, edge_toml("o1", "198.51.100.41", "02:00:00:00:03:01")
+                          + edge_toml("o2", "198.51.100.42", "02:00:00:00:03:02"))

@@ -1,6 +1,6 @@
 """One pydp appliance inside a network namespace: its store (pydpctl import), pydp-dataplane on an af_packet port
 with a TAP, and pydp-control running CARP and the health checks. Used by the virtual lab (pydp-lab) and by the
-failover tests (tests/failover_lab.py).
+failover topology (control/lab/failover.py).
 """
 
 from __future__ import annotations
@@ -19,8 +19,9 @@ TAP = "pydp-p0"
 
 def pydpctl(*args, socket: str | None = None, db: Path | None = None, check: bool = True,
             timeout: float = 60) -> subprocess.CompletedProcess:
-    """pydpctl against a daemon's socket (live apply) or straight against a store file."""
-    where = ["--socket", socket] if socket else ["--db", str(db)]
+    """pydpctl against a daemon's socket (live apply) or straight against a store file (or neither: then args say
+    --socket or --db themselves)."""
+    where = ["--socket", socket] if socket else ["--db", str(db)] if db else []
     p = subprocess.run([sys.executable, "-P", "-m", "control.cli", *where, *map(str, args)], capture_output=True,
                        text=True, timeout=timeout)
     if check and p.returncode != 0:

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from control.lab import topology as T
 from control.lab.lab import Lab
-from control.lab.load import Load, wait_for
+from control.lab.load import Load, when
 from control.lab.net import terminate
 
 REPLIES = (f"(ip src {T.VIP} and tcp src port {T.HTTP_PORT}) or (ip6 src {T.VIP6} and tcp src port {T.HTTP_PORT})"
@@ -112,7 +112,7 @@ def story(lab: Lab, out: Path, conns: int, say) -> dict:
     master = lab.master() or a
     t_kill = victim.kill()
     marks.append((t_kill, f"{victim.name} killed"))
-    t_down = wait_for(lambda: lab.edge_health(master).get(victim.name) == "down", 30)
+    t_down = when(lambda: lab.edge_health(master).get(victim.name) == "down", 30)
     res["edge_detect_s"] = round(t_down - t_kill, 3) if t_down else None
     marks.append((t_down or time.time(), f"{victim.name} out"))
     time.sleep(2)
@@ -121,7 +121,7 @@ def story(lab: Lab, out: Path, conns: int, say) -> dict:
         res["edge_broken_conns"][c["edge"]] = res["edge_broken_conns"].get(c["edge"], 0) + 1
     t_fix = time.time()
     victim.start()
-    t_up = wait_for(lambda: lab.edge_health(master).get(victim.name) == "up", 30)
+    t_up = when(lambda: lab.edge_health(master).get(victim.name) == "up", 30)
     res["edge_rejoin_s"] = round(t_up - t_fix, 3) if t_up else None
     marks.append((t_up or time.time(), f"{victim.name} back"))
     res["new_to_failed_edge_after_detection"] = sum(
@@ -154,10 +154,10 @@ def story(lab: Lab, out: Path, conns: int, say) -> dict:
     standby = lab.other(master)
     t_dead = master.kill()
     marks.append((t_dead, f"LB {master.name} killed"))
-    t_master = wait_for(lambda: standby.state() == "master", 30)
+    t_master = when(lambda: standby.state() == "master", 30)
     res["takeover_s"] = round(t_master - t_dead, 3) if t_master else None
     marks.append((t_master or time.time(), f"LB {standby.name} master"))
-    t_back = wait_for(lambda: any(e["edge"] for e in load.new(t_dead + 0.001)), 30)
+    t_back = when(lambda: any(e["edge"] for e in load.new(t_dead + 0.001)), 30)
     res["traffic_back_s"] = round(t_back - t_dead, 3) if t_back else None
     time.sleep(8)                 # every connection makes requests through the new active appliance
 

@@ -22,7 +22,7 @@ from pathlib import Path
 from control.lab import topology as T
 from control.lab.appliance import Appliance, Pair
 from control.lab.net import (bridge, bridge_host, full_checksums, kernel_ignores, ns_run, run, terminate, veth,
-                             wait_until)
+                             eventually)
 
 RUN_ROOT = Path(os.environ.get("PYDP_LAB_RUN", "/run/pydp-lab"))
 
@@ -85,8 +85,8 @@ class Edge:
                                               str(self.dir / "esp.log")] + [a for b in binds for a in ("--bind", b)],
                                              stdout=subprocess.DEVNULL, stderr=err)
             self.lab.record("pids", self.echo.pid)
-        wait_until(lambda: ns_run(self.ns, "curl", "-s", "-m", "1", f"http://{self.spec.ip}{T.HEALTH_PATH}",
-                                  check=False).stdout.startswith("ok"), 15, f"nginx on {self.name}", step=0.1)
+        eventually(lambda: ns_run(self.ns, "curl", "-s", "-m", "1", f"http://{self.spec.ip}{T.HEALTH_PATH}",
+                                  check=False).stdout.startswith("ok"), 15, f"nginx on {self.name}", interval=0.1)
 
     def kill(self) -> float:
         """SIGKILL nginx (master and workers): its connections die with it. Returns the wall-clock time."""
@@ -265,8 +265,9 @@ class Lab(Pair):
 
     def wait_edges_up(self, a: Appliance, timeout: float, cluster: str = "web") -> None:
         want = set(self.edges)
-        wait_until(lambda: {n for n, h in self.edge_health(a, cluster).items() if h == "up"} >= want, timeout,
-                   f"every edge of {cluster} up on appliance {a.name}: {self.edge_health(a, cluster)}", step=0.1)
+        eventually(lambda: {n for n, h in self.edge_health(a, cluster).items() if h == "up"} >= want, timeout,
+                   lambda: f"every edge of {cluster} up on appliance {a.name}: {self.edge_health(a, cluster)}",
+                   interval=0.1)
 
     def client(self, *args, timeout: float = 60) -> subprocess.CompletedProcess:
         """A command in the clients' namespace."""

@@ -10,7 +10,7 @@ import sys
 import time
 import uuid
 
-from control.lab.net import terminate, wait_until
+from control.lab.net import eventually, terminate
 
 
 class Load:
@@ -32,8 +32,8 @@ class Load:
         with open(self.dir / "client.err", "w") as err:
             self.proc = subprocess.Popen(self.argv, stdout=subprocess.DEVNULL, stderr=err)
         self.lab.record("pids", self.proc.pid)
-        wait_until(lambda: self.proc.poll() is not None or len(self.open_conns()) >= self.conns, timeout,
-                   f"{self.conns} long-lived connections open", step=0.2)
+        eventually(lambda: self.proc.poll() is not None or len(self.open_conns()) >= self.conns, timeout,
+                   f"{self.conns} long-lived connections open", interval=0.2)
         if self.proc.poll() is not None:
             raise RuntimeError(f"the lab client exited: {(self.dir / 'client.err').read_text()}")
         return self
@@ -110,11 +110,11 @@ class Load:
                 "survived": sum(r["equal"] and r["broken"] is None for r in rows), "total": len(rows)}
 
 
-def wait_for(pred, timeout: float, step: float = 0.05) -> float | None:
-    """Polls pred; returns the wall-clock time it first held, None after timeout (measurements, not assertions)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return time.time()
-        time.sleep(step)
-    return None
+def when(pred, timeout: float) -> float | None:
+    """The wall-clock time pred first held (polled with eventually()), None if not within timeout: for the demo,
+    which reports what it measured instead of failing."""
+    try:
+        eventually(pred, timeout)
+    except AssertionError:
+        return None
+    return time.time()

@@ -223,16 +223,35 @@ def link_mac(ns: str, dev: str) -> str:
     return json.loads(run("ip", "-j", "-n", ns, "link", "show", "dev", dev).stdout)[0]["address"]
 
 
-def wait_until(pred, timeout: float, what: str, step: float = 0.05):
-    """Polls pred until it returns something true (returned); AssertionError naming `what` after timeout."""
+def eventually(fn, timeout: float = 10.0, what=None, *, interval: float = 0.05):
+    """Polls fn() every `interval` seconds until it returns something true, and returns that. After `timeout`
+    seconds (fn is always called once more at the deadline) AssertionError naming `what`: a string, or a callable
+    whose result describes the state at the timeout. The one polling wait of the lab and the tests."""
     deadline = time.monotonic() + timeout
     while True:
-        value = pred()
+        value = fn()
         if value:
             return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.1f} s waiting for {what}")
-        time.sleep(step)
+        if time.monotonic() >= deadline:
+            value = fn()
+            if value:
+                return value
+            why = what() if callable(what) else (what or getattr(fn, "__name__", "a condition"))
+            raise AssertionError(f"timed out after {timeout:.1f} s waiting for {why}")
+        time.sleep(min(interval, max(0.0, deadline - time.monotonic())))
+
+
+@contextlib.contextmanager
+def netns(prefix: str = "pydpt"):
+    """A fresh namespace PREFIX-<8 hex digits> with its loopback up; deleted (with every interface in it) at the
+    end, also on failure."""
+    name = f"{prefix}-{uuid.uuid4().hex[:8]}"
+    run("ip", "netns", "add", name)
+    try:
+        ns_run(name, "ip", "link", "set", "lo", "up")
+        yield name
+    finally:
+        run("ip", "netns", "del", name, check=False)
 
 
 

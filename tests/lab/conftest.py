@@ -1,5 +1,5 @@
-"""The virtual lab (control/lab) for the end-to-end tests: one lab per module, checked clean (labcheck.py) at the
-end, also when a test failed."""
+"""The virtual lab (control/lab) for the end-to-end tests: one lab per module, checked clean (netlab.assert_clean)
+at the end, also when a test failed."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import pytest
 
 from control.lab.lab import Lab
 from control.lab.topology import Topology
-from labcheck import assert_clean, lab_name
+from netlab import assert_clean, lab_name
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from labcheck import assert_clean, lab_name, leftovers
+from netlab import assert_clean, lab_name, leftovers
 from control.lab.lab import RUN_ROOT
 
 pytestmark = [pytest.mark.dpdk, pytest.mark.netns]

@@ -10,8 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from labcheck import assert_clean, lab_name
-from netlab import report
+from netlab import assert_clean, lab_name, report
 
 pytestmark = [pytest.mark.dpdk, pytest.mark.netns]
 

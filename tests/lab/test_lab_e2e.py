@@ -15,8 +15,8 @@ import pytest
 
 from control.lab import topology as T
 from control.lab.demo import Capture
-from control.lab.load import Load, wait_for
-from netlab import report, wait_until
+from control.lab.load import Load
+from netlab import eventually, report
 
 pytestmark = [pytest.mark.dpdk, pytest.mark.netns]
 
@@ -111,7 +111,7 @@ def test_ike_and_esp_reach_the_same_edge_with_ipsec_local_termination(lab):
     ike = client_py(lab, IPSEC_PROBE, T.VIP_IPSEC, ",".join(srcs))
     assert len({e for pair in ike.values() for e in pair}) >= 2, f"10 clients all on one edge: {ike}"
     esp_at = {}
-    wait_until(lambda: sum(len(e.esp_sources()) for e in lab.edges.values()) >= 3 * len(srcs), 10,
+    eventually(lambda: sum(len(e.esp_sources()) for e in lab.edges.values()) >= 3 * len(srcs), 10,
                "every ESP packet at an edge")
     for name, e in lab.edges.items():
         for src in e.esp_sources():
@@ -171,14 +171,15 @@ def test_edge_failure_breaks_only_its_connections(lab, request):
         by_edge = load.conns_by_edge()
         assert set(by_edge) == set(lab.edges), by_edge
         t_kill = victim.kill()
-        t_down = wait_for(lambda: lab.edge_health(master).get("e2") == "down", 30)
-        assert t_down is not None
+        eventually(lambda: lab.edge_health(master).get("e2") == "down", 30, "e2 down on the master")
+        t_down = time.time()
         time.sleep(3)
         t_fix = time.time()
         victim.start()
-        t_up = wait_for(lambda: lab.edge_health(master).get("e2") == "up", 30)
-        assert t_up is not None
-        t_first = wait_for(lambda: any(e["edge"] == "e2" for e in load.new(t_fix)), 15)
+        eventually(lambda: lab.edge_health(master).get("e2") == "up", 30, "e2 up again on the master")
+        t_up = time.time()
+        eventually(lambda: any(e["edge"] == "e2" for e in load.new(t_fix)), 15, "a new connection to e2")
+        t_first = time.time()
         time.sleep(1)
     broken = load.broken()
     detect, rejoin = t_down - t_kill, t_up - t_fix
@@ -245,12 +246,12 @@ def test_dataplane_restarted_traffic_comes_back(lab, request):
     t0 = time.time()
     master.restart_dataplane()
     src = lab.topo.client_ips()[3]
-    back = wait_for(lambda: curl(lab, f"http://{T.VIP}/", src, timeout=1) is not None, 60, step=0.2)
+    eventually(lambda: curl(lab, f"http://{T.VIP}/", src, timeout=1) is not None, 60, "traffic back", interval=0.2)
+    back = time.time()
     report(request, f"pydp-dataplane killed and restarted: traffic back after {back - t0:.2f} s "
                     f"(master now: {lab.master().name if lab.master() else None})")
-    assert back is not None
     for a in lab.appliances.values():
-        wait_until(lambda: a.state() in ("master", "backup"), 30, f"appliance {a.name} in CARP again")
+        eventually(lambda: a.state() in ("master", "backup"), 30, f"appliance {a.name} in CARP again")
     lab.wait_edges_up(lab.master(), 30)
 
 
@@ -261,14 +262,14 @@ def test_takeover_keeps_long_lived_connections(lab, request):
         master = lab.master()
         standby = lab.other(master)
         t_kill = master.kill()
-        t_master = wait_for(lambda: standby.state() == "master", 30)
+        eventually(lambda: standby.state() == "master", 30, f"{standby.name} master")
+        t_master = time.time()
         time.sleep(8)
     master.restart()
     master.wait_state("backup", 30)
     check = load.byte_check()
     report(request, f"takeover: {standby.name} master {t_master - t_kill:.2f} s after {master.name} was killed; "
                     f"{check['survived']} of {check['total']} long-lived connections survived (byte counts equal)")
-    assert t_master is not None
     assert check["survived"] == check["total"] == 200
 
 
@@ -281,11 +282,12 @@ def test_edge_set_change_then_failover_keeps_every_connection(lab, request):
         standby = lab.other(master)
         e4 = lab.add_edge()
         lab.wait_edges_up(master, 30)
-        wait_until(lambda: any(e["edge"] == e4.name for e in load.new(time.time() - 2)), 20,
+        eventually(lambda: any(e["edge"] == e4.name for e in load.new(time.time() - 2)), 20,
                    "new connections reaching the new edge")
         time.sleep(1)
         t_kill = master.kill()
-        t_master = wait_for(lambda: standby.state() == "master", 30)
+        eventually(lambda: standby.state() == "master", 30, f"{standby.name} master")
+        t_master = time.time()
         time.sleep(8)
     check = load.byte_check()
     moved = [r for r in check["rows"] if not (r["equal"] and r["broken"] is None)]

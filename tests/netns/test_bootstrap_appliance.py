@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from netlab import DataplaneProcess, netns, ns_run, run, veth, wait_until
+from netlab import DataplaneProcess, eventually, netns, ns_run, run, veth
 from pydp import config as pconfig
 
 pytestmark = pytest.mark.netns
@@ -286,7 +286,7 @@ def test_the_bootstrapped_appliance_runs(ns, tmp_path, bootstrap):
               "--root", str(root))
     text = (root / "etc/pydp/appliance.toml").read_text()
     with DataplaneProcess(ns, text, tmp_path, args=["--own-all"]):
-        wait_until(lambda: run("ip", "-n", ns, "link", "show", "dev", "pydp-wan0", check=False).returncode == 0,
+        eventually(lambda: run("ip", "-n", ns, "link", "show", "dev", "pydp-wan0", check=False).returncode == 0,
                    10, "the TAP pydp-wan0")
         rule = (root / "etc/udev/rules.d/80-pydp-tap.rules").read_text()
         command = rule.split('RUN+="', 1)[1].split('"', 1)[0].split()     # udev splits RUN on spaces, no shell

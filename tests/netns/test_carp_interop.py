@@ -25,7 +25,8 @@ from pathlib import Path
 
 import pytest
 
-from netlab import RAW_SENDER, addresses, bridge, bridge_host, link_mac, netns, ns_run, pydp_carp_argv, report, run, wait_until
+from netlab import (RAW_SENDER, addresses, bridge, bridge_host, eventually, link_mac, netns, ns_run, pydp_carp_argv,
+                    report, run)
 from control.carp import codec
 
 pytestmark = [pytest.mark.netns]
@@ -138,7 +139,7 @@ def lab(tmp_path_factory, request):
         lab.capture.touch()
         lab.sniffer = subprocess.Popen(["ip", "netns", "exec", c, sys.executable, "-c", SNIFFER, str(lab.capture)])
         try:
-            wait_until(lambda: lab.frames(kind="ready"), 10, "the sniffer to start")
+            eventually(lambda: lab.frames(kind="ready"), 10, "the sniffer to start")
             yield lab
         finally:
             lab.sniffer.kill()
@@ -159,7 +160,7 @@ def _summary(request, lab: Lab) -> None:
 
 
 def timed(pred, timeout: float, what: str, t0: float) -> float:
-    wait_until(pred, timeout, what)
+    eventually(pred, timeout, what)
     return time.monotonic() - t0
 
 
@@ -286,7 +287,7 @@ def delayed_garp(lab: Lab, since: float, mac: str) -> list[dict]:
         g = lab.frames(since, kind="arp", spa=VIP, tpa=VIP, src_mac=mac)
         return g if any(1.5 <= x["t"] - g[0]["t"] <= 3.0 for x in g[1:]) else None
 
-    return wait_until(check, 4, "a gratuitous ARP and the delayed second one")
+    return eventually(check, 4, "a gratuitous ARP and the delayed second one")
 
 
 # ---- interop ------------------------------------------------------------------------------------------------
@@ -295,7 +296,7 @@ def test_ucarp_master_then_ours_preempts_fails_over_and_bows_out(lab, procs):
     """ucarp master + ours backup; ours preempts only with --preempt; ucarp takes over when ours is killed;
     ours bows out on SIGTERM and ucarp takes over at once."""
     ucarp = procs(Ucarp(lab, "a-ucarp", lab.h2, H2, skew=SLOW_SKEW))
-    wait_until(lambda: lab.holders() == {"h2"}, 8, "ucarp to become master")
+    eventually(lambda: lab.holders() == {"h2"}, 8, "ucarp to become master")
 
     # ours, preferred (advskew 0) but without --preempt, joins later: it stays backup
     ours = procs(Ours(lab, "a-ours1", lab.h1, H1, skew=0))
@@ -318,9 +319,9 @@ def test_ucarp_master_then_ours_preempts_fails_over_and_bows_out(lab, procs):
     lab.timings.append(("ours (--preempt) preempts ucarp master, incl. process start", secs,
                         1 + interval(SLOW_SKEW) + 2))
     assert "preempting" in ours.status()["reason"]
-    wait_until(lambda: ucarp.state() == "BACKUP", 3, "ucarp to go back to BACKUP")
+    eventually(lambda: ucarp.state() == "BACKUP", 3, "ucarp to go back to BACKUP")
     # our gratuitous ARP moved the client's entry without any traffic; a second one follows ~2 intervals later
-    wait_until(lambda: lab.neigh_mac() == lab.macs[lab.h1], 2, "the client's ARP entry to move to h1")
+    eventually(lambda: lab.neigh_mac() == lab.macs[lab.h1], 2, "the client's ARP entry to move to h1")
     garps = delayed_garp(lab, t0, lab.macs[lab.h1])
     assert garps[0]["op"] == 1 and garps[0]["sha"] == lab.macs[lab.h1]
     # our advertisements: TTL 255, our source, our real MAC (mac=real)
@@ -339,7 +340,7 @@ def test_ucarp_master_then_ours_preempts_fails_over_and_bows_out(lab, procs):
     secs = timed(lambda: lab.holders() == {"h2"}, takeover_bound(SLOW_SKEW) + 1, "ucarp to take over", t0)
     lab.timings.append(("failover: ours SIGKILLed -> ucarp holds the VIP", secs, takeover_bound(SLOW_SKEW)))
     assert secs <= takeover_bound(SLOW_SKEW)
-    wait_until(lambda: lab.neigh_mac() == lab.macs[lab.h2], 2, "ucarp's gratuitous ARP to reach the client")
+    eventually(lambda: lab.neigh_mac() == lab.macs[lab.h2], 2, "ucarp's gratuitous ARP to reach the client")
 
     # ours comes back (preempts), then stops gracefully: bow-out, ucarp takes over at once
     marks = lab.workdir / "a-marks.txt"
@@ -353,8 +354,8 @@ def test_ucarp_master_then_ours_preempts_fails_over_and_bows_out(lab, procs):
         link.symlink_to(script)
     ours = procs(Ours(lab, "a-ours3", lab.h1, H1, skew=0, preempt=True,
                       extra=["--upscript", str(up), "--downscript", str(down), "--shutdown"]))
-    wait_until(lambda: lab.holders() == {"h1"}, 1 + interval(SLOW_SKEW) + 2, "ours to preempt again")
-    wait_until(lambda: ucarp.state() == "BACKUP", 3, "ucarp to go back to BACKUP")
+    eventually(lambda: lab.holders() == {"h1"}, 1 + interval(SLOW_SKEW) + 2, "ours to preempt again")
+    eventually(lambda: ucarp.state() == "BACKUP", 3, "ucarp to go back to BACKUP")
     t0 = time.monotonic()
     assert ours.term() == 0
     # ucarp reads packets through libpcap with a 1 s buffer timeout: it may see the bow-out up to ~1 s late,
@@ -375,7 +376,7 @@ def test_ours_master_then_ucarp_preempts_fails_over_and_stops(lab, procs):
     ucarp stops with SIGTERM (ucarp 1.5.2 does not bow out: ours waits for its master-down timer)."""
     t_start = time.monotonic()
     ours = procs(Ours(lab, "b-ours", lab.h1, H1, skew=SLOW_SKEW, mac="ucarp"))
-    wait_until(lambda: lab.holders() == {"h1"}, 8, "ours to become master")
+    eventually(lambda: lab.holders() == {"h1"}, 8, "ours to become master")
 
     ucarp = procs(Ucarp(lab, "b-ucarp1", lab.h2, H2, skew=0))
     time.sleep(3.0 + 1.0)
@@ -391,7 +392,7 @@ def test_ours_master_then_ucarp_preempts_fails_over_and_stops(lab, procs):
     ucarp = procs(Ucarp(lab, "b-ucarp2", lab.h2, H2, skew=0, preempt=True))
     secs = timed(lambda: lab.holders() == {"h2"}, interval(SLOW_SKEW) + 3, "ucarp to preempt ours", t0)
     lab.timings.append(("ucarp (-P) preempts ours, incl. process start", secs, interval(SLOW_SKEW) + 3))
-    st = wait_until(lambda: (s := ours.status())["state"] == "BACKUP" and s, 2, "ours to go back to BACKUP")
+    st = eventually(lambda: (s := ours.status())["state"] == "BACKUP" and s, 2, "ours to go back to BACKUP")
     assert "faster" in st["reason"], st
 
     # ucarp master + ours backup, steady
@@ -412,8 +413,8 @@ def test_ours_master_then_ucarp_preempts_fails_over_and_stops(lab, procs):
 
     # graceful stop of ucarp (-z: its downscript removes the address)
     ucarp = procs(Ucarp(lab, "b-ucarp3", lab.h2, H2, skew=0, preempt=True, shutdown=True))
-    wait_until(lambda: lab.holders() == {"h2"}, interval(SLOW_SKEW) + 3, "ucarp to preempt again")
-    wait_until(lambda: ours.state() == "BACKUP", 2, "ours to go back to BACKUP")
+    eventually(lambda: lab.holders() == {"h2"}, interval(SLOW_SKEW) + 3, "ucarp to preempt again")
+    eventually(lambda: ours.state() == "BACKUP", 2, "ours to go back to BACKUP")
     t0 = time.monotonic()
     ucarp.term()
     secs = timed(lambda: lab.holders() == {"h1"}, takeover_bound(SLOW_SKEW) + 1, "ours to take over", t0)
@@ -436,11 +437,11 @@ def test_wrong_passphrase_rejected_by_both(lab, procs):
     expected outcome). The passphrase stays out of ps, the log and the status file."""
     ours = procs(Ours(lab, "c-ours", lab.h1, H1, skew=0))
     ucarp = procs(Ucarp(lab, "c-ucarp", lab.h2, H2, skew=SLOW_SKEW, passphrase=WRONG))
-    wait_until(lambda: lab.holders() == {"h1", "h2"}, 8, "both to hold the VIP")
-    st = wait_until(lambda: (s := ours.status())["drops"]["hmac"] >= 2 and s, 4, "hmac drops in our status")
+    eventually(lambda: lab.holders() == {"h1", "h2"}, 8, "both to hold the VIP")
+    st = eventually(lambda: (s := ours.status())["drops"]["hmac"] >= 2 and s, 4, "hmac drops in our status")
     assert st["state"] == "MASTER" and st["received_ok"] == 0, st
     assert not any(n for reason, n in st["drops"].items() if reason != "hmac"), st
-    wait_until(lambda: "Bad digest" in ucarp.text(), 4, "ucarp to reject our digest")
+    eventually(lambda: "Bad digest" in ucarp.text(), 4, "ucarp to reject our digest")
     assert ucarp.state() == "MASTER"
     # secrets
     cmdline = Path(f"/proc/{ours.pid}/cmdline").read_bytes()
@@ -460,14 +461,14 @@ def test_forged_adverts_counted_and_ignored_virtual_mac(lab, procs):
     run("ip", "-n", lab.c, "neigh", "replace", VIP, "lladdr", "02:00:00:00:00:99", "dev", "eth0", "nud", "stale")
     t_start = time.monotonic()
     ours = procs(Ours(lab, "d-ours", lab.h1, H1, skew=SLOW_SKEW, mac="virtual", use_pass=True))
-    wait_until(lambda: lab.holders() == {"h1"}, 8, "ours to become master")
+    eventually(lambda: lab.holders() == {"h1"}, 8, "ours to become master")
     assert PASS not in Path(f"/proc/{ours.pid}/cmdline").read_bytes()
     assert "warning: --pass puts the passphrase in the process list" in ours.text()
     assert arp_sysctls(lab.h1) == ("1", "2")
 
     # our gratuitous ARP pointed the client at the virtual MAC; a fresh ARP resolution gets it too, and traffic
     # to the cluster IP works (its answers, sent through the parent, do not move the client's entry)
-    wait_until(lambda: lab.neigh_mac() == VIRTUAL_MAC, 2, "the client's entry to point at the virtual MAC")
+    eventually(lambda: lab.neigh_mac() == VIRTUAL_MAC, 2, "the client's entry to point at the virtual MAC")
     run("ip", "-n", lab.c, "neigh", "flush", "dev", "eth0")
     assert ns_run(lab.c, "ping", "-c", "2", "-i", "0.2", "-W", "2", VIP, check=False).returncode == 0
     assert lab.neigh_mac() == VIRTUAL_MAC
@@ -510,7 +511,7 @@ def test_forged_adverts_counted_and_ignored_virtual_mac(lab, procs):
         "vhid": ip(carp(vhid=VHID + 1)),
     }
     ns_run(lab.c, sys.executable, "-c", RAW_SENDER, *[(eth + p).hex() for p in forged.values()])
-    st = wait_until(lambda: (s := ours.status())["drops"] != before["drops"]
+    st = eventually(lambda: (s := ours.status())["drops"] != before["drops"]
                     and all(s["drops"][r] >= before["drops"][r] + 1 for r in forged) and s, 3,
                     "the forged adverts to be counted")
     assert all(st["drops"][r] == before["drops"][r] + 1 for r in forged), (before["drops"], st["drops"])
@@ -521,8 +522,8 @@ def test_forged_adverts_counted_and_ignored_virtual_mac(lab, procs):
 
     # the same advert, well formed: ours yields to it (and the test forger is not a real master)
     ns_run(lab.c, sys.executable, "-c", RAW_SENDER, (eth + ip(carp())).hex())
-    wait_until(lambda: ours.state() == "BACKUP", 2, "ours to yield to a valid advert")
-    wait_until(lambda: lab.holders() == set(), 2, "ours to release the VIP")
+    eventually(lambda: ours.state() == "BACKUP", 2, "ours to yield to a valid advert")
+    eventually(lambda: lab.holders() == set(), 2, "ours to release the VIP")
     assert ours.status()["received_ok"] == before["received_ok"] + 1
 
     # the forged "master" bows out (advbase 255, advskew 255): ours takes over at once, not after master-down

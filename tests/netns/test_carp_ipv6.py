@@ -11,7 +11,6 @@ Every namespace and process is removed at the end, also on failure.
 from __future__ import annotations
 
 import contextlib
-import ipaddress
 import json
 import signal
 import struct
@@ -22,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from netlab import RAW_SENDER, addresses, bridge, bridge_host, link_mac, netns, ns_run, pydp_carp_argv, run, wait_until
+from netlab import RAW_SENDER, addresses, bridge, bridge_host, eventually, link_mac, netns, ns_run, pydp_carp_argv, run
 from control.carp import codec
 
 VHID = 7
@@ -166,14 +165,14 @@ def lab(tmp_path):
         enable_ipv6(h1, H1)
         enable_ipv6(h2)
         lab = Lab(sw, h1, h2, c, tmp_path)
-        lab.h2_src = wait_until(lambda: next((a for a in v6(h2) if a.startswith("fe80:")), None), 5,
+        lab.h2_src = eventually(lambda: next((a for a in v6(h2) if a.startswith("fe80:")), None), 5,
                                 "h2's link-local address")
         lab.capture.touch()
         sniffer = subprocess.Popen(["ip", "netns", "exec", c, sys.executable, "-c", SNIFFER, str(lab.capture)])
         procs: list[Carp] = []
         lab.start = lambda *a, **kw: procs.append(Carp(lab, *a, **kw)) or procs[-1]
         try:
-            wait_until(lambda: lab.frames(kind="ready"), 10, "the sniffer to start")
+            eventually(lambda: lab.frames(kind="ready"), 10, "the sniffer to start")
             yield lab
         finally:
             for p in procs:
@@ -185,9 +184,9 @@ def lab(tmp_path):
 @pytest.mark.netns
 def test_ipv6_failover_na_bowout_and_hop_limit(lab):
     h1 = lab.start("h1", lab.h1, H1, skew=0)
-    wait_until(lambda: lab.holders() == {"h1"} and h1.state() == "MASTER", 6, "h1 to become master")
+    eventually(lambda: lab.holders() == {"h1"} and h1.state() == "MASTER", 6, "h1 to become master")
     h2 = lab.start("h2", lab.h2, f"{lab.h2_src}%eth0", skew=SLOW_SKEW)
-    wait_until(lambda: h2.status()["received_ok"] >= 2 and h2.state() == "BACKUP", 6, "h2 to hear h1 as backup")
+    eventually(lambda: h2.status()["received_ok"] >= 2 and h2.state() == "BACKUP", 6, "h2 to hear h1 as backup")
     assert lab.holders() == {"h1"}
     s2 = h2.status()
     assert s2["srcip"] == lab.h2_src and s2["addr"] == VIP
@@ -212,7 +211,7 @@ def test_ipv6_failover_na_bowout_and_hop_limit(lab):
         forged.append(codec.GROUP6_MAC + bytes.fromhex(lab.macs[lab.c].replace(":", "")) + b"\x86\xdd"
                       + bytes(packet))
     lab.send(*forged)
-    wait_until(lambda: h2.status()["drops"]["ttl"] >= ttl0 + 3, 3, "h2 to count the hop-limit drops")
+    eventually(lambda: h2.status()["drops"]["ttl"] >= ttl0 + 3, 3, "h2 to count the hop-limit drops")
     assert h2.state() == "BACKUP" and h2.status()["received_ok"] >= ok0
 
     # SIGKILL the master: the backup takes over within its master-down interval + 1 s and announces the cluster
@@ -220,11 +219,11 @@ def test_ipv6_failover_na_bowout_and_hop_limit(lab):
     t0 = time.monotonic()
     h1.kill()
     bound = MASTER_DOWN + 1.0
-    wait_until(lambda: VIP in v6(lab.h2) and h2.state() == "MASTER", bound + 0.5, "h2 to take over")
+    eventually(lambda: VIP in v6(lab.h2) and h2.state() == "MASTER", bound + 0.5, "h2 to take over")
     took = time.monotonic() - t0
     assert took <= bound, f"takeover took {took:.2f} s, bound {bound:.2f} s"
     mac2 = lab.macs[lab.h2]
-    nas = wait_until(lambda: (lambda g: g if len(g) >= 2 else None)(lab.frames(t0, kind="na", target=VIP)), 4,
+    nas = eventually(lambda: (lambda g: g if len(g) >= 2 else None)(lab.frames(t0, kind="na", target=VIP)), 4,
                      "two unsolicited NAs from h2")
     assert all(n["lladdr"] == mac2 and n["src_mac"] == mac2 and n["flags"] == 0x20000000 and n["hlim"] == 255
                and n["dst"] == "ff02::1" and n["dst_mac"] == "33:33:00:00:00:01" for n in nas)
@@ -237,17 +236,17 @@ def test_ipv6_failover_na_bowout_and_hop_limit(lab):
     # the killed master left the address behind (as after a crash); restarted without --preempt it releases it at
     # once and stays backup
     h1 = lab.start("h1b", lab.h1, H1, skew=0)
-    wait_until(lambda: VIP not in v6(lab.h1) and h1.state() == "BACKUP" and h1.status()["received_ok"] >= 1, 6,
+    eventually(lambda: VIP not in v6(lab.h1) and h1.state() == "BACKUP" and h1.status()["received_ok"] >= 1, 6,
                "h1 to come back as backup")
     assert lab.holders() == {"h2"}
 
     # SIGTERM: h2 bows out (advbase 255, advskew 255), removes the address, and h1 takes over at once
     t1 = time.monotonic()
     assert h2.term() == 0
-    wait_until(lambda: lab.holders() == {"h1"} and h1.state() == "MASTER", 2.0, "h1 to take over on the bow-out")
+    eventually(lambda: lab.holders() == {"h1"} and h1.state() == "MASTER", 2.0, "h1 to take over on the bow-out")
     assert time.monotonic() - t1 < 2.0
     assert lab.frames(t1, kind="carp", src=lab.h2_src, advbase=255, advskew=255)
     assert "bowed out" in h1.status()["reason"]
-    assert wait_until(lambda: lab.frames(t1, kind="na", target=VIP, lladdr=lab.macs[lab.h1]), 2, "h1's NA")
+    assert eventually(lambda: lab.frames(t1, kind="na", target=VIP, lladdr=lab.macs[lab.h1]), 2, "h1's NA")
     assert h1.term() == 0
     assert VIP not in v6(lab.h1) and PASS.decode() not in h1.log.read_text()

@@ -15,46 +15,21 @@ import time
 
 import pytest
 
-from netlab import ControlProcess, DataplaneProcess, netns, ns_run, traffic, veth
+from netlab import (LB_MAC, OTHER_TOML, VIP, ControlProcess, DataplaneProcess, appliance_toml, cluster_toml, edge_toml,
+                    netns, ns_run, scrape, traffic, veth)
+from netlab import EDGE_IPS as IPS, EDGE_MACS as MACS
 from control import rpc
 
 pytestmark = [pytest.mark.dpdk, pytest.mark.netns]
 
-LB_MAC = "02:00:00:00:01:01"
-VIP = "198.51.100.10"
-MACS = {"e1": "02:00:00:00:02:01", "e2": "02:00:00:00:02:02", "e3": "02:00:00:00:02:03"}
-IPS = {"e1": "198.51.100.21", "e2": "198.51.100.22", "e3": "198.51.100.23"}
 METRICS = "127.0.0.1:19469"
 
 
 def appliance_text(edges=("e1", "e2"), macless=()) -> str:
-    text = """
-[dataplane]
-lcores = "0-1"
-flow_capacity = 65536
-hugepages = true
-memory_mb = 256
-mbufs = 8191
-[[port]]
-name = "p0"
-device = "net_af_packet0,iface=lb0"
-tap = "pydp-p0"
-[[cluster]]
-name = "web"
-cluster_ip = "198.51.100.10"
-[cluster.carp]
-vhid = 1
-[cluster.health]
-type = "none"       # the edges serve nothing: always up (tests/netns/test_health_live.py checks)
-"""
-    for e in edges:
-        mac = "" if e in macless else f'mac = "{MACS[e]}"\n'
-        text += f'[[cluster.edge]]\nname = "{e}"\nip = "{IPS[e]}"\n{mac}'
-    text += ('[[cluster]]\nname = "other"\ncluster_ip = "198.51.100.20"\n[cluster.carp]\nvhid = 2\n'
-             '[cluster.health]\ntype = "none"\n'
-             '[[cluster.edge]]\nname = "o1"\nip = "198.51.100.41"\nmac = "02:00:00:00:03:01"\n'
-             '[[cluster.edge]]\nname = "o2"\nip = "198.51.100.42"\nmac = "02:00:00:00:03:02"\n')
-    return text
+    """web with these edges (the macless ones without their MAC: the daemon resolves it) and the other cluster; the
+    edges serve nothing, so their health is type none: always up (tests/netns/test_health_live.py checks)."""
+    web = "".join(edge_toml(e, IPS[e], None if e in macless else MACS[e]) for e in edges)
+    return appliance_toml(cluster_toml("web", VIP, 1, web), OTHER_TOML)
 
 
 def pydpctl(lab, *args, check=True) -> subprocess.CompletedProcess:
@@ -284,16 +259,10 @@ def test_d_dataplane_restart_gets_the_config_back(lab):
         assert len(macs) == 1 and set(macs) <= {MACS["e2"], MACS["e3"]}, f"flow {flow}: {macs}"
 
 
-def scrape(lab) -> str:
-    code = ("import urllib.request, sys; "
-            f"sys.stdout.write(urllib.request.urlopen('http://{METRICS}/metrics', timeout=5).read().decode())")
-    return ns_run(lab["lb_ns"], sys.executable, "-c", code).stdout
-
-
 def test_e_metrics(lab):
     reset(lab, edges=("e1", "e2"))
     send(lab, flows=50, rounds=4, pps=2000, settle=0.5)
-    text = scrape(lab)
+    text = scrape(lab["lb_ns"], METRICS)
     samples = {}
     for line in text.splitlines():
         if line and not line.startswith("#"):

@@ -1,4 +1,4 @@
-"""Faults on a live pair of appliances (tests/failover_lab.py: real data planes on af_packet, real daemons, CARP,
+"""Faults on a live pair of appliances (control/lab/failover.py: real data planes on af_packet, real daemons, CARP,
 a client sending 500 datagrams a second to the cluster IP, a sniffer behind the edges). Each test starts with A
 master and asserts the outcome of one fault:
 
@@ -15,8 +15,8 @@ import time
 
 import pytest
 
-from failover_lab import APPLIANCES, Lab, Traffic, assert_flows_through, interval
-from netlab import ns_run, wait_until
+from control.lab.failover import APPLIANCES, FailoverLab, Traffic, interval
+from netlab import assert_flows_through, eventually, ns_run
 
 pytestmark = [pytest.mark.dpdk, pytest.mark.netns]
 
@@ -28,7 +28,7 @@ EXC_PPS = 2000                                   # the bulk exception class's li
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory):
-    with Lab(tmp_path_factory.mktemp("faults"), exception_pps=EXC_PPS) as lab:
+    with FailoverLab(tmp_path_factory.mktemp("faults"), exception_pps=EXC_PPS) as lab:
         lab.a.start()
         lab.b.start()
         with Traffic(lab, pps=PPS) as traffic:
@@ -37,7 +37,7 @@ def lab(tmp_path_factory):
 
 
 def a_master_again(lab) -> None:
-    wait_until(lambda: lab.a.state() == "master" and lab.b.state() == "backup", 20, "A master, B backup")
+    eventually(lambda: lab.a.state() == "master" and lab.b.state() == "backup", 20, "A master, B backup")
     settled_on(lab, lab.a, lab.b, 10)
 
 
@@ -46,7 +46,7 @@ def settled_on(lab, owner, other, timeout: float) -> float:
     def settled():
         seen = lab.traffic.since(time.time() - 0.5)
         return seen.get(other.mac, 0) == 0 and seen.get(owner.mac, 0) >= 0.8 * PPS * 0.5 and time.time()
-    return wait_until(settled, timeout, f"the traffic to settle on {owner.name}", step=0.1)
+    return eventually(settled, timeout, f"the traffic to settle on {owner.name}", interval=0.1)
 
 
 def demotions(appliance, since: float) -> list[dict]:
@@ -64,16 +64,16 @@ def test_a_dataplane_killed_on_master(lab):
     a.dp.proc.kill()
     a.dp.proc.wait(10)
     # B takes over and the traffic follows it
-    wait_until(lambda: b.state() == "master", TAKEOVER_BOUND, "B to take over from A's dead data plane")
+    eventually(lambda: b.state() == "master", TAKEOVER_BOUND, "B to take over from A's dead data plane")
     first = lab.traffic.wait_via(b.mac, t_kill, TAKEOVER_BOUND + 2)
     assert first - t_kill <= TAKEOVER_BOUND + 2
-    wait_until(lambda: any(e["event"] == "dataplane_lost" and e.get("pid") == old_pid for e in a.events()), 6,
+    eventually(lambda: any(e["event"] == "dataplane_lost" and e.get("pid") == old_pid for e in a.events()), 6,
                "A's daemon to notice its data plane's death")
     assert a.state() != "master", "A still claims the cluster without a data plane"
     assert_flows_through(lab, b, a)
     # a restarted data plane recovers: A's daemon re-applies the store, A undemotes and takes back (preempt)
     a.restart_dataplane()
-    wait_until(lambda: a.state() == "master", 30, "A to take back after its data plane restarted")
+    eventually(lambda: a.state() == "master", 30, "A to take back after its data plane restarted")
     settled_on(lab, a, b, 10)
     assert a.carp()["demote"] == 0
     assert_flows_through(lab, a, b)
@@ -85,15 +85,15 @@ def test_b_link_down_and_up(lab):
     t_down = time.time()
     ns_run(a.ns, "ip", "link", "set", "lb0", "down")
     try:
-        wait_until(lambda: b.state() == "master", TAKEOVER_BOUND, "B to take over while A's link is down")
+        eventually(lambda: b.state() == "master", TAKEOVER_BOUND, "B to take over while A's link is down")
         lab.traffic.wait_via(b.mac, t_down, TAKEOVER_BOUND + 2)
-        wait_until(lambda: any("link" in e.get("reasons", []) for e in demotions(a, t_down)), 5,
+        eventually(lambda: any("link" in e.get("reasons", []) for e in demotions(a, t_down)), 5,
                    "A to demote itself for its link")
         assert a.state() != "master" or a.carp()["demote"] > 0
     finally:
         ns_run(a.ns, "ip", "link", "set", "lb0", "up")
     t_up = time.time()
-    wait_until(lambda: a.state() == "master" and b.state() == "backup", 20, "A to take back once its link is up")
+    eventually(lambda: a.state() == "master" and b.state() == "backup", 20, "A to take back once its link is up")
     # B took the address while A was cut off; A re-announces it when it recovers (twice: a link just up may
     # not carry the first gratuitous ARP), so the client's entry comes back to A within a few seconds
     settled = settled_on(lab, a, b, 4 * interval(APPLIANCES["A"][2]) + 3)

@@ -1,4 +1,4 @@
-"""Two pydp appliances (real data planes, real daemons) failing over with CARP: tests/failover_lab.py's topology.
+"""Two pydp appliances (real data planes, real daemons) failing over with CARP: control/lab/failover.py's topology.
 
 The cluster "web" (198.51.100.10, vhid 10, advbase 1 s) is in both stores; A has advskew 0 (interval 1 s), B
 advskew 100 (interval 1.39 s, master-down 3.39 s). A client sends 500 UDP datagrams a second to the cluster IP
@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 import time
 
 import pytest
 
-from failover_lab import APPLIANCES, PASSPHRASE, Lab, Traffic, assert_flows_through, interval, pydpctl
-from netlab import ns_run, report, wait_until
+from control.lab.failover import APPLIANCES, PASSPHRASE, FailoverLab, Traffic, interval
+from netlab import assert_flows_through, eventually, metrics, pydpctl, report
 
 pytestmark = [pytest.mark.dpdk, pytest.mark.netns]
 
@@ -30,7 +29,7 @@ PPS = 500
 def lab(tmp_path_factory, request):
     tmp = tmp_path_factory.mktemp("failover")
     timings: list[tuple[str, float, float]] = []
-    with Lab(tmp) as lab:
+    with FailoverLab(tmp) as lab:
         lab.timings = timings
         lab.a.start()
         lab.b.start()
@@ -50,24 +49,11 @@ def _summary(request, timings) -> None:
     report(request, text)
 
 
-def scrape(appliance) -> dict[str, float]:
-    code = ("import urllib.request, sys; sys.stdout.write(urllib.request.urlopen("
-            f"'http://{appliance.ctl.metrics}/metrics', timeout=5).read().decode())")
-    text = ns_run(appliance.ns, sys.executable, "-c", code).stdout
-    out = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            key, _, value = line.rpartition(" ")
-            out[key] = float(value)
-    out["__text__"] = text
-    return out
-
-
 def test_a_one_master_one_backup(lab):
     a, b = lab.a, lab.b
     a.wait_state("master", 10)
     b.wait_state("backup", 5)
-    wait_until(lambda: lab.client_neigh() == a.mac, 5, "the client's ARP entry of the cluster IP to point at A")
+    eventually(lambda: lab.client_neigh() == a.mac, 5, "the client's ARP entry of the cluster IP to point at A")
     before_a, before_b = a.counters(), b.counters()
     assert_flows_through(lab, a, b)
     after_a, after_b = a.counters(), b.counters()
@@ -78,19 +64,19 @@ def test_a_one_master_one_backup(lab):
     # taking means all three: the ownership flag, the address on the TAP (ARP answered), gratuitous ARPs
     assert a.owns_vip() and a.active_flag() and not b.owns_vip() and b.active_flag() is False
     # the second gratuitous ARP goes out two intervals after the takeover
-    wait_until(lambda: a.carp()["gratuitous_sent"] >= 2, 3, "A's second gratuitous ARP")
+    eventually(lambda: a.carp()["gratuitous_sent"] >= 2, 3, "A's second gratuitous ARP")
     ca, cb = a.carp(), b.carp()
     assert ca["demote"] == 0 and ca["srcip"] == APPLIANCES["A"][1]
     assert cb["peer_advert"]["src"] == APPLIANCES["A"][1] and cb["peer_advert"]["interval"] == 1.0
     assert cb["peer"].startswith(f"{APPLIANCES['A'][1]} every 1s") and cb["adverts_received"] >= 1
     assert sum(cb["drops"].values()) == 0
-    m = scrape(a)
+    m = metrics(a)
     assert m['pydp_carp_state{cluster="web",state="master"}'] == 1
     assert m['pydp_carp_state{cluster="web",state="backup"}'] == 0
     assert m['pydp_carp_transitions_total{cluster="web"}'] == 2               # init -> backup -> master
     assert m['pydp_carp_drops_total{cluster="web",reason="hmac"}'] == 0
     assert m['pydp_cluster_active{cluster="web"}'] == 1
-    assert scrape(b)['pydp_carp_state{cluster="web",state="backup"}'] == 1
+    assert metrics(b)['pydp_carp_state{cluster="web",state="backup"}'] == 1
     text = pydpctl("status", socket=b.ctl.socket).stdout
     assert "backup" in text and APPLIANCES["A"][1] in text and "TRANSITIONS" in text
 
@@ -127,7 +113,7 @@ def test_a2_master_control_killed_and_restarted_loses_no_packet(lab):
 def test_b_master_killed_backup_takes_over(lab):
     a, b = lab.a, lab.b
     t_kill = a.kill()
-    t_master = wait_until(lambda: b.first_master_after(t_kill), TAKEOVER_BOUND + 2, "B to become master")
+    t_master = eventually(lambda: b.first_master_after(t_kill), TAKEOVER_BOUND + 2, "B to become master")
     takeover = t_master - t_kill
     lab.timings.append(("A SIGKILLed -> B master (B's log)", takeover, TAKEOVER_BOUND))
     assert takeover <= TAKEOVER_BOUND, f"takeover took {takeover:.2f}s"
@@ -136,7 +122,7 @@ def test_b_master_killed_backup_takes_over(lab):
     assert first - t_kill <= TAKEOVER_BOUND
     assert b.owns_vip() and b.active_flag()
     # the client's ARP entry moved by gratuitous ARP: nobody answered a request meanwhile (A is dead)
-    wait_until(lambda: lab.client_neigh() == b.mac, 2, "the client's ARP entry of the cluster IP to point at B")
+    eventually(lambda: lab.client_neigh() == b.mac, 2, "the client's ARP entry of the cluster IP to point at B")
     assert b.carp()["gratuitous_sent"] >= 1
     assert_flows_through(lab, b, a)
 
@@ -197,7 +183,7 @@ def test_e_restart_with_preempt_takes_back(lab):
                         B_INTERVAL + 1))
     b.wait_state("backup", 3)
     assert a.owns_vip() and not b.owns_vip() and b.active_flag() is False
-    wait_until(lambda: lab.client_neigh() == a.mac, 3, "the client's ARP entry to point at A again")
+    eventually(lambda: lab.client_neigh() == a.mac, 3, "the client's ARP entry to point at A again")
     first = lab.traffic.wait_via(a.mac, t_master, 3)
     assert first - t_master < 1.0
     assert_flows_through(lab, a, b)
@@ -234,8 +220,8 @@ def test_g_cluster_disabled_and_enabled_live(lab):
     a, b = lab.a, lab.b
     ta = len(a.transitions())
     pydpctl("cluster", "disable", "web", socket=b.ctl.socket)
-    wait_until(lambda: b.state() == "disabled", 3, "B's CARP for web to stop")
-    wait_until(lambda: any(e["event"] == "carp_stopped" and e["reason"] == "disabled" for e in b.events()), 2,
+    eventually(lambda: b.state() == "disabled", 3, "B's CARP for web to stop")
+    eventually(lambda: any(e["event"] == "carp_stopped" and e["reason"] == "disabled" for e in b.events()), 2,
                "B's carp_stopped event")
     assert b.carp()["local"] == "disabled" and b.active_flag() is False
     pydpctl("cluster", "enable", "web", socket=b.ctl.socket)
@@ -252,7 +238,7 @@ def test_h_sigterm_bows_out(lab):
     gen = a.dp.region.generation
     t0 = time.time()
     assert a.ctl.stop() == 0
-    t_master = wait_until(lambda: b.first_master_after(t0), 2, "B to take over from A's bow-out")
+    t_master = eventually(lambda: b.first_master_after(t0), 2, "B to take over from A's bow-out")
     lab.timings.append(("A's daemon SIGTERMed (bow-out) -> B master", t_master - t0, 1.0))
     assert t_master - t0 < 1.0
     assert a.dp.region.generation == gen and a.active_flag() is False and not a.owns_vip()
@@ -271,7 +257,7 @@ def test_i_passphrase_never_shown(lab):
             "status --json": pydpctl("status", "--json", socket=ap.ctl.socket).stdout,
             "status": pydpctl("status", socket=ap.ctl.socket).stdout,
             "cluster show --json": pydpctl("cluster", "show", "web", "--json", socket=ap.ctl.socket).stdout,
-            "metrics": scrape(ap)["__text__"],
+            "metrics": metrics(ap)["__text__"],
             "ps": subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout,
         }
         for proc in (ap.ctl.proc, ap.dp.proc):

@@ -17,54 +17,19 @@ import time
 
 import pytest
 
-from netlab import control_lab, netns, pydpctl, scrape, traffic, veth, wait_until
+from netlab import (LB_MAC, OTHER_TOML, VIP, appliance_toml, cluster_toml, control_lab, edge_toml, eventually, netns,
+                    pydpctl, scrape, traffic, veth)
+from netlab import EDGE_MACS as MACS
 
 pytestmark = [pytest.mark.dpdk, pytest.mark.netns]
 
-LB_MAC = "02:00:00:00:01:01"
-VIP = "198.51.100.10"
-MACS = {"e1": "02:00:00:00:02:01", "e2": "02:00:00:00:02:02", "e3": "02:00:00:00:02:03"}
 EDGE_OF = {m: e for e, m in MACS.items()}
 UDP_TIMEOUT = 15
 METRICS = "127.0.0.1:19473"
 
-APPLIANCE = f"""
-[dataplane]
-lcores = "0@0,1@1,2@1"
-flow_capacity = 4096
-hugepages = true
-memory_mb = 256
-mbufs = 8191
-[dataplane.timeouts]
-udp = {UDP_TIMEOUT}
-[[port]]
-name = "p0"
-device = "net_af_packet0,iface=lb0"
-tap = "pydp-p0"
-[[cluster]]
-name = "web"
-cluster_ip = "{VIP}"
-[cluster.carp]
-vhid = 1
-[cluster.health]
-type = "none"
-""" + "".join(f'[[cluster.edge]]\nname = "{e}"\nip = "198.51.100.2{e[1]}"\nmac = "{MACS[e]}"\n' for e in MACS) + """
-[[cluster]]
-name = "other"
-cluster_ip = "198.51.100.20"
-[cluster.carp]
-vhid = 2
-[cluster.health]
-type = "none"
-[[cluster.edge]]
-name = "o1"
-ip = "198.51.100.41"
-mac = "02:00:00:00:03:01"
-[[cluster.edge]]
-name = "o2"
-ip = "198.51.100.42"
-mac = "02:00:00:00:03:02"
-"""
+APPLIANCE = appliance_toml(
+    cluster_toml("web", VIP, 1, "".join(edge_toml(e, f"198.51.100.2{e[1]}", MACS[e]) for e in MACS)), OTHER_TOML,
+    lcores="0@0,1@1,2@1", flow_capacity=4096, timeouts={"udp": UDP_TIMEOUT})
 
 
 @pytest.fixture(scope="module")
@@ -158,7 +123,7 @@ def test_drain_timeout_moves_the_flows_and_survives_a_daemon_restart(lab):
     assert on_e2
     t0 = time.time()
     cli(lab, "edge", "drain", "web", "e2")
-    d = wait_until(lambda: web_edge(json.loads(cli(lab, "status", "--json").stdout), "e2")["drain"], 10,
+    d = eventually(lambda: web_edge(json.loads(cli(lab, "status", "--json").stdout), "e2")["drain"], 10,
                    "the drain in status")
     assert d["timeout_s"] == 4 and 0 < d["time_left_s"] <= 4 and d["remaining_flows"] == len(on_e2), d
     assert t0 - 1 <= d["since"] <= time.time() and not d["drained"]
@@ -168,7 +133,7 @@ def test_drain_timeout_moves_the_flows_and_survives_a_daemon_restart(lab):
     # the daemon restarts meanwhile: the drain's start comes from the store, the countdown goes on
     ctl.stop()
     ctl.start()
-    ev = wait_until(lambda: ctl.events("drain_timeout"), 15, "the drain_timeout event")[-1]
+    ev = eventually(lambda: ctl.events("drain_timeout"), 15, "the drain_timeout event")[-1]
     assert ev["cluster"] == "web" and ev["edge"] == "e2" and ev["flows_moved"] == len(on_e2), ev
     assert abs(ev["since"] - d["since"]) < 0.01
     fired_after = time.time() - d["since"]
@@ -201,10 +166,10 @@ def test_edge_whose_flows_end_is_reported_drained(lab):
     before = send(lab, 200)
     on_e3 = sum(1 for e in before.values() if e == "e3")
     cli(lab, "edge", "drain", "web", "e3")
-    d = wait_until(lambda: web_edge(json.loads(cli(lab, "status", "--json").stdout), "e3")["drain"], 10,
+    d = eventually(lambda: web_edge(json.loads(cli(lab, "status", "--json").stdout), "e3")["drain"], 10,
                    "the drain in status")
     assert d["timeout_s"] == 0 and d["time_left_s"] is None and d["remaining_flows"] == on_e3, d
-    ev = wait_until(lambda: [e for e in ctl.events("edge_drained") if e["edge"] == "e3"], UDP_TIMEOUT + 10,
+    ev = eventually(lambda: [e for e in ctl.events("edge_drained") if e["edge"] == "e3"], UDP_TIMEOUT + 10,
                     "e3 drained")[-1]
     assert ev["by"] == "its flows ended" and ev["after_s"] >= UDP_TIMEOUT - 2, ev
     st = web_edge(json.loads(cli(lab, "status", "--json").stdout), "e3")["drain"]

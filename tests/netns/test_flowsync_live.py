@@ -1,4 +1,4 @@
-"""Flow sync between two real appliances (tests/failover_lab.py with sync=True: real data planes on af_packet,
+"""Flow sync between two real appliances (control/lab/failover.py with sync=True: real data planes on af_packet,
 real daemons with CARP, flow sync over the management link mg0).
 
 One story, in order, on one lab:
@@ -20,9 +20,8 @@ import time
 
 import pytest
 
-from failover_lab import CLIENT_IP, EDGES, MGMT, SPARE_EDGES, SYNC_PORT, VIP, Lab, Traffic, pydpctl
-from netlab import RAW_SENDER, link_mac, ns_run, report, wait_until
-from test_failover_live import scrape
+from control.lab.failover import CLIENT_IP, EDGES, MGMT, SPARE_EDGES, SYNC_PORT, VIP, FailoverLab, Traffic
+from netlab import RAW_SENDER, eventually, link_mac, metrics, ns_run, pydpctl, report
 
 pytestmark = [pytest.mark.dpdk, pytest.mark.netns]
 
@@ -34,7 +33,7 @@ EDGE_NAME = {mac: name for name, (_ip, mac) in {**EDGES, **SPARE_EDGES}.items()}
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory, request):
     tmp = tmp_path_factory.mktemp("flowsync")
-    with Lab(tmp, preempt=False, sync=True) as lab:
+    with FailoverLab(tmp, preempt=False, sync=True) as lab:
         lab.notes = []
         lab.a.start()
         lab.b.start()
@@ -78,11 +77,11 @@ def test_a_flows_open_on_a_and_reach_b(lab):
     a, b = lab.a, lab.b
     a.wait_state("master", 15)
     b.wait_state("backup", 5)
-    wait_until(lambda: sync_status(a)["sending"]["state"] == "connected" and
+    eventually(lambda: sync_status(a)["sending"]["state"] == "connected" and
                sync_status(b)["sending"]["state"] == "connected", 15, "both flow-sync connections")
     lab.t_open = time.time()
     lab.traffic.add_flows(FLOWS, PPS)
-    wait_until(lambda: len(lab.traffic.edges_by_flow(lab.t_open, via=a.mac)) >= FLOWS, 15,
+    eventually(lambda: len(lab.traffic.edges_by_flow(lab.t_open, via=a.mac)) >= FLOWS, 15,
                f"{FLOWS} flows through A")
     time.sleep(1.0)
     seen = lab.traffic.edges_by_flow(lab.t_open, via=a.mac)
@@ -90,7 +89,7 @@ def test_a_flows_open_on_a_and_reach_b(lab):
     lab.original = {sport: EDGE_NAME[next(iter(e))] for sport, e in seen.items()}
     assert set(lab.original.values()) == {"e1", "e2"}, lab.original
     # B's own tables: every flow, pinned to the edge A chose (by name), installed through the command rings
-    wait_until(lambda: all(web_flows_of(b).get(p) == e for p, e in lab.original.items()), 10,
+    eventually(lambda: all(web_flows_of(b).get(p) == e for p, e in lab.original.items()), 10,
                "B's copies of A's flows")
     st = sync_status(b)["counters"]
     assert st["flows_installed"] >= FLOWS and st["rx_auth_failures"] == 0, st
@@ -124,7 +123,7 @@ def test_b_edge_set_changes_on_both(lab):
                 out += 1
         return out
 
-    lab.moved = wait_until(moved, 10, "B's table with e3")
+    lab.moved = eventually(moved, 10, "B's table with e3")
     assert lab.moved >= FLOWS // 8, f"only {lab.moved} of {FLOWS} flows would move: the test proves little"
     lab.notes.append(f"  after adding e3, Maglev would move {lab.moved} of the {FLOWS} old flows")
     # A keeps the old flows on their edges meanwhile (its own flow table)
@@ -191,7 +190,7 @@ def test_d_garbage_from_the_management_link_changes_nothing(lab):
     # A's namespace still has its management address: act as a stranger there while A is down
     out = ns_run(a.ns, sys.executable, "-c", GARBAGE, MGMT["B"], str(SYNC_PORT), timeout=30).stdout
     assert "sent" in out
-    after = wait_until(lambda: (lambda c: c if c["rx_oversized"] > before["rx_oversized"] else None)(
+    after = eventually(lambda: (lambda c: c if c["rx_oversized"] > before["rx_oversized"] else None)(
         sync_status(b)["counters"]), 5, "B to count the oversized frame")
     assert after["rx_auth_failures"] > before["rx_auth_failures"]
     assert after["rx_unknown_cluster"] > before["rx_unknown_cluster"]
@@ -211,10 +210,10 @@ def test_e_a_returns_and_gets_a_full_resync(lab):
     sent_before = counter(b, "resyncs_sent")
     a.restart()
     a.wait_state("backup", 15)
-    wait_until(lambda: counter(b, "resyncs_sent") > sent_before, 15, "B's resync to A")
-    wait_until(lambda: counter(a, "resyncs_received") >= 1, 10, "A to receive the resync")
+    eventually(lambda: counter(b, "resyncs_sent") > sent_before, 15, "B's resync to A")
+    eventually(lambda: counter(a, "resyncs_received") >= 1, 10, "A to receive the resync")
     flows_b = web_flows_of(b)
-    wait_until(lambda: len(web_flows_of(a)) >= len(flows_b) * 9 // 10, 10, "A to install B's flows")
+    eventually(lambda: len(web_flows_of(a)) >= len(flows_b) * 9 // 10, 10, "A to install B's flows")
     copies = web_flows_of(a)
     wrong = {p: (e, copies.get(p)) for p, e in lab.original.items() if copies.get(p) not in (None, e)}
     assert not wrong, f"A's copies of the old flows point elsewhere: {wrong}"
@@ -223,13 +222,13 @@ def test_e_a_returns_and_gets_a_full_resync(lab):
     assert a.state() == "backup" and b.state() == "master"
     assert counter(a, "rx_auth_failures") == 0
     # a returning appliance is demoted ("flowsync") until the resync is installed, then no more
-    wait_until(lambda: a.carp()["demote"] == 0, 10, "A's flowsync demotion to end")
+    eventually(lambda: a.carp()["demote"] == 0, 10, "A's flowsync demotion to end")
     demoted = [e for e in a.events("carp_demoted") if "flowsync" in (e.get("reasons") or [])]
     lab.notes.append(f"  A demoted for flow sync while it waited: {'yes' if demoted else 'not seen'}")
     # what an operator sees: pydpctl status and the Prometheus metrics
     text = pydpctl("status", socket=b.ctl.socket).stdout
     assert "flow sync:  to 192.0.2.1:7470 connected (web), from peer connected" in text, text
-    m = scrape(a)
+    m = metrics(a)
     assert m['pydp_flowsync_total{counter="resyncs_received"}'] >= 1
     assert m['pydp_flowsync_connected{direction="in"}'] == 1
 
@@ -254,8 +253,8 @@ def test_f_tcp_open_and_close_events_reach_the_peer(lab):
         ns_run(lab.client_ns, sys.executable, "-c", RAW_SENDER, bytes(frame).hex())
 
     send("S", 100)
-    assert wait_until(lambda: tcp_state_on(a, sport), 5, "A's copy of the new TCP flow") == "syn"
+    assert eventually(lambda: tcp_state_on(a, sport), 5, "A's copy of the new TCP flow") == "syn"
     send("A", 101)
     send("FA", 101)
-    wait_until(lambda: tcp_state_on(a, sport) == "fin", 5, "the END event to reach A")
+    eventually(lambda: tcp_state_on(a, sport) == "fin", 5, "the END event to reach A")
     assert tcp_state_on(b, sport) == "fin"

@@ -20,44 +20,21 @@ import time
 
 import pytest
 
-from netlab import ControlProcess, DataplaneProcess, netns, ns_run, terminate, traffic, veth
+from netlab import (LB_MAC, VIP, ControlProcess, DataplaneProcess, appliance_toml, cluster_toml, edge_toml, netns,
+                    ns_run, terminate, traffic, veth)
+from netlab import EDGE_IPS as IPS, EDGE_MACS as MACS
 from control import rpc
 
 pytestmark = [pytest.mark.dpdk, pytest.mark.netns]
 
-LB_MAC = "02:00:00:00:01:01"
-VIP = "198.51.100.10"
-MACS = {"e1": "02:00:00:00:02:01", "e2": "02:00:00:00:02:02", "e3": "02:00:00:00:02:03"}
-IPS = {"e1": "198.51.100.21", "e2": "198.51.100.22", "e3": "198.51.100.23"}
 PORT = 8080
 INTERVAL, FALL, RISE, TIMEOUT = 0.3, 2, 2, 0.2
 SLACK = 1.0                          # for the apply, the status poll and a loaded test machine
 METRICS = "127.0.0.1:19471"
 
-APPLIANCE = f"""
-[dataplane]
-lcores = "0-1"
-flow_capacity = 65536
-hugepages = true
-memory_mb = 256
-mbufs = 8191
-[[port]]
-name = "p0"
-device = "net_af_packet0,iface=lb0"
-tap = "pydp-p0"
-[[cluster]]
-name = "web"
-cluster_ip = "{VIP}"
-[cluster.carp]
-vhid = 1
-[cluster.health]
-type = "tcp"
-port = {PORT}
-interval = {INTERVAL}
-timeout = {TIMEOUT}
-rise = {RISE}
-fall = {FALL}
-""" + "".join(f'[[cluster.edge]]\nname = "{e}"\nip = "{IPS[e]}"\nmac = "{MACS[e]}"\n' for e in MACS)
+APPLIANCE = appliance_toml(cluster_toml(
+    "web", VIP, 1, "".join(edge_toml(e, IPS[e], MACS[e]) for e in MACS),
+    health=f'type = "tcp"\nport = {PORT}\ninterval = {INTERVAL}\ntimeout = {TIMEOUT}\nrise = {RISE}\nfall = {FALL}'))
 
 # a TCP listener that accepts and closes; prints "ready" once it listens
 LISTENER = """

@@ -6,41 +6,20 @@ import time
 
 import pytest
 
-from netlab import DataplaneProcess, netns, ns_run, traffic, veth
+from netlab import (EDGE_MACS, LB_MAC, VIP, DataplaneProcess, appliance_toml, cluster_toml, edge_toml, netns, ns_run,
+                    traffic, veth)
 from pydp import config as pconfig
 from pydp.apply import apply_config
 
 pytestmark = [pytest.mark.dpdk, pytest.mark.netns]
 
-LB_MAC = "02:00:00:00:01:01"
-VIP = "198.51.100.10"
-EDGE_MACS = {"e1": "02:00:00:00:02:01", "e2": "02:00:00:00:02:02", "e3": "02:00:00:00:02:03"}
-
 
 def config_text(weights=(1, 1, 1), other_edges=2, lcores="0-1") -> str:
-    text = f"""
-[dataplane]
-lcores = "{lcores}"
-flow_capacity = 65536
-hugepages = true
-memory_mb = 256
-mbufs = 8191
-[[port]]
-name = "p0"
-device = "net_af_packet0,iface=lb0"
-tap = "pydp-p0"
-[[cluster]]
-name = "web"
-cluster_ip = "198.51.100.10"
-[cluster.carp]
-vhid = 1
-"""
-    for (name, mac), w in zip(EDGE_MACS.items(), weights):
-        text += f'[[cluster.edge]]\nname = "{name}"\nip = "198.51.100.2{name[1]}"\nmac = "{mac}"\nweight = {w}\n'
-    text += '[[cluster]]\nname = "other"\ncluster_ip = "198.51.100.20"\n[cluster.carp]\nvhid = 2\n'
-    for i in range(other_edges):
-        text += f'[[cluster.edge]]\nname = "o{i}"\nip = "198.51.100.{40 + i}"\nmac = "02:00:00:00:03:{i:02x}"\n'
-    return text
+    web = "".join(edge_toml(name, f"198.51.100.2{name[1]}", mac, w)
+                  for (name, mac), w in zip(EDGE_MACS.items(), weights))
+    other = "".join(edge_toml(f"o{i}", f"198.51.100.{40 + i}", f"02:00:00:00:03:{i:02x}") for i in range(other_edges))
+    return appliance_toml(cluster_toml("web", VIP, 1, web, health=None),
+                          cluster_toml("other", "198.51.100.20", 2, other, health=None), lcores=lcores)
 
 
 @contextlib.contextmanager

@@ -26,40 +26,21 @@ from pathlib import Path
 
 import pytest
 
-from netlab import control_lab, netns, ns_run, pydpctl, report, scrape, traffic, veth, wait_until
+from netlab import (LB_MAC, VIP, appliance_toml, cluster_toml, control_lab, edge_toml, eventually, netns, ns_run,
+                    pydpctl, report, scrape, traffic, veth)
+from netlab import EDGE_MACS as MACS
 
 pytestmark = [pytest.mark.dpdk, pytest.mark.netns]
 
-LB_MAC = "02:00:00:00:01:01"
-VIP = "198.51.100.10"
-MACS = {"e1": "02:00:00:00:02:01", "e2": "02:00:00:00:02:02", "e3": "02:00:00:00:02:03"}
 CAPACITY = 4096
 SYN_TIMEOUT = 6
 FLOOD = 40000                     # SYNs per burst: about ten times the table
 FLOWS, ROUNDS, PPS = 64, 44, 128  # established flows: one datagram per flow every 0.5 s for 22 s
 METRICS = "127.0.0.1:19474"
 
-APPLIANCE = f"""
-[dataplane]
-lcores = "0-1"
-flow_capacity = {CAPACITY}
-hugepages = true
-memory_mb = 256
-mbufs = 8191
-[dataplane.timeouts]
-tcp_syn = {SYN_TIMEOUT}
-[[port]]
-name = "p0"
-device = "net_af_packet0,iface=lb0"
-tap = "pydp-p0"
-[[cluster]]
-name = "web"
-cluster_ip = "{VIP}"
-[cluster.carp]
-vhid = 1
-[cluster.health]
-type = "none"
-""" + "".join(f'[[cluster.edge]]\nname = "{e}"\nip = "198.51.100.2{e[1]}"\nmac = "{MACS[e]}"\n' for e in MACS)
+APPLIANCE = appliance_toml(
+    cluster_toml("web", VIP, 1, "".join(edge_toml(e, f"198.51.100.2{e[1]}", MACS[e]) for e in MACS)),
+    flow_capacity=CAPACITY, timeouts={"tcp_syn": SYN_TIMEOUT})
 
 # Run in the client namespace: `python3 -c SYN_FLOOD COUNT LB_MAC VIP TESTS_DIR SEED`. TCP SYNs to VIP:80 from random sources in
 # 192.0.2.0/24 and random ports (the established flows come from 203.0.113.0/24), sent as fast as one socket goes.
@@ -111,8 +92,8 @@ def test_syn_flood_fills_the_table_and_established_flows_keep_their_edge(lab, re
     t = threading.Thread(target=established)
     t.start()
     try:
-        wait_until(start_file.exists, 30, "traffic.py to start")
-        wait_until(lambda: json.loads(ctl_out(lab, "flows", "--client", "203.0.113.0/24", "--limit", "0",
+        eventually(start_file.exists, 30, "traffic.py to start")
+        eventually(lambda: json.loads(ctl_out(lab, "flows", "--client", "203.0.113.0/24", "--limit", "0",
                                               "--json"))["matched"] == FLOWS, 10, "the established flows")
         ctl_out(lab, "edge", "drain", "web", "e1")       # e1 keeps its flows only as long as their entries live
         time.sleep(1.0)                                  # a round or two on the drained edge
@@ -135,7 +116,7 @@ def test_syn_flood_fills_the_table_and_established_flows_keep_their_edge(lab, re
         assert tables["capacity"] == CAPACITY
         assert tables["live"] / CAPACITY > 0.95, tables          # the flood filled the table
         assert evictions > 0 and tables["evicted"] == evictions, (evictions, tables)
-        alarm = wait_until(lambda: ctl.events("flow_table_alarm"), 10, "the flow_table_alarm event")
+        alarm = eventually(lambda: ctl.events("flow_table_alarm"), 10, "the flow_table_alarm event")
         assert alarm[0]["level"] == "warning" and alarm[0]["worker"] == 0 and alarm[0]["occupancy_pct"] > 90
         st = json.loads(ctl_out(lab, "status", "--json"))
         assert st["flow_table"]["alarm"] is True and st["flow_table"]["workers"][0]["alarm"] is True, st["flow_table"]
@@ -170,7 +151,7 @@ def test_syn_flood_fills_the_table_and_established_flows_keep_their_edge(lab, re
     ev = ctl.events("flow_evictions")
     assert len(ev) == 1 and ev[0]["level"] == "warning" and ev[0]["evicted"] > 0, ev
     # the SYN flows expire: the alarm clears (INFO, once)
-    cleared = wait_until(lambda: ctl.events("flow_table_alarm_cleared"), SYN_TIMEOUT + 15, "the alarm to clear")
+    cleared = eventually(lambda: ctl.events("flow_table_alarm_cleared"), SYN_TIMEOUT + 15, "the alarm to clear")
     assert cleared[0]["level"] == "info" and cleared[0]["occupancy_pct"] < 85, cleared
     assert len(ctl.events("flow_table_alarm")) == 1
     assert 'pydp_flow_table_alarm{worker="0"} 0.0' in scrape(lab["lb_ns"], METRICS)

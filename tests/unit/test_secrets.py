@@ -23,7 +23,7 @@ SHELL_CALLS = {"system", "popen", "getoutput", "getstatusoutput", "create_subpro
 def _python_files():
     for d in ("control", "pydp"):
         yield from sorted((ROOT / d).rglob("*.py"))
-    yield from (ROOT / "tests" / "netlab.py", ROOT / "tests" / "failover_lab.py", ROOT / "tests" / "traffic.py")
+    yield from (ROOT / "tests" / "netlab.py", ROOT / "tests" / "traffic.py")
 
 
 def _shell_uses(path: Path) -> list[str]:
