@@ -395,7 +395,7 @@ def recapture(out: Path = PCAP, seconds: float = 7.0) -> None:
         run("ip", "-n", b, "link", "set", "cb", "up")
         procs.append(subprocess.Popen(["ip", "netns", "exec", b, "tcpdump", "-i", "cb", "-U", "-c", "3", "-w",
                                        str(out), "ip proto 112"]))
-        time.sleep(1)
+        time.sleep(1)      # a manual tool, not a test: tcpdump gets a second to open its socket before ucarp starts
         procs.append(subprocess.Popen(["ip", "netns", "exec", a, "ucarp", "--interface=ca", "--srcip=192.0.2.1",
                                        "--vhid=7", "--pass=secret", "--addr=192.0.2.100", "--advbase=1",
                                        "--advskew=50", "--upscript=/bin/true", "--downscript=/bin/true"]))

@@ -24,6 +24,7 @@ from pydp import config as pconfig
 from pydp._ffi import ffi, lib
 from pydp.apply import apply_config
 from pydp.shm import numpy_dtype
+from netlab import eventually
 from test_observe import TEXT as OBSERVE_TEXT
 
 PASS = "s3cret-carp-Pa55"
@@ -295,10 +296,8 @@ class Harness:
 
 
 async def until(pred, timeout=10.0):
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not pred():
-        assert asyncio.get_running_loop().time() < deadline, "timed out"
-        await asyncio.sleep(0.02)
+    """eventually() for a coroutine: polls pred from a thread while the event loop goes on."""
+    await asyncio.to_thread(eventually, pred, timeout, interval=0.02)
 
 
 async def connect(port):
@@ -368,7 +367,8 @@ def test_receiver_bounds_what_waits_for_the_rings(region):
             for i in range(8):                                       # 8 x 400 flows: rings hold 256 each
                 w.write(frames(enc, batch(400, base=i * 400)))
             await until(lambda: h.sync.counters["flows_received"] == 3200)
-            await asyncio.sleep(0.3)
+            await until(lambda: h.sync.counters["install_dropped"] > 0
+                        and len(ring(region, 0)) == lib.PYDP_CMD_RING_SIZE)
             return dict(h.sync.counters), h.sync.install_queued
 
     c, queued = asyncio.run(main())

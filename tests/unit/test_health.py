@@ -13,6 +13,7 @@ import pytest
 from control import health
 from control.health import Damping, EdgeHealth, HealthChecker, ProbeResult, State
 from pydp.config import HealthConfig
+from netlab import eventually
 
 
 
@@ -206,6 +207,7 @@ def test_checker_targets_live_with_fake_probe():
         return ProbeResult(answers.get(ip, True), f"fake {ip}", 0.001)
 
     async def main():
+        loop = asyncio.get_running_loop()
         changes = []
         chk = HealthChecker(lambda c, e, up, why: changes.append((c, e, up)), source=["10.0.0.254", "2001:db8::fe"],
                             probe=probe)
@@ -213,13 +215,15 @@ def test_checker_targets_live_with_fake_probe():
                          ("web", "e2"): ("10.0.0.2", HealthConfig(type="tcp", **fast)),
                          ("web", "e3"): ("10.0.0.3", HealthConfig(type="none"))})
         assert changes == [("web", "e3", True)]     # at once, never probed
-        await asyncio.sleep(0.4)
-        assert set(changes) == {("web", "e1", True), ("web", "e2", False), ("web", "e3", True)}
+        t0 = loop.time()
+        await asyncio.to_thread(eventually, lambda: set(changes) == {("web", "e1", True), ("web", "e2", False),
+                                                                     ("web", "e3", True)}
+                                and chk.states()[("web", "e1")]["checks"] >= 4, 5, lambda: f"changes {changes}")
         st = chk.states()
         assert st[("web", "e1")]["state"] == "up" and st[("web", "e2")]["state"] == "down"
         assert st[("web", "e3")]["checks"] == 0 and "10.0.0.3" not in probed
         e1_checks = st[("web", "e1")]["checks"]
-        assert 4 <= e1_checks <= 10
+        assert e1_checks <= (loop.time() - t0) / fast["interval"] + 2      # one check an interval, no more
 
         # an unchanged target is not touched; a changed one keeps its state; a removed one stops
         answers["10.0.0.2"] = True
@@ -227,12 +231,12 @@ def test_checker_targets_live_with_fake_probe():
                          ("web", "e2"): ("10.0.0.2", HealthConfig(type="http", **fast))})
         assert chk.states()[("web", "e1")]["checks"] == e1_checks
         assert chk.state("web", "e2") is State.DOWN and chk.state("web", "e3") is None
-        await asyncio.sleep(0.4)
-        assert ("web", "e2", True) in changes and chk.state("web", "e2") is State.UP
+        await asyncio.to_thread(eventually, lambda: ("web", "e2", True) in changes, 5, "e2 up after its change")
+        assert chk.state("web", "e2") is State.UP
         assert chk.states()[("web", "e2")]["transitions"] == 1
         await chk.close()
         n = len(probed)
-        await asyncio.sleep(0.15)
+        await asyncio.sleep(0.15)       # bounded on purpose: three intervals in which a live check would probe
         assert len(probed) == n and chk.states() == {}
 
     asyncio.run(main())
@@ -251,7 +255,7 @@ def test_checker_spreads_first_checks():
         t0 = asyncio.get_running_loop().time()
         chk.set_targets({("c", f"e{i}"): (f"10.0.1.{i}", HealthConfig(interval=0.5, timeout=0.1))
                          for i in range(1, 21)})
-        await asyncio.sleep(0.6)
+        await asyncio.to_thread(eventually, lambda: len(starts) == 20, 5, lambda: f"{len(starts)} of 20 probed")
         await chk.close()
         offs = sorted(t - t0 for t in starts.values())
         assert len(offs) == 20 and offs[-1] - offs[0] > 0.2 and offs[-1] <= 0.55

@@ -14,7 +14,6 @@ import stat
 import struct
 import subprocess
 import sys
-import time
 import uuid
 
 import msgpack
@@ -24,6 +23,7 @@ from hypothesis import strategies as st
 
 from control import rpc
 from control.store import Store
+from netlab import eventually
 
 FUZZ = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
@@ -188,13 +188,13 @@ def test_server_limits_timeouts_and_bad_results(tmp_path):
             w.close()
             # a third concurrent connection is refused with Unavailable
             held = [await asyncio.open_unix_connection(path) for _ in range(2)]
-            await asyncio.sleep(0.05)
+            await asyncio.to_thread(eventually, lambda: server.connections == 2, 5, "the server to hold two")
             with pytest.raises(rpc.RpcError) as e:
                 await rpc.acall(path, "ping")
             assert e.value.type == "Unavailable"
             for _, w in held:
                 w.close()
-            await asyncio.sleep(0.1)
+            await asyncio.to_thread(eventually, lambda: server.connections == 0, 5, "the server to see them closed")
             assert await rpc.acall(path, "ping") == "pong"
         finally:
             await server.close()
@@ -237,15 +237,15 @@ def daemon(tmp_path_factory):
                             stdout=log, stderr=subprocess.STDOUT)
     log.close()
     try:
-        deadline = time.monotonic() + 20
-        while True:
+        def up() -> bool:
+            assert proc.poll() is None, "pydp-control exited:\n" + (tmp / "daemon.log").read_text()
             try:
                 rpc.call(sock, "ping", timeout=1)
-                break
+                return True
             except ConnectionError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError("pydp-control did not start:\n" + (tmp / "daemon.log").read_text())
-                time.sleep(0.05)
+                return False
+
+        eventually(up, 20, lambda: "pydp-control to answer:\n" + (tmp / "daemon.log").read_text())
         yield {"socket": sock, "db": db, "proc": proc, "log": tmp / "daemon.log"}
     finally:
         proc.terminate()

@@ -537,7 +537,10 @@ WORKER = textwrap.dedent("""
     from control.store import Store
     path, tag, go = sys.argv[1], sys.argv[2], sys.argv[3]
     s = Store(path)
+    deadline = time.monotonic() + 30                      # both workers start together, or this one gives up
     while not os.path.exists(go):
+        if time.monotonic() > deadline:
+            sys.exit("no go file within 30 s")
         time.sleep(0.005)
     third = "1" if tag == "a" else "2"
     for i in range(10):                                   # 10 adds, each taking the lowest free vhid
