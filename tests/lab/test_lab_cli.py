@@ -8,11 +8,10 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 
-from netlab import assert_clean, lab_name, leftovers
+from netlab import assert_clean, eventually, lab_name, leftovers
 from control.lab.lab import RUN_ROOT
 
 pytestmark = [pytest.mark.dpdk, pytest.mark.netns]
@@ -61,13 +60,8 @@ def test_down_after_a_killed_up():
                            "--clients", "4"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         state = RUN_ROOT / name / "state.json"
-        deadline = time.monotonic() + 90
-        while time.monotonic() < deadline:
-            if state.exists() and "B" in json.loads(state.read_text() or "{}").get("sockets", {}):
-                break
-            time.sleep(0.05)
-        else:
-            raise AssertionError("pydp-lab up did not reach appliance B")
+        eventually(lambda: state.exists() and "B" in json.loads(state.read_text() or "{}").get("sockets", {}), 90,
+                   "pydp-lab up to reach appliance B")
         up.send_signal(signal.SIGKILL)
         up.wait(10)
         before = leftovers(name)

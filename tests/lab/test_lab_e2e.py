@@ -147,7 +147,7 @@ def test_dsr_replies_never_cross_the_load_balancer(lab, request):
     cap_lb, cap_cl = Capture(lab, port, lab.run_dir / "dsr-lb.pcap"), Capture(lab, "pc", lab.run_dir / "dsr-cl.pcap")
     before = master.counters()
     with Load(lab, vip=T.VIP, conns=40, new_rate=20) as load:
-        time.sleep(3)
+        time.sleep(3)                           # bounded on purpose: three seconds of load captured on both sides
         udp = client_py(lab, UDP_PROBE, T.VIP, T.UDP_PORT, lab.topo.client_ips()[1], 100, 1)
     after = master.counters()
     via_lb, at_clients = cap_lb.stop(), cap_cl.stop()
@@ -173,14 +173,14 @@ def test_edge_failure_breaks_only_its_connections(lab, request):
         t_kill = victim.kill()
         eventually(lambda: lab.edge_health(master).get("e2") == "down", 30, "e2 down on the master")
         t_down = time.time()
-        time.sleep(3)
+        time.sleep(3)                           # bounded on purpose: new connections while e2 is down must avoid it
         t_fix = time.time()
         victim.start()
         eventually(lambda: lab.edge_health(master).get("e2") == "up", 30, "e2 up again on the master")
         t_up = time.time()
         eventually(lambda: any(e["edge"] == "e2" for e in load.new(t_fix)), 15, "a new connection to e2")
         t_first = time.time()
-        time.sleep(1)
+        time.sleep(1)                           # bounded on purpose: a second of load on the restored edge set
     broken = load.broken()
     detect, rejoin = t_down - t_kill, t_up - t_fix
     avoid_from = t_kill + h["fall"] * h["interval"] + SLACK
@@ -206,6 +206,7 @@ def test_drain_keeps_connections_and_takes_no_new_ones(lab, request):
         t_drain = time.time()
         for a in lab.appliances.values():
             a.pydpctl("edge", "drain", "web", "e3")
+        # bounded on purpose: five seconds in which no new connection may reach e3
         time.sleep(5)
         t_end = time.time()
     for a in lab.appliances.values():
@@ -229,7 +230,7 @@ def test_control_killed_and_restarted_loses_no_packet(lab, request):
     probe = subprocess.Popen(["ip", "netns", "exec", lab.topo.client_ns, sys.executable, "-c", UDP_PROBE, T.VIP,
                               str(T.UDP_PORT), lab.topo.client_ips()[2], "200", "6"], stdout=subprocess.PIPE,
                              text=True)
-    time.sleep(1)
+    time.sleep(1)                               # bounded on purpose: the probe runs a second before the daemon dies
     master.ctl.kill()
     master.ctl.stop()                                         # its socket file
     master.ctl.start()
@@ -264,6 +265,7 @@ def test_takeover_keeps_long_lived_connections(lab, request):
         t_kill = master.kill()
         eventually(lambda: standby.state() == "master", 30, f"{standby.name} master")
         t_master = time.time()
+        # bounded on purpose: every connection makes requests through the new master
         time.sleep(8)
     master.restart()
     master.wait_state("backup", 30)
@@ -284,10 +286,11 @@ def test_edge_set_change_then_failover_keeps_every_connection(lab, request):
         lab.wait_edges_up(master, 30)
         eventually(lambda: any(e["edge"] == e4.name for e in load.new(time.time() - 2)), 20,
                    "new connections reaching the new edge")
-        time.sleep(1)
+        time.sleep(1)                           # bounded on purpose: connections placed with the new table run a second
         t_kill = master.kill()
         eventually(lambda: standby.state() == "master", 30, f"{standby.name} master")
         t_master = time.time()
+        # bounded on purpose: every connection makes requests through the new master
         time.sleep(8)
     check = load.byte_check()
     moved = [r for r in check["rows"] if not (r["equal"] and r["broken"] is None)]

@@ -125,11 +125,11 @@ class Carp:
             self.p = subprocess.Popen(["ip", "netns", "exec", ns, *argv], stdout=f, stderr=subprocess.STDOUT)
 
     def status(self) -> dict:
-        for _ in range(40):
+        def read():
             with contextlib.suppress(FileNotFoundError, ValueError):
                 return json.loads(self.status_path.read_text())
-            time.sleep(0.05)
-        raise AssertionError(f"{self.name}: no status file\n{self.log.read_text()}")
+            return None
+        return eventually(read, 2, lambda: f"{self.name}'s status file\n{self.log.read_text()}")
 
     def state(self) -> str | None:
         with contextlib.suppress(FileNotFoundError, ValueError):

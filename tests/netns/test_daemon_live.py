@@ -16,7 +16,7 @@ import time
 import pytest
 
 from netlab import (LB_MAC, OTHER_TOML, VIP, ControlProcess, DataplaneProcess, appliance_toml, cluster_toml, edge_toml,
-                    netns, ns_run, scrape, traffic, veth)
+                    eventually, netns, ns_run, scrape, traffic, veth)
 from netlab import EDGE_IPS as IPS, EDGE_MACS as MACS
 from control import rpc
 
@@ -42,18 +42,16 @@ def pydpctl(lab, *args, check=True) -> subprocess.CompletedProcess:
 
 def wait_applied(lab, timeout=15.0) -> dict:
     """Waits until the daemon has applied the store's current revision to a running data plane."""
-    deadline = time.monotonic() + timeout
-    while True:
+    def applied():
         try:
             s = rpc.call(lab["ctl"].socket, "status")
-            d = s["daemon"]
-            if s["dataplane_up"] and d["revision"] == d["applied_revision"]:
-                return s
         except ConnectionError:
-            pass
-        if time.monotonic() > deadline:
-            raise AssertionError(f"the daemon did not apply the config:\n{lab['ctl'].log.read_text()[-3000:]}")
-        time.sleep(0.1)
+            return None
+        d = s["daemon"]
+        return s if s["dataplane_up"] and d["revision"] == d["applied_revision"] else None
+
+    return eventually(applied, timeout, interval=0.1,
+                      what=lambda: f"the daemon to apply the config:\n{lab['ctl'].log.read_text()[-3000:]}")
 
 
 def reset(lab, edges=("e1", "e2"), macless=()) -> None:
@@ -84,10 +82,8 @@ def during(lab, fn, delay: float):
 
     def run():
         try:
-            deadline = time.monotonic() + 60
-            while not start_file.exists() and time.monotonic() < deadline:
-                time.sleep(0.01)
-            time.sleep(delay)
+            eventually(start_file.exists, 60, "the traffic to start", interval=0.01)
+            time.sleep(delay)           # bounded on purpose: fn runs this far into the traffic
             fn()
         except BaseException as exc:  # reported by the test thread
             errors.append(exc)
@@ -229,10 +225,8 @@ def test_d_dataplane_restart_gets_the_config_back(lab):
     # the data plane dies (SIGKILL: its region stays, with a heartbeat that stops)
     dp.proc.kill()
     dp.proc.wait(10)
-    deadline = time.monotonic() + 10
-    while not any(e["event"] == "dataplane_lost" and e.get("pid") == old_pid for e in ctl.events()):
-        assert time.monotonic() < deadline, "the daemon did not notice the data plane's death"
-        time.sleep(0.2)
+    eventually(lambda: any(e["event"] == "dataplane_lost" and e.get("pid") == old_pid for e in ctl.events()), 10,
+               "the daemon to notice the data plane's death", interval=0.2)
     s = rpc.call(ctl.socket, "status")
     assert s["dataplane_up"] is False and s["dataplane"]["alive"] is False
     # the daemon keeps taking changes meanwhile; they are applied to the next data plane
@@ -241,15 +235,14 @@ def test_d_dataplane_restart_gets_the_config_back(lab):
     # the new data plane starts from its own file (e1, e2; no ownership): the daemon re-applies the store's
     dp.start()
     ns_run(lab["lb_ns"], "ip", "link", "set", "pydp-p0", "up")
-    deadline = time.monotonic() + 20
-    while True:
+    def reapplied():
         s = wait_applied(lab)
         web = next(c for c in s["clusters"] if c["name"] == "web")
-        if s["dataplane"]["pid"] != old_pid and web["active"] and \
-                [e["name"] for e in web["edges"] if e["state"] == "up"] == ["e2", "e3"]:
-            break
-        assert time.monotonic() < deadline, s
-        time.sleep(0.2)
+        return (s["dataplane"]["pid"] != old_pid and web["active"]
+                and [e["name"] for e in web["edges"] if e["state"] == "up"] == ["e2", "e3"])
+
+    eventually(reapplied, 20, lambda: f"the store re-applied to the new data plane: {wait_applied(lab)}",
+               interval=0.2)
     assert set(region_web(lab)["edges"]) == {"e2", "e3"} and region_web(lab)["edges"]["e3"]["weight"] == 2
     assert any(e["event"] in ("dataplane_restarted", "dataplane_attached") and e.get("pid") != old_pid
                for e in ctl.events())
@@ -326,10 +319,8 @@ def test_g_other_writer_and_graceful_stop(lab):
     p = subprocess.run([sys.executable, "-P", "-m", "control.cli", "--db", str(lab["db"]), "edge", "drain", "web",
                         "e2"], capture_output=True, text=True, timeout=60)
     assert p.returncode == 0, p.stderr
-    deadline = time.monotonic() + 10
-    while region_web(lab)["edges"]["e2"]["state"] != "draining":
-        assert time.monotonic() < deadline, ctl.log.read_text()[-2000:]
-        time.sleep(0.1)
+    eventually(lambda: region_web(lab)["edges"]["e2"]["state"] == "draining", 10,
+               lambda: f"e2 draining in the region:\n{ctl.log.read_text()[-2000:]}", interval=0.1)
     assert any(e["event"] == "config_applied" and "another writer" in e["reason"] for e in ctl.events())
     web = region_web(lab)
     gen = lab["dp"].region.generation

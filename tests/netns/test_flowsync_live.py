@@ -83,6 +83,7 @@ def test_a_flows_open_on_a_and_reach_b(lab):
     lab.traffic.add_flows(FLOWS, PPS)
     eventually(lambda: len(lab.traffic.edges_by_flow(lab.t_open, via=a.mac)) >= FLOWS, 15,
                f"{FLOWS} flows through A")
+    # bounded on purpose: two more datagrams a flow, each must stay on its edge
     time.sleep(1.0)
     seen = lab.traffic.edges_by_flow(lab.t_open, via=a.mac)
     assert all(len(e) == 1 for e in seen.values()), f"a flow reached two edges through A: {seen}"
@@ -128,6 +129,7 @@ def test_b_edge_set_changes_on_both(lab):
     lab.notes.append(f"  after adding e3, Maglev would move {lab.moved} of the {FLOWS} old flows")
     # A keeps the old flows on their edges meanwhile (its own flow table)
     t = time.time()
+    # bounded on purpose: a second of traffic in which no old flow may move
     time.sleep(1.0)
     seen = lab.traffic.edges_by_flow(t, via=a.mac)
     assert {p: EDGE_NAME[next(iter(e))] for p, e in seen.items() if p in lab.original} == \
@@ -136,15 +138,15 @@ def test_b_edge_set_changes_on_both(lab):
 
 def test_c_takeover_keeps_every_old_flow_on_its_edge(lab):
     a, b = lab.a, lab.b
-    time.sleep(1.0)                                  # events of the last second reach B
+    time.sleep(1.0)                                  # bounded on purpose: the flow events of the last second reach B
     t_kill = a.kill()
     b.wait_state("master", 10)
     t_b = lab.traffic.wait_via(b.mac, t_kill, 10)
     lab.notes.append(f"  takeover: first datagram through B {t_b - t_kill:.2f} s after A was killed")
-    time.sleep(2.0)
+    time.sleep(2.0)                                  # bounded on purpose: old flows run through B for a while
     lab.t_new = time.time()
     lab.traffic.add_flows(FLOWS, PPS)                # new flows after the takeover
-    time.sleep(2.5)
+    time.sleep(2.5)                                  # bounded on purpose: a window of old and new flows through B
     seen = lab.traffic.edges_by_flow(t_b, via=b.mac)
     old = {p: e for p, e in seen.items() if p in lab.original}
     assert len(old) == FLOWS, f"only {len(old)} old flows through B"
@@ -197,6 +199,7 @@ def test_d_garbage_from_the_management_link_changes_nothing(lab):
     assert after["rx_garbage"] > before["rx_garbage"]
     assert after["flows_installed"] == installed
     assert b.state() == "master"
+    # bounded on purpose: a second of forwarding that must not be disturbed
     time.sleep(1.0)
     got = sum(lab.traffic.since(t0).values())
     assert got >= 0.8 * 2 * PPS * (time.time() - t0 - 0.5), f"forwarding disturbed: {got} datagrams"

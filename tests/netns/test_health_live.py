@@ -20,8 +20,8 @@ import time
 
 import pytest
 
-from netlab import (LB_MAC, VIP, ControlProcess, DataplaneProcess, appliance_toml, cluster_toml, edge_toml, netns,
-                    ns_run, terminate, traffic, veth)
+from netlab import (LB_MAC, VIP, ControlProcess, DataplaneProcess, appliance_toml, cluster_toml, edge_toml, eventually,
+                    netns, ns_run, terminate, traffic, veth)
 from netlab import EDGE_IPS as IPS, EDGE_MACS as MACS
 from control import rpc
 
@@ -78,14 +78,14 @@ def edge_health(lab) -> dict:
 def wait_health(lab, edge: str, want: str, timeout: float) -> float:
     """Seconds until the daemon reports edge's health as want (and the data plane's state follows)."""
     t0 = time.monotonic()
-    while True:
+
+    def reached() -> bool:
         e = edge_health(lab)[edge]
-        if e["health"] == want and e["state"] == ("up" if want == "up" else "down"):
-            return time.monotonic() - t0
-        if time.monotonic() - t0 > timeout:
-            raise AssertionError(f"{edge} not {want} after {timeout:.1f} s: {e}\n"
-                                 f"{lab['ctl'].log.read_text()[-3000:]}")
-        time.sleep(0.02)
+        return e["health"] == want and e["state"] == ("up" if want == "up" else "down")
+
+    eventually(reached, timeout, interval=0.02,
+               what=lambda: f"{edge} {want}: {edge_health(lab)[edge]}\n{lab['ctl'].log.read_text()[-3000:]}")
+    return time.monotonic() - t0
 
 
 def send(lab, flows: int, rounds: int = 1) -> dict:

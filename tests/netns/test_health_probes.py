@@ -27,6 +27,8 @@ from pathlib import Path
 
 import pytest
 
+from netlab import eventually
+
 LB4, LB4B, EDGE4, HOLE4 = "198.51.100.2", "198.51.100.3", "198.51.100.21", "198.51.100.99"
 LB6, EDGE6 = "2001:db8:51::2", "2001:db8:51::21"
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
@@ -82,12 +84,13 @@ class Nginx:
         self.proc = subprocess.Popen(["ip", "netns", "exec", self.ns, NGINX, "-p", str(self.d), "-c",
                                       str(self.d / "nginx.conf"), "-e", str(self.d / "error.log")],
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 10
-        while not pid.exists():         # written after the listening sockets are open
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError("nginx did not start:\n" + (self.d / "error.log").read_text())
-            time.sleep(0.01)
+        try:                            # the pid file is written after the listening sockets are open
+            eventually(lambda: pid.exists() or self.proc.poll() is not None, 10, "nginx", interval=0.01)
+            if not pid.exists():
+                raise RuntimeError(f"nginx exited with {self.proc.returncode}")
+        except BaseException as exc:
+            self.stop()
+            raise RuntimeError("nginx did not start:\n" + (self.d / "error.log").read_text()) from exc
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:

@@ -6,8 +6,8 @@ import time
 
 import pytest
 
-from netlab import (EDGE_MACS, LB_MAC, VIP, DataplaneProcess, appliance_toml, cluster_toml, edge_toml, netns, ns_run,
-                    traffic, veth)
+from netlab import (EDGE_MACS, LB_MAC, VIP, DataplaneProcess, appliance_toml, cluster_toml, edge_toml, eventually,
+                    netns, ns_run, traffic, veth)
 from pydp import config as pconfig
 from pydp.apply import apply_config
 
@@ -63,12 +63,10 @@ def test_hundred_swaps_under_traffic_lose_nothing_and_keep_flows(lab):
 
     def swapper():
         try:
-            deadline = time.monotonic() + 60
-            while not start_file.exists() and time.monotonic() < deadline:
-                time.sleep(0.01)
+            eventually(start_file.exists, 60, "the traffic to start", interval=0.01)
             for i in range(100):
                 apply_config(dp.region, cfgs[i % len(cfgs)])
-                time.sleep(0.02)
+                time.sleep(0.02)        # bounded on purpose: 100 swaps spread over the traffic
             done.append(time.monotonic())
         except Exception as exc:  # reported by the test thread
             errors.append(exc)
@@ -116,10 +114,8 @@ def test_edge_down_moves_only_its_flows(lab):
 
     def fail_e1():
         try:
-            deadline = time.monotonic() + 60
-            while not start_file.exists() and time.monotonic() < deadline:
-                time.sleep(0.01)
-            time.sleep(1.5)               # flows are established on all edges
+            eventually(start_file.exists, 60, "the traffic to start", interval=0.01)
+            time.sleep(1.5)     # bounded on purpose: rounds of traffic establish flows on every edge before e1 fails
             cfg.clusters[0].edges[1].state = "draining"
             apply_config(dp.region, cfg, edge_health={("web", "e1"): False})
         except Exception as exc:
