@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import contextlib
 import glob
+import json
 import os
+import subprocess
 import sys
 import time
 import uuid
@@ -182,3 +184,68 @@ def appliance_toml(*clusters: str, lcores: str = "0-1", flow_capacity: int = 655
 # a second cluster next to web, so that tests see one cluster's change leave the other alone
 OTHER_TOML = cluster_toml("other", "198.51.100.20", 2, edge_toml("o1", "198.51.100.41", "02:00:00:00:03:01")
                           + edge_toml("o2", "198.51.100.42", "02:00:00:00:03:02"))
+
+
+# ---- processes and a shared segment for the CARP tests ----
+
+class NsProcess:
+    """A command run in a namespace, its output appended to `log`; term() (SIGTERM, then SIGKILL) and kill()."""
+
+    def __init__(self, name: str, ns: str, argv: list[str], log: Path):
+        self.name, self.ns, self.log = name, ns, log
+        with open(log, "ab") as f:
+            self.p = subprocess.Popen(["ip", "netns", "exec", ns, *argv], stdout=f, stderr=subprocess.STDOUT)
+
+    @property
+    def pid(self) -> int:
+        return self.p.pid             # ip netns exec execs the command: same pid
+
+    def text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def alive(self) -> bool:
+        return self.p.poll() is None
+
+    def term(self, timeout: float = 10.0) -> int | None:
+        return terminate(self.p, timeout)
+
+    def kill(self) -> None:
+        if self.alive():
+            self.p.kill()
+            self.p.wait(5)
+
+
+class Segment:
+    """Namespaces h1, h2 and c (eth0 each, optionally with an address) on the bridge br0 of a switch namespace sw,
+    all removed when `stack` closes; sniff() runs a capture script in c that writes JSON lines to `capture`."""
+
+    def __init__(self, stack: contextlib.ExitStack, workdir: Path, prefix: str, addrs: dict | None = None):
+        self.stack, self.workdir = stack, workdir
+        self.sw, self.h1, self.h2, self.c = (stack.enter_context(netns(prefix + n)) for n in ("sw", "h1", "h2", "c"))
+        bridge(self.sw, "br0")
+        for host, port, key in ((self.h1, "p1", "h1"), (self.h2, "p2", "h2"), (self.c, "p3", "c")):
+            bridge_host(self.sw, "br0", host, port, addr=(addrs or {}).get(key))
+        self.macs = {ns: link_mac(ns, "eth0") for ns in (self.h1, self.h2, self.c)}
+        self.capture = workdir / "capture.jsonl"
+
+    def sniff(self, script: str) -> subprocess.Popen:
+        """`python3 -c script CAPTURE` in c, stopped when the stack closes; returns once it wrote {"kind": "ready"}."""
+        self.capture.touch()
+        proc = subprocess.Popen(["ip", "netns", "exec", self.c, sys.executable, "-c", script, str(self.capture)])
+
+        def stop():
+            proc.kill()
+            proc.wait(5)
+        self.stack.callback(stop)
+        eventually(lambda: self.frames(kind="ready"), 10, "the sniffer to start")
+        return proc
+
+    def frames(self, since: float = 0.0, **match) -> list[dict]:
+        """The captured records at or after `since` whose fields equal `match`."""
+        out = []
+        for line in self.capture.read_text().splitlines():
+            with contextlib.suppress(ValueError):
+                rec = json.loads(line)
+                if rec.get("t", 0) >= since and all(rec.get(k) == v for k, v in match.items()):
+                    out.append(rec)
+        return out

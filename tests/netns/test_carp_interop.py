@@ -25,8 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from netlab import (RAW_SENDER, addresses, bridge, bridge_host, eventually, link_mac, netns, ns_run, pydp_carp_argv,
-                    report, run)
+from netlab import RAW_SENDER, NsProcess, Segment, addresses, eventually, ns_run, pydp_carp_argv, report, run
 from control.carp import codec
 
 pytestmark = [pytest.mark.netns]
@@ -87,15 +86,11 @@ while True:
 
 # ---- the lab ------------------------------------------------------------------------------------------------
 
-class Lab:
-    def __init__(self, sw, h1, h2, c, workdir: Path):
-        self.sw, self.h1, self.h2, self.c = sw, h1, h2, c
-        self.workdir = workdir
-        self.capture = workdir / "capture.jsonl"
-        self.macs = {h1: link_mac(h1, "eth0"), h2: link_mac(h2, "eth0"), c: link_mac(c, "eth0")}
+class Lab(Segment):
+    def __init__(self, stack: contextlib.ExitStack, workdir: Path):
+        super().__init__(stack, workdir, "carp", {"h1": f"{H1}/24", "h2": f"{H2}/24", "c": f"{CLIENT}/24"})
         self.timings: list[tuple[str, float, float]] = []      # (what, seconds, bound)
         self.notes: list[str] = []
-        self.sniffer: subprocess.Popen | None = None
 
     def holders(self) -> set[str]:
         return {name for name, ns in (("h1", self.h1), ("h2", self.h2)) if VIP in addresses(ns)}
@@ -103,17 +98,6 @@ class Lab:
     def drop_vip(self, ns: str) -> None:
         """What a crashed host loses on reboot: the cluster IP left on its interface."""
         run("ip", "-n", ns, "addr", "del", f"{VIP}/32", "dev", "eth0", check=False)
-
-    def frames(self, since: float = 0.0, **match) -> list[dict]:
-        out = []
-        for line in self.capture.read_text().splitlines():
-            try:
-                rec = json.loads(line)
-            except ValueError:
-                continue
-            if rec.get("t", 0) >= since and all(rec.get(k) == v for k, v in match.items()):
-                out.append(rec)
-        return out
 
     def neigh_mac(self, ip: str = VIP) -> str | None:
         out = run("ip", "-j", "-n", self.c, "neigh", "show", ip, "dev", "eth0", check=False).stdout or "[]"
@@ -127,23 +111,11 @@ def lab(tmp_path_factory, request):
         pytest.skip("ucarp is not installed (apt-get install ucarp)")
     workdir = tmp_path_factory.mktemp("carp")
     with contextlib.ExitStack() as stack:
-        sw = stack.enter_context(netns("carpsw"))
-        h1 = stack.enter_context(netns("carph1"))
-        h2 = stack.enter_context(netns("carph2"))
-        c = stack.enter_context(netns("carpc"))
-        bridge(sw, "br0")
-        bridge_host(sw, "br0", h1, "p1", addr=f"{H1}/24")
-        bridge_host(sw, "br0", h2, "p2", addr=f"{H2}/24")
-        bridge_host(sw, "br0", c, "p3", addr=f"{CLIENT}/24")
-        lab = Lab(sw, h1, h2, c, workdir)
-        lab.capture.touch()
-        lab.sniffer = subprocess.Popen(["ip", "netns", "exec", c, sys.executable, "-c", SNIFFER, str(lab.capture)])
+        lab = Lab(stack, workdir)
+        lab.sniff(SNIFFER)
         try:
-            eventually(lambda: lab.frames(kind="ready"), 10, "the sniffer to start")
             yield lab
         finally:
-            lab.sniffer.kill()
-            lab.sniffer.wait(5)
             _summary(request, lab)
 
 
@@ -166,39 +138,7 @@ def timed(pred, timeout: float, what: str, t0: float) -> float:
 
 # ---- processes ----------------------------------------------------------------------------------------------
 
-class Proc:
-    def __init__(self, name: str, ns: str, argv: list[str], log: Path):
-        self.name, self.ns, self.log = name, ns, log
-        with open(log, "ab") as f:
-            self.p = subprocess.Popen(["ip", "netns", "exec", ns, *argv], stdout=f, stderr=subprocess.STDOUT)
-
-    @property
-    def pid(self) -> int:
-        return self.p.pid             # ip netns exec execs the command: same pid
-
-    def text(self) -> str:
-        return self.log.read_text(errors="replace")
-
-    def alive(self) -> bool:
-        return self.p.poll() is None
-
-    def term(self, timeout: float = 10.0) -> int:
-        if self.alive():
-            self.p.send_signal(signal.SIGTERM)
-            try:
-                self.p.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.p.kill()
-                self.p.wait(5)
-        return self.p.returncode
-
-    def kill(self) -> None:
-        if self.alive():
-            self.p.kill()
-            self.p.wait(5)
-
-
-class Ours(Proc):
+class Ours(NsProcess):
     def __init__(self, lab: Lab, name: str, ns: str, src: str, *, skew: int, preempt=False, mac="real",
                  key: bytes = PASS, use_pass: bool = False, extra=()):
         self.status_path = lab.workdir / f"{name}.json"
@@ -228,7 +168,7 @@ class Ours(Proc):
             return None
 
 
-class Ucarp(Proc):
+class Ucarp(NsProcess):
     def __init__(self, lab: Lab, name: str, ns: str, src: str, *, skew: int, preempt=False, shutdown=False,
                  passphrase: str | None = None):
         up, down = lab.workdir / "vip-up.sh", lab.workdir / "vip-down.sh"
@@ -261,9 +201,9 @@ def vmac_links(ns: str) -> list[str]:
 
 @pytest.fixture
 def procs(lab):
-    started: list[Proc] = []
+    started: list[NsProcess] = []
 
-    def track(p: Proc) -> Proc:
+    def track(p: NsProcess) -> NsProcess:
         started.append(p)
         return p
 

@@ -12,16 +12,14 @@ from __future__ import annotations
 
 import contextlib
 import json
-import signal
 import struct
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from netlab import RAW_SENDER, addresses, bridge, bridge_host, eventually, link_mac, netns, ns_run, pydp_carp_argv, run
+from netlab import RAW_SENDER, NsProcess, Segment, addresses, eventually, ns_run, pydp_carp_argv, run
 from control.carp import codec
 
 VHID = 7
@@ -82,103 +80,59 @@ def v6(ns: str) -> list[str]:
     return addresses(ns, "eth0", family="inet6")
 
 
-class Lab:
-    def __init__(self, sw, h1, h2, c, workdir: Path):
-        self.sw, self.h1, self.h2, self.c = sw, h1, h2, c
-        self.workdir = workdir
-        self.capture = workdir / "capture.jsonl"
-        self.macs = {h1: link_mac(h1, "eth0"), h2: link_mac(h2, "eth0"), c: link_mac(c, "eth0")}
+class Lab(Segment):
+    def __init__(self, stack: contextlib.ExitStack, workdir: Path):
+        super().__init__(stack, workdir, "carp6")
         self.h2_src = ""
 
     def holders(self) -> set[str]:
         return {name for name, ns in (("h1", self.h1), ("h2", self.h2)) if VIP in v6(ns)}
 
-    def frames(self, since: float = 0.0, **match) -> list[dict]:
-        out = []
-        for line in self.capture.read_text().splitlines():
-            with contextlib.suppress(ValueError):
-                rec = json.loads(line)
-                if rec.get("t", 0) >= since and all(rec.get(k) == v for k, v in match.items()):
-                    out.append(rec)
-        return out
-
     def send(self, *frames: bytes) -> None:
         ns_run(self.c, sys.executable, "-c", RAW_SENDER, *(f.hex() for f in frames))
 
 
-class Carp:
+class Carp(NsProcess):
     """pydp-carp in a namespace, with its --json-status file and log."""
 
     def __init__(self, lab: Lab, name: str, ns: str, src: str, *, skew: int, extra=()):
-        self.name = name
         self.status_path = lab.workdir / f"{name}.json"
         with contextlib.suppress(FileNotFoundError):
             self.status_path.unlink()
         passfile = lab.workdir / f"{name}.key"
         passfile.write_bytes(PASS + b"\n")
         passfile.chmod(0o600)
-        self.log = lab.workdir / f"{name}.log"
         argv = [*pydp_carp_argv(), "-i", "eth0", "-s", src, "-v", str(VHID), "--passfile", str(passfile), "-a", VIP,
                 "-b", str(ADVBASE), "-k", str(skew), "--json-status", str(self.status_path), "--log-level",
                 "debug", *extra]
-        with open(self.log, "ab") as f:
-            self.p = subprocess.Popen(["ip", "netns", "exec", ns, *argv], stdout=f, stderr=subprocess.STDOUT)
+        super().__init__(name, ns, argv, lab.workdir / f"{name}.log")
 
     def status(self) -> dict:
         def read():
             with contextlib.suppress(FileNotFoundError, ValueError):
                 return json.loads(self.status_path.read_text())
             return None
-        return eventually(read, 2, lambda: f"{self.name}'s status file\n{self.log.read_text()}")
+        return eventually(read, 2, lambda: f"{self.name}'s status file\n{self.text()}")
 
     def state(self) -> str | None:
         with contextlib.suppress(FileNotFoundError, ValueError):
             return json.loads(self.status_path.read_text()).get("state")
         return None
 
-    def term(self, timeout: float = 10.0) -> int:
-        if self.p.poll() is None:
-            self.p.send_signal(signal.SIGTERM)
-            try:
-                self.p.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.p.kill()
-                self.p.wait(5)
-        return self.p.returncode
-
-    def kill(self) -> None:
-        if self.p.poll() is None:
-            self.p.kill()
-            self.p.wait(5)
-
 
 @pytest.fixture
 def lab(tmp_path):
     with contextlib.ExitStack() as stack:
-        sw = stack.enter_context(netns("carp6sw"))
-        h1 = stack.enter_context(netns("carp6h1"))
-        h2 = stack.enter_context(netns("carp6h2"))
-        c = stack.enter_context(netns("carp6c"))
-        bridge(sw, "br0")
-        for host, port in ((h1, "p1"), (h2, "p2"), (c, "p3")):
-            bridge_host(sw, "br0", host, port)
-        enable_ipv6(h1, H1)
-        enable_ipv6(h2)
-        lab = Lab(sw, h1, h2, c, tmp_path)
-        lab.h2_src = eventually(lambda: next((a for a in v6(h2) if a.startswith("fe80:")), None), 5,
+        lab = Lab(stack, tmp_path)
+        enable_ipv6(lab.h1, H1)
+        enable_ipv6(lab.h2)
+        lab.h2_src = eventually(lambda: next((a for a in v6(lab.h2) if a.startswith("fe80:")), None), 5,
                                 "h2's link-local address")
-        lab.capture.touch()
-        sniffer = subprocess.Popen(["ip", "netns", "exec", c, sys.executable, "-c", SNIFFER, str(lab.capture)])
         procs: list[Carp] = []
         lab.start = lambda *a, **kw: procs.append(Carp(lab, *a, **kw)) or procs[-1]
-        try:
-            eventually(lambda: lab.frames(kind="ready"), 10, "the sniffer to start")
-            yield lab
-        finally:
-            for p in procs:
-                p.kill()
-            sniffer.kill()
-            sniffer.wait(5)
+        stack.callback(lambda: [p.kill() for p in procs])
+        lab.sniff(SNIFFER)
+        yield lab
 
 
 @pytest.mark.netns
