@@ -27,7 +27,10 @@ if [ "${1:-}" = "--quick" ]; then
     ln -s "$here"/pydp/*.py "$build/py/pydp/"
     cp "$build"/_pydp*.so "$build/py/pydp/"
     export PYTHONPATH="$build/py:$here${PYTHONPATH:+:$PYTHONPATH}" PYDP_SOURCE_TREE=1
-    exec "$py" -P -m pytest -p no:cacheprovider -q "$here/tests/unit" "$@"
+    # one pytest worker per CPU when pytest-xdist is there (setup.sh installs it; the unit tier is parallel-safe)
+    jobs=()
+    if "$py" -c 'import xdist' 2>/dev/null; then jobs=(-n "${PYDP_QUICK_JOBS:-auto}"); fi
+    exec "$py" -P -m pytest -p no:cacheprovider -q "${jobs[@]}" "$here/tests/unit" "$@"
 fi
 
 "$here/scripts/setup.sh"

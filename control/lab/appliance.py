@@ -12,7 +12,7 @@ import time
 from datetime import datetime
 from pathlib import Path
 
-from control.lab.net import ControlProcess, DataplaneProcess, addresses, ns_run
+from control.lab.net import ControlProcess, DataplaneProcess, addresses, eventually, ns_run
 
 TAP = "pydp-p0"
 
@@ -159,13 +159,9 @@ class Appliance:
     def wait_state(self, want: str, timeout: float) -> float:
         """Waits until this appliance's CARP state is `want`; returns the seconds it took."""
         t0 = time.monotonic()
-        while True:
-            if self.state() == want:
-                return time.monotonic() - t0
-            if time.monotonic() - t0 > timeout:
-                raise AssertionError(f"appliance {self.name} is not {want} after {timeout:.1f}s "
-                                     f"(state {self.state()}):\n{self.log_tail()}")
-            time.sleep(0.05)
+        eventually(lambda: self.state() == want, timeout,
+                   lambda: f"appliance {self.name} {want} (state {self.state()}):\n{self.log_tail()}")
+        return time.monotonic() - t0
 
     def log_tail(self, n: int = 4000) -> str:
         return self.ctl.log.read_text()[-n:] if self.ctl.log.exists() else "(no log)"

@@ -339,13 +339,8 @@ def test_g_other_writer_and_graceful_stop(lab):
 
 
 def _wait(cond, what: str, lab, timeout: float = 5.0):
-    deadline = time.monotonic() + timeout
-    while True:
-        got = cond()
-        if got:
-            return got
-        assert time.monotonic() < deadline, f"{what}:\n{lab['ctl'].log.read_text()[-3000:]}"
-        time.sleep(0.05)
+    """eventually(), failing with the daemon's log."""
+    return eventually(cond, timeout, lambda: f"{what}:\n{lab['ctl'].log.read_text()[-3000:]}")
 
 
 def test_h_foreign_publish_is_drift_and_repaired_within_a_second(lab):

@@ -8,8 +8,6 @@ reports back, then checks what is live. The stories of issue 12 are here at the 
 from __future__ import annotations
 
 import logging
-import os
-import uuid
 
 import pytest
 
@@ -19,7 +17,6 @@ from control.daemon.reconciler import (RETRY_S, Apply, DataplaneView, Event, Inp
 from pydp import config as pconfig
 from pydp._ffi import ffi, lib
 from pydp.apply import apply_config
-from pydp.shm import Region
 
 IDENTITY = (1, 4242, 1000)
 
@@ -47,20 +44,11 @@ def cluster_text(name, ip, vhid, edges, mode="cluster", enabled=True):
 WEB = [("e1", 21, "active"), ("e2", 22, "active"), ("e3", 23, "active")]
 
 
+pytestmark = pytest.mark.region(workers=1)     # the shared region fixture (tests/conftest.py), one worker
+
+
 def load(*clusters) -> pconfig.ApplianceConfig:
     return pconfig.loads(TOML + "".join(clusters))
-
-
-@pytest.fixture
-def region():
-    path = f"/dev/shm/pydp-test-rec-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    r = Region.create(path, workers=1, ports=1, maglev_max=1021, flow_capacity=1024)
-    try:
-        yield r
-    finally:
-        r.close()
-        if os.path.exists(path):
-            os.unlink(path)
 
 
 class Harness:
