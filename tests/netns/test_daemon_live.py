@@ -105,9 +105,15 @@ def lab(tmp_path_factory):
     with contextlib.ExitStack() as stack:
         lb_ns = stack.enter_context(netns("pydpt-lb"))
         cl_ns = stack.enter_context(netns("pydpt-cl"))
-        # c0 has no address: traffic.py uses raw sockets, and the client namespace's only address is e3's (test a),
-        # so its ARP traffic always carries e3's MAC
+        # c0 has no address: traffic.py uses raw sockets, and the client namespace's only address is e3's, so its
+        # ARP traffic always carries e3's MAC
         veth(lb_ns, "lb0", "c0", ns_b=cl_ns, mac_a=LB_MAC)
+        # e3 answers ARP for its address (a macvlan with e3's MAC): the daemon resolves an edge added without a MAC
+        ns_run(cl_ns, "sysctl", "-qw", "net.ipv4.conf.all.arp_ignore=1")     # only e3 answers for e3's address
+        ns_run(cl_ns, "ip", "link", "add", "link", "c0", "name", "e3", "address", MACS["e3"], "type", "macvlan",
+               "mode", "private")
+        ns_run(cl_ns, "ip", "addr", "add", f"{IPS['e3']}/24", "dev", "e3")
+        ns_run(cl_ns, "ip", "link", "set", "e3", "up")
         # the data plane starts with a config of its own and owns nothing: ownership and the store's config
         # come from the daemon
         dp = DataplaneProcess(lb_ns, appliance_text(), tmp, args=["--managed"])
@@ -131,14 +137,8 @@ def lab(tmp_path_factory):
 def test_a_added_edge_gets_new_flows_and_existing_flows_stay(lab):
     reset(lab)
     # e3 is added without a MAC: the daemon provokes ARP and reads the answer from the kernel's neighbour table.
-    # The ARP request goes out through the data plane's exception path; a macvlan with e3's address and MAC in the
-    # client namespace answers it, and the answer comes back the same way.
-    cl = lab["cl_ns"]
-    ns_run(cl, "sysctl", "-qw", "net.ipv4.conf.all.arp_ignore=1")     # only e3 answers for e3's address
-    ns_run(cl, "ip", "link", "add", "link", "c0", "name", "e3", "address", MACS["e3"], "type", "macvlan",
-           "mode", "private")
-    ns_run(cl, "ip", "addr", "add", f"{IPS['e3']}/24", "dev", "e3")
-    ns_run(cl, "ip", "link", "set", "e3", "up")
+    # The ARP request goes out through the data plane's exception path; the macvlan with e3's address and MAC in
+    # the client namespace (the lab fixture) answers it, and the answer comes back the same way.
     ns_run(lab["lb_ns"], "ip", "neigh", "flush", "to", IPS["e3"], check=False)
     version = region_web(lab)["table_version"]
     start, t, errors = during(lab, lambda: pydpctl(lab, "edge", "add", "web", f"e3={IPS['e3']}"), 0.8)
