@@ -291,7 +291,8 @@ BAD = [
 ]
 
 
-@pytest.mark.parametrize("path,value,where,reason", BAD, ids=[f"{b[0]}={b[1]!r}"[:60] for b in BAD])
+@pytest.mark.parametrize("path,value,where,reason", BAD,
+                         ids=[f"{b[0]}={'<deleted>' if b[1] is DELETE else repr(b[1])}"[:60] for b in BAD])
 def test_rejected(path, value, where, reason):
     errs = errors_of(edit(base(), path, value), source="bad.toml")
     assert any(e.startswith(where + ": ") and reason in e for e in errs), errs
