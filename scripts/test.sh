@@ -54,7 +54,7 @@ echo "[test] golden packet tests with the fast path under AddressSanitizer and U
 # preloaded (tests/golden/harness.py, sanitized_env)
 rm -rf "$here/build/asan-py" && mkdir -p "$here/build/asan-py/pydp"
 cp "$here"/pydp/*.py "$here"/build/asan/_pydp*.so "$here/build/asan-py/pydp/"
-PYDP_SANITIZED_PATH="$here/build/asan-py" "${PYTHON:-python3}" -P -m pytest -p no:cacheprovider -q "$here/tests/golden"
+PYDP_SANITIZED_PATH="$here/build/asan-py" "${PYTHON:-python3}" -P -m pytest -p no:cacheprovider -q "$here/tests/golden/test_golden.py"
 
 echo "[test] fuzzing: parser, classify path, CARP codec, RPC decoder, config loader (30 s each)"
 "$here/scripts/fuzz.sh" --seconds "${PYDP_FUZZ_SECONDS:-30}"
