@@ -65,7 +65,7 @@ def test_hundred_swaps_under_traffic_lose_nothing_and_keep_flows(lab):
         try:
             eventually(start_file.exists, 60, "the traffic to start", interval=0.01)
             for i in range(100):
-                apply_config(dp.region, cfgs[i % len(cfgs)])
+                apply_config(dp.region, cfgs[i % len(cfgs)], owned={"web"})   # the data plane runs --own-all
                 time.sleep(0.02)        # bounded on purpose: 100 swaps spread over the traffic
             done.append(time.monotonic())
         except Exception as exc:  # reported by the test thread
@@ -117,7 +117,7 @@ def test_edge_down_moves_only_its_flows(lab):
             eventually(start_file.exists, 60, "the traffic to start", interval=0.01)
             time.sleep(1.5)     # bounded on purpose: rounds of traffic establish flows on every edge before e1 fails
             cfg.clusters[0].edges[1].state = "draining"
-            apply_config(dp.region, cfg, edge_health={("web", "e1"): False})
+            apply_config(dp.region, cfg, owned={"web"}, edge_health={("web", "e1"): False})
         except Exception as exc:
             errors.append(exc)
 
