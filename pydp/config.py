@@ -27,6 +27,8 @@ import tomllib
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from pydp import device as pdevice
+
 __all__ = [
     "ApplianceConfig", "DataplaneConfig", "Timeouts", "IpipConfig", "PortConfig", "ClusterConfig", "CarpConfig",
     "HealthConfig", "EdgeConfig", "ConfigError", "load", "loads", "from_dict", "to_dict", "dumps", "dump",
@@ -65,10 +67,6 @@ _NAME_RE = re.compile(r"[A-Za-z0-9_.-]{1,31}")
 _PORT_NAME_RE = re.compile(r"[A-Za-z0-9_.-]{1,15}")
 _MAC_RE = re.compile(r"[0-9A-Fa-f]{2}([:-])[0-9A-Fa-f]{2}(\1[0-9A-Fa-f]{2}){4}")
 _LCORE_ITEM_RE = re.compile(r"(\d+)(?:-(\d+))?(?:@(\d+))?")
-# A device argument: key, or key=value where value is plain or a bracketed list (representor=[0-3]).
-_DEVARG = r"[A-Za-z0-9_.-]+(?:=(?:\[[^\]\s]*\]|[^,\[\]\s]*))?"
-_VDEV_RE = re.compile(r"([A-Za-z][A-Za-z0-9_]*)((?:," + _DEVARG + r")*)")
-_PCI_RE = re.compile(r"((?:[0-9A-Fa-f]{4}:)?[0-9A-Fa-f]{2}:[01][0-9A-Fa-f]\.[0-7])((?:," + _DEVARG + r")*)")
 
 
 # ---- errors ----
@@ -198,16 +196,6 @@ def _default_tap(name: str) -> str:
     return ("pydp-" + name)[:IFNAME_MAX]
 
 
-def _device_name(device: str) -> str:
-    """The DPDK device name of a device spec: the part before the arguments; PCI addresses in full lowercase form."""
-    name = device.split(",", 1)[0]
-    if _PCI_RE.fullmatch(name):
-        name = name.lower()
-        if name.count(":") == 1:
-            name = "0000:" + name
-    return name
-
-
 # ---- the configuration ----
 
 @dataclass
@@ -273,7 +261,8 @@ class PortConfig:
 
     @property
     def device_name(self) -> str:
-        return _device_name(self.device)
+        """The name DPDK gives the port (pydp.device: PCI addresses in full form, vdevs without arguments)."""
+        return pdevice.port_name(self.device)
 
 
 @dataclass
@@ -561,13 +550,12 @@ def _c_prefix(version: int) -> Conv:
 
 def _c_device(v: Any) -> str:
     _c_str(v)
-    m = _PCI_RE.fullmatch(v) or _VDEV_RE.fullmatch(v)
-    if not m:
-        raise _Bad(f"{v!r} is not a DPDK device: expected a vdev spec (driver name and optional ',key=value' "
-                   f"arguments, e.g. 'net_af_packet0,iface=eth1') or a PCI address (e.g. '0000:03:00.0')")
-    if len(m.group(1)) > DEVICE_NAME_MAX:
-        raise _Bad(f"device name {m.group(1)!r} is too long ({len(m.group(1))} characters, "
-                   f"at most {DEVICE_NAME_MAX})")
+    try:
+        name = pdevice.port_name(v)
+    except ValueError as e:
+        raise _Bad(str(e)) from None
+    if len(name) > DEVICE_NAME_MAX:
+        raise _Bad(f"device name {name!r} is too long ({len(name)} characters, at most {DEVICE_NAME_MAX})")
     return v
 
 
@@ -845,7 +833,7 @@ def _cross_check(ctx: _Ctx, cfg: ApplianceConfig) -> None:
 
     _unique(ctx, [(f"port[{i}].name", p.name) for i, p in enumerate(cfg.ports)], "port name")
     _unique(ctx, [(f"port[{i}].device", p.device) for i, p in enumerate(cfg.ports)], "device",
-            key=_device_name)
+            key=pdevice.port_name)
     # A TAP name derived from a duplicate port name is not reported twice.
     default_taps = {i for i, p in enumerate(cfg.ports) if _ok(p.name) and p.tap == _default_tap(p.name)}
     dup_names = {i for i, p in enumerate(cfg.ports) if any(q.name == p.name for q in cfg.ports[:i])}

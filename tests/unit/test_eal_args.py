@@ -1,0 +1,214 @@
+"""The EAL command line pydp-dataplane builds from a config (pydp.dataplane.eal_args) and the one device-spec parser
+it shares with the config loader and the bootstrap (pydp.device).
+
+The port names eal_args returns are what the C side looks up with rte_eth_dev_get_port_by_name, so they must be the
+names DPDK 22.11 gives the ports: PCI addresses as PCI_PRI_FMT prints them (checked against the installed rte_pci.h),
+vdevs by their name without arguments.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+
+import pytest
+
+from pydp import config as pconfig
+from pydp import device as pdevice
+from pydp.dataplane import LaunchError, eal_args
+
+
+def make_cfg(*ports: tuple, lcores: str = "0-2", hugepages: bool = True, memory_mb: int = 1024,
+             shm_path: str = "/dev/hugepages/pydp", extra: list[str] | None = None) -> pconfig.ApplianceConfig:
+    """A validated config; ports are (name, device) or (name, device, tap)."""
+    lines = ["[dataplane]", f'lcores = "{lcores}"', f"hugepages = {'true' if hugepages else 'false'}",
+             f"memory_mb = {memory_mb}", f'shm_path = "{shm_path}"']
+    if extra is not None:
+        lines.append("eal_args = [" + ", ".join(f'"{a}"' for a in extra) + "]")
+    for p in ports:
+        lines += ["", "[[port]]", f'name = "{p[0]}"', f'device = "{p[1]}"']
+        if len(p) > 2:
+            lines.append(f'tap = "{p[2]}"')
+    return pconfig.loads("\n".join(lines) + "\n")
+
+
+def option_values(args: list[str], option: str) -> list[str]:
+    return [args[i + 1] for i, a in enumerate(args) if a == option]
+
+
+# ---- the parser ----
+
+@pytest.mark.parametrize("spec,kind,name,args", [
+    ("0000:03:00.0", "pci", "0000:03:00.0", ()),
+    ("03:00.0", "pci", "0000:03:00.0", ()),
+    ("0000:0A:1F.7", "pci", "0000:0a:1f.7", ()),
+    ("00ff:81:00.1,rxq_cqe_comp_en=0,txq_inline", "pci", "00ff:81:00.1", (("rxq_cqe_comp_en", "0"),
+                                                                         ("txq_inline", None))),
+    ("0000:03:00.0,representor=[0,2-3]", "pci", "0000:03:00.0", (("representor", "[0,2-3]"),)),
+    ("net_af_packet0,iface=eth1", "vdev", "net_af_packet0", (("iface", "eth1"),)),
+    ("net_af_xdp1,iface=ens1f0,start_queue=0,queue_count=4", "vdev", "net_af_xdp1",
+     (("iface", "ens1f0"), ("start_queue", "0"), ("queue_count", "4"))),
+    ("net_null0", "vdev", "net_null0", ()),
+    ("net_ring0,nodeaction=r1:0:CREATE", "vdev", "net_ring0", (("nodeaction", "r1:0:CREATE"),)),
+])
+def test_parse(spec, kind, name, args):
+    dev = pdevice.parse(spec)
+    assert (dev.kind, dev.name, dev.args) == (kind, name, args)
+    assert dev.is_pci == (kind == "pci")
+    assert pdevice.port_name(spec) == name
+    assert pconfig.PortConfig(name="p", device=spec).device_name == name
+
+
+@pytest.mark.parametrize("spec", [
+    "", "03:00", "0000:03:00.8", "0000:03:20.0", "003:00.0", "3:00.0", "0000:03:00.0,", "net_null0,,x=1",
+    "net_null0,a b", "net_null0,x=[1", "0net_null0", "net-null0", "pci:0000:03:00.0", "net_null0 ",
+])
+def test_parse_refuses(spec):
+    with pytest.raises(ValueError, match=re.escape(repr(spec))):
+        pdevice.parse(spec)
+    with pytest.raises(pconfig.ConfigError, match=r"port\[0\]\.device"):
+        make_cfg(("wan0", spec))
+
+
+def test_arg_lookup():
+    dev = pdevice.parse("net_af_packet0,iface=eth1,qpairs=2,iface=eth2,flag")
+    assert dev.arg("iface") == "eth2"            # the last one wins, as in DPDK's kvargs
+    assert dev.arg("missing", "x") == "x" and dev.arg("flag") is None
+    assert dev.has_arg("flag") and dev.has_arg("qpairs") and not dev.has_arg("qpair")
+
+
+def test_pci_address():
+    assert pdevice.pci_address("3b:00.1") == "0000:3b:00.1"
+    assert pdevice.pci_address("0000:3B:00.1") == "0000:3b:00.1"
+    assert pdevice.pci_address("0000:3b:00.1,x=1") is None
+    assert pdevice.pci_address("eth0") is None
+
+
+def _pci_pri_fmt() -> str:
+    """PCI_PRI_FMT of the installed DPDK, as a Python %-format ("%.4" PRIx32 ":%.2" PRIx8 ... -> "%.4x:%.2x...")."""
+    cflags = subprocess.run(["pkg-config", "--cflags-only-I", "libdpdk"], capture_output=True, text=True,
+                            check=True).stdout.split()
+    dirs = [f[2:] for f in cflags if f.startswith("-I")] + ["/usr/include/dpdk", "/usr/local/include"]
+    header = next(os.path.join(d, "rte_pci.h") for d in dirs if os.path.exists(os.path.join(d, "rte_pci.h")))
+    with open(header) as f:
+        m = re.search(r"#define\s+PCI_PRI_FMT\s+(.*)", f.read())
+    tokens = re.findall(r'"[^"]*"|PRIx(?:8|16|32|64)', m.group(1))
+    return "".join(t[1:-1] if t.startswith('"') else "x" for t in tokens)
+
+
+def test_pci_names_follow_dpdk_pci_pri_fmt():
+    """DPDK names a PCI device (and the ethdev port on it) with rte_pci_device_name: PCI_PRI_FMT of the address."""
+    fmt = _pci_pri_fmt()
+    assert fmt.count("%") == 4
+    for domain, bus, dev, fn, spec in [(0, 3, 0, 0, "03:00.0"), (0, 0x3B, 0x1F, 7, "0000:3B:1f.7"),
+                                       (0xABCD, 0x81, 0, 1, "abcd:81:00.1,x=1")]:
+        assert pdevice.port_name(spec) == fmt % (domain, bus, dev, fn)
+
+
+# ---- eal_args ----
+
+def test_vdevs_with_arguments():
+    cfg = make_cfg(("wan0", "net_af_xdp0,iface=eth1,start_queue=0,queue_count=2", ""),
+                   ("lan0", "net_ring0,nodeaction=r0:0:CREATE", ""))
+    args, ports, excs = eal_args(cfg)
+    assert option_values(args, "--vdev") == ["net_af_xdp0,iface=eth1,start_queue=0,queue_count=2",
+                                             "net_ring0,nodeaction=r0:0:CREATE"]
+    assert ports == ["net_af_xdp0", "net_ring0"] and excs == ["", ""]
+    assert "-a" not in args and args.count("--no-pci") == 1
+
+
+def test_af_packet_gets_one_queue_pair_per_worker():
+    args, ports, _ = eal_args(make_cfg(("wan0", "net_af_packet0,iface=eth1", ""), lcores="0,2-4"))
+    assert option_values(args, "--vdev") == ["net_af_packet0,iface=eth1,qpairs=3"]
+    assert ports == ["net_af_packet0"]
+    args, _, _ = eal_args(make_cfg(("wan0", "net_af_packet0,iface=eth1,qpairs=1", ""), lcores="0,2-4"))
+    assert option_values(args, "--vdev") == ["net_af_packet0,iface=eth1,qpairs=1"]     # given: kept
+    args, _, _ = eal_args(make_cfg(("wan0", "net_af_packet7", ""), lcores="0-1"))
+    assert option_values(args, "--vdev") == ["net_af_packet7,qpairs=1"]
+
+
+@pytest.mark.parametrize("spec,allow,name", [
+    ("03:00.0", "0000:03:00.0", "0000:03:00.0"),
+    ("0000:03:00.0", "0000:03:00.0", "0000:03:00.0"),
+    ("0000:AF:00.1", "0000:af:00.1", "0000:af:00.1"),
+    ("81:00.0,rxq_cqe_comp_en=0", "0000:81:00.0,rxq_cqe_comp_en=0", "0000:81:00.0"),
+])
+def test_pci_ports(spec, allow, name):
+    args, ports, excs = eal_args(make_cfg(("wan0", spec)))
+    assert option_values(args, "-a") == [allow]
+    assert "--no-pci" not in args and "--vdev" in args        # the TAP is still a vdev
+    assert ports == [name] and excs == ["net_tap0"]
+
+
+def test_pci_and_vdev_mixed():
+    args, ports, _ = eal_args(make_cfg(("wan0", "03:00.0", ""), ("lan0", "net_af_packet1,iface=eth2", "")))
+    assert option_values(args, "-a") == ["0000:03:00.0"]
+    assert option_values(args, "--vdev") == ["net_af_packet1,iface=eth2,qpairs=2"]
+    assert ports == ["0000:03:00.0", "net_af_packet1"] and "--no-pci" not in args
+
+
+def test_duplicate_pci_in_two_forms_is_refused():
+    with pytest.raises(pconfig.ConfigError, match=r"port\[1\]\.device: duplicate device"):
+        make_cfg(("wan0", "03:00.0"), ("lan0", "0000:03:00.0"))
+
+
+def test_taps():
+    cfg = make_cfg(("wan0", "net_af_packet0,iface=eth1"), ("lan0", "net_af_packet1,iface=eth2", "lan-exc"),
+                   ("mgmt", "net_null2", ""))
+    args, ports, excs = eal_args(cfg)
+    assert option_values(args, "--vdev") == ["net_af_packet0,iface=eth1,qpairs=2", "net_tap0,iface=pydp-wan0",
+                                             "net_af_packet1,iface=eth2,qpairs=2", "net_tap1,iface=lan-exc",
+                                             "net_null2"]
+    assert ports == ["net_af_packet0", "net_af_packet1", "net_null2"]
+    assert excs == ["net_tap0", "net_tap1", ""]
+
+
+@pytest.mark.parametrize("hugepages", [True, False])
+def test_hugepages_memory_and_lcores(hugepages):
+    args, _, _ = eal_args(make_cfg(("wan0", "net_null0", ""), lcores="3,1@5,2@5", hugepages=hugepages,
+                                   memory_mb=2048))
+    assert ("--huge-unlink" in args) == hugepages
+    assert ("--no-huge" in args) == (not hugepages)
+    assert option_values(args, "-m") == ["2048"]
+    assert option_values(args, "--lcores") == ["3,1@5,2@5"]
+    assert option_values(args, "--main-lcore") == ["3"]
+
+
+def test_file_prefix_follows_the_shared_memory_path():
+    cfg = make_cfg(("wan0", "net_null0", ""), shm_path="/dev/hugepages/pydp a.b")
+    args, _, _ = eal_args(cfg)
+    assert args[0] == "pydp-dataplane"
+    assert option_values(args, "--file-prefix") == ["pydp-pydp_a_b"]
+    args, _, _ = eal_args(cfg, shm_path="/dev/shm/other-dp")
+    assert option_values(args, "--file-prefix") == ["pydp-other-dp"]
+    assert "--no-telemetry" in args
+
+
+def test_extra_eal_args_come_last():
+    cfg = make_cfg(("wan0", "net_null0", ""), extra=["--in-memory", "--log-level=pmd.net.af_packet:debug"])
+    args, _, _ = eal_args(cfg)
+    assert args[-2:] == ["--in-memory", "--log-level=pmd.net.af_packet:debug"]
+    assert args[-3] == "--no-pci"
+
+
+def test_pcap_mode(tmp_path):
+    cfg = make_cfg(("wan0", "0000:03:00.0"), lcores="2-3")
+    pcap = {"in": str(tmp_path / "in.pcap"), "out": str(tmp_path / "out.pcap"), "exception": None}
+    args, ports, excs = eal_args(cfg, pcap=pcap)
+    assert option_values(args, "--file-prefix") == [f"pydp-pcap-{os.getpid()}"]
+    assert option_values(args, "-l") == ["2"] and "--lcores" not in args
+    assert "--no-huge" in args and "--no-pci" in args and "-a" not in args
+    assert option_values(args, "--vdev") == [f"net_pcap0,rx_pcap={pcap['in']},tx_pcap={pcap['out']}",
+                                             "net_null1,no-rx=1"]
+    assert ports == ["net_pcap0"] and excs == ["net_null1"]
+    pcap["exception"] = str(tmp_path / "exc.pcap")
+    args, ports, excs = eal_args(cfg, pcap=pcap)
+    assert option_values(args, "--vdev")[1] == f"net_pcap1,tx_pcap={pcap['exception']}"
+    assert excs == ["net_pcap1"]
+
+
+def test_pcap_path_with_a_comma_is_refused(tmp_path):
+    cfg = make_cfg(("wan0", "net_null0", ""))
+    with pytest.raises(LaunchError, match="cannot hold a ','"):
+        eal_args(cfg, pcap={"in": str(tmp_path / "a,b.pcap"), "out": str(tmp_path / "o.pcap")})
