@@ -20,6 +20,7 @@ import sys
 from typing import Any, Callable, Sequence
 
 from control.store import DEFAULT_PATH, StoreError
+from pydp import config
 
 __all__ = ["main", "build_parser", "format_table", "parse_edge", "SORT_COLUMNS"]
 
@@ -475,7 +476,6 @@ def cmd_edge_show(args: argparse.Namespace) -> int:
 # ---- commands: export / import ----
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from pydp import config
     text = _run(args, lambda b: b.export_text(include_secrets=args.include_secrets))
     if args.file == "-":
         sys.stdout.write(text)
@@ -507,7 +507,6 @@ def cmd_import(args: argparse.Namespace) -> int:
     except UnicodeDecodeError as e:
         raise CliError(f"{source}: the file is not valid UTF-8 (byte {e.start})") from None
     if args.check:
-        from pydp import config
         try:
             cfg = config.loads(text, source, require_ports=False)
         except config.ConfigError as e:
@@ -551,13 +550,14 @@ def _cluster_options(p: argparse.ArgumentParser, edit: bool) -> None:
                    help="the address clients connect to (unicast IPv4 or IPv6, unique)")
     g.add_argument("--edge", metavar="NAME=IP[@MAC][,weight=N]", action="append", type=parse_edge,
                    help=("replace all the edges by these (repeat the option); " if edit else "a service edge "
-                         "(repeat: 2 to 16 edges, or exactly 1 with --standalone); ")
+                         f"(repeat: 2 to {config.MAX_EDGES} edges, or exactly 1 with --standalone); ")
                    + "without @MAC the MAC is resolved from the neighbour table")
     m = g.add_mutually_exclusive_group()
     m.add_argument("--standalone", dest="mode", action="store_const", const="standalone",
                    help="evaluation mode: exactly one edge, no failover; NOT for production")
-    m.add_argument("--mode", choices=("cluster", "standalone"),
-                   help="cluster (production: 2 to 16 edges, CARP failover; the default) or standalone")
+    m.add_argument("--mode", choices=config.CLUSTER_MODES,
+                   help=f"cluster (production: 2 to {config.MAX_EDGES} edges, CARP failover; the default) or "
+                        "standalone")
     g.add_argument("--ipsec-local-termination", action=argparse.BooleanOptionalAction, default=None,
                    help="IPsec terminates on the edges: a client's ESP, AH, IKE and NAT-T go to one edge")
     e = g.add_mutually_exclusive_group()
@@ -565,9 +565,10 @@ def _cluster_options(p: argparse.ArgumentParser, edit: bool) -> None:
                    help="the cluster drops its traffic until enabled")
     if edit:
         e.add_argument("--enabled", dest="enabled", action="store_const", const=True, help="enable the cluster")
-    g.add_argument("--dsr", choices=("l2", "ipip"),
+    g.add_argument("--dsr", choices=config.DSR_MODES,
                    help="Direct Server Return: l2 (MAC rewrite, the default) or ipip (IP-in-IP encapsulation)")
-    g.add_argument("--maglev-size", metavar="PRIME", type=int, help="Maglev table size (a prime, 17..655373)")
+    g.add_argument("--maglev-size", metavar="PRIME", type=int, help=f"Maglev table size (a prime, {config.MAGLEV_MIN_SIZE}.."
+                   f"{config.MAGLEV_MAX_SIZE})")
     g.add_argument("--drain-timeout", metavar="SECONDS", type=float,
                    help="how long a draining edge keeps its flows before they move to the other edges "
                         "(0: until they end; the default)")
@@ -625,7 +626,7 @@ def build_parser() -> Parser:
 
     # cluster
     cl = sub.add_parser("cluster", help="list, show, add, edit, delete, duplicate, enable, disable clusters",
-                        description="Manage clusters: a cluster IP served by 2 to 16 service edges.",
+                        description=f"Manage clusters: a cluster IP served by 2 to {config.MAX_EDGES} service edges.",
                         epilog=_epilog("pydpctl cluster list --sort cluster-ip --desc",
                                        "pydpctl cluster show web",
                                        "pydpctl cluster add --help"), parents=[common])
@@ -660,7 +661,7 @@ def build_parser() -> Parser:
              "--passphrase-file /root/carp-db.key --advskew 100"],
             notes="Absent settings take the defaults of docs/config.md; without --vhid the cluster gets the lowest\n"
                   "free CARP vhid.")
-    p.add_argument("name", metavar="NAME", help="1 to 31 of A-Z a-z 0-9 _ . -, unique")
+    p.add_argument("name", metavar="NAME", help=f"1 to {config.NAME_MAX} of A-Z a-z 0-9 _ . -, unique")
     _cluster_options(p, edit=False)
 
     p = add(cls, "edit", cmd_cluster_edit, "change settings of a cluster (only the options given)",
