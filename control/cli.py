@@ -20,6 +20,7 @@ import sys
 from typing import Any, Callable, Sequence
 
 from control.store import DEFAULT_PATH, StoreError
+from control.tables import format_fields, format_table
 from pydp import config
 
 __all__ = ["main", "build_parser", "format_table", "parse_edge", "SORT_COLUMNS"]
@@ -50,17 +51,6 @@ class Parser(argparse.ArgumentParser):
 
 
 # ---- output helpers ----
-
-def format_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    """Aligned columns separated by two spaces, a header line first; the last column is not padded."""
-    cells = [[str(h) for h in headers]] + [[str(v) for v in r] for r in rows]
-    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
-    lines = []
-    for r in cells:
-        parts = [v.ljust(widths[i]) if i < len(r) - 1 else v for i, v in enumerate(r)]
-        lines.append("  ".join(parts).rstrip())
-    return "\n".join(lines)
-
 
 def _print_json(obj: Any) -> None:
     print(json.dumps(obj, indent=2, ensure_ascii=False))
@@ -330,8 +320,7 @@ def _show_cluster(c: dict) -> str:
         ("CARP", carp_text),
         ("Health check", _health_text(c["health"])),
     ]
-    width = max(len(k) for k, _ in fields) + 2
-    lines = [f"{k + ':':<{width}}{v}" for k, v in fields]
+    lines = [format_fields(fields)]
     lines += ["", f"Service edges: {len(c['edge'])}"]
     if c["edge"]:
         lines.append(format_table(EDGE_HEADERS, _edge_rows(c)))
@@ -468,8 +457,7 @@ def cmd_edge_show(args: argparse.Namespace) -> int:
                        ("Flows left", "unknown (no data plane)" if drain["remaining_flows"] is None
                         else drain["remaining_flows"]),
                        ("Drain", cli_observe._drain_state(drain))]
-        width = max(len(k) for k, _ in fields) + 2
-        print("\n".join(f"{k + ':':<{width}}{v}" for k, v in fields))
+        print(format_fields(fields))
     return 0
 
 
@@ -567,8 +555,8 @@ def _cluster_options(p: argparse.ArgumentParser, edit: bool) -> None:
         e.add_argument("--enabled", dest="enabled", action="store_const", const=True, help="enable the cluster")
     g.add_argument("--dsr", choices=config.DSR_MODES,
                    help="Direct Server Return: l2 (MAC rewrite, the default) or ipip (IP-in-IP encapsulation)")
-    g.add_argument("--maglev-size", metavar="PRIME", type=int, help=f"Maglev table size (a prime, {config.MAGLEV_MIN_SIZE}.."
-                   f"{config.MAGLEV_MAX_SIZE})")
+    g.add_argument("--maglev-size", metavar="PRIME", type=int,
+                   help=f"Maglev table size (a prime, {config.MAGLEV_MIN_SIZE}..{config.MAGLEV_MAX_SIZE})")
     g.add_argument("--drain-timeout", metavar="SECONDS", type=float,
                    help="how long a draining edge keeps its flows before they move to the other edges "
                         "(0: until they end; the default)")
