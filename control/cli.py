@@ -532,6 +532,9 @@ def _json_flag(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
 
+_CARP = config.CarpConfig()
+
+
 def _cluster_options(p: argparse.ArgumentParser, edit: bool) -> None:
     g = p.add_argument_group("cluster settings" + (" (only those given change)" if edit else ""))
     g.add_argument("--cluster-ip", metavar="IP", required=not edit,
@@ -567,21 +570,26 @@ def _cluster_options(p: argparse.ArgumentParser, edit: bool) -> None:
     c.add_argument("--advskew", metavar="N", type=int, help="added to the interval in 1/256 s (0..254; lower wins)")
     s = c.add_mutually_exclusive_group()
     s.add_argument("--passphrase-file", metavar="FILE",
-                   help="read the passphrase (at most 20 bytes) from FILE; never give it on the command line")
+                   help=f"read the passphrase (at most {config.CARP_PASSPHRASE_MAX} bytes) from FILE; never give it on "
+                        "the command line")
     s.add_argument("--passphrase-stdin", action="store_true", help="read the passphrase from standard input")
     if edit:
         s.add_argument("--clear-passphrase", action="store_true", help="remove the passphrase")
     c.add_argument("--preempt", action=argparse.BooleanOptionalAction, default=None,
-                   help="take the master role back when coming up (default: on)")
+                   help=f"take the master role back when coming up (default: {'on' if _CARP.preempt else 'off'})")
+    d = config.HealthConfig()           # the defaults, from the one place they are written
     h = p.add_argument_group("health checks")
-    h.add_argument("--health", choices=("tcp", "http", "https", "icmp", "none"), help="check type (default: tcp)")
-    h.add_argument("--health-port", metavar="PORT", type=int, help="port checked (default 80, 443 for https)")
-    h.add_argument("--health-path", metavar="PATH", help="request path for http/https (default /)")
+    h.add_argument("--health", choices=config.HEALTH_TYPES, help=f"check type (default: {d.type})")
+    h.add_argument("--health-port", metavar="PORT", type=int,
+                   help=f"port checked (default {d.port}, {config.HealthConfig(type='https').port} for https)")
+    h.add_argument("--health-path", metavar="PATH", help=f"request path for http/https (default {d.path})")
     h.add_argument("--health-host", metavar="HOST", help="Host header for http/https")
-    h.add_argument("--health-interval", metavar="SECONDS", type=float, help="time between checks (default 2)")
-    h.add_argument("--health-timeout", metavar="SECONDS", type=float, help="time allowed per check (default 1)")
-    h.add_argument("--health-rise", metavar="N", type=int, help="successes to bring an edge up (default 2)")
-    h.add_argument("--health-fall", metavar="N", type=int, help="failures to take an edge down (default 3)")
+    h.add_argument("--health-interval", metavar="SECONDS", type=float,
+                   help=f"time between checks (default {d.interval:g})")
+    h.add_argument("--health-timeout", metavar="SECONDS", type=float,
+                   help=f"time allowed per check (default {d.timeout:g})")
+    h.add_argument("--health-rise", metavar="N", type=int, help=f"successes to bring an edge up (default {d.rise})")
+    h.add_argument("--health-fall", metavar="N", type=int, help=f"failures to take an edge down (default {d.fall})")
 
 
 def build_parser() -> Parser:
@@ -752,12 +760,8 @@ def build_parser() -> Parser:
     p.add_argument("--no-keep-passphrases", action="store_true",
                    help="clusters imported without a passphrase lose the stored one")
 
-    try:
-        from control import cli_observe
-    except ImportError:
-        cli_observe = None
-    if cli_observe is not None:
-        cli_observe.register(sub)
+    from control import cli_observe
+    cli_observe.register(sub)
     return top
 
 

@@ -10,9 +10,9 @@ span several keys (uniqueness, edge counts per mode, IP-in-IP requirements, CARP
 timeout < interval). Every problem found by either pass is collected; ConfigError carries them all, each as
 "KEYPATH: reason", and nothing is returned unless the file is entirely valid.
 
-The limits come from native/include/pydp.h through the compiled module (PYDP_MAX_CLUSTERS, PYDP_MAX_EDGES,
-PYDP_MAX_PORTS, PYDP_MAX_WORKERS, PYDP_NAME_LEN, PYDP_MAGLEV_MAX_SIZE and the sizes of its name and path arrays).
-The reference of the format is docs/config.md.
+The limits are those of native/include/pydp.h (PYDP_MAX_CLUSTERS, PYDP_MAX_EDGES, PYDP_MAX_PORTS,
+PYDP_MAX_WORKERS, PYDP_NAME_LEN, PYDP_MAGLEV_MAX_SIZE and the sizes of its name and path arrays), checked against it
+by tests/unit/test_limits.py; the module itself needs no build. The reference of the format is docs/config.md.
 """
 
 from __future__ import annotations
@@ -30,7 +30,6 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from pydp import device as pdevice
-from pydp._ffi import ffi, lib
 
 __all__ = [
     "ApplianceConfig", "DataplaneConfig", "Timeouts", "IpipConfig", "PortConfig", "ClusterConfig", "CarpConfig",
@@ -38,25 +37,22 @@ __all__ = [
     "validate", "write_atomic", "parse_lcores", "is_prime",
 ]
 
-# ---- limits: read from native/include/pydp.h through the compiled module, never written twice ----
+# ---- limits of native/include/pydp.h ----
+# Written here so that the loader works without the compiled module (a checkout without a build, the store, the
+# CLI); tests/unit/test_limits.py checks every one against the header and against what the C code accepts.
 
-def _array_len(struct: str, member: str) -> int:
-    """The length of a char array member of a struct of pydp.h (e.g. pydp_port_info.name: 32)."""
-    return dict(ffi.typeof(f"struct {struct}").fields)[member].type.length
-
-
-MAX_CLUSTERS = lib.PYDP_MAX_CLUSTERS
-MAX_EDGES = lib.PYDP_MAX_EDGES
-MAX_WORKERS = lib.PYDP_MAX_WORKERS
-MAX_PORTS = lib.PYDP_MAX_PORTS
-NAME_LEN = lib.PYDP_NAME_LEN            # names are NUL-terminated, so at most NAME_LEN - 1 characters
-NAME_MAX = NAME_LEN - 1
-MAGLEV_MIN_SIZE = 17                    # pydp_shm_create refuses a smaller maglev_max (tests/unit/test_limits.py)
-MAGLEV_MAX_SIZE = lib.PYDP_MAGLEV_MAX_SIZE
-MAGLEV_DEFAULT_SIZE = lib.PYDP_MAGLEV_DEFAULT_SIZE
+MAX_CLUSTERS = 64           # PYDP_MAX_CLUSTERS
+MAX_EDGES = 16              # PYDP_MAX_EDGES
+MAX_WORKERS = 16            # PYDP_MAX_WORKERS
+MAX_PORTS = 4               # PYDP_MAX_PORTS
+NAME_LEN = 32               # PYDP_NAME_LEN
+NAME_MAX = NAME_LEN - 1     # names are NUL-terminated
+MAGLEV_MIN_SIZE = 17        # pydp_shm_create refuses a smaller maglev_max
+MAGLEV_MAX_SIZE = 655373    # PYDP_MAGLEV_MAX_SIZE
+MAGLEV_DEFAULT_SIZE = 65537     # PYDP_MAGLEV_DEFAULT_SIZE
 MAX_LCORE = 1023            # lcore ids 0..1023; EAL rejects ids beyond its own RTE_MAX_LCORE
-SHM_PATH_MAX = _array_len("pydp_shm", "path") - 1               # NUL-terminated
-DEVICE_NAME_MAX = _array_len("pydp_port_info", "name") - 1      # NUL-terminated
+SHM_PATH_MAX = 255          # struct pydp_shm.path[256], NUL-terminated
+DEVICE_NAME_MAX = 31        # struct pydp_port_info.name[32], NUL-terminated
 IFNAME_MAX = 15             # Linux IFNAMSIZ - 1
 CARP_PASSPHRASE_MAX = 20    # bytes: the CARP/ucarp key field
 MAX_TIMEOUT_S = 86400
