@@ -19,6 +19,7 @@ import os
 import sys
 from typing import Any, Callable, Sequence
 
+from control.rpc import DEFAULT_SOCKET
 from control.store import DEFAULT_PATH, StoreError
 from control.tables import format_fields, format_table
 from pydp import config
@@ -524,7 +525,7 @@ def _common() -> Parser:
                    help="the store file, used directly (default: $PYDP_DB; without it, the running daemon, else "
                         f"{DEFAULT_PATH})")
     g.add_argument("--socket", metavar="PATH", default=argparse.SUPPRESS,
-                   help="the pydp-control socket (default: $PYDP_SOCKET, else /run/pydp/control.sock)")
+                   help=f"the pydp-control socket (default: $PYDP_SOCKET, else {DEFAULT_SOCKET})")
     return p
 
 
@@ -603,14 +604,14 @@ def build_parser() -> Parser:
             "pydpctl edge drain web e1",
             "pydpctl --db /tmp/lab.db export -",
             notes="Where changes go: --db PATH (or PYDP_DB) edits that store file directly; otherwise the running\n"
-                  "pydp-control daemon (--socket, PYDP_SOCKET, /run/pydp/control.sock) applies them live; with no\n"
+                  f"pydp-control daemon (--socket, PYDP_SOCKET, {DEFAULT_SOCKET}) applies them live; with no\n"
                   f"daemon running, {DEFAULT_PATH} is edited directly.\n"
                   "Exit codes: 0 success, 1 refused or failed (nothing changed), 2 bad usage."))
     top.add_argument("--db", metavar="PATH", default=None,
                      help=f"the store file, used directly (default: $PYDP_DB; without it, the running daemon, "
                           f"else {DEFAULT_PATH})")
     top.add_argument("--socket", metavar="PATH", default=None,
-                     help="the pydp-control socket (default: $PYDP_SOCKET, else /run/pydp/control.sock)")
+                     help=f"the pydp-control socket (default: $PYDP_SOCKET, else {DEFAULT_SOCKET})")
     sub = top.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     def add(parent: Any, name: str, func: Callable[[argparse.Namespace], int], help: str, examples: list[str],

@@ -1,8 +1,8 @@
 """pydpctl status | stats | flows | flows flush: what the load balancer is doing now, and flow-table flushes.
 
 Each command asks the running pydp-control (RPC) and, when no daemon answers, reads the data plane's shared memory
-directly (--shm, else the store's dataplane.shm_path, else /dev/shm/pydp). Without the daemon the CARP state is
-unknown: the shared memory says only whether this appliance forwards for a cluster IP.
+directly (--shm, else the store's dataplane.shm_path, else its default /dev/hugepages/pydp). Without the daemon the
+CARP state is unknown: the shared memory says only whether this appliance forwards for a cluster IP.
 """
 
 from __future__ import annotations
@@ -16,9 +16,10 @@ from typing import Any, Callable, Sequence
 
 from control import flows, rpc
 from control.tables import format_table
+from pydp.config import DataplaneConfig
 
 PROG = "pydpctl"
-DEFAULT_SHM = "/dev/hugepages/pydp"
+DEFAULT_SHM = DataplaneConfig.shm_path          # the default of dataplane.shm_path
 RPC_TIMEOUT = 10.0
 
 
@@ -598,7 +599,7 @@ def _common() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(add_help=False)
     g = p.add_argument_group("where to look")
     g.add_argument("--socket", metavar="PATH", default=argparse.SUPPRESS,
-                   help="the pydp-control socket (default: $PYDP_SOCKET, else /run/pydp/control.sock)")
+                   help=f"the pydp-control socket (default: $PYDP_SOCKET, else {rpc.DEFAULT_SOCKET})")
     g.add_argument("--db", metavar="PATH", default=argparse.SUPPRESS,
                    help="without the daemon: the store whose dataplane.shm_path is read (default: $PYDP_DB)")
     g.add_argument("--shm", metavar="PATH", default=argparse.SUPPRESS,

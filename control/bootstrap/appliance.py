@@ -32,12 +32,13 @@ from pathlib import Path
 
 from control.bootstrap import steps as st
 from control.bootstrap.steps import BootstrapError, Step, UsageError
+from control.store import DEFAULT_PATH as store_default_path
 from pydp import device as pdevice
 
 PACKAGES = ["dpdk", "pciutils", "iproute2", "kmod", "procps", "udev"]
 HUGEPAGE_CONF = "/etc/sysctl.d/80-pydp-hugepages.conf"
 CONFIG_PATH = "/etc/pydp/appliance.toml"
-STORE_PATH = "/var/lib/pydp/pydp.db"
+STORE_PATH = store_default_path      # the store pydp-control and pydpctl use by default
 UNIT_DIR = "/etc/systemd/system"
 UDEV_RULE = "/etc/udev/rules.d/80-pydp-tap.rules"
 MODULES_CONF = "/etc/modules-load.d/pydp.conf"
