@@ -80,6 +80,7 @@ def eal_args(cfg, *, pcap: dict | None = None, shm_path: str | None = None) -> t
     args += ["-m", str(dp.memory_mb)]
     workers = len(dp.worker_lcores)
     any_pci = False
+    taken = {port.device_name for port in cfg.ports}     # an exception TAP must not take a data port's name
     for i, port in enumerate(cfg.ports):
         dev = pdevice.parse(port.device)
         extra = ""
@@ -90,7 +91,11 @@ def eal_args(cfg, *, pcap: dict | None = None, shm_path: str | None = None) -> t
         args += dev.eal(extra)
         ports.append(dev.name)
         if port.tap:
-            name = f"net_tap{i}"
+            k = i
+            while f"net_tap{k}" in taken:
+                k += len(cfg.ports)
+            name = f"net_tap{k}"
+            taken.add(name)
             args += ["--vdev", f"{name},iface={port.tap}"]
             excs.append(name)
         else:

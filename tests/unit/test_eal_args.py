@@ -96,6 +96,15 @@ def test_taps():
     assert excs == ["net_tap0", "net_tap1", ""]
 
 
+def test_exception_taps_never_take_a_data_ports_name():
+    cfg = make_cfg(("wan0", "net_tap0,iface=dp-wan0"), ("lan0", "net_af_packet1,iface=eth2"))
+    args, ports, excs = eal_args(cfg)
+    assert ports == ["net_tap0", "net_af_packet1"]
+    assert excs == ["net_tap2", "net_tap1"]
+    assert option_values(args, "--vdev") == ["net_tap0,iface=dp-wan0", "net_tap2,iface=pydp-wan0",
+                                             "net_af_packet1,iface=eth2,qpairs=2", "net_tap1,iface=pydp-lan0"]
+
+
 @pytest.mark.parametrize("hugepages", [True, False])
 def test_hugepages_memory_and_lcores(hugepages):
     args, _, _ = eal_args(make_cfg(("wan0", "net_null0", ""), lcores="3,1@5,2@5", hugepages=hugepages,
