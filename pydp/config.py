@@ -17,6 +17,7 @@ by tests/unit/test_limits.py; the module itself needs no build. The reference of
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import difflib
 import ipaddress
@@ -25,7 +26,6 @@ import os
 import re
 import tempfile
 import tomllib
-import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
