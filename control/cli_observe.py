@@ -184,6 +184,14 @@ def _print_status(s: dict) -> None:
         print(f"daemon:     pid {d['pid']}, store revision {rev}"
               + ("" if applied == rev else f" (applied: {applied if applied is not None else 'not yet'})")
               + (", owning every enabled cluster (--own-all)" if d.get("own_all") else ""))
+        drift = d.get("drift")
+        if drift:
+            print(f"DRIFT:      the data plane runs generation {drift['generation']}, which this daemon did not "
+                  f"publish (it published {drift['published']}); re-applying the store")
+            for line in drift.get("differences") or []:
+                print(f"              {line}")
+        if dp.get("managed") is False and dp.get("pid") is not None:
+            print("            the data plane runs without --managed: its SIGHUP would publish its file's clusters")
     else:
         print("daemon:     not running (CARP state unknown)")
     if dp.get("pid") is not None:
