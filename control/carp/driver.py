@@ -449,8 +449,8 @@ class Instance:
         wall = time.time()
         self.state_since = wall
         self.last_reason = a.reason
-        new = getattr(a.new, "name", str(a.new))
-        old = getattr(a.old, "name", str(a.old))
+        new = a.new.name
+        old = a.old.name
         if new == "MASTER":
             self.master_since = wall
             self.stats["to_master"] += 1
@@ -649,7 +649,7 @@ class Instance:
     def status(self) -> dict:
         """State, settings and counters; never the passphrase."""
         received = self.counters.as_dict()
-        state = getattr(self.machine.state, "name", str(self.machine.state))
+        state = self.machine.state.name
         return {
             "interface": self.cfg.interface,
             "vhid": self.cfg.vhid,
@@ -662,7 +662,7 @@ class Instance:
             "advbase": self.cfg.advbase,
             "advskew": self.cfg.advskew,
             "preempt": self.cfg.preempt,
-            "demote": getattr(self.machine, "demote", 0),
+            "demote": self.machine.demote,
             "mode": self.cfg.mode,
             "mac": self.cfg.mac,
             "advert_mac": _mac_text(self.advert_mac),
@@ -670,5 +670,5 @@ class Instance:
             "received_ok": int(received.get("ok", 0)),
             "drops": {r: int(received.get(r, 0)) for r in codec.REASONS},
             **self.stats,
-            "machine": dict(getattr(self.machine, "stats", {})),
+            "machine": dict(self.machine.stats),
         }
