@@ -383,7 +383,7 @@ class CarpManager:
             e.state, e.state_since, e.reason = new_s, time.time(), reason
         self.event("carp_transition", logging.WARNING if old_s == "master" and new_s == "backup" else logging.INFO,
                    cluster=name, vhid=inst.cfg.vhid, state=new_s, previous=old_s, reason=reason, source="carp",
-                   interface=inst.cfg.interface, demote=getattr(inst.machine, "demote", 0))
+                   interface=inst.cfg.interface, demote=inst.machine.demote)
 
     # ---- reading ----
 
@@ -480,21 +480,9 @@ def _ip6(text: str):
 
 
 def _state_name(state) -> str:
-    return getattr(state, "name", str(state)).lower()
+    return state.name.lower()
 
 
 def _close_failed(inst: driver.Instance) -> None:
     """Closes what a failed start may have opened."""
-    for attr in ("_rx", "_tx"):
-        s = getattr(inst, attr, None)
-        if s is not None:
-            try:
-                if inst._loop is not None:
-                    inst._loop.remove_reader(s.fileno())
-            except Exception:
-                pass
-            s.close()
-            setattr(inst, attr, None)
-    task = getattr(inst, "_effects_task", None)
-    if task is not None:
-        task.cancel()
+    inst.abort()

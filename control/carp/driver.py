@@ -303,6 +303,19 @@ class Instance:
             self._rx = self._tx = None
             self._stopped = True
 
+    def abort(self) -> None:
+        """Closes what a failed start opened (sockets, the reader, the side-effect task); no Shutdown is fed."""
+        if self._rx is not None and self._loop is not None:
+            with contextlib.suppress(Exception):
+                self._loop.remove_reader(self._rx.fileno())
+        for s in (self._rx, self._tx):
+            if s is not None:
+                s.close()
+        self._rx = self._tx = None
+        if self._effects_task is not None:
+            self._effects_task.cancel()
+            self._effects_task = None
+
     def set_demote(self, n: int) -> None:
         """Our local demotion counter (0 = healthy); a higher value makes this node less preferred."""
         self._feed(fsm.DemoteChanged(time.monotonic(), int(n)))
