@@ -96,6 +96,7 @@ class Entry:
     state: str = "init"
     state_since: float | None = None
     reason: str = ""
+    auth_alarms: int = 0          # split-brain alarms raised (adverts failing authentication while master)
 
 
 def tap_info(name: str) -> tuple[int, bool, list[str]] | None:
@@ -285,6 +286,8 @@ class CarpManager:
                             mode="ucarp", mac="real")
         try:
             inst = ManagedInstance(cfg)
+            inst.on_auth_alarm = lambda active, detail, name=name, vhid=spec.vhid: self._auth_alarm(name, vhid,
+                                                                                                   active, detail)
         except ValueError as exc:
             problem = f"bad CARP settings: {exc}"
             if e.problem != problem:
@@ -383,12 +386,21 @@ class CarpManager:
             e.state, e.state_since, e.reason = new_s, time.time(), reason
         self.event("carp_transition", logging.WARNING if old_s == "master" and new_s == "backup" else logging.INFO,
                    cluster=name, vhid=inst.cfg.vhid, state=new_s, previous=old_s, reason=reason, source="carp",
-                   interface=inst.cfg.interface, demote=getattr(inst.machine, "demote", 0))
+                   interface=inst.cfg.interface, demote=inst.machine.demote)
 
     # ---- reading ----
 
     def managed(self, name: str) -> bool:
         return name in self.entries
+
+    def _auth_alarm(self, name: str, vhid: int, active: bool, detail: str) -> None:
+        e = self.entries.get(name)
+        if active:
+            if e is not None:
+                e.auth_alarms += 1
+            self.event("carp_split_brain_suspected", logging.WARNING, cluster=name, vhid=vhid, detail=detail)
+        else:
+            self.event("carp_split_brain_cleared", cluster=name, vhid=vhid)
 
     def status(self, name: str) -> dict | None:
         e = self.entries.get(name)
@@ -427,6 +439,9 @@ class CarpManager:
             "adverts_received": received_ok,
             "gratuitous_sent": garp,
             "drops": drops,
+            "auth_alarm": bool(inst.auth_alarm) if inst is not None else False,
+            "auth_alarm_detail": (inst.auth_detail or None) if inst is not None else None,
+            "auth_alarms": e.auth_alarms,
             "peer_advert": None,
         }
         if peer is not None:
@@ -480,21 +495,9 @@ def _ip6(text: str):
 
 
 def _state_name(state) -> str:
-    return getattr(state, "name", str(state)).lower()
+    return state.name.lower()
 
 
 def _close_failed(inst: driver.Instance) -> None:
     """Closes what a failed start may have opened."""
-    for attr in ("_rx", "_tx"):
-        s = getattr(inst, attr, None)
-        if s is not None:
-            try:
-                if inst._loop is not None:
-                    inst._loop.remove_reader(s.fileno())
-            except Exception:
-                pass
-            s.close()
-            setattr(inst, attr, None)
-    task = getattr(inst, "_effects_task", None)
-    if task is not None:
-        task.cancel()
+    inst.abort()

@@ -629,6 +629,10 @@ class Daemon:
         sent = CounterMetricFamily("pydp_carp_adverts_sent", "CARP advertisements sent", labels=["cluster"])
         heard = CounterMetricFamily("pydp_carp_adverts_received", "CARP advertisements accepted",
                                     labels=["cluster"])
+        suspect = GaugeMetricFamily("pydp_carp_split_brain_suspected", "1 while adverts for this cluster's vhid "
+                                    "fail authentication while this appliance is master (a peer with another "
+                                    "passphrase may be master too)", labels=["cluster"])
+        alarms = CounterMetricFamily("pydp_carp_split_brain_alarms", "split-brain alarms raised", labels=["cluster"])
         for name, s in self.carp.metrics():
             for st in carp_manager.STATES + ("inactive",):
                 state.add_metric([name, st], 1 if s["state"] == st else 0)
@@ -638,7 +642,9 @@ class Daemon:
             trans.add_metric([name], s["transitions"])
             sent.add_metric([name], s["adverts_sent"])
             heard.add_metric([name], s["adverts_received"])
-        yield from (state, demote, drops, trans, sent, heard)
+            suspect.add_metric([name], 1 if s["auth_alarm"] else 0)
+            alarms.add_metric([name], s["auth_alarms"])
+        yield from (state, demote, drops, trans, sent, heard, suspect, alarms)
 
     def _metrics_region(self):
         holder = self.holder
