@@ -385,7 +385,7 @@ def test_wrong_passphrase_rejected_by_both(lab, procs):
     eventually(lambda: "Bad digest" in ucarp.text(), 4, "ucarp to reject our digest")
     assert ucarp.state() == "MASTER"
     # ours says so too: the failures are logged (rate-limited) and, master meanwhile, it raises the alarm
-    st = wait_until(lambda: (s := ours.status())["auth_alarm"] and s, 6, "our split-brain alarm")
+    st = eventually(lambda: (s := ours.status())["auth_alarm"] and s, 6, "our split-brain alarm")
     assert "failed authentication" in st["auth_alarm_detail"] and st["auth_alarms"] == 1, st
     text = ours.text()
     assert "failed authentication (hmac" in text and "split brain suspected" in text

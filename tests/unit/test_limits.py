@@ -7,7 +7,6 @@ from __future__ import annotations
 import os
 import pathlib
 import re
-import uuid
 
 import pytest
 
@@ -59,14 +58,6 @@ def test_array_sizes_follow_the_limits():
     assert member_len("pydp_port_info", "name") == config.DEVICE_NAME_MAX + 1
     assert member_len("pydp_shm", "path") == config.SHM_PATH_MAX + 1
     assert config.NAME_MAX == config.NAME_LEN - 1
-
-
-@pytest.fixture
-def shm_path():
-    path = f"/dev/shm/pydp-test-limits-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    yield path
-    if os.path.exists(path):
-        os.unlink(path)
 
 
 def test_maglev_size_bounds_are_the_c_bounds(shm_path):
