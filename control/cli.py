@@ -13,12 +13,12 @@ reference. Exit codes: 0 success, 1 the change was refused or failed (nothing ch
 from __future__ import annotations
 
 import argparse
-import ipaddress
 import json
 import os
 import sys
 from typing import Any, Callable, Sequence
 
+from control import ops
 from control.store import DEFAULT_PATH, StoreError
 
 __all__ = ["main", "build_parser", "format_table", "parse_edge", "SORT_COLUMNS"]
@@ -69,8 +69,7 @@ def _yes(v: bool) -> str:
     return "yes" if v else "no"
 
 
-def _status(c: dict) -> str:
-    return "enabled" if c["enabled"] else "disabled"
+_status = ops.status_text
 
 
 def _mode(c: dict) -> str:
@@ -100,52 +99,19 @@ def _summary(c: dict) -> str:
     return ", ".join(parts)
 
 
-# ---- sorting and searching (cluster list) ----
+# ---- sorting and searching (cluster list): shared with the HTTP API (control.ops) ----
 
-def _ip_key(text: str) -> tuple[int, int]:
-    try:
-        ip = ipaddress.ip_address(text)
-    except ValueError:
-        return (9, 0)
-    return (ip.version, int(ip))
-
-
-SORT_COLUMNS: dict[str, Callable[[dict], Any]] = {
-    "name": lambda c: (c["name"].casefold(), c["name"]),
-    "status": _status,
-    "service-edges": lambda c: (len(c["edge"]), [e["name"].casefold() for e in c["edge"]]),
-    "cluster-ip": lambda c: _ip_key(c["cluster_ip"]),
-    "ipsec-local-termination": lambda c: c["ipsec_local_termination"],
-    "mode": lambda c: c["mode"],
-}
-_SORT_ALIASES = {"edges": "service-edges", "ip": "cluster-ip", "ipsec": "ipsec-local-termination"}
+SORT_COLUMNS = ops.SORT_COLUMNS
+sort_clusters = ops.sort_clusters
+search_clusters = ops.search_clusters
+_list_json = ops.list_row
 
 
 def _sort_column(text: str) -> str:
-    key = "-".join(text.strip().lower().replace("_", " ").replace("-", " ").split())
-    key = _SORT_ALIASES.get(key, key)
-    if key not in SORT_COLUMNS:
-        raise argparse.ArgumentTypeError(f"unknown column {text!r}; choose from {', '.join(SORT_COLUMNS)}")
-    return key
-
-
-def sort_clusters(clusters: list[dict], column: str = "name", desc: bool = False) -> list[dict]:
-    key = SORT_COLUMNS[column]
-    return sorted(clusters, key=lambda c: (key(c), c["name"].casefold(), c["name"]), reverse=desc)
-
-
-def search_clusters(clusters: list[dict], text: str) -> list[dict]:
-    """Clusters whose name, cluster IP, or an edge's name or IP contains text (case-insensitive)."""
-    needle = text.casefold()
-    return [c for c in clusters
-            if any(needle in v.casefold()
-                   for v in [c["name"], c["cluster_ip"]] + [x for e in c["edge"] for x in (e["name"], e["ip"])])]
-
-
-def _list_json(c: dict) -> dict:
-    return {"name": c["name"], "status": _status(c), "service_edges": [e["name"] for e in c["edge"]],
-            "cluster_ip": c["cluster_ip"], "ipsec_local_termination": c["ipsec_local_termination"],
-            "mode": c["mode"]}
+    try:
+        return ops.sort_column(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 # ---- parsing option values ----
@@ -472,6 +438,38 @@ def cmd_edge_show(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---- commands: history ----
+
+def _history_change(h: dict) -> str:
+    a = dict(h["args"])
+    target = []
+    for k in ("name", "cluster", "edge"):
+        v = a.get(k)
+        if isinstance(v, str):
+            target.append(v)
+            a.pop(k)
+        elif isinstance(v, dict) and isinstance(v.get("name"), str):
+            target.append(v["name"])
+    rest = ", ".join(f"{k}={json.dumps(v, ensure_ascii=False, separators=(',', ':'))}" for k, v in a.items()
+                     if not isinstance(v, dict) or k == "changes")
+    return " ".join([h["op"], "/".join(target)] + ([rest] if rest else [])).strip()
+
+
+def cmd_history(args: argparse.Namespace) -> int:
+    import time as _time
+    rows = _run(args, lambda b: b.history(limit=args.limit, cluster=args.cluster))
+    if args.json:
+        _print_json(rows)
+        return 0
+    if not rows:
+        print("No changes recorded.")
+        return 0
+    print(format_table(["Time", "Revision", "Via", "User", "Change"],
+                       [[_time.strftime("%Y-%m-%d %H:%M:%S", _time.localtime(h["time"])), h["revision"], h["via"],
+                         h["user"], _history_change(h)] for h in rows]))
+    return 0
+
+
 # ---- commands: export / import ----
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -762,6 +760,14 @@ def build_parser() -> Parser:
     p.add_argument("--check", action="store_true", help="only validate the file; change nothing")
     p.add_argument("--no-keep-passphrases", action="store_true",
                    help="clusters imported without a passphrase lose the stored one")
+
+    p = add(sub, "history", cmd_history, "show the latest changes: when, what, through which interface, by whom",
+            ["pydpctl history", "pydpctl history --cluster web --limit 20", "pydpctl history --json"],
+            notes="Via: cli (pydpctl on the store file), rpc (pydpctl through pydp-control), http (the admin page\n"
+                  "or the HTTP API), store (a program using the store directly). CARP passphrases show as ***.")
+    p.add_argument("--limit", metavar="N", type=int, default=50, help="at most N changes (default 50)")
+    p.add_argument("--cluster", metavar="NAME", help="only changes naming this cluster")
+    _json_flag(p)
 
     try:
         from control import cli_observe
