@@ -470,6 +470,58 @@ def cmd_history(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---- commands: http-user (who may use the admin page) ----
+
+def _users_file(args: argparse.Namespace) -> str:
+    from control.http import auth
+    return args.file or os.environ.get("PYDP_HTTP_USERS") or auth.DEFAULT_USERS_FILE
+
+
+def cmd_http_user(args: argparse.Namespace) -> int:
+    from control.http import auth
+    path = _users_file(args)
+    try:
+        if args.command_name == "list":
+            entries = auth.read_entries(path)
+            if not entries:
+                print(f"No users in {path}.")
+            else:
+                print(format_table(["Name", "Role", "Signs in with"],
+                                   [[e.name, e.role, "token" if e.secret.startswith("token$") else "password"]
+                                    for e in entries]))
+            return 0
+        if args.command_name == "remove":
+            if not auth.remove_entry(path, args.name):
+                raise CliError(f"{path}: no user {args.name!r}")
+            print(f"removed {args.name!r} from {path} (signed-in sessions end at the next request)")
+            return 0
+        role = "read-only" if args.read_only else "admin"
+        if args.command_name == "token":
+            token, secret = auth.new_token()
+            auth.set_entry(path, args.name, role, secret)
+            print(token)
+            print(f"token {args.name!r} ({role}) added to {path}; send it as 'Authorization: Bearer TOKEN' (it is "
+                  "shown only now)", file=sys.stderr)
+            return 0
+        if args.password_file:
+            try:
+                with open(args.password_file, "rb") as f:
+                    password = _read_secret(f.read(4096), f"--password-file {args.password_file}")
+            except OSError as e:
+                raise CliError(f"--password-file: cannot read {args.password_file}: {e.strerror or e}") from None
+        else:
+            password = _read_secret(sys.stdin.buffer.readline(4096), "standard input")
+        if len(password) < 8:
+            raise CliError("the password must have at least 8 characters")
+        auth.set_entry(path, args.name, role, auth.hash_password(password))
+        print(f"user {args.name!r} ({role}) set in {path}")
+        return 0
+    except auth.AuthError as e:
+        raise CliError(str(e)) from None
+    except OSError as e:
+        raise CliError(f"{path}: {e.strerror or e}") from None
+
+
 # ---- commands: export / import ----
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -768,6 +820,31 @@ def build_parser() -> Parser:
     p.add_argument("--limit", metavar="N", type=int, default=50, help="at most N changes (default 50)")
     p.add_argument("--cluster", metavar="NAME", help="only changes naming this cluster")
     _json_flag(p)
+
+    hu = sub.add_parser("http-user", help="manage who may sign in to the admin page and the HTTP API",
+                        description="Manage the users file of the admin page (default /etc/pydp/http-users, or "
+                                    "$PYDP_HTTP_USERS): users with a password, and tokens, each admin or read-only.",
+                        epilog=_epilog("pydpctl http-user add alice < password.txt",
+                                       "pydpctl http-user add bob --read-only --password-file /root/bob.pw",
+                                       "pydpctl http-user token monitoring --read-only",
+                                       "pydpctl http-user list", "pydpctl http-user remove bob",
+                                       notes="Passwords are stored as scrypt hashes, tokens as SHA-256; the file is "
+                                             "mode 0600, root's.\nA running pydp-control reads the changed file at "
+                                             "the next sign-in."))
+    hus = hu.add_subparsers(dest="http_user_command", metavar="ACTION", required=True)
+    for name, help in (("add", "add a user (or set a new password); the password is read from standard input"),
+                       ("token", "add a token and print it"), ("remove", "remove a user or token"),
+                       ("list", "list users and tokens")):
+        p = hus.add_parser(name, help=help, description=help[0].upper() + help[1:] + ".")
+        p.set_defaults(func=cmd_http_user, command_name=name)
+        p.add_argument("--file", metavar="PATH", help="the users file (default: $PYDP_HTTP_USERS, else "
+                                                       "/etc/pydp/http-users)")
+        if name != "list":
+            p.add_argument("name", metavar="NAME")
+        if name in ("add", "token"):
+            p.add_argument("--read-only", action="store_true", help="may look, not change (default: admin)")
+        if name == "add":
+            p.add_argument("--password-file", metavar="FILE", help="read the password from FILE instead of stdin")
 
     try:
         from control import cli_observe
