@@ -28,6 +28,7 @@ MAX_BODY = 1 << 20
 BACKEND = web.AppKey("backend", object)
 STATE = web.AppKey("state", object)
 ROUTE_TABLE = web.AppKey("routes", dict)
+IDENTITY = web.RequestKey("identity", object) if hasattr(web, "RequestKey") else "pydp_identity"  # aiohttp < 3.12
 
 
 @dataclass
@@ -124,7 +125,7 @@ def _only(body: dict, allowed: set, what: str = "body") -> None:
 
 
 def _ident(request: web.Request) -> Identity:
-    return request["identity"]
+    return request[IDENTITY]
 
 
 async def _read(request: web.Request, name: str, args: dict) -> Any:
@@ -499,7 +500,7 @@ async def middleware(request: web.Request, handler) -> web.StreamResponse:
             if ident is None and not route.public:
                 raise HttpError("unauthorized", "sign in first (POST /api/v1/session, or Authorization: Bearer "
                                                 "TOKEN)", "")
-            request["identity"] = ident or Identity("", "", None)
+            request[IDENTITY] = ident or Identity("", "", None)
             if request.method not in ("GET", "HEAD") and ident is not None and ident.session is not None:
                 origin = request.headers.get("Origin")
                 if origin is not None and origin.split("://", 1)[-1] != request.host:
