@@ -447,7 +447,7 @@ def dataplane_unit(nics: list[Nic]) -> str:
         "[Service]",
         "Type=simple",
         *pre,
-        f"ExecStart={_script('pydp-dataplane')} --config {CONFIG_PATH}",
+        f"ExecStart={_script('pydp-dataplane')} --config {CONFIG_PATH} --managed",
         "ExecReload=/bin/kill -HUP $MAINPID",
         "Restart=on-failure",
         "RestartSec=2",
