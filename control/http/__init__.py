@@ -13,6 +13,7 @@ the OpenAPI description of exactly the routes make_app() serves (a test holds th
 from __future__ import annotations
 
 import ipaddress
+import os
 import logging
 import ssl
 from dataclasses import dataclass
@@ -22,7 +23,8 @@ from aiohttp import web
 from control.http.api import make_app, ROUTES
 from control.http.auth import DEFAULT_USERS_FILE
 
-__all__ = ["make_app", "start", "HttpServer", "parse_listen", "DEFAULT_LISTEN", "DEFAULT_USERS_FILE", "ROUTES"]
+__all__ = ["make_app", "start", "HttpServer", "parse_listen", "settings", "Settings", "DEFAULT_LISTEN", "DEFAULT_USERS_FILE",
+           "CONTROL_CONFIG", "ROUTES"]
 
 DEFAULT_LISTEN = "127.0.0.1:8470"
 log = logging.getLogger("pydp.control.http")
@@ -95,3 +97,52 @@ async def start(backend, host: str, port: int, *, users_file: str | None = DEFAU
         bound = server.sockets[0].getsockname()[1]
     shown = f"[{host}]" if ":" in host else host
     return HttpServer(runner, site, f"{'https' if ctx else 'http'}://{shown}:{bound}/")
+
+
+CONTROL_CONFIG = "/etc/pydp/control.toml"
+
+
+@dataclass
+class Settings:
+    listen: tuple[str, int] | None          # None: HTTP disabled
+    users: str
+    tls_cert: str | None
+    tls_key: str | None
+
+
+def settings(*, listen: str | None = None, users: str | None = None, tls_cert: str | None = None,
+             tls_key: str | None = None, config_path: str | None = CONTROL_CONFIG) -> Settings:
+    """pydp-control's HTTP settings: the command line's values (None: not given) over the [http] table of its
+    config file (listen, users, tls_cert, tls_key; a missing file is no error) over the defaults
+    (127.0.0.1:8470, /etc/pydp/http-users, no TLS). ValueError naming the bad key."""
+    import tomllib
+    table: dict = {}
+    if config_path and os.path.exists(config_path):
+        try:
+            with open(config_path, "rb") as f:
+                doc = tomllib.load(f)
+        except (OSError, tomllib.TOMLDecodeError) as e:
+            raise ValueError(f"{config_path}: {e}") from None
+        unknown = set(doc) - {"http"}
+        if unknown:
+            raise ValueError(f"{config_path}: unknown table or key {sorted(unknown)[0]!r} (known: [http])")
+        table = doc.get("http", {})
+        if not isinstance(table, dict):
+            raise ValueError(f"{config_path}: http must be a table ([http])")
+        for k, v in table.items():
+            if k not in ("listen", "users", "tls_cert", "tls_key"):
+                raise ValueError(f"{config_path}: http.{k}: unknown key (known: listen, users, tls_cert, tls_key)")
+            if not isinstance(v, str):
+                raise ValueError(f"{config_path}: http.{k}: must be a string")
+    where = "--http" if listen is not None else f"{config_path}: http.listen"
+    text = listen if listen is not None else table.get("listen", DEFAULT_LISTEN)
+    try:
+        addr = parse_listen(text)
+    except ValueError as e:
+        raise ValueError(f"{where}: {e}") from None
+    cert = tls_cert if tls_cert is not None else table.get("tls_cert") or None
+    key = tls_key if tls_key is not None else table.get("tls_key") or None
+    if bool(cert) != bool(key):
+        raise ValueError("TLS needs both a certificate and a key (--http-cert and --http-key, or http.tls_cert and "
+                         "http.tls_key)")
+    return Settings(addr, users if users is not None else table.get("users", DEFAULT_USERS_FILE), cert, key)

@@ -78,3 +78,48 @@ class StoreOnlyBackend:
 
     def close(self) -> None:
         self.pool.shutdown(wait=True)
+
+
+def _op_error(e) -> ops.OpError:
+    """An RPC-style error of pydp-control's readers (control.rpc.RpcError) as the API's error."""
+    kind = {"Unavailable": "unavailable", "BadRequest": "bad_request", "NotFound": "not_found",
+            "StoreError": "invalid", "Conflict": "conflict"}.get(getattr(e, "type", ""), "internal")
+    return ops.OpError(kind, getattr(e, "message", str(e)))
+
+
+class DaemonBackend:
+    """pydp-control's backend: a change runs on its store thread through daemon.store_op (control.ops, then the
+    same apply-after-change path as the RPC), reads on its reader threads, the same status the RPC returns."""
+
+    def __init__(self, daemon):
+        self.daemon = daemon
+
+    async def op(self, name: str, args: dict, *, user: str, if_match: int | None) -> tuple[Any, dict, list[str]]:
+        return await self.daemon.run_worker(self.daemon.store_op, name, args, "http", user, if_match)
+
+    async def _read(self, fn, *args):
+        from control import rpc
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(self.daemon.readers, fn, *args)
+        except rpc.RpcError as e:
+            raise _op_error(e) from None
+
+    async def status(self) -> dict:
+        d = self.daemon
+        states = d.checker.states() if d.checker is not None else {}      # on the loop: it owns them
+        return await self._read(d.view.status, states)
+
+    async def stats(self) -> dict:
+        return await self._read(self.daemon.view.stats)
+
+    async def flows(self, cluster, edge, client, limit) -> dict:
+        return await self._read(self.daemon.view.flows, cluster, edge, client, limit)
+
+    async def flush(self, all_flows: bool, cluster, edge) -> dict:
+        from control import rpc
+        try:
+            return await self.daemon.run_worker(self.daemon._flush, {"all": all_flows, "cluster": cluster,
+                                                                     "edge": edge})
+        except rpc.RpcError as e:
+            raise _op_error(e) from None
