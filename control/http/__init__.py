@@ -108,6 +108,7 @@ class Settings:
     users: str
     tls_cert: str | None
     tls_key: str | None
+    explicit: bool = False                  # the address was given (command line or config), not the default
 
 
 def settings(*, listen: str | None = None, users: str | None = None, tls_cert: str | None = None,
@@ -145,4 +146,5 @@ def settings(*, listen: str | None = None, users: str | None = None, tls_cert: s
     if bool(cert) != bool(key):
         raise ValueError("TLS needs both a certificate and a key (--http-cert and --http-key, or http.tls_cert and "
                          "http.tls_key)")
-    return Settings(addr, users if users is not None else table.get("users", DEFAULT_USERS_FILE), cert, key)
+    return Settings(addr, users if users is not None else table.get("users", DEFAULT_USERS_FILE), cert, key,
+                    explicit=listen is not None or "listen" in table)
