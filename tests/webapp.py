@@ -10,6 +10,7 @@ tokens. No fake data: every answer comes from the store through control.ops.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import threading
 
@@ -94,3 +95,56 @@ def add_sample(store: Store) -> None:
                                 {"name": "v3", "ip": "203.0.113.23"}, {"name": "v4", "ip": "203.0.113.24"}]})
     store.add_cluster({"name": "lab", "cluster_ip": "192.0.2.50", "mode": "standalone",
                        "edge": [{"name": "only", "ip": "192.0.2.51"}]})
+
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMEDRIVER = "/usr/bin/chromedriver"
+
+
+@contextlib.contextmanager
+def chromium():
+    """Headless Debian chromium driven by Selenium through the system chromedriver; SE_OFFLINE=true keeps
+    Selenium Manager from reaching the network. Quit at the end."""
+    os.environ["SE_OFFLINE"] = "true"
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = CHROMIUM
+    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
+                "--window-size=1400,900", "--no-first-run", "--disable-background-networking",
+                "--disable-component-update", "--disable-default-apps", "--disable-sync", "--lang=en-US"):
+        opts.add_argument(arg)
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=opts)
+    driver.set_page_load_timeout(30)
+    driver.set_script_timeout(30)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def wait(driver, cond, what: str, timeout: float = 15.0):
+    """Polls cond(driver) every 50 ms until it is true (at most timeout seconds); re-rendered elements are
+    retried."""
+    from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    return WebDriverWait(driver, timeout, poll_frequency=0.05,
+                         ignored_exceptions=(StaleElementReferenceException, NoSuchElementException)).until(
+        lambda d: cond(d), message=what)
+
+
+def css(driver, selector):
+    from selenium.webdriver.common.by import By
+    return driver.find_element(By.CSS_SELECTOR, selector)
+
+
+def sign_in_page(driver, url: str, user: str, password: str) -> None:
+    driver.get(url)
+    driver.execute_script("localStorage.clear()")
+    wait(driver, lambda d: css(d, "#signin").is_displayed(), "the sign-in form")
+    css(driver, "#signin-user").send_keys(user)
+    css(driver, "#signin-password").send_keys(password)
+    css(driver, "#signin-submit").click()
+    wait(driver, lambda d: d.find_elements("css selector", "#clusters tbody tr"), "the clusters table")

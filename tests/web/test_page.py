@@ -7,16 +7,13 @@ from __future__ import annotations
 import os
 
 import pytest
-from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
 from selenium.webdriver.common.by import By
-from selenium.webdriver.support.ui import WebDriverWait
 
 from control import ops
-from webapp import PASSWORDS, WebApp, add_sample
+from webapp import PASSWORDS, WebApp, add_sample, wait
 
 pytestmark = pytest.mark.browser
 
-WAIT = 15.0
 API_COLUMNS = {"name": "name", "status": "status", "service_edges": "service-edges", "cluster_ip": "cluster-ip",
                "ipsec": "ipsec-local-termination", "mode": "mode"}
 
@@ -26,12 +23,6 @@ def app(tmp_path):
     with WebApp(tmp_path) as a:
         add_sample(a.store)
         yield a
-
-
-def wait(driver, cond, what: str, timeout: float = WAIT):
-    return WebDriverWait(driver, timeout, poll_frequency=0.05,
-                         ignored_exceptions=(StaleElementReferenceException, NoSuchElementException)).until(
-        lambda d: cond(d), message=what)
 
 
 def find(driver, css):

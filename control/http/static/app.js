@@ -491,7 +491,7 @@ async function showEdges(name) {
   });
   $("#view").replaceChildren(
     el("p", {}, el("a", { href: "#/clusters" }, "\u2190 Clusters")),
-    el("h1", {}, "Service Edges of " + c.name + " ", modeCell(c.mode)),
+    el("h1", {}, "Service Edges of " + c.name + " ", c.mode === "standalone" ? modeCell(c.mode) : null),
     el("p", { class: "muted", id: "cluster-summary" }, "Cluster IP " + c.cluster_ip + ", " + (c.enabled ? "enabled" : "disabled")
        + (c.mode === "cluster" ? ", CARP vhid " + c.carp.vhid : "")),
     el("table", { id: "edges" }, el("thead", {}, el("tr", {},
