@@ -31,10 +31,16 @@ log = logging.getLogger("pydp.control.http")
 
 
 def parse_listen(text: str | None) -> tuple[str, int] | None:
-    """"HOST:PORT" (IPv6 as [ADDR]:PORT) -> (host, port); "" or None -> None (HTTP disabled). ValueError if bad."""
+    """"HOST:PORT" (IPv6 as [ADDR]:PORT) -> (host, port); "" or None -> None (HTTP disabled); "fd:N" -> ("fd", N):
+    a listening TCP socket inherited as file descriptor N (pydp-lab binds it on the host's loopback and starts
+    pydp-control in a namespace with it). ValueError if bad."""
     if text is None or text.strip() == "":
         return None
     text = text.strip()
+    if text.startswith("fd:"):
+        if not text[3:].isdigit():
+            raise ValueError(f"{text!r}: expected fd:N (an inherited listening socket)")
+        return "fd", int(text[3:])
     if text.startswith("["):
         host, sep, port = text[1:].partition("]:")
         if not sep:
@@ -85,7 +91,17 @@ async def start(backend, host: str, port: int, *, users_file: str | None = DEFAU
     app = make_app(backend, users_file=users_file, tls=ctx is not None)
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
-    site = web.TCPSite(runner, host, port, ssl_context=ctx, reuse_address=True)
+    if host == "fd":
+        import socket
+        try:
+            sock = socket.socket(fileno=port)
+        except OSError as e:
+            await runner.cleanup()
+            raise OSError(f"fd {port} is not an inherited listening socket: {e.strerror or e}") from None
+        host, port = sock.getsockname()[:2]
+        site = web.SockSite(runner, sock, ssl_context=ctx)
+    else:
+        site = web.TCPSite(runner, host, port, ssl_context=ctx, reuse_address=True)
     try:
         await site.start()
     except BaseException:
