@@ -108,6 +108,9 @@ def test_the_daemon_serves_the_page_and_applies_changes_like_the_rpc(daemon):
              on_warning=lambda w: None)
     h = s.get(daemon["url"] + "api/v1/history", timeout=10).json()
     assert [(x["via"], x["user"]) for x in h[:2]] == [("rpc", "bob"), ("http", "alice")]
+    out = subprocess.run([sys.executable, "-P", "-m", "control.cli", "--socket", daemon["socket"], "history",
+                          "--json", "--limit", "2"], capture_output=True, text=True, timeout=30, check=True)
+    assert json.loads(out.stdout) == h[:2]                  # pydpctl history through the RPC: the same rows
     events = [json.loads(x) for x in daemon["log"].read_text().splitlines() if x.startswith("{")]
     started = next(x for x in events if x["event"] == "daemon_started")
     assert started["http"] == daemon["url"] and started["ops"] == sorted(ops.OPS)

@@ -450,3 +450,23 @@ def test_the_route_table_uses_the_ops_table():
     for r in api.ROUTES:
         if r.op is not None:
             assert r.op in ops.OPS and ops.OPS[r.op].write == r.write, r.path
+
+
+def test_settings_command_line_over_config_over_defaults(tmp_path):
+    from control.http import settings
+    d = settings(config_path=str(tmp_path / "missing.toml"))
+    assert (d.listen, d.users, d.tls_cert, d.tls_key, d.explicit) == (("127.0.0.1", 8470), "/etc/pydp/http-users",
+                                                                      None, None, False)
+    conf = tmp_path / "control.toml"
+    conf.write_text('[http]\nlisten = "192.0.2.1:8443"\nusers = "/srv/users"\ntls_cert = "c.pem"\ntls_key = "k.pem"\n')
+    c = settings(config_path=str(conf))
+    assert (c.listen, c.users, c.tls_cert, c.tls_key, c.explicit) == (("192.0.2.1", 8443), "/srv/users", "c.pem",
+                                                                      "k.pem", True)
+    o = settings(listen="", users="/u", config_path=str(conf))
+    assert o.listen is None and o.users == "/u" and o.tls_cert == "c.pem"
+    for text, want in (('[http]\nport = 1\n', "http.port: unknown key"), ('[web]\n', "unknown table or key 'web'"),
+                       ('[http]\nlisten = 8470\n', "http.listen: must be a string"),
+                       ('[http]\ntls_cert = "c"\n', "TLS needs both"), ("[http\n", "control.toml")):
+        conf.write_text(text)
+        with pytest.raises(ValueError, match=re.escape(want)):
+            settings(config_path=str(conf))
