@@ -487,7 +487,14 @@ def _identify(request: web.Request) -> Identity | None:
         entry = st.users.token(authz[7:].strip())
         return Identity(entry.name, entry.role, None) if entry else None
     s = st.sessions.get(request.cookies.get(COOKIE))
-    return Identity(s.user, s.role, s) if s else None
+    if s is None:
+        return None
+    entry = st.users.user(s.user)          # removed from the users file since: signed out; role changed: follows
+    if entry is None:
+        st.sessions.drop(s.id)
+        return None
+    s.role = entry.role
+    return Identity(s.user, s.role, s)
 
 
 @web.middleware

@@ -148,6 +148,11 @@ class UsersFile:
         verify_password(password, "scrypt$16384$8$1$AAAAAAAAAAAAAAAAAAAAAA==$AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=")
         return None
 
+    def user(self, name: str) -> Entry | None:
+        """The password user of that name as the file says now (None if removed, or the file is unusable)."""
+        self._load()
+        return next((e for e in self.entries if e.name == name and e.secret.startswith("scrypt$")), None)
+
     def token(self, token: str) -> Entry | None:
         self._load()
         digest = "token$" + hashlib.sha256(token.encode()).hexdigest()

@@ -71,6 +71,18 @@ def test_sign_in_sets_a_strict_httponly_cookie_and_sign_out_ends_it(app):
     _err(s.get(app.api("clusters"), timeout=10), 401)
 
 
+def test_a_user_removed_or_made_read_only_is_followed_by_its_session(app):
+    from control.http import auth
+    s = app.signed_in("admin")
+    rev = app.revision()
+    auth.set_entry(app.users_file, "admin", "read-only", auth.hash_password(PASSWORDS["admin"], n=1 << 10))
+    _err(s.post(app.api("clusters/web/disable"), headers={"If-Match": f'"{rev}"'}, timeout=10), 403, "forbidden")
+    assert s.get(app.api("session"), timeout=10).json()["role"] == "read-only"
+    auth.remove_entry(app.users_file, "admin")
+    _err(s.get(app.api("clusters"), timeout=10), 401, "unauthorized")
+    assert app.revision() == rev
+
+
 def test_wrong_password_then_the_brake(app):
     s = requests.Session()
     for _ in range(3):                                 # three failures are free ...
