@@ -83,6 +83,7 @@ def _send(cl_ns, tmp, flows: int) -> dict:
 
 def test_an_edge_drained_from_the_page_gets_no_new_flows(tmp_path):
     shots = os.environ.get("PYDP_SCREENSHOTS") or str(tmp_path)
+    os.makedirs(shots, exist_ok=True)
     with contextlib.ExitStack() as stack:
         lb_ns = stack.enter_context(netns("pydpt-wlb"))
         cl_ns = stack.enter_context(netns("pydpt-wcl"))
@@ -141,6 +142,11 @@ def test_an_edge_drained_from_the_page_gets_no_new_flows(tmp_path):
             wait(driver, lambda d: len(d.find_elements("css selector", "#edges tbody tr")) == 2, "reloaded")
             wait(driver, lambda d: not css(d, "#dp-banner").is_displayed(), "no data-plane-down banner")
             driver.save_screenshot(os.path.join(shots, "web-drain-live.png"))
+            css(driver, "#nav-overview").click()
+            wait(driver, lambda d: css(d, "#card-dataplane").text.endswith("up"), "the overview: data plane up")
+            assert "flows" in css(driver, "#card-flows").text
+            assert css(driver, '#carp tr[data-name="web"]').text.split()[3] == "master"     # --own-all
+            driver.save_screenshot(os.path.join(shots, "web-overview-live.png"))
         h = subprocess.run([sys.executable, "-P", "-m", "control.cli", "--db", str(db), "history", "--limit", "1"],
                            capture_output=True, text=True, timeout=30, check=True).stdout
         assert "http" in h and "admin" in h and 'set_edge_state web/e1 state="draining"' in h

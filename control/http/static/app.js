@@ -579,8 +579,11 @@ function renderOverview() {
       el("div", { class: "card" }, el("div", { class: "muted" }, "Service edges"), el("div", { class: "big" }, edges)),
       el("div", { class: "card" }, el("div", { class: "muted" }, "Packets"), el("div", { class: "big" }, sum("packets"))),
       el("div", { class: "card" }, el("div", { class: "muted" }, "Bytes"), el("div", { class: "big" }, sum("bytes"))),
-      st.flow_table ? el("div", { class: "card" }, el("div", { class: "muted" }, "Flow table"),
-                         el("div", { class: "big" }, JSON.stringify(st.flow_table.used ?? st.flow_table.flows ?? "")))
+      st.flow_table ? el("div", { class: "card", id: "card-flows" }, el("div", { class: "muted" }, "Flow table"),
+                         el("div", { class: "big" + (st.flow_table.alarm ? " state-down" : "") },
+                            st.flow_table.live + " flows"),
+                         el("div", { class: "muted" }, st.flow_table.occupancy_pct + "% of " + st.flow_table.capacity
+                            + (st.flow_table.alarm ? " \u2014 alarm" : "")))
                     : null),
     el("h2", {}, "CARP per cluster"),
     el("table", { id: "carp" }, el("thead", {}, el("tr", {}, ["Cluster", "Cluster IP", "Mode", "This appliance",
