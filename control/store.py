@@ -18,6 +18,12 @@ cluster, and across clusters: unique names, cluster IPs and CARP vhids), write i
 error rolls back: nothing changes, and StoreError says which field broke which rule. A change that changes nothing
 commits nothing and keeps the revision.
 
+Every committed change also writes a row of the ``history`` table in the same transaction: when, the revision it
+made, the operation and its arguments (secrets as '***'), the interface it came through and the user. Callers say
+those with ``with store.recording(op=..., args=..., via=..., user=..., expect_revision=N):`` (control.ops does);
+a change method called without it is recorded as via "store". expect_revision: if the store's revision is not N
+when the change runs, Conflict and nothing changes (the HTTP API's If-Match). history() reads them back.
+
 The schema is versioned in the ``meta`` table; MIGRATIONS lists the steps from an empty file to the current
 layout. Opening an older store applies the missing steps in one transaction; a store written by a newer pydp is
 refused.

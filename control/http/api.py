@@ -501,7 +501,8 @@ def _identify(request: web.Request) -> Identity | None:
 async def middleware(request: web.Request, handler) -> web.StreamResponse:
     try:
         resource = request.match_info.route.resource
-        route = request.app[ROUTE_TABLE].get((request.method, resource.canonical)) if resource is not None else None
+        method = "GET" if request.method == "HEAD" else request.method        # HEAD: a GET without its body
+        route = request.app[ROUTE_TABLE].get((method, resource.canonical)) if resource is not None else None
         if route is not None:
             ident = _identify(request)
             if ident is None and not route.public:
@@ -549,7 +550,10 @@ def make_app(backend, *, users_file: str | None = auth.DEFAULT_USERS_FILE, tls: 
     app[STATE] = State(users_file, tls)
     by: dict = {}
     for r in ROUTES:
-        app.router.add_route(r.method, r.path, r.handler)
+        if r.method == "GET":
+            app.router.add_get(r.path, r.handler)            # and HEAD (curl -I for the ETag)
+        else:
+            app.router.add_route(r.method, r.path, r.handler)
         by[(r.method, r.path)] = r
     app[ROUTE_TABLE] = by
     app.router.add_get("/", page)

@@ -198,6 +198,13 @@ def test_list_sorts_searches_and_matches_pydpctl(app):
     _err(s.get(app.api("clusters"), params={"desc": "maybe"}, timeout=10), 400, "bad_request", "desc")
 
 
+def test_head_gives_the_etag_and_needs_sign_in_too(app):
+    r = requests.head(app.api("clusters"), timeout=10)
+    assert r.status_code == 401
+    r = requests.head(app.api("clusters"), headers={"Authorization": "Bearer " + app.viewer_token}, timeout=10)
+    assert r.status_code == 200 and r.headers["ETag"] == f'"{app.revision()}"' and not r.content
+
+
 def test_get_cluster_never_shows_a_passphrase(app):
     s = app.signed_in()
     r = s.get(app.api("clusters/vpn"), timeout=10)

@@ -80,7 +80,12 @@ function modeCell(mode) {
   return el("span", {}, mode);
 }
 
-function stateSpan(text) { return el("span", { class: "state-" + String(text).split(" ")[0] }, text); }
+function stateSpan(text) {
+  let cls = String(text).split(" ")[0];
+  const m = String(text).match(/^(\d+)\/(\d+) up$/);
+  if (m) cls = m[1] === m[2] ? "up" : "down";
+  return el("span", { class: "state-" + cls }, text);
+}
 
 // ---- sign-in ----
 function showSignIn(message) {
