@@ -285,15 +285,17 @@ class Daemon:
             self._reconcile("store changed by another writer")
 
     # ---- CARP's side (called on the loop by control.carp_manager) ----
-    def set_owned(self, name: str, owned: bool) -> None:
+    def set_owned(self, name: str, owned: bool):
         """CARP took (or released) a cluster IP: a generation with the cluster owned (or not) is published at
-        once on the store thread (ownership travels with the clusters, never beside them)."""
+        once on the store thread (ownership travels with the clusters, never beside them). Returns the pending
+        publish (CARP awaits it before it announces the address), or None when nothing changes."""
         if owned == (name in self.carp_owned):
-            return
+            return None
         self.carp_owned = (self.carp_owned | {name}) if owned else (self.carp_owned - {name})
         why = f"carp: {'master' if owned else 'backup'} of cluster {name}"
-        if self.loop is not None:
-            self.loop.run_in_executor(self.worker, self._reconcile_logged, why)
+        if self.loop is None:
+            return None
+        return self.loop.run_in_executor(self.worker, self._reconcile_logged, why)
 
     def carp_interface(self) -> str | None:
         """The TAP CARP runs on: the exception interface of the first data port that has one (store's config)."""
@@ -621,6 +623,10 @@ class Daemon:
         sent = CounterMetricFamily("pydp_carp_adverts_sent", "CARP advertisements sent", labels=["cluster"])
         heard = CounterMetricFamily("pydp_carp_adverts_received", "CARP advertisements accepted",
                                     labels=["cluster"])
+        suspect = GaugeMetricFamily("pydp_carp_split_brain_suspected", "1 while adverts for this cluster's vhid "
+                                    "fail authentication while this appliance is master (a peer with another "
+                                    "passphrase may be master too)", labels=["cluster"])
+        alarms = CounterMetricFamily("pydp_carp_split_brain_alarms", "split-brain alarms raised", labels=["cluster"])
         for name, s in self.carp.metrics():
             for st in carp_manager.STATES + ("inactive",):
                 state.add_metric([name, st], 1 if s["state"] == st else 0)
@@ -630,7 +636,9 @@ class Daemon:
             trans.add_metric([name], s["transitions"])
             sent.add_metric([name], s["adverts_sent"])
             heard.add_metric([name], s["adverts_received"])
-        yield from (state, demote, drops, trans, sent, heard)
+            suspect.add_metric([name], 1 if s["auth_alarm"] else 0)
+            alarms.add_metric([name], s["auth_alarms"])
+        yield from (state, demote, drops, trans, sent, heard, suspect, alarms)
 
     def _metrics_region(self):
         holder = self.holder
