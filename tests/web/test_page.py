@@ -7,7 +7,10 @@ from __future__ import annotations
 import os
 
 import pytest
-from selenium.webdriver.common.by import By
+try:
+    from selenium.webdriver.common.by import By
+except ImportError:             # the browser marker skips each test then (and fails it under CI=true)
+    By = None
 
 from control import ops
 from webapp import PASSWORDS, WebApp, add_sample, wait
