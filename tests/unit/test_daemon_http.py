@@ -149,3 +149,26 @@ def test_an_explicit_address_in_use_stops_the_daemon(tmp_path):
                              capture_output=True, text=True, timeout=30)
     assert out.returncode == 1 and "cannot serve the admin page" in out.stdout + out.stderr
     assert not os.path.exists(tmp_path / "c.sock")
+
+
+def test_the_default_address_taken_is_logged_and_the_daemon_runs_on(tmp_path):
+    holder = socket.socket()
+    holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        holder.bind(("127.0.0.1", 8470))
+        holder.listen(1)
+    except OSError:
+        pass                        # taken already (another pydp-control or lab): the same situation
+    try:
+        (tmp_path / "empty.toml").write_text("")         # no [http]: the default address
+        proc, db, sock, logf = _start(tmp_path, "--config", str(tmp_path / "empty.toml"))
+        try:
+            events = [json.loads(x) for x in logf.read_text().splitlines() if x.startswith("{")]
+            bad = next(x for x in events if x["event"] == "http_unavailable")
+            assert bad["address"] == "127.0.0.1:8470" and bad["level"] == "error"
+            assert next(x for x in events if x["event"] == "daemon_started")["http"] is None
+            assert rpc.call(sock, "ping")["daemon"] == "pydp-control"
+        finally:
+            _stop(proc, sock)
+    finally:
+        holder.close()
