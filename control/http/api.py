@@ -10,8 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import re
-import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from importlib import resources
 from typing import Any, Awaitable, Callable
 
@@ -117,10 +116,10 @@ def _obj(body: Any, what: str = "body") -> dict:
     return body
 
 
-def _only(body: dict, allowed: set, what: str = "body") -> None:
+def _only(body: dict, allowed: set, what: str = "field") -> None:
     extra = sorted(set(body) - allowed)
     if extra:
-        raise HttpError("bad_request", f"{extra[0]}: unknown field (accepted: {', '.join(sorted(allowed))})",
+        raise HttpError("bad_request", f"{extra[0]}: unknown {what} (accepted: {', '.join(sorted(allowed))})",
                         extra[0])
 
 
@@ -298,7 +297,7 @@ async def stats(request: web.Request) -> web.Response:
 
 async def flows(request: web.Request) -> web.Response:
     q = request.query
-    _only(dict(q), {"cluster", "edge", "client", "limit"}, "query")
+    _only(dict(q), {"cluster", "edge", "client", "limit"}, "query parameter")
     limit = q.get("limit", "100")
     if not limit.isdigit() or not 0 <= int(limit) <= 100000:
         raise HttpError("bad_request", f"limit: must be an integer 0..100000, got {limit[:20]!r}", "limit")
@@ -320,7 +319,7 @@ async def flush(request: web.Request) -> web.Response:
 
 async def history(request: web.Request) -> web.Response:
     q = request.query
-    _only(dict(q), {"limit", "cluster"}, "query")
+    _only(dict(q), {"limit", "cluster"}, "query parameter")
     limit = q.get("limit", "100")
     if not limit.isdigit():
         raise HttpError("bad_request", f"limit: must be an integer 1..10000, got {limit[:20]!r}", "limit")
