@@ -8,8 +8,9 @@
  * buckets can be prefetched between them:
  *
  *   pydp_verdict_classify   cluster-IP lookup, enabled, owned, IPSec fold of the key, flow hash
- *   pydp_verdict_pick       flow lookup; the pinned edge while usable, else Maglev (a re-hash); a new flow unless
- *                           the packet is a fragment or an ICMP error; touch/start of the flow
+ *   pydp_verdict_pick       flow lookup on the signature (the hot lines only); the pinned edge while usable, else
+ *                           Maglev (a re-hash, after confirming the key); a new flow unless the packet is a
+ *                           fragment or an ICMP error; time, count and state of the flow
  *
  * Not part of the shared-memory layout and not seen by cffi.
  */
@@ -34,10 +35,13 @@ enum pydp_action {
 #define PYDP_VW_EVICTED   0x08   /* ... pushing a live flow out of a full bucket */
 #define PYDP_VW_REHASHED  0x10   /* the flow's pinned edge was unusable: re-pinned by Maglev (event NEW due) */
 #define PYDP_VW_END       0x20   /* a TCP flow saw its first FIN or RST (event END due) */
+#define PYDP_VW_FALSE     0x40   /* the signature matched another flow (its key differed when a change needed it):
+                                  * the packet went by Maglev and the stored flow was left alone */
 
 struct pydp_verdict {
     struct pydp_flow *flow;      /* the flow of the packet when PYDP_VW_HIT or PYDP_VW_INSERT, else NULL */
     uint32_t hash;               /* flow hash of the (possibly folded) key; valid from classify on */
+    uint32_t sig;                /* its signature (pydp_flow_sig) */
     uint16_t cluster;            /* cluster index (valid unless action is EXCEPTION) */
     uint8_t  edge;               /* edge slot, PYDP_MAGLEV_NONE when none */
     uint8_t  action;             /* enum pydp_action */

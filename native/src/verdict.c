@@ -40,25 +40,17 @@ pydp_verdict_classify(const struct pydp_config *cfg, struct pydp_pkt_info *info,
         info->key.proto = PYDP_VERDICT_ESP;
     }
     v->hash = pydp_flow_hash(&info->key, cfg->hash_seed);
+    v->sig = pydp_flow_sig(&info->key);
     v->action = PYDP_ACT_FORWARD;
     return v->action;
 }
 
 static inline int
-vd_edge_usable(const struct pydp_cluster *c, const struct pydp_flow *f)
+vd_edge_usable(const struct pydp_cluster *c, const struct pydp_flow_way *h)
 {
-    const struct pydp_edge *e = &c->edges[f->edge & (PYDP_MAX_EDGES - 1)];
+    const struct pydp_edge *e = &c->edges[h->edge & (PYDP_MAX_EDGES - 1)];
 
-    return e->uid == f->edge_uid && (e->state == PYDP_EDGE_UP || e->state == PYDP_EDGE_DRAINING);
-}
-
-static inline void
-vd_pin(struct pydp_flow *f, const struct pydp_cluster *c, uint16_t ci, uint32_t slot)
-{
-    f->cluster = ci;
-    f->cluster_uid = c->uid;
-    f->edge = (uint8_t)slot;
-    f->edge_uid = c->edges[slot].uid;
+    return e->uid == h->edge_uid && (e->state == PYDP_EDGE_UP || e->state == PYDP_EDGE_DRAINING);
 }
 
 uint32_t
@@ -67,30 +59,40 @@ pydp_verdict_pick(const struct pydp_config *cfg, const uint8_t *table, struct py
 {
     const struct pydp_cluster *c = &cfg->clusters[v->cluster];
     struct pydp_flow *f;
+    struct pydp_flow_way *h;
     uint32_t slot;
     int evicted = 0;
 
     v->what = PYDP_VW_LOOKUP;
-    f = pydp_flow_lookup(t, &info->key, v->hash, now_ms, cfg);
+    f = pydp_flow_lookup_sig(t, v->hash, v->sig, now_ms, cfg);
     if (f != NULL) {
-        v->what |= PYDP_VW_HIT;
-        v->flow = f;
-        if (__builtin_expect(f->cluster == v->cluster && f->cluster_uid == c->uid && vd_edge_usable(c, f), 1)) {
-            slot = f->edge;
+        h = pydp_flow_way_of(t, f);
+        if (__builtin_expect(h->cluster == v->cluster && h->cluster_uid == c->uid && vd_edge_usable(c, h), 1)) {
+            slot = h->edge;
         } else {
+            /* a re-pin changes the stored flow: only for its own key */
+            if (__builtin_expect(!pydp_flow_confirm(f, &info->key), 0)) {
+                t->false_matches++;
+                goto false_match;
+            }
             slot = table[pydp_maglev_slot(v->hash, c->maglev_size)];
             if (__builtin_expect(slot == PYDP_MAGLEV_NONE, 0))
                 goto no_edge;
-            vd_pin(f, c, v->cluster, slot);
+            pydp_flow_pin(t, f, v->cluster, c->uid, (uint8_t)slot, c->edges[slot].uid);
             v->what |= PYDP_VW_REHASHED;
         }
         if (!(info->flags & PYDP_PF_ICMP_ERROR)) {
-            uint8_t before = f->state;
+            int r = pydp_flow_hit(t, f, &info->key, info->tcp_flags, now_ms);
 
-            pydp_flow_touch(t, f, info->tcp_flags, now_ms);
-            if (__builtin_expect(f->state == PYDP_FLOW_TCP_FIN && before != PYDP_FLOW_TCP_FIN, 0))
-                v->what |= PYDP_VW_END;
+            if (__builtin_expect(r != 0, 0)) {
+                if (r < 0)
+                    goto false_match;
+                if (h->state == PYDP_FLOW_TCP_FIN)
+                    v->what |= PYDP_VW_END;
+            }
         }
+        v->what |= PYDP_VW_HIT;
+        v->flow = f;
         v->edge = (uint8_t)slot;
         v->action = PYDP_ACT_FORWARD;
         return slot;
@@ -104,10 +106,21 @@ pydp_verdict_pick(const struct pydp_config *cfg, const uint8_t *table, struct py
     if (info->flags & (PYDP_PF_FRAGMENT | PYDP_PF_ICMP_ERROR))
         return slot;
     f = pydp_flow_insert(t, &info->key, v->hash, now_ms, cfg, &evicted);
-    vd_pin(f, c, v->cluster, slot);
+    pydp_flow_pin(t, f, v->cluster, c->uid, (uint8_t)slot, c->edges[slot].uid);
     pydp_flow_start(t, f, info->key.proto, info->tcp_flags);   /* no read-back of the new line */
     v->flow = f;
     v->what |= PYDP_VW_INSERT | (evicted ? PYDP_VW_EVICTED : 0);
+    return slot;
+
+false_match:
+    /* the packet's own flow is not stored and cannot be (its signature is taken): Maglev, no flow */
+    v->what = PYDP_VW_LOOKUP | PYDP_VW_FALSE;
+    v->flow = NULL;
+    slot = table[pydp_maglev_slot(v->hash, c->maglev_size)];
+    if (__builtin_expect(slot == PYDP_MAGLEV_NONE, 0))
+        goto no_edge;
+    v->edge = (uint8_t)slot;
+    v->action = PYDP_ACT_FORWARD;
     return slot;
 
 no_edge:

@@ -267,10 +267,11 @@ static void wrk_burst(struct dp_worker *w, uint32_t pi, struct rte_mbuf **pkts, 
         }
     }
     for (i = 0; i < nk && i < WRK_WAYS_AHEAD; i++)
-        pydp_flow_prefetch_ways(w->flows, v[i].v.hash);
+        pydp_flow_prefetch_ways(w->flows, v[i].v.hash, v[i].v.sig);
     for (i = 0; i < nk; i++) {
         if (i + WRK_WAYS_AHEAD < nk)
-            pydp_flow_prefetch_ways(w->flows, v[i + WRK_WAYS_AHEAD].v.hash);
+            pydp_flow_prefetch_ways(w->flows, v[i + WRK_WAYS_AHEAD].v.hash,
+                                    v[i + WRK_WAYS_AHEAD].v.sig);
         wrk_forward(w, pi, &v[i], now);
     }
 }

@@ -190,13 +190,13 @@ test_hit_and_rehash(void)
     CHECK_EQ(v.flow->edge_uid, 10 + first);
     CHECK_EQ(v.flow->cluster_uid, 1);
     CHECK_EQ(v.flow->state, PYDP_FLOW_UDP);
-    CHECK_EQ(v.flow->packets, 1);
+    CHECK_EQ(pydp_flow_packets(t, v.flow), 1);
 
     CHECK_EQ(tv_run(cfg, p, &v2), PYDP_ACT_FORWARD);
     CHECK_EQ(v2.what, PYDP_VW_LOOKUP | PYDP_VW_HIT);
     CHECK_EQ(v2.edge, first);
     CHECK(v2.flow == v.flow);
-    CHECK_EQ(v2.flow->packets, 2);
+    CHECK_EQ(pydp_flow_packets(t, v2.flow), 2);
 
     /* draining: the flow stays */
     memcpy(states, up3, 3);
@@ -259,7 +259,7 @@ test_fragment_icmp_error(void)
     CHECK_EQ(tv_run(cfg, err, &ve), PYDP_ACT_FORWARD);
     CHECK_EQ(ve.what, PYDP_VW_LOOKUP | PYDP_VW_HIT);
     CHECK_EQ(ve.edge, v.edge);
-    CHECK_EQ(ve.flow->packets, 1);
+    CHECK_EQ(pydp_flow_packets(t, ve.flow), 1);
 }
 
 static void
@@ -316,6 +316,56 @@ test_eviction(void)
     CHECK_EQ(t->live, TV_FLOWS);
 }
 
+/* A hit is decided on the signature; a change of the stored flow needs its key. A stored flow whose key differs
+ * from the packet's (what a false signature match is) keeps forwarding-only hits, but is never changed. */
+static void
+test_signature_hits(void)
+{
+    static const uint8_t up3[3] = { PYDP_EDGE_UP, PYDP_EDGE_UP, PYDP_EDGE_UP };
+    struct pydp_flow_table *t = pydp_shm_flows(&tv_shm, 0);
+    const struct pydp_config *cfg = tv_publish(up3, 1, 1, 1);
+    struct pydp_verdict v, v2;
+    uint8_t states[3];
+    uint32_t i, n = 0;
+
+    pydp_flow_table_init(t, TV_FLOWS);
+    CHECK_EQ(tv_run(cfg, tv_pkt(10, 6, 6000, 6, 0, TH_ACK), &v), PYDP_ACT_FORWARD);
+    CHECK_EQ(v.flow->state, PYDP_FLOW_TCP_EST);
+    CHECK_EQ(pydp_flow_way_of(t, v.flow)->state, PYDP_FLOW_TCP_EST);
+    CHECK_EQ(pydp_flow_way_of(t, v.flow)->edge, v.edge);
+    CHECK_EQ(v.flow->sig, (v.sig | 1) & ~(uint32_t)PYDP_FLOW_SIG_SYN);
+    v.flow->key.sport ^= 0x100;                     /* the stored key is now another flow's */
+    CHECK_EQ(tv_run(cfg, tv_pkt(10, 6, 6000, 6, 0, TH_ACK), &v2), PYDP_ACT_FORWARD);
+    CHECK_EQ(v2.what, PYDP_VW_LOOKUP | PYDP_VW_HIT);
+    CHECK_EQ(v2.edge, v.edge);
+    CHECK_EQ(tv_run(cfg, tv_pkt(10, 6, 6000, 6, 0, TH_FIN | TH_ACK), &v2), PYDP_ACT_FORWARD);
+    CHECK_EQ(v2.what, PYDP_VW_LOOKUP | PYDP_VW_FALSE);
+    CHECK(v2.flow == NULL);
+    CHECK_EQ(v.flow->state, PYDP_FLOW_TCP_EST);     /* left alone */
+    CHECK_EQ(t->false_matches, 1);
+    CHECK_EQ(t->live, 1);
+    /* its edge down: the re-pin is refused too */
+    memcpy(states, up3, 3);
+    states[v.edge] = PYDP_EDGE_DOWN;
+    cfg = tv_publish(states, 1, 1, 1);
+    CHECK_EQ(tv_run(cfg, tv_pkt(10, 6, 6000, 6, 0, TH_ACK), &v2), PYDP_ACT_FORWARD);
+    CHECK_EQ(v2.what, PYDP_VW_LOOKUP | PYDP_VW_FALSE);
+    CHECK(v2.edge != v.edge);
+    CHECK_EQ(v.flow->edge, pydp_flow_way_of(t, v.flow)->edge);
+    CHECK_EQ(t->false_matches, 2);
+
+    /* the hot packet counter folds into the cold record every PYDP_FLOW_PKTS_FOLD packets */
+    cfg = tv_publish(up3, 1, 1, 1);
+    pydp_flow_table_init(t, TV_FLOWS);
+    for (i = 0; i < 3 * PYDP_FLOW_PKTS_FOLD + 5; i++) {
+        CHECK_EQ(tv_run(cfg, tv_pkt(10, 7, 7000, 17, 0, 0), &v), PYDP_ACT_FORWARD);
+        n++;
+    }
+    CHECK_EQ(pydp_flow_packets(t, v.flow), n);
+    CHECK_EQ(v.flow->packets, 3 * PYDP_FLOW_PKTS_FOLD);
+    CHECK_EQ(pydp_flow_way_of(t, v.flow)->pkts, 5);
+}
+
 int
 main(void)
 {
@@ -334,6 +384,7 @@ main(void)
     test_fragment_icmp_error();
     test_tcp_end_and_ipsec();
     test_eviction();
+    test_signature_hits();
     pydp_shm_close(&tv_shm);
     return check_report("verdict");
 }
