@@ -487,7 +487,7 @@ class Run:
 def run_once(opts, workdir: str, tag: str, kind: str, load: Load, **kw) -> dict:
     """One baseline, l3fwd or pydp run, with the machine's load before it and a warning when others disturbed
     it."""
-    busy = cpu_busy()
+    busy = cpu_busy(0.2)
     if max(busy) > 0.10:
         log(f"warning: the machine is busy before the {tag} run (CPU busy {busy}): the figures will suffer")
     run = Run(opts, workdir, tag)
