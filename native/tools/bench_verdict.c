@@ -24,7 +24,9 @@
 #include "pydp_verdict.h"
 
 #define BV_BURST 32
+#ifndef BV_AHEAD
 #define BV_AHEAD 6
+#endif
 
 static void
 bv_die(const char *what, const char *err)
