@@ -123,6 +123,38 @@ main(int argc, char **argv)
 
     for (r = 0; r <= reps; r++) {
         uint64_t t0 = __rdtsc(), n = 0;
+#ifdef BV_SPAN
+        /* the pipeline spans bursts: burst N+1 is classified (and its buckets prefetched) before burst N is
+         * picked */
+        static struct pydp_pkt_info nburst[BV_BURST];
+        static struct pydp_verdict nv[BV_BURST];
+        uint32_t nb = 0, k;
+
+        for (i = 0; i <= flows; i += BV_BURST) {
+            uint32_t nn = i >= flows ? 0 : (flows - i < BV_BURST ? flows - i : BV_BURST);
+
+            for (k = 0; k < nn; k++) {
+                nburst[k] = pk[i + k];
+                pydp_verdict_classify(cfg, &nburst[k], &nv[k]);
+                pydp_flow_prefetch_bucket(t, nv[k].hash);
+            }
+            for (k = 0; k < nb && k < BV_AHEAD; k++)
+                pydp_flow_prefetch_ways(t, v[k].hash, v[k].sig);
+            for (k = 0; k < nb; k++) {
+                if (k + BV_AHEAD < nb)
+                    pydp_flow_prefetch_ways(t, v[k + BV_AHEAD].hash, v[k + BV_AHEAD].sig);
+                pydp_verdict_pick(cfg, maglev, t, &burst[k], now, &v[k]);
+                hits += (v[k].what & PYDP_VW_HIT) != 0;
+                inserts += (v[k].what & PYDP_VW_INSERT) != 0;
+            }
+            n += nb;
+            memcpy(burst, nburst, sizeof(burst[0]) * nn);
+            memcpy(v, nv, sizeof(v[0]) * nn);
+            nb = nn;
+            if ((i / BV_BURST) % 219 == 218)
+                now++;
+        }
+#else
 
         for (i = 0; i < flows; i += BV_BURST) {
             uint32_t nb = flows - i < BV_BURST ? flows - i : BV_BURST, k;
@@ -153,6 +185,7 @@ main(int argc, char **argv)
             if ((i / BV_BURST) % 219 == 218)    /* the clock: about 7000 packets per millisecond (7 Mpps) */
                 now++;
         }
+#endif
         if (r > 0) {                            /* pass 0 fills the table */
             double cpp = (double)(__rdtsc() - t0) / (double)n;
 
