@@ -3,7 +3,7 @@
 # the golden tests with the fast path under ASan/UBSan, every fuzz harness for a bounded time (scripts/fuzz.sh)
 # and pytest
 # (unit, golden packet tests through the real DPDK path, network-namespace tests).
-# With CI=true (or PYDP_REQUIRE_DPDK=1) a DPDK, netns or root-only test that would be skipped fails instead.
+# With CI=true (or PYDP_REQUIRE_DPDK=1) a DPDK, netns, root-only or browser test that would be skipped fails instead.
 #
 # scripts/test.sh --quick [PYTEST ARGS]: the developer's edit-test loop. Runs tests/unit (everything that needs
 # neither root nor DPDK nor namespaces) from the SOURCE TREE: no setup.sh (no apt, no hugepages, no pip install);

@@ -1,14 +1,15 @@
 """Shared test setup: the tiers, the skip-or-fail rule, and the fixtures every tier may use.
 
-Tiers are folders (tests/README.md): ``unit`` needs neither root nor DPDK nor namespaces; ``golden`` runs the real
-DPDK fast path (marker ``dpdk``); ``netns`` builds network namespaces or needs root for something else (markers
-``netns``, ``root``); ``lab`` runs the virtual lab end to end (``dpdk`` and ``netns``). A test in a heavy folder
-carries its folder's marker even if its module forgot it, a test in tests/unit may carry none of them, and a test
-outside the four folders is refused: collection fails with the list.
+Tiers are folders (tests/README.md): ``unit`` needs neither root nor DPDK nor namespaces nor a browser; ``golden``
+runs the real DPDK fast path (marker ``dpdk``); ``netns`` builds network namespaces or needs root for something else
+(markers ``netns``, ``root``); ``lab`` runs the virtual lab end to end (``dpdk`` and ``netns``); ``web`` drives
+Debian's headless chromium through Selenium and /usr/bin/chromedriver (``browser``, no root). A test in one of the
+other folders carries its folder's marker even if its module forgot it, a test in tests/unit may carry none of
+them, and a test outside the folders is refused: collection fails with the list.
 
-Tests marked ``dpdk`` or ``netns`` need root, the compiled module and iproute2; ``root`` needs root. With
-PYDP_REQUIRE_DPDK=1 (set by scripts/test.sh when CI=true) such a test that would be skipped fails instead, so a CI
-run can never be green because the real thing did not run.
+Tests marked ``dpdk`` or ``netns`` need root, the compiled module and iproute2; ``root`` needs root; ``browser``
+needs chromium, chromium-driver and selenium. With PYDP_REQUIRE_DPDK=1 (set by scripts/test.sh when CI=true) such
+a test that would be skipped fails instead, so a CI run can never be green because the real thing did not run.
 """
 
 from __future__ import annotations
@@ -22,8 +23,8 @@ from pathlib import Path
 import pytest
 
 REQUIRE = os.environ.get("PYDP_REQUIRE_DPDK") == "1"
-HEAVY = ("dpdk", "netns", "root")
-TIERS = {"unit": (), "golden": ("dpdk",), "netns": ("netns",), "lab": ("dpdk", "netns")}
+HEAVY = ("dpdk", "netns", "root", "browser")
+TIERS = {"unit": (), "golden": ("dpdk",), "netns": ("netns",), "lab": ("dpdk", "netns"), "web": ("browser",)}
 HERE = Path(__file__).resolve().parent
 
 
@@ -36,6 +37,16 @@ def _missing_prerequisite() -> str | None:
         return f"pydp is not built: {exc}"
     if shutil.which("ip") is None:
         return "needs iproute2"
+    return None
+
+
+def _missing_browser() -> str | None:
+    if not (shutil.which("chromium") and os.path.exists("/usr/bin/chromedriver")):
+        return "needs chromium and chromium-driver (scripts/setup.sh installs them)"
+    try:
+        import selenium  # noqa: F401
+    except ImportError:
+        return "needs selenium (pip install -e .[test])"
     return None
 
 
@@ -61,7 +72,7 @@ def pytest_collection_modifyitems(config, items):
         elif tier == "unit":
             heavy = [m for m in HEAVY if item.get_closest_marker(m)]
             if heavy:
-                wrong.append(f"{item.nodeid}: marked {', '.join(heavy)} but in tests/unit (move it to a heavy tier)")
+                wrong.append(f"{item.nodeid}: marked {', '.join(heavy)} but in tests/unit (move it to its tier)")
         elif not _required(item):
             for m in TIERS[tier]:
                 item.add_marker(m)
@@ -72,6 +83,10 @@ def pytest_collection_modifyitems(config, items):
 def pytest_runtest_setup(item):
     if item.get_closest_marker("root") and os.geteuid() != 0:
         pytest.skip("needs root")
+    if item.get_closest_marker("browser"):
+        why = _missing_browser()
+        if why:
+            pytest.skip(why)
     if item.get_closest_marker("dpdk") or item.get_closest_marker("netns"):
         why = _missing_prerequisite()
         if why:
@@ -85,7 +100,7 @@ def pytest_runtest_makereport(item, call):
     if REQUIRE and report.skipped and _required(item):
         report.outcome = "failed"
         reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
-        report.longrepr = f"PYDP_REQUIRE_DPDK=1 and this DPDK/netns/root test was skipped: {reason}"
+        report.longrepr = f"PYDP_REQUIRE_DPDK=1 and this DPDK/netns/root/browser test was skipped: {reason}"
 
 
 # ---- fixtures --------------------------------------------------------------------------------------------------
