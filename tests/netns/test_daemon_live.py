@@ -1,7 +1,7 @@
 """pydp-control against a real pydp-dataplane (af_packet port in a namespace) while tests/traffic.py runs.
 
-Changes go through the real pydpctl over the daemon's socket. The tests run in order on one lab (one data plane,
-one daemon) to stay within about two minutes; each starts from a config it imports itself.
+Changes go through the real pydpctl over the daemon's socket. The tests share one lab (one data plane, one daemon)
+to stay within about two minutes, in any order: each starts from a config it imports itself.
 """
 
 from __future__ import annotations
@@ -338,9 +338,8 @@ def test_g_other_writer_and_graceful_stop(lab):
     assert "daemon_stopped" in events
 
 
-def _wait(cond, what: str, lab, timeout: float = 5.0):
-    """eventually(), failing with the daemon's log."""
-    return eventually(cond, timeout, lambda: f"{what}:\n{lab['ctl'].log.read_text()[-3000:]}")
+def _log_tail(lab):
+    return lambda: f"the daemon (log tail below)\n{lab['ctl'].log.read_text()[-3000:]}"
 
 
 def test_h_foreign_publish_is_drift_and_repaired_within_a_second(lab):
@@ -362,8 +361,8 @@ def test_h_foreign_publish_is_drift_and_repaired_within_a_second(lab):
     t0 = time.monotonic()
     foreign = apply_config(region, file_cfg, owned={"web", "other"}).generation
     assert foreign == published + 1
-    _wait(lambda: region.generation > foreign and {n: e["state"] for n, e in region_web(lab)["edges"].items()}
-          == {"e1": "draining", "e2": "up"}, "the daemon did not repair the foreign generation", lab)
+    eventually(lambda: region.generation > foreign and {n: e["state"] for n, e in region_web(lab)["edges"].items()}
+               == {"e1": "draining", "e2": "up"}, 5, _log_tail(lab))
     repaired_s = time.monotonic() - t0
     assert repaired_s < 2.0, f"repair took {repaired_s:.2f} s"     # watch period 0.5 s + one publish
     print(f"\ndrift: a foreign generation was repaired {repaired_s:.3f} s after it was published")
@@ -396,10 +395,10 @@ def test_i_sighup_of_a_managed_data_plane_reapplies_the_store(lab):
     before = dp.region.reload_requests
     pid = int(dp.region.hdr.dp_pid)
     os.kill(pid, signal.SIGHUP)
-    _wait(lambda: len(ctl.events("reload_requested")) > reloads, "no reload_requested event", lab)
+    eventually(lambda: len(ctl.events("reload_requested")) > reloads, 5, _log_tail(lab))
     assert dp.region.reload_requests == before + 1
-    _wait(lambda: any(e["reason"].startswith("reload requested") for e in ctl.events("config_applied")),
-          "the store was not re-applied", lab)
+    eventually(lambda: any(e["reason"].startswith("reload requested") for e in ctl.events("config_applied")), 5,
+               _log_tail(lab))
     assert set(region_web(lab)["edges"]) == {"e1", "e2"}         # the file's e3 never came back
     assert len(ctl.events("config_drift")) == drifts
     assert "asked pydp-control to re-apply its store" in dp.log.read_text()

@@ -3,7 +3,10 @@
 The cluster "web" (198.51.100.10, vhid 10, advbase 1 s) is in both stores; A has advskew 0 (interval 1 s), B
 advskew 100 (interval 1.39 s, master-down 3.39 s). A client sends 500 UDP datagrams a second to the cluster IP
 through its kernel for the whole module, and a sniffer behind the edges' bridge port records which appliance
-forwarded each one. The tests run in order on one lab; measured times go to a summary at the end.
+forwarded each one. The tests share one lab (building it takes ~20 s) but not an order: before each test the
+`pair` fixture puts it back to the same state -- both appliances running with their original stores, A master, B
+backup, the client's ARP entry at A -- and a test that needs another start (B master, A backup) makes it itself.
+Measured times go to a summary at the end.
 """
 
 from __future__ import annotations
@@ -42,6 +45,39 @@ def lab(tmp_path_factory, request):
                 _summary(request, timings)
 
 
+def _running(ap) -> bool:
+    return all(p is not None and p.poll() is None for p in (ap.dp.proc, ap.ctl.proc))
+
+
+@pytest.fixture(autouse=True)
+def pair(lab):
+    """The start of every test: both running with their original stores, A master, B backup, the client at A."""
+    a, b = lab.a, lab.b
+    for ap in (a, b):
+        if not _running(ap):
+            ap.restart()
+    for ap in (a, b):
+        pydpctl("import", ap.workdir / "store.toml", socket=ap.ctl.socket)     # preempt back on, clusters as built
+    a.wait_state("master", TAKEOVER_BOUND + 5)
+    b.wait_state("backup", 5)
+    eventually(lambda: lab.client_neigh() == a.mac, 5, "the client's ARP entry of the cluster IP to point at A")
+    yield lab
+
+
+def b_master_a_backup(lab) -> float:
+    """From the usual start: A killed, B takes over, A back without preempt (so it stays backup). Returns the time
+    A was started again."""
+    a, b = lab.a, lab.b
+    t_kill = a.kill()
+    eventually(lambda: b.first_master_after(t_kill), TAKEOVER_BOUND + 2, "B to become master")
+    a.stop()
+    pydpctl("cluster", "edit", "web", "--no-preempt", db=a.db)
+    t0 = time.time()
+    a.start()
+    a.wait_state("backup", 10)
+    return t0
+
+
 def _summary(request, timings) -> None:
     lines = ["", "pydp failover (two appliances, advbase 1 s, B advskew 100): measured times"]
     for what, secs, bound in timings:
@@ -60,7 +96,7 @@ def test_a_one_master_one_backup(lab):
     after_a, after_b = a.counters(), b.counters()
     assert after_a["web_packets"] - before_a["web_packets"] >= 0.8 * PPS * 1.5
     assert after_a["rx"] > before_a["rx"]
-    assert after_b["web_packets"] == before_b["web_packets"] == 0          # nothing for the VIP reached B
+    assert after_b["web_packets"] == before_b["web_packets"]               # nothing for the VIP reached B
     assert after_b["web_not_active"] == before_b["web_not_active"]
     # taking means all three: the ownership flag, the address on the TAP (ARP answered), gratuitous ARPs
     assert a.owns_vip() and a.active_flag() and not b.owns_vip() and b.active_flag() is False
@@ -70,11 +106,12 @@ def test_a_one_master_one_backup(lab):
     assert ca["demote"] == 0 and ca["srcip"] == APPLIANCES["A"][1]
     assert cb["peer_advert"]["src"] == APPLIANCES["A"][1] and cb["peer_advert"]["interval"] == 1.0
     assert cb["peer"].startswith(f"{APPLIANCES['A'][1]} every 1s") and cb["adverts_received"] >= 1
-    assert sum(cb["drops"].values()) == 0
+    assert cb["drops"]["hmac"] == 0
     m = metrics(a)
     assert m['pydp_carp_state{cluster="web",state="master"}'] == 1
     assert m['pydp_carp_state{cluster="web",state="backup"}'] == 0
-    assert m['pydp_carp_transitions_total{cluster="web"}'] == 2               # init -> backup -> master
+    assert m['pydp_carp_transitions_total{cluster="web"}'] >= 2               # init -> backup -> master, at least
+    assert a.transitions()[-1]["state"] == "master"
     assert m['pydp_carp_drops_total{cluster="web",reason="hmac"}'] == 0
     assert m['pydp_cluster_active{cluster="web"}'] == 1
     assert metrics(b)['pydp_carp_state{cluster="web",state="backup"}'] == 1
@@ -130,11 +167,7 @@ def test_b_master_killed_backup_takes_over(lab):
 
 def test_c_restart_without_preempt_backup_stays(lab):
     a, b = lab.a, lab.b
-    a.stop()
-    pydpctl("cluster", "edit", "web", "--no-preempt", db=a.db)
-    t0 = time.time()
-    a.start()
-    a.wait_state("backup", 10)
+    t0 = b_master_a_backup(lab)
     transitions_b = len(b.transitions())
     time.sleep(3 + 1.5)             # longer than A's master-down interval: A hears B and stays backup
     assert a.state() == "backup" and b.state() == "master"
@@ -149,6 +182,7 @@ def test_d_flood_on_the_exception_path_does_not_flap(lab):
     """20k pps of UDP to A's own address (the bulk exception class) for 5 s while A is backup: A must keep hearing
     B's advertisements (priority class), so nobody changes state."""
     a, b = lab.a, lab.b
+    b_master_a_backup(lab)
     ta, tb = len(a.transitions()), len(b.transitions())
     before, heard = a.counters(), a.carp()["adverts_received"]
     flood = lab.flood(a, pps=20000, seconds=5)
@@ -172,6 +206,7 @@ def test_d_flood_on_the_exception_path_does_not_flap(lab):
 
 def test_e_restart_with_preempt_takes_back(lab):
     a, b = lab.a, lab.b
+    b_master_a_backup(lab)
     t_kill = a.kill()               # A is backup: nothing moves
     assert b.state() == "master"
     a.stop()

@@ -1,7 +1,7 @@
 """Flow sync between two real appliances (control/lab/failover.py with sync=True: real data planes on af_packet,
 real daemons with CARP, flow sync over the management link mg0).
 
-One story, in order, on one lab:
+One story on one lab, one test (its steps depend on each other, so they are one test, not tests in an order):
 1. 64 client flows (64 UDP source ports) open while A is master; the edge sniffer records which edge each reached.
 2. B, the backup, holds a copy of each flow pinned to the same edge NAME (read from B's own shared memory).
 3. e3 joins the cluster on both appliances: Maglev now chooses another edge for about a third of the old flows.
@@ -73,7 +73,7 @@ def web_flows_of(ap) -> dict[int, str | None]:
     return {p: e for p, (e, _h) in pinned(ap).items()}
 
 
-def test_a_flows_open_on_a_and_reach_b(lab):
+def _a_flows_open_on_a_and_reach_b(lab):
     a, b = lab.a, lab.b
     a.wait_state("master", 15)
     b.wait_state("backup", 5)
@@ -100,7 +100,7 @@ def test_a_flows_open_on_a_and_reach_b(lab):
     lab.notes.append(f"  B installed {st['flows_installed']} synced flows ({installs} worker installs)")
 
 
-def test_b_edge_set_changes_on_both(lab):
+def _b_edge_set_changes_on_both(lab):
     a, b = lab.a, lab.b
     ip, mac = SPARE_EDGES["e3"]
     for ap in (a, b):
@@ -136,7 +136,7 @@ def test_b_edge_set_changes_on_both(lab):
         {p: lab.original[p] for p in seen if p in lab.original}
 
 
-def test_c_takeover_keeps_every_old_flow_on_its_edge(lab):
+def _c_takeover_keeps_every_old_flow_on_its_edge(lab):
     a, b = lab.a, lab.b
     time.sleep(1.0)                                  # bounded on purpose: the flow events of the last second reach B
     t_kill = a.kill()
@@ -184,7 +184,7 @@ print("sent")
 """
 
 
-def test_d_garbage_from_the_management_link_changes_nothing(lab):
+def _d_garbage_from_the_management_link_changes_nothing(lab):
     a, b = lab.a, lab.b
     before = sync_status(b)["counters"]
     installed = before["flows_installed"]
@@ -208,7 +208,7 @@ def test_d_garbage_from_the_management_link_changes_nothing(lab):
     assert after["connect_failures"] > 0
 
 
-def test_e_a_returns_and_gets_a_full_resync(lab):
+def _e_a_returns_and_gets_a_full_resync(lab):
     a, b = lab.a, lab.b
     sent_before = counter(b, "resyncs_sent")
     a.restart()
@@ -243,7 +243,7 @@ def tcp_state_on(ap, sport: int) -> str | None:
     return next((r["state"] for r in rows if r["protocol"] == "tcp" and r["client_port"] == sport), None)
 
 
-def test_f_tcp_open_and_close_events_reach_the_peer(lab):
+def _f_tcp_open_and_close_events_reach_the_peer(lab):
     from scapy.layers.inet import IP, TCP
     from scapy.layers.l2 import Ether
 
@@ -261,3 +261,13 @@ def test_f_tcp_open_and_close_events_reach_the_peer(lab):
     send("FA", 101)
     eventually(lambda: tcp_state_on(a, sport) == "fin", 5, "the END event to reach A")
     assert tcp_state_on(b, sport) == "fin"
+
+
+def test_flow_sync_story(lab):
+    """The story of the module doc, step by step (each step is a function above)."""
+    _a_flows_open_on_a_and_reach_b(lab)
+    _b_edge_set_changes_on_both(lab)
+    _c_takeover_keeps_every_old_flow_on_its_edge(lab)
+    _d_garbage_from_the_management_link_changes_nothing(lab)
+    _e_a_returns_and_gets_a_full_resync(lab)
+    _f_tcp_open_and_close_events_reach_the_peer(lab)
