@@ -20,6 +20,7 @@ import sys
 from typing import Any, Callable, Sequence
 
 from control.store import DEFAULT_PATH, StoreError
+from pydp import add_version_option
 
 __all__ = ["main", "build_parser", "format_table", "parse_edge", "SORT_COLUMNS"]
 
@@ -614,6 +615,7 @@ def build_parser() -> Parser:
                           f"else {DEFAULT_PATH})")
     top.add_argument("--socket", metavar="PATH", default=None,
                      help="the pydp-control socket (default: $PYDP_SOCKET, else /run/pydp/control.sock)")
+    add_version_option(top)
     sub = top.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     def add(parent: Any, name: str, func: Callable[[argparse.Namespace], int], help: str, examples: list[str],

@@ -16,7 +16,7 @@ import signal
 import sys
 import time
 
-from pydp import config as pconfig
+from pydp import add_version_option, config as pconfig
 from pydp._ffi import ffi, lib
 from pydp.apply import ApplyError, apply_config
 from pydp.shm import Region, ShmError
@@ -213,9 +213,10 @@ class Dataplane:
         return out
 
 
-def _parse_args(argv):
+def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="pydp-dataplane", description=__doc__.splitlines()[0], epilog=EPILOG,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_version_option(ap)
     ap.add_argument("--config", required=True, metavar="FILE", help="appliance config (TOML, see docs/config.md)")
     ap.add_argument("--shm", metavar="PATH", help="shared-memory region (default: dataplane.shm_path)")
     ap.add_argument("--own-all", action="store_true",
@@ -228,6 +229,11 @@ def _parse_args(argv):
     ap.add_argument("--pcap-exception", metavar="FILE.pcap", help="with --pcap-in: what went to the kernel")
     ap.add_argument("--stats-json", metavar="FILE", help="with --pcap-in: write the counter summary here")
     ap.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    return ap
+
+
+def _parse_args(argv):
+    ap = build_parser()
     args = ap.parse_args(argv)
     if (args.pcap_out or args.pcap_exception or args.stats_json) and not args.pcap_in:
         ap.error("--pcap-out, --pcap-exception and --stats-json go with --pcap-in")

@@ -28,6 +28,8 @@ import sys
 import time
 from typing import TYPE_CHECKING
 
+from pydp import add_version_option
+
 if TYPE_CHECKING:
     from control.carp import driver
 
@@ -54,6 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog=PROG, allow_abbrev=False, formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG,
         description="CARP failover of one cluster IP on one interface; interoperates with ucarp and OpenBSD.")
+    add_version_option(p)
     g = p.add_argument_group("ucarp's flags")
     g.add_argument("-i", "--interface", metavar="IF", required=True, help="the interface to run on")
     g.add_argument("-s", "--srcip", metavar="IP", required=True,
