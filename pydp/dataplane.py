@@ -16,7 +16,7 @@ import signal
 import sys
 import time
 
-from pydp import add_version_option, config as pconfig
+from pydp import add_version_option, config as pconfig, service
 from pydp._ffi import ffi, lib
 from pydp.apply import ApplyError, apply_config
 from pydp.shm import Region, ShmError
@@ -297,9 +297,13 @@ def main(argv=None) -> int:
         return 1
     log.info("forwarding on %s with %d workers; shared memory %s", ", ".join(p.name for p in cfg.ports),
              len(cfg.dataplane.worker_lcores), dpl.shm_path)
+    # systemd (Type=notify): ready now; the watchdog is fed while every worker keeps polling (pydp/service.py)
+    service.notify("READY=1", f"STATUS=forwarding on {', '.join(p.name for p in cfg.ports)}")
+    watchdog = service.Watchdog(service.WorkerProgress(dpl.region))
     try:
         while not stop["now"]:
             lib.pydp_dp_poll()
+            watchdog.tick()
             if stop["reload"]:
                 stop["reload"] = False
                 try:
@@ -309,6 +313,7 @@ def main(argv=None) -> int:
             time.sleep(0.1)
     finally:
         log.info("stopping")
+        service.notify("STOPPING=1")
         dpl.stop()
     return 0
 
