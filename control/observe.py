@@ -131,7 +131,7 @@ def clusters(region: Region) -> dict[str, dict]:
                                   "mac": _mac_bytes(mac) if any(mac) else None,
                                   "state": EDGE_STATES.get(ed.state, str(ed.state)), "weight": int(ed.weight)}
         out[_s(c.name)] = {"slot": i, "uid": int(c.uid), "cluster_ip": str(unpack_addr(c.family, c.vip)),
-                           "enabled": bool(c.enabled), "active": bool(region.hdr.active[i]),
+                           "enabled": bool(c.enabled), "active": bool(c.owned),
                            "dsr": DSR_NAMES.get(c.dsr_mode, str(c.dsr_mode)), "maglev_size": int(c.maglev_size),
                            "table_version": int(c.table_version), "edges": edges}
     return out

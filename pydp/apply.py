@@ -59,7 +59,7 @@ def _set_globals(slot, dp) -> None:
     ffi.memmove(slot.gateway_mac, _mac_bytes(ip.gateway_mac) if ip.gateway_mac else bytes(6), 6)
 
 
-def _fill_cluster(slot_cluster, cl, default_size: int, edge_health: dict, warnings: list) -> None:
+def _fill_cluster(slot_cluster, cl, default_size: int, edge_health: dict, owned: bool, warnings: list) -> None:
     c = slot_cluster
     family, vip = pack_addr(cl.cluster_ip)
     if c.family == lib.PYDP_AF_NONE or ffi.string(c.name).decode() != cl.name:
@@ -69,6 +69,7 @@ def _fill_cluster(slot_cluster, cl, default_size: int, edge_health: dict, warnin
         c.uid, c.table_version = uid, version
         c.name = cl.name.encode()
     c.family = family
+    c.owned = 1 if owned else 0
     ffi.memmove(c.vip, vip, 16)
     c.enabled = 1 if cl.enabled else 0
     c.dsr_mode = DSR_MODES[cl.dsr]
@@ -110,12 +111,20 @@ def _fill_cluster(slot_cluster, cl, default_size: int, edge_health: dict, warnin
         e.state = state
 
 
-def apply_config(region: Region, cfg, *, edge_health: dict | None = None, timeout_ms: int = 2000) -> ApplyResult:
+def apply_config(region: Region, cfg, *, owned=(), edge_health: dict | None = None,
+                 timeout_ms: int = 2000) -> ApplyResult:
     """Publishes ``cfg`` (a pydp.config.ApplianceConfig) as the data plane's next config generation.
 
+    ``owned`` names the clusters this appliance forwards for (elected by CARP, standalone, or owned by order): their
+    ownership is published in the same generation as the clusters themselves, and every other cluster -- a slot
+    freed or given to another cluster included -- is published as not owned.
     ``edge_health`` maps (cluster, edge) to False for edges failing their health checks (they become DOWN).
     """
     edge_health = edge_health or {}
+    owned = set(owned)
+    unknown = owned - {cl.name for cl in cfg.clusters}
+    if unknown:
+        raise ApplyError(f"cannot own {', '.join(sorted(unknown))}: no such cluster in the config")
     if len(cfg.clusters) > lib.PYDP_MAX_CLUSTERS:
         raise ApplyError(f"{len(cfg.clusters)} clusters, at most {lib.PYDP_MAX_CLUSTERS}")
     for cl in cfg.clusters:
@@ -132,6 +141,7 @@ def apply_config(region: Region, cfg, *, edge_health: dict | None = None, timeou
         for name, i in current.items():
             if name not in wanted:
                 slot.clusters[i].family = lib.PYDP_AF_NONE
+                slot.clusters[i].owned = 0
                 slot.clusters[i].uid = (slot.clusters[i].uid + 1) & 0xFFFF
                 region.rebuild(slot, i)
         free = [i for i in range(lib.PYDP_MAX_CLUSTERS) if slot.clusters[i].family == lib.PYDP_AF_NONE]
@@ -139,7 +149,7 @@ def apply_config(region: Region, cfg, *, edge_health: dict | None = None, timeou
         for cl in cfg.clusters:
             i = current[cl.name] if cl.name in current else free.pop(0)
             before = _table_key(slot.clusters[i]) if cl.name in current else None
-            _fill_cluster(slot.clusters[i], cl, cfg.dataplane.maglev_size, edge_health, warnings)
+            _fill_cluster(slot.clusters[i], cl, cfg.dataplane.maglev_size, edge_health, cl.name in owned, warnings)
             if before != _table_key(slot.clusters[i]):
                 region.rebuild(slot, i)
                 rebuilt.append(cl.name)

@@ -7,6 +7,7 @@ publishes the config into shared memory and then only watches links and signals.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
@@ -25,9 +26,14 @@ log = logging.getLogger("pydp.dataplane")
 
 PCI_RE = re.compile(r"^([0-9a-fA-F]{4}:)?[0-9a-fA-F]{2}:[0-9a-fA-F]{2}\.[0-7]$")
 EPILOG = """examples:
-  pydp-dataplane --config /etc/pydp/appliance.toml
-  pydp-dataplane --config lab.toml --own-all            # forward without waiting for CARP (no pydp-control)
+  pydp-dataplane --config /etc/pydp/appliance.toml --managed   # an appliance: pydp-control publishes the clusters
+  pydp-dataplane --config lab.toml --own-all            # alone: forward the file's clusters, no CARP, no pydp-control
   pydp-dataplane --config lab.toml --pcap-in in.pcap --pcap-out out.pcap --pcap-exception kernel.pcap
+
+--managed: the file gives the data plane's own settings (ports, lcores, memory); its clusters are ignored and the
+clusters, their edges and their ownership come from pydp-control alone (its store is the configuration of record).
+SIGHUP then asks pydp-control to re-apply the store. Without --managed the file's clusters are published at start
+and SIGHUP re-reads them (standalone use without pydp-control).
 
 In pcap mode the capture runs once through the real fast path (DPDK net_pcap), every cluster counts as active,
 and a JSON summary of the counters is printed (--stats-json FILE writes it to a file too).
@@ -101,8 +107,10 @@ def eal_args(cfg, *, pcap: dict | None = None, shm_path: str | None = None) -> t
 class Dataplane:
     """One data plane in this process (DPDK allows one EAL per process)."""
 
-    def __init__(self, cfg, *, shm_path: str | None = None, pcap: dict | None = None, busy_poll: bool | None = None):
+    def __init__(self, cfg, *, shm_path: str | None = None, pcap: dict | None = None, busy_poll: bool | None = None,
+                 managed: bool = False):
         self.cfg = cfg
+        self.managed = managed
         self.pcap = pcap
         self.shm_path = shm_path or cfg.dataplane.shm_path
         self.busy_poll = cfg.dataplane.busy_poll if busy_poll is None else busy_poll
@@ -152,21 +160,34 @@ class Dataplane:
             lib.pydp_dp_teardown()
             raise LaunchError(err)
         self.region = Region(handle)
+        handle.hdr.managed = 1 if self.managed else 0
         return self.region
 
     def apply(self, cfg=None, *, own_all: bool = False, inactive: tuple = ()) -> None:
+        """Publishes the file's config (standalone use). Managed, only the data plane's own settings are published
+        and no cluster: pydp-control publishes those."""
         cfg = cfg or self.cfg
-        result = apply_config(self.region, cfg)
+        if self.managed:
+            cfg = dataclasses.replace(cfg, clusters=[])
+        # standalone clusters have no failover: this appliance always owns them; ownership is part of the publish
+        owned = {c.name for c in cfg.clusters if (own_all or c.mode == "standalone") and c.name not in inactive}
+        result = apply_config(self.region, cfg, owned=owned)
         for w in result.warnings:
             log.warning("%s", w)
-        for c in cfg.clusters:
-            # standalone clusters have no failover: this appliance always owns them
-            if (own_all or c.mode == "standalone") and c.name not in inactive:
-                self.region.set_active(result.slots[c.name], True)
-        log.info("config generation %d published: %d clusters, tables rebuilt for %s", result.generation,
-                 len(result.slots), ", ".join(result.rebuilt) or "none")
+        if self.managed:
+            log.info("config generation %d published: the data plane's settings; clusters come from pydp-control",
+                     result.generation)
+        else:
+            log.info("config generation %d published: %d clusters, tables rebuilt for %s", result.generation,
+                     len(result.slots), ", ".join(result.rebuilt) or "none")
         self.cfg = cfg
         self.slots = result.slots
+
+    def request_reload(self) -> int:
+        """Managed: asks pydp-control to re-apply its store (it watches the counter). Returns the new count."""
+        h = self.region.hdr
+        h.reload_requests = int(h.reload_requests) + 1
+        return int(h.reload_requests)
 
     def stop(self) -> None:
         """Stops the workers and releases ports, shared memory, EAL and its runtime directory."""
@@ -219,6 +240,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_version_option(ap)
     ap.add_argument("--config", required=True, metavar="FILE", help="appliance config (TOML, see docs/config.md)")
     ap.add_argument("--shm", metavar="PATH", help="shared-memory region (default: dataplane.shm_path)")
+    ap.add_argument("--managed", action="store_true",
+                    help="run for pydp-control: take clusters and ownership from it only (the file's clusters are "
+                         "ignored); SIGHUP asks it to re-apply its store")
     ap.add_argument("--own-all", action="store_true",
                     help="own every cluster IP from the start (no CARP; labs and tests)")
     ap.add_argument("--inactive", action="append", default=[], metavar="CLUSTER",
@@ -239,6 +263,9 @@ def _parse_args(argv):
         ap.error("--pcap-out, --pcap-exception and --stats-json go with --pcap-in")
     if args.pcap_in and not args.pcap_out:
         ap.error("--pcap-in needs --pcap-out")
+    if args.managed and (args.own_all or args.inactive or args.pcap_in):
+        ap.error("--managed takes clusters and ownership from pydp-control: not with --own-all, --inactive or "
+                 "--pcap-in")
     if args.pcap_in and not os.path.isfile(args.pcap_in):
         ap.error(f"--pcap-in {args.pcap_in}: no such file")
     return args
@@ -259,7 +286,7 @@ def main(argv=None) -> int:
     shm = args.shm
     if pcap is not None and shm is None:
         shm = f"/dev/shm/pydp-pcap-{os.getpid()}"
-    dpl = Dataplane(cfg, shm_path=shm, pcap=pcap, busy_poll=args.busy_poll or None)
+    dpl = Dataplane(cfg, shm_path=shm, pcap=pcap, busy_poll=args.busy_poll or None, managed=args.managed)
     try:
         unknown = set(args.inactive) - {c.name for c in cfg.clusters}
         if unknown:
@@ -306,6 +333,12 @@ def main(argv=None) -> int:
             watchdog.tick()
             if stop["reload"]:
                 stop["reload"] = False
+                if dpl.managed:
+                    # the store is the configuration of record: the file's clusters are never published here
+                    n = dpl.request_reload()
+                    log.info("reload: asked pydp-control to re-apply its store (request %d); the file's clusters "
+                             "are not read in managed mode", n)
+                    continue
                 try:
                     dpl.apply(pconfig.load(args.config), own_all=args.own_all, inactive=tuple(args.inactive))
                 except (pconfig.ConfigError, ApplyError, ShmError) as exc:

@@ -143,12 +143,30 @@ class Region:
         ptr = lib.pydp_shm_maglev(self._shm, slot, cluster)
         return np.frombuffer(ffi.buffer(ptr, self.hdr.maglev_max), dtype=np.uint8)[:size]
 
-    # ---- ownership (CARP) ----
-    def set_active(self, cluster: int, active: bool) -> None:
-        self.hdr.active[cluster] = 1 if active else 0
-
+    # ---- ownership (CARP), published with the config ----
     def is_active(self, cluster: int) -> bool:
-        return bool(self.hdr.active[cluster])
+        """Whether the current generation has this appliance forwarding for the cluster in this slot."""
+        return bool(self.config().clusters[cluster].owned)
+
+    def set_active(self, cluster: int, active: bool, timeout_ms: int = 2000) -> int:
+        """Publishes a generation that changes only the ownership of the cluster in this slot (tools and tests;
+        pydp-control and pydp-dataplane publish ownership with apply_config). Returns the generation."""
+        with self.writer(timeout_ms) as slot:
+            if slot.clusters[cluster].family == lib.PYDP_AF_NONE and active:
+                raise ShmError(f"cluster slot {cluster} is empty: nothing to own")
+            slot.clusters[cluster].owned = 1 if active else 0
+        return self.generation
+
+    # ---- what the data plane tells its controller ----
+    @property
+    def managed(self) -> bool:
+        """The data plane was started with --managed: its clusters come from pydp-control only."""
+        return bool(self.hdr.managed)
+
+    @property
+    def reload_requests(self) -> int:
+        """Bumped by a managed data plane on SIGHUP: the controller re-applies its store."""
+        return int(self.hdr.reload_requests)
 
     # ---- config writes ----
     @contextlib.contextmanager

@@ -22,7 +22,7 @@ extern "C" {
 /* cdef-begin */
 
 #define PYDP_SHM_MAGIC 0x314d534850445950
-#define PYDP_LAYOUT_VERSION 2
+#define PYDP_LAYOUT_VERSION 3
 
 #define PYDP_MAX_CLUSTERS 64
 #define PYDP_MAX_EDGES 16
@@ -121,7 +121,10 @@ struct pydp_cluster {
     uint8_t  dsr_mode;       /* enum pydp_dsr_mode */
     uint8_t  ipsec_local;    /* IPSec local termination: ESP/AH/IKE/NAT-T hash on (client IP, cluster IP) */
     uint16_t uid;            /* changes whenever the slot is given to another cluster */
-    uint16_t pad0;
+    uint8_t  owned;          /* 1 = this appliance forwards for the cluster IP (CARP master, standalone, --own-all).
+                              * Part of the generation: ownership is published with the cluster it belongs to, so
+                              * a freed or reused slot can never keep the previous cluster's ownership. */
+    uint8_t  pad0;
     uint32_t maglev_size;    /* prime, <= header maglev_max */
     uint32_t table_version;  /* bumped whenever this cluster's Maglev table is rebuilt */
     struct pydp_edge edges[16];
@@ -359,8 +362,11 @@ struct pydp_shm_header {
     /* cache line: published generation */
     uint64_t generation;         /* the slot in use is generation & 1 */
     uint64_t pad2[7];
-    /* cache line: ownership flags (CARP master), written by the control plane */
-    uint8_t  active[64];
+    /* cache line: what the data plane tells its controller */
+    uint64_t reload_requests;    /* bumped by a managed data plane on SIGHUP: pydp-control re-applies the store */
+    uint32_t managed;            /* 1 = started with --managed: its clusters come from pydp-control only */
+    uint32_t pad4;
+    uint64_t pad5[6];
     struct pydp_worker_state workers[16];
     struct pydp_port_info ports[4];
 };

@@ -34,7 +34,9 @@ _Static_assert(sizeof(((struct pydp_event_ring *)0)->events) / 64 == PYDP_EVENT_
 _Static_assert(sizeof(struct pydp_worker_state) == 64, "pydp_worker_state layout");
 _Static_assert(sizeof(struct pydp_port_info) == 128, "pydp_port_info layout");
 _Static_assert(offsetof(struct pydp_shm_header, generation) % 64 == 0, "generation on its own cache line");
-_Static_assert(offsetof(struct pydp_shm_header, active) % 64 == 0, "active flags on their own cache line");
+_Static_assert(offsetof(struct pydp_shm_header, reload_requests) % 64 == 0, "controller line cache aligned");
+_Static_assert(offsetof(struct pydp_shm_header, workers) - offsetof(struct pydp_shm_header, reload_requests) == 64,
+               "controller line: one cache line");
 _Static_assert(offsetof(struct pydp_shm_header, workers) % 64 == 0, "worker states cache aligned");
 _Static_assert(PYDP_DROP__COUNT <= PYDP_DROP_SLOTS, "drop reasons fit");
 _Static_assert(sizeof(((struct pydp_config *)0)->vip_index) == PYDP_VIP_INDEX_SIZE, "vip index size");

@@ -224,7 +224,7 @@ static inline int wrk_classify(struct dp_worker *w, uint32_t pi, struct wrk_pkt 
         dp_drop(ps, p->m, PYDP_DROP_DISABLED);
         return 0;
     }
-    if (unlikely(!dp.shm.hdr->active[ci])) {
+    if (unlikely(!c->owned)) {
         w->cstats[ci].drop_not_active++;
         dp_drop(ps, p->m, PYDP_DROP_NOT_ACTIVE);
         return 0;

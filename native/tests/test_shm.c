@@ -194,8 +194,10 @@ test_header(struct pydp_shm *shm)
     CHECK_EQ(h->total_size % ALIGN, 0);
     for (w = 0; w < PYDP_MAX_WORKERS; w++)
         CHECK(h->workers[w].seen_gen == UINT64_MAX);
-    for (w = 0; w < 64; w++)
-        CHECK_EQ(h->active[w], 0);
+    CHECK_EQ(h->reload_requests, 0);
+    CHECK_EQ(h->managed, 0);
+    for (w = 0; w < PYDP_MAX_CLUSTERS; w++)
+        CHECK_EQ(pydp_shm_config(shm, 0)->clusters[w].owned, 0);
 
     CHECK_EQ(h->flow_table_stride % ALIGN, 0);
     CHECK(h->flow_table_stride >= pydp_flow_table_bytes(FLOW_CAP));
@@ -275,8 +277,8 @@ test_attach(struct pydp_shm *shm)
     CHECK_EQ(other.hdr->nb_workers, NB_WORKERS);
 
     /* ... of the same memory, both ways */
-    shm->hdr->active[7] = 1;
-    CHECK_EQ(other.hdr->active[7], 1);
+    shm->hdr->reload_requests = 7;
+    CHECK_EQ(other.hdr->reload_requests, 7);
     pydp_shm_worker_stats(&other, 1)->flow_hits = 0x1122334455667788ull;
     CHECK(pydp_shm_worker_stats(shm, 1)->flow_hits == 0x1122334455667788ull);
     pydp_shm_cluster_stats(shm, 1, 63)->drop_no_edge = 42;
@@ -287,7 +289,7 @@ test_attach(struct pydp_shm *shm)
     CHECK_EQ(pydp_shm_config(&other, 1)->udp_timeout_ms, 1234);
 
     /* undo, so the later tests start from a fresh region */
-    shm->hdr->active[7] = 0;
+    shm->hdr->reload_requests = 0;
     pydp_shm_worker_stats(shm, 1)->flow_hits = 0;
     pydp_shm_cluster_stats(shm, 1, 63)->drop_no_edge = 0;
     pydp_shm_maglev(shm, 1, 63)[MAGLEV_MAX - 1] = 0;

@@ -85,10 +85,10 @@ def test_attach_round_trip(region, shm_path):
         assert other.maglev_max == MAGLEV_MAX
         assert other.hdr.total_size == region.hdr.total_size
         assert other.hdr != region.hdr                  # two mappings ...
-        region.set_active(5, True)                      # ... of one memory
-        assert other.is_active(5)
-        other.set_active(5, False)
-        assert not region.is_active(5)
+        region.hdr.reload_requests = 5                  # ... of one memory
+        assert other.reload_requests == 5
+        other.hdr.reload_requests = 0
+        assert region.reload_requests == 0
         other.config().udp_timeout_ms = 4321
         assert region.config().udp_timeout_ms == 4321
     finally:
