@@ -55,7 +55,7 @@ def control_lab(stack: contextlib.ExitStack, lb_ns: str, appliance: str, workdir
                 args=("--own-all",)) -> tuple[DataplaneProcess, "ControlProcess", Path]:
     """A data plane running `appliance` in lb_ns, its config imported into a new store, and pydp-control on both;
     stopped when stack closes. Returns (data plane, daemon, store path)."""
-    dp = DataplaneProcess(lb_ns, appliance, workdir)
+    dp = DataplaneProcess(lb_ns, appliance, workdir, args=["--managed"])
     stack.callback(dp.stop)
     dp.start()
     db = workdir / "pydp.db"

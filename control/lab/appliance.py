@@ -47,7 +47,7 @@ class Appliance:
         self.db = workdir / "pydp.db"
         (workdir / "store.toml").write_text(text)
         pydpctl("import", workdir / "store.toml", db=self.db)
-        self.dp = DataplaneProcess(ns, text, workdir, shm=shm)
+        self.dp = DataplaneProcess(ns, text, workdir, shm=shm, args=["--managed"])
         self.ctl = ControlProcess(ns, workdir, self.db, self.dp.shm, metrics=metrics)
 
     # ---- life cycle ----

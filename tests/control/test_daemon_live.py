@@ -139,7 +139,7 @@ def lab(tmp_path_factory):
         veth(lb_ns, "lb0", "c0", ns_b=cl_ns, mac_a=LB_MAC)
         # the data plane starts with a config of its own and owns nothing: ownership and the store's config
         # come from the daemon
-        dp = DataplaneProcess(lb_ns, appliance_text(), tmp)
+        dp = DataplaneProcess(lb_ns, appliance_text(), tmp, args=["--managed"])
         stack.callback(dp.stop)
         dp.start()
         ns_run(lb_ns, "ip", "link", "set", "pydp-p0", "up")
@@ -376,3 +376,74 @@ def test_g_other_writer_and_graceful_stop(lab):
     wait_applied(lab)
     events = [e["event"] for e in ctl.events()]
     assert "daemon_stopped" in events
+
+
+def _wait(cond, what: str, lab, timeout: float = 5.0):
+    deadline = time.monotonic() + timeout
+    while True:
+        got = cond()
+        if got:
+            return got
+        assert time.monotonic() < deadline, f"{what}:\n{lab['ctl'].log.read_text()[-3000:]}"
+        time.sleep(0.05)
+
+
+def test_h_foreign_publish_is_drift_and_repaired_within_a_second(lab):
+    """Issue 12, story 1: e1 drained and e3 removed through pydpctl, then another writer publishes the file's
+    clusters (what an unmanaged data plane's SIGHUP does). The daemon notices the generation it did not publish,
+    logs what differed, and puts the store back within a second; new flows then reach e2 only."""
+    from pydp import config as pconfig
+    from pydp.apply import apply_config
+
+    reset(lab, edges=("e1", "e2", "e3"))
+    pydpctl(lab, "edge", "drain", "web", "e1")
+    pydpctl(lab, "edge", "remove", "web", "e3")
+    wait_applied(lab)
+    assert {n: e["state"] for n, e in region_web(lab)["edges"].items()} == {"e1": "draining", "e2": "up"}
+    ctl, region = lab["ctl"], lab["dp"].region
+    drifts_before = len(ctl.events("config_drift"))
+    published = region.generation
+    file_cfg = pconfig.loads(appliance_text(("e1", "e2", "e3")))
+    t0 = time.monotonic()
+    foreign = apply_config(region, file_cfg, owned={"web", "other"}).generation
+    assert foreign == published + 1
+    _wait(lambda: region.generation > foreign and {n: e["state"] for n, e in region_web(lab)["edges"].items()}
+          == {"e1": "draining", "e2": "up"}, "the daemon did not repair the foreign generation", lab)
+    repaired_s = time.monotonic() - t0
+    assert repaired_s < 2.0, f"repair took {repaired_s:.2f} s"     # watch period 0.5 s + one publish
+    drift = ctl.events("config_drift")[drifts_before:]
+    assert len(drift) == 1 and drift[0]["generation"] == foreign and drift[0]["published_generation"] == published
+    text = " | ".join(drift[0]["differences"])
+    assert "edge e3 is live but was not published" in text and "edge e1" in text and "draining" in text
+    st = rpc.call(ctl.socket, "status")["daemon"]
+    assert st["drifts"] >= 1 and st["drift"] is None and st["published_generation"] == region.generation
+    # earlier tests left flows pinned to e1 (draining keeps them): cleared, every flow below is new: e2 only
+    pydpctl(lab, "flows", "flush", "--cluster", "web")
+    report = send(lab, flows=300, rounds=2, pps=2000, settle=0.5)
+    assert_clean(report, 300 * 2)
+    for flow, macs in report["per_flow"].items():
+        assert set(macs) == {MACS["e2"]}, f"new flow {flow} went to {macs}"
+
+
+def test_i_sighup_of_a_managed_data_plane_reapplies_the_store(lab):
+    """`systemctl reload` (SIGHUP) of a managed data plane publishes nothing itself: it asks the daemon, which
+    re-applies the store (reload_requested, config_applied), and no drift is seen."""
+    import os
+    import signal
+
+    reset(lab, edges=("e1", "e2", "e3"))
+    pydpctl(lab, "edge", "remove", "web", "e3")
+    wait_applied(lab)
+    ctl, dp = lab["ctl"], lab["dp"]
+    drifts = len(ctl.events("config_drift"))
+    reloads = len(ctl.events("reload_requested"))
+    before = dp.region.reload_requests
+    pid = int(dp.region.hdr.dp_pid)
+    os.kill(pid, signal.SIGHUP)
+    _wait(lambda: len(ctl.events("reload_requested")) > reloads, "no reload_requested event", lab)
+    assert dp.region.reload_requests == before + 1
+    _wait(lambda: any(e["reason"].startswith("reload requested") for e in ctl.events("config_applied")),
+          "the store was not re-applied", lab)
+    assert set(region_web(lab)["edges"]) == {"e1", "e2"}         # the file's e3 never came back
+    assert len(ctl.events("config_drift")) == drifts
+    assert "asked pydp-control to re-apply its store" in dp.log.read_text()

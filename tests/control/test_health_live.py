@@ -149,7 +149,7 @@ def lab(tmp_path_factory):
         stack.callback(listeners.stop_all)
         for e in MACS:
             listeners.start(e)
-        dp = DataplaneProcess(lb_ns, APPLIANCE, tmp)
+        dp = DataplaneProcess(lb_ns, APPLIANCE, tmp, args=["--managed"])
         stack.callback(dp.stop)
         dp.start()
         ns_run(lb_ns, "ip", "link", "set", "pydp-p0", "up")

@@ -1,0 +1,5 @@
+import sys
+
+from control.daemon.main import main
+
+sys.exit(main())
