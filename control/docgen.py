@@ -34,34 +34,9 @@ PROGRAMS = {
 SEE_ALSO = ["pydp-dataplane", "pydp-control", "pydpctl", "pydp-carp", "pydp-bootstrap", "pydp-lab"]
 
 
-class _Captured(Exception):
-    def __init__(self, parser):
-        self.parser = parser
-
-
-def _capture_parser(parse_args) -> argparse.ArgumentParser:
-    """The parser a parse_args(argv)-style function builds (for a program without build_parser): its
-    ArgumentParser.parse_args is stopped before it parses anything."""
-    original = argparse.ArgumentParser.parse_args
-
-    def stop(self, *args, **kwargs):
-        raise _Captured(self)
-    argparse.ArgumentParser.parse_args = stop
-    try:
-        parse_args([])
-    except _Captured as c:
-        return c.parser
-    finally:
-        argparse.ArgumentParser.parse_args = original
-    raise RuntimeError(f"{parse_args.__qualname__} built no parser")
-
-
 def parser_of(program: str) -> argparse.ArgumentParser:
     module, func = PROGRAMS[program]
-    mod = importlib.import_module(module)
-    if not hasattr(mod, func) and hasattr(mod, "parse_args"):
-        return _capture_parser(mod.parse_args)
-    return getattr(mod, func)()
+    return getattr(importlib.import_module(module), func)()
 
 
 def _subcommands(parser: argparse.ArgumentParser) -> list[tuple[str, str, argparse.ArgumentParser]]:

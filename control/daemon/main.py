@@ -57,7 +57,8 @@ from control.daemon.reconciler import Apply, Event, Inputs, DataplaneView, Recon
 from control.daemon.regions import DataplaneWatch, RegionHolder
 from control.daemon.status import MAX_FLOWS, StatusView
 from control.health import HealthChecker
-from control.logs import event, setup_logging
+from control.logs import add_log_options, event, setup_logging
+from pydp import add_version_option, service
 
 log = logging.getLogger("pydp.control")
 
@@ -638,6 +639,15 @@ class Daemon:
             heard.add_metric([name], s["adverts_received"])
         yield from (state, demote, drops, trans, sent, heard)
 
+    async def feed_watchdog(self) -> None:
+        """WATCHDOG=1 to systemd while this event loop turns (WatchdogSec= of the unit; nothing outside systemd)."""
+        watchdog = service.Watchdog(lambda: True)
+        if not watchdog.enabled:
+            return
+        while True:
+            await asyncio.sleep(watchdog.interval / 2)
+            watchdog.tick()
+
     def _metrics_region(self):
         holder = self.holder
         daemon = self
@@ -694,13 +704,16 @@ class Daemon:
         self.checker = HealthChecker(self._on_health)
         tasks = [asyncio.create_task(c) for c in (self.watch_dataplane(), self.watch_store(), self.resolve_macs(),
                                                   self.watch_health(), self.flowsync.run(),
-                                                  self.watch_flows())]
+                                                  self.watch_flows(), self.feed_watchdog())]
+        # systemd (Type=notify): serving now, the socket listens and a running data plane has the config
+        service.notify("READY=1", f"STATUS=serving {self.socket_path}")
         carp_stop = asyncio.Event()
         carp_task = asyncio.create_task(self.carp.run(lambda: self.cfg, carp_stop))
         try:
             await self.stop_event.wait()
         finally:
             event("daemon_stopping", reason="signal")
+            service.notify("STOPPING=1")
             await self.rpc_server.close()
             carp_stop.set()                     # masters bow out and release their cluster IPs
             try:
@@ -743,9 +756,10 @@ def default_db() -> str:
     return os.environ.get("PYDP_DB") or store_mod.DEFAULT_PATH
 
 
-def parse_args(argv=None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="pydp-control", description=__doc__.splitlines()[0], epilog=EPILOG,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_version_option(ap)
     ap.add_argument("--db", default=None, metavar="FILE",
                     help="config store (default: $PYDP_DB, else the store's default path)")
     ap.add_argument("--socket", default=rpc.DEFAULT_SOCKET, metavar="PATH",
@@ -763,9 +777,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--carp-src6", default=None, metavar="IP6",
                     help="source address of CARP advertisements for IPv6 clusters: this appliance's own IPv6 "
                          "address on the TAP (default: its first global IPv6 address, else its link-local one)")
-    ap.add_argument("--log-format", choices=("json", "text"), default="json",
-                    help="json (default): one object per line; text: key=value")
-    ap.add_argument("--log-level", choices=("debug", "info", "warning", "error"), default="info")
+    add_log_options(ap)
+    return ap
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    ap = build_parser()
     args = ap.parse_args(argv)
     from control.metrics import parse_address
 
@@ -790,7 +807,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    setup_logging(args.log_format, getattr(logging, args.log_level.upper()))
+    setup_logging(args.log_format, getattr(logging, args.log_level.upper()), program="pydp-control")
     if args.log_level == "info":
         # the driver's own lines repeat the daemon's carp_* events; its warnings (send errors, split brain) stay
         logging.getLogger("pydp.carp").setLevel(logging.WARNING)

@@ -147,3 +147,30 @@ def test_dataplane_notifies_systemd(tmp_path, notify_socket):
             proc.wait(timeout=30)
         out, err = proc.communicate()
     assert not os.path.exists(f"/dev/shm/pydp-svc-{os.getpid()}"), err
+
+
+def test_control_daemon_notifies_systemd(tmp_path, notify_socket):
+    """pydp-control under a Type=notify unit: READY=1 once its socket listens, WATCHDOG=1 while its event loop
+    turns, STOPPING=1 on SIGTERM; its log is JSON (not a terminal)."""
+    env, receive = notify_socket
+    sock = tmp_path / "control.sock"
+    proc = subprocess.Popen([sys.executable, "-P", "-m", "control.daemon", "--db", str(tmp_path / "pydp.db"),
+                             "--socket", str(sock), "--metrics", "", "--shm", str(tmp_path / "no-region")],
+                            env={**os.environ, **env, "WATCHDOG_USEC": "400000"},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        got = receive(60, lambda g: sum(m == "WATCHDOG=1" for m in g) >= 2)
+        assert got and got[0] == f"READY=1\nSTATUS=serving {sock}", (got, proc.poll())
+        assert sock.exists()
+        assert got.count("WATCHDOG=1") >= 2
+        proc.send_signal(signal.SIGTERM)
+        assert "STOPPING=1" in receive(30, lambda g: "STOPPING=1" in g)
+        assert proc.wait(timeout=30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=30)
+        _, err = proc.communicate()
+    import json
+    events = [json.loads(line)["event"] for line in err.splitlines() if line.startswith("{")]
+    assert events[0] == "daemon_started" and events[-1] == "daemon_stopped", err
