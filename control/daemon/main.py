@@ -579,8 +579,10 @@ class Daemon:
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
         rec = self.reconciler.status()
-        g = GaugeMetricFamily("pydp_control_applied_revision", "store revision last applied to the data plane")
-        g.add_metric([], rec["applied_revision"] if rec["applied_revision"] is not None else -1)
+        g = GaugeMetricFamily("pydp_control_applied_revision", "store revision last applied to the data plane "
+                              "(absent until the first apply)")
+        if rec["applied_revision"] is not None:
+            g.add_metric([], rec["applied_revision"])
         yield g
         d = CounterMetricFamily("pydp_control_config_drifts", "generations found in the data plane that this daemon "
                                 "did not publish (each one re-applied)")
@@ -590,10 +592,10 @@ class Daemon:
                                "published")
         dd.add_metric([], 1 if rec["drift"] else 0)
         yield dd
-        u = GaugeMetricFamily("pydp_edge_mac_unresolved", "edges without a MAC yet (they get no traffic)")
+        u = GaugeMetricFamily("pydp_unresolved_mac_edges", "edges without a MAC yet (they get no traffic)")
         u.add_metric([], len(self.neighbours.unresolved(self.cfg)))
         yield u
-        r = CounterMetricFamily("pydp_rpc_refused", "RPC connections refused: the peer was not root")
+        r = CounterMetricFamily("pydp_rpc_refused_connections", "RPC connections refused: the peer was not root")
         r.add_metric([], self.rpc_server.refused if self.rpc_server else 0)
         yield r
         yield from self._health_metrics()
@@ -606,12 +608,14 @@ class Daemon:
     def _health_metrics(self):
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
-        g = GaugeMetricFamily("pydp_edge_health", "the edge's health check: 1 up, 0 down, -1 unknown (not decided "
-                              "yet: counts as up)", labels=["cluster", "edge"])
+        g = GaugeMetricFamily("pydp_edge_health_state", "1 for the edge's health-check verdict: up, down, or unknown "
+                              "(not decided yet: counts as up)", labels=["cluster", "edge", "state"])
         t = CounterMetricFamily("pydp_edge_health_transitions", "changes of the edge's health (the first "
                                 "decision included)", labels=["cluster", "edge"])
         for key, up, n in self.health.rows():
-            g.add_metric(list(key), -1 if up is None else 1 if up else 0)
+            verdict = "unknown" if up is None else "up" if up else "down"
+            for s in ("up", "down", "unknown"):
+                g.add_metric([*key, s], 1 if s == verdict else 0)
             t.add_metric(list(key), n)
         yield from (g, t)
 
@@ -622,7 +626,7 @@ class Daemon:
                                   "(inactive: no instance runs, see pydpctl status)", labels=["cluster", "state"])
         demote = GaugeMetricFamily("pydp_carp_demote", "this appliance's CARP demotion for the cluster",
                                    labels=["cluster"])
-        drops = CounterMetricFamily("pydp_carp_drops", "CARP advertisements dropped, by reason",
+        drops = CounterMetricFamily("pydp_carp_dropped_adverts", "CARP advertisements dropped, by reason",
                                     labels=["cluster", "reason"])
         trans = CounterMetricFamily("pydp_carp_transitions", "CARP state changes", labels=["cluster"])
         sent = CounterMetricFamily("pydp_carp_adverts_sent", "CARP advertisements sent", labels=["cluster"])
@@ -647,6 +651,11 @@ class Daemon:
         while True:
             await asyncio.sleep(watchdog.interval / 2)
             watchdog.tick()
+
+    def _dataplane_pid(self) -> int:
+        """The attached data plane's pid (for its process metrics); a pid that names no process yields none."""
+        with self.holder.use() as region:
+            return int(region.hdr.dp_pid) if region is not None and self.dp_alive else 0
 
     def _metrics_region(self):
         holder = self.holder
@@ -685,7 +694,8 @@ class Daemon:
 
             try:
                 self.metrics_server = metrics.start(self.metrics_addr,
-                                                    metrics.Collector(self._metrics_region(), self._metrics_extra))
+                                                    metrics.Collector(self._metrics_region(), self._metrics_extra,
+                                                                      self._dataplane_pid))
             except OSError as exc:
                 await self.rpc_server.close()
                 with contextlib.suppress(Exception):

@@ -158,17 +158,17 @@ def test_metrics_collector(region):
 
     fams = {f.name: f for f in metrics.Collector(source).collect()}
     for name in ("pydp_dataplane_up", "pydp_config_generation", "pydp_port_rx_packets", "pydp_port_tx_packets",
-                 "pydp_port_exception_packets", "pydp_drops", "pydp_cluster_packets", "pydp_edge_packets",
-                 "pydp_edge_bytes", "pydp_edge_new_flows", "pydp_worker_busy_cycles", "pydp_flow_table_entries",
-                 "pydp_flow_table_occupancy_ratio", "pydp_cluster_active", "pydp_edge_state"):
+                 "pydp_port_exception_packets", "pydp_port_dropped_packets", "pydp_cluster_packets", "pydp_edge_packets",
+                 "pydp_edge_bytes", "pydp_edge_new_flows", "pydp_worker_busy_cycles", "pydp_flow_table_live_flows", "pydp_flow_table_capacity_flows",
+                 "pydp_flow_table_occupancy_ratio", "pydp_cluster_owned", "pydp_edge_state"):
         assert name in fams, name
     samples = {(s.name, tuple(sorted(s.labels.items()))): s.value for f in fams.values() for s in f.samples}
-    assert samples[("pydp_cluster_active", (("cluster", "web"),))] == 1
-    assert samples[("pydp_cluster_active", (("cluster", "dns"),))] == 0
+    assert samples[("pydp_cluster_owned", (("cluster", "web"),))] == 1
+    assert samples[("pydp_cluster_owned", (("cluster", "dns"),))] == 0
     assert samples[("pydp_edge_state", (("cluster", "web"), ("edge", "e1"), ("state", "up")))] == 1
     assert samples[("pydp_edge_state", (("cluster", "web"), ("edge", "e1"), ("state", "down")))] == 0
-    assert samples[("pydp_flow_table_entries", (("kind", "live"), ("worker", "1")))] == 1
-    assert samples[("pydp_flow_table_entries", (("kind", "capacity"), ("worker", "0")))] == 1024
+    assert samples[("pydp_flow_table_live_flows", (("worker", "1"),))] == 1
+    assert samples[("pydp_flow_table_capacity_flows", (("worker", "0"),))] == 1024
 
     @contextlib.contextmanager
     def nothing():
