@@ -856,6 +856,9 @@ class FlowSync:
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
         s = self.status()
+        en = GaugeMetricFamily("pydp_flowsync_enabled", "1 when flow sync is configured ([sync] in the store)")
+        en.add_metric([], 1 if s["enabled"] else 0)
+        yield en
         up = GaugeMetricFamily("pydp_flowsync_connected", "1 while the flow-sync connection is up, by direction "
                                "(out: this appliance sends, in: the peer sends)", labels=["direction"])
         up.add_metric(["out"], 1 if s["sending"]["state"] == "connected" else 0)
