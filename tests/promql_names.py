@@ -49,7 +49,8 @@ def exposed_names(text: str) -> set[str]:
     for line in text.splitlines():
         if line.startswith("# TYPE "):
             _, _, name, kind = line.split(maxsplit=3)
-            names |= {name + s for s in suffixes.get(kind.strip(), ("",))}
+            # prometheus_client names an empty counter's TYPE line with its _total already
+            names |= {name.removesuffix("_total") + s for s in suffixes.get(kind.strip(), ("",))}
         elif line and not line.startswith("#"):
             names.add(re.match(r"[a-zA-Z_:][a-zA-Z0-9_:]*", line).group(0))
     return names
