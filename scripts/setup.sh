@@ -68,6 +68,11 @@ else
     "$PYDP_BASE_PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
         || { echo "setup.sh: pydp needs Python >= 3.11; $PYDP_BASE_PYTHON is $base_ver (set PYTHON=)" >&2; exit 1; }
     have_ver="$("$PYDP_PY" -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null || true)"
+    if [ -d "$PYDP_PREFIX" ] && [ ! -f "$PYDP_PREFIX/pyvenv.cfg" ] && [ -n "$(ls -A "$PYDP_PREFIX")" ]; then
+        # never --clear a directory that is not a virtual environment
+        echo "setup.sh: PYDP_PREFIX=$PYDP_PREFIX exists and is not a virtual environment: choose another prefix" >&2
+        exit 1
+    fi
     if [ "$have_ver" != "$base_ver" ]; then
         # none yet, broken, or made by another Python version: (re)made, pydp is reinstalled below
         say "creating the virtual environment $PYDP_PREFIX with $PYDP_BASE_PYTHON (Python $base_ver)"

@@ -80,3 +80,16 @@ def test_setup_refuses_a_missing_python(tmp_path):
                           timeout=300)
     assert proc.returncode == 1 and "no such interpreter" in proc.stderr
     assert not (tmp_path / "p").exists()
+
+
+@pytest.mark.root
+def test_setup_refuses_a_prefix_that_is_no_venv(tmp_path):
+    """A PYDP_PREFIX holding other files is never cleared to make a venv: refused, the files stay."""
+    prefix = tmp_path / "busy"
+    prefix.mkdir()
+    (prefix / "keep.txt").write_text("mine")
+    env = {**os.environ, "PYTHON": DEBIAN_PYTHON, "PYDP_PREFIX": str(prefix), "PYDP_LINKS": "", "PYDP_HUGEPAGES": "0"}
+    proc = subprocess.run(["bash", str(ROOT / "scripts/setup.sh")], env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 1 and "is not a virtual environment" in proc.stderr
+    assert [p.name for p in prefix.iterdir()] == ["keep.txt"]
