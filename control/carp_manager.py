@@ -6,10 +6,10 @@ The source of our advertisements is the appliance's own address on that TAP (``-
 address on the TAP that is not a cluster IP). IPv6 clusters (OpenBSD's IPv6 CARP) use ``--carp-src6``, else the
 first global IPv6 address on the TAP that is not a cluster IP, else the TAP's link-local address.
 
-Taking a cluster IP: the fast path's ownership flag for the cluster is set (the daemon's ``set_owned``), the
-cluster IP goes on the TAP as a /32 (IPv6: a /128, nodad) so the kernel answers ARP (ND) for it on the exception
+Taking a cluster IP: the daemon publishes a generation with the cluster owned (its ``set_owned``; CARP waits for
+that publish), the cluster IP goes on the TAP as a /32 (IPv6: a /128, nodad) so the kernel answers ARP (ND) for it on the exception
 path, and the driver sends a gratuitous ARP (IPv6: an unsolicited neighbour advertisement) now and a second one two
-intervals later. Releasing undoes the flag and the address.
+intervals later. Releasing publishes the cluster as not owned and removes the address.
 
 The manager is driven by ``run()``: every TICK_S it reconciles the instances with the configuration (clusters
 added, removed, disabled or edited; the TAP appearing, vanishing or being re-created by a restarted data plane;
@@ -119,16 +119,27 @@ def tap_info(name: str) -> tuple[int, bool, list[str]] | None:
         return index, up, addrs
 
 
+async def _published(pending) -> None:
+    """Waits for the publish set_owned started (it returns an awaitable, or None when nothing changes)."""
+    if pending is None:
+        return
+    try:
+        await pending
+    except Exception:
+        log.exception("publishing the ownership change failed")
+
+
 class CarpManager:
     """The CARP instances of one daemon.
 
-    set_owned(name, owned): sets the fast path's ownership flag of a cluster (called on the loop).
+    set_owned(name, owned): this appliance forwards (or stops forwarding) for the cluster; returns an awaitable of
+        the publish, or None when nothing changes (called on the loop).
     interface(): the TAP the instances run on (None if no data port has one).
     health(tap): (common reasons, {cluster name: has an edge UP}) from the data plane.
     event(name, level, **fields): the daemon's structured log.
     """
 
-    def __init__(self, *, set_owned: Callable[[str, bool], None], interface: Callable[[], str | None],
+    def __init__(self, *, set_owned: Callable[[str, bool], Any], interface: Callable[[], str | None],
                  health: Callable[[str], tuple[list[str], dict[str, bool]]], event: Callable[..., None],
                  carp_src: str | None = None, carp_src6: str | None = None,
                  tap_lookup: Callable[[str], Any] = tap_info):
@@ -347,7 +358,7 @@ class CarpManager:
     # ---- hooks (run on the loop, in the machine's order) ----
 
     async def _take(self, name: str, inst: ManagedInstance) -> None:
-        self.set_owned(name, True)
+        await _published(self.set_owned(name, True))     # forwarding first, then the address and the announcement
         try:
             await inst.take_address()
         except Exception as exc:
@@ -355,7 +366,7 @@ class CarpManager:
                        interface=inst.cfg.interface, error=f"{type(exc).__name__}: {exc}")
 
     async def _release(self, name: str, inst: ManagedInstance) -> None:
-        self.set_owned(name, False)
+        await _published(self.set_owned(name, False))
         try:
             await inst.release_address()
         except Exception as exc:
@@ -372,7 +383,7 @@ class CarpManager:
             e.state, e.state_since, e.reason = new_s, time.time(), reason
         self.event("carp_transition", logging.WARNING if old_s == "master" and new_s == "backup" else logging.INFO,
                    cluster=name, vhid=inst.cfg.vhid, state=new_s, previous=old_s, reason=reason, source="carp",
-                   interface=inst.cfg.interface, demote=getattr(inst.machine, "demote", 0))
+                   interface=inst.cfg.interface, demote=inst.machine.demote)
 
     # ---- reading ----
 
@@ -469,21 +480,9 @@ def _ip6(text: str):
 
 
 def _state_name(state) -> str:
-    return getattr(state, "name", str(state)).lower()
+    return state.name.lower()
 
 
 def _close_failed(inst: driver.Instance) -> None:
     """Closes what a failed start may have opened."""
-    for attr in ("_rx", "_tx"):
-        s = getattr(inst, attr, None)
-        if s is not None:
-            try:
-                if inst._loop is not None:
-                    inst._loop.remove_reader(s.fileno())
-            except Exception:
-                pass
-            s.close()
-            setattr(inst, attr, None)
-    task = getattr(inst, "_effects_task", None)
-    if task is not None:
-        task.cancel()
+    inst.abort()

@@ -19,8 +19,10 @@ import os
 import sys
 from typing import Any, Callable, Sequence
 
+from control.rpc import DEFAULT_SOCKET
 from control.store import DEFAULT_PATH, StoreError
-from pydp import add_version_option
+from control.tables import format_fields, format_table
+from pydp import add_version_option, config
 
 __all__ = ["main", "build_parser", "format_table", "parse_edge", "SORT_COLUMNS"]
 
@@ -50,17 +52,6 @@ class Parser(argparse.ArgumentParser):
 
 
 # ---- output helpers ----
-
-def format_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    """Aligned columns separated by two spaces, a header line first; the last column is not padded."""
-    cells = [[str(h) for h in headers]] + [[str(v) for v in r] for r in rows]
-    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
-    lines = []
-    for r in cells:
-        parts = [v.ljust(widths[i]) if i < len(r) - 1 else v for i, v in enumerate(r)]
-        lines.append("  ".join(parts).rstrip())
-    return "\n".join(lines)
-
 
 def _print_json(obj: Any) -> None:
     print(json.dumps(obj, indent=2, ensure_ascii=False))
@@ -330,8 +321,7 @@ def _show_cluster(c: dict) -> str:
         ("CARP", carp_text),
         ("Health check", _health_text(c["health"])),
     ]
-    width = max(len(k) for k, _ in fields) + 2
-    lines = [f"{k + ':':<{width}}{v}" for k, v in fields]
+    lines = [format_fields(fields)]
     lines += ["", f"Service edges: {len(c['edge'])}"]
     if c["edge"]:
         lines.append(format_table(EDGE_HEADERS, _edge_rows(c)))
@@ -468,15 +458,13 @@ def cmd_edge_show(args: argparse.Namespace) -> int:
                        ("Flows left", "unknown (no data plane)" if drain["remaining_flows"] is None
                         else drain["remaining_flows"]),
                        ("Drain", cli_observe._drain_state(drain))]
-        width = max(len(k) for k, _ in fields) + 2
-        print("\n".join(f"{k + ':':<{width}}{v}" for k, v in fields))
+        print(format_fields(fields))
     return 0
 
 
 # ---- commands: export / import ----
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from pydp import config
     text = _run(args, lambda b: b.export_text(include_secrets=args.include_secrets))
     if args.file == "-":
         sys.stdout.write(text)
@@ -508,7 +496,6 @@ def cmd_import(args: argparse.Namespace) -> int:
     except UnicodeDecodeError as e:
         raise CliError(f"{source}: the file is not valid UTF-8 (byte {e.start})") from None
     if args.check:
-        from pydp import config
         try:
             cfg = config.loads(text, source, require_ports=False)
         except config.ConfigError as e:
@@ -538,12 +525,15 @@ def _common() -> Parser:
                    help="the store file, used directly (default: $PYDP_DB; without it, the running daemon, else "
                         f"{DEFAULT_PATH})")
     g.add_argument("--socket", metavar="PATH", default=argparse.SUPPRESS,
-                   help="the pydp-control socket (default: $PYDP_SOCKET, else /run/pydp/control.sock)")
+                   help=f"the pydp-control socket (default: $PYDP_SOCKET, else {DEFAULT_SOCKET})")
     return p
 
 
 def _json_flag(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+
+_CARP = config.CarpConfig()
 
 
 def _cluster_options(p: argparse.ArgumentParser, edit: bool) -> None:
@@ -552,13 +542,14 @@ def _cluster_options(p: argparse.ArgumentParser, edit: bool) -> None:
                    help="the address clients connect to (unicast IPv4 or IPv6, unique)")
     g.add_argument("--edge", metavar="NAME=IP[@MAC][,weight=N]", action="append", type=parse_edge,
                    help=("replace all the edges by these (repeat the option); " if edit else "a service edge "
-                         "(repeat: 2 to 16 edges, or exactly 1 with --standalone); ")
+                         f"(repeat: 2 to {config.MAX_EDGES} edges, or exactly 1 with --standalone); ")
                    + "without @MAC the MAC is resolved from the neighbour table")
     m = g.add_mutually_exclusive_group()
     m.add_argument("--standalone", dest="mode", action="store_const", const="standalone",
                    help="evaluation mode: exactly one edge, no failover; NOT for production")
-    m.add_argument("--mode", choices=("cluster", "standalone"),
-                   help="cluster (production: 2 to 16 edges, CARP failover; the default) or standalone")
+    m.add_argument("--mode", choices=config.CLUSTER_MODES,
+                   help=f"cluster (production: 2 to {config.MAX_EDGES} edges, CARP failover; the default) or "
+                        "standalone")
     g.add_argument("--ipsec-local-termination", action=argparse.BooleanOptionalAction, default=None,
                    help="IPsec terminates on the edges: a client's ESP, AH, IKE and NAT-T go to one edge")
     e = g.add_mutually_exclusive_group()
@@ -566,9 +557,10 @@ def _cluster_options(p: argparse.ArgumentParser, edit: bool) -> None:
                    help="the cluster drops its traffic until enabled")
     if edit:
         e.add_argument("--enabled", dest="enabled", action="store_const", const=True, help="enable the cluster")
-    g.add_argument("--dsr", choices=("l2", "ipip"),
+    g.add_argument("--dsr", choices=config.DSR_MODES,
                    help="Direct Server Return: l2 (MAC rewrite, the default) or ipip (IP-in-IP encapsulation)")
-    g.add_argument("--maglev-size", metavar="PRIME", type=int, help="Maglev table size (a prime, 17..655373)")
+    g.add_argument("--maglev-size", metavar="PRIME", type=int,
+                   help=f"Maglev table size (a prime, {config.MAGLEV_MIN_SIZE}..{config.MAGLEV_MAX_SIZE})")
     g.add_argument("--drain-timeout", metavar="SECONDS", type=float,
                    help="how long a draining edge keeps its flows before they move to the other edges "
                         "(0: until they end; the default)")
@@ -579,21 +571,26 @@ def _cluster_options(p: argparse.ArgumentParser, edit: bool) -> None:
     c.add_argument("--advskew", metavar="N", type=int, help="added to the interval in 1/256 s (0..254; lower wins)")
     s = c.add_mutually_exclusive_group()
     s.add_argument("--passphrase-file", metavar="FILE",
-                   help="read the passphrase (at most 20 bytes) from FILE; never give it on the command line")
+                   help=f"read the passphrase (at most {config.CARP_PASSPHRASE_MAX} bytes) from FILE; never give it on "
+                        "the command line")
     s.add_argument("--passphrase-stdin", action="store_true", help="read the passphrase from standard input")
     if edit:
         s.add_argument("--clear-passphrase", action="store_true", help="remove the passphrase")
     c.add_argument("--preempt", action=argparse.BooleanOptionalAction, default=None,
-                   help="take the master role back when coming up (default: on)")
+                   help=f"take the master role back when coming up (default: {'on' if _CARP.preempt else 'off'})")
+    d = config.HealthConfig()           # the defaults, from the one place they are written
     h = p.add_argument_group("health checks")
-    h.add_argument("--health", choices=("tcp", "http", "https", "icmp", "none"), help="check type (default: tcp)")
-    h.add_argument("--health-port", metavar="PORT", type=int, help="port checked (default 80, 443 for https)")
-    h.add_argument("--health-path", metavar="PATH", help="request path for http/https (default /)")
+    h.add_argument("--health", choices=config.HEALTH_TYPES, help=f"check type (default: {d.type})")
+    h.add_argument("--health-port", metavar="PORT", type=int,
+                   help=f"port checked (default {d.port}, {config.HealthConfig(type='https').port} for https)")
+    h.add_argument("--health-path", metavar="PATH", help=f"request path for http/https (default {d.path})")
     h.add_argument("--health-host", metavar="HOST", help="Host header for http/https")
-    h.add_argument("--health-interval", metavar="SECONDS", type=float, help="time between checks (default 2)")
-    h.add_argument("--health-timeout", metavar="SECONDS", type=float, help="time allowed per check (default 1)")
-    h.add_argument("--health-rise", metavar="N", type=int, help="successes to bring an edge up (default 2)")
-    h.add_argument("--health-fall", metavar="N", type=int, help="failures to take an edge down (default 3)")
+    h.add_argument("--health-interval", metavar="SECONDS", type=float,
+                   help=f"time between checks (default {d.interval:g})")
+    h.add_argument("--health-timeout", metavar="SECONDS", type=float,
+                   help=f"time allowed per check (default {d.timeout:g})")
+    h.add_argument("--health-rise", metavar="N", type=int, help=f"successes to bring an edge up (default {d.rise})")
+    h.add_argument("--health-fall", metavar="N", type=int, help=f"failures to take an edge down (default {d.fall})")
 
 
 def build_parser() -> Parser:
@@ -607,14 +604,14 @@ def build_parser() -> Parser:
             "pydpctl edge drain web e1",
             "pydpctl --db /tmp/lab.db export -",
             notes="Where changes go: --db PATH (or PYDP_DB) edits that store file directly; otherwise the running\n"
-                  "pydp-control daemon (--socket, PYDP_SOCKET, /run/pydp/control.sock) applies them live; with no\n"
+                  f"pydp-control daemon (--socket, PYDP_SOCKET, {DEFAULT_SOCKET}) applies them live; with no\n"
                   f"daemon running, {DEFAULT_PATH} is edited directly.\n"
                   "Exit codes: 0 success, 1 refused or failed (nothing changed), 2 bad usage."))
     top.add_argument("--db", metavar="PATH", default=None,
                      help=f"the store file, used directly (default: $PYDP_DB; without it, the running daemon, "
                           f"else {DEFAULT_PATH})")
     top.add_argument("--socket", metavar="PATH", default=None,
-                     help="the pydp-control socket (default: $PYDP_SOCKET, else /run/pydp/control.sock)")
+                     help=f"the pydp-control socket (default: $PYDP_SOCKET, else {DEFAULT_SOCKET})")
     add_version_option(top)
     sub = top.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
@@ -627,7 +624,7 @@ def build_parser() -> Parser:
 
     # cluster
     cl = sub.add_parser("cluster", help="list, show, add, edit, delete, duplicate, enable, disable clusters",
-                        description="Manage clusters: a cluster IP served by 2 to 16 service edges.",
+                        description=f"Manage clusters: a cluster IP served by 2 to {config.MAX_EDGES} service edges.",
                         epilog=_epilog("pydpctl cluster list --sort cluster-ip --desc",
                                        "pydpctl cluster show web",
                                        "pydpctl cluster add --help"), parents=[common])
@@ -662,7 +659,7 @@ def build_parser() -> Parser:
              "--passphrase-file /root/carp-db.key --advskew 100"],
             notes="Absent settings take the defaults of docs/config.md; without --vhid the cluster gets the lowest\n"
                   "free CARP vhid.")
-    p.add_argument("name", metavar="NAME", help="1 to 31 of A-Z a-z 0-9 _ . -, unique")
+    p.add_argument("name", metavar="NAME", help=f"1 to {config.NAME_MAX} of A-Z a-z 0-9 _ . -, unique")
     _cluster_options(p, edit=False)
 
     p = add(cls, "edit", cmd_cluster_edit, "change settings of a cluster (only the options given)",
@@ -765,12 +762,8 @@ def build_parser() -> Parser:
     p.add_argument("--no-keep-passphrases", action="store_true",
                    help="clusters imported without a passphrase lose the stored one")
 
-    try:
-        from control import cli_observe
-    except ImportError:
-        cli_observe = None
-    if cli_observe is not None:
-        cli_observe.register(sub)
+    from control import cli_observe
+    cli_observe.register(sub)
     return top
 
 

@@ -1,8 +1,8 @@
 """pydpctl status | stats | flows | flows flush: what the load balancer is doing now, and flow-table flushes.
 
 Each command asks the running pydp-control (RPC) and, when no daemon answers, reads the data plane's shared memory
-directly (--shm, else the store's dataplane.shm_path, else /dev/shm/pydp). Without the daemon the CARP state is
-unknown: the shared memory says only whether this appliance forwards for a cluster IP.
+directly (--shm, else the store's dataplane.shm_path, else its default /dev/hugepages/pydp). Without the daemon the
+CARP state is unknown: the shared memory says only whether this appliance forwards for a cluster IP.
 """
 
 from __future__ import annotations
@@ -15,9 +15,11 @@ import time
 from typing import Any, Callable, Sequence
 
 from control import flows, rpc
+from control.tables import format_table
+from pydp.config import DataplaneConfig
 
 PROG = "pydpctl"
-DEFAULT_SHM = "/dev/hugepages/pydp"
+DEFAULT_SHM = DataplaneConfig.shm_path          # the default of dataplane.shm_path
 RPC_TIMEOUT = 10.0
 
 
@@ -109,18 +111,6 @@ class Source:
 
 # ---- formatting ----
 
-def table(headers: Sequence[str], rows: Sequence[Sequence[Any]], right: set[int] | None = None) -> str:
-    """Aligned columns, two spaces apart; columns in right (indexes) are right-aligned (numbers)."""
-    right = right or set()
-    cells = [[str(h) for h in headers]] + [["-" if v is None else str(v) for v in r] for r in rows]
-    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
-    lines = []
-    for r in cells:
-        parts = [v.rjust(widths[i]) if i in right else v.ljust(widths[i]) for i, v in enumerate(r)]
-        lines.append("  ".join(parts).rstrip())
-    return "\n".join(lines)
-
-
 def human(n: float | int | None, unit: str = "") -> str:
     """1234567 -> 1.23M (SI), None -> -."""
     if n is None:
@@ -194,6 +184,14 @@ def _print_status(s: dict) -> None:
         print(f"daemon:     pid {d['pid']}, store revision {rev}"
               + ("" if applied == rev else f" (applied: {applied if applied is not None else 'not yet'})")
               + (", owning every enabled cluster (--own-all)" if d.get("own_all") else ""))
+        drift = d.get("drift")
+        if drift:
+            print(f"DRIFT:      the data plane runs generation {drift['generation']}, which this daemon did not "
+                  f"publish (it published {drift['published']}); re-applying the store")
+            for line in drift.get("differences") or []:
+                print(f"              {line}")
+        if dp.get("managed") is False and dp.get("pid") is not None:
+            print("            the data plane runs without --managed: its SIGHUP would publish its file's clusters")
     else:
         print("daemon:     not running (CARP state unknown)")
     if dp.get("pid") is not None:
@@ -221,8 +219,8 @@ def _print_status(s: dict) -> None:
                      c["carp"]["local"] if s.get("carp_known") else
                      ("unknown (forwarding)" if c["carp"].get("forwarding") else "unknown (not forwarding)"),
                      c["carp"]["peer"], c["carp"].get("source") or "-", human(c["packets"]), human(c["bytes"], "B")])
-    print(table(["CLUSTER", "CLUSTER IP", "STATUS", "THIS APPLIANCE", "PEER", "OWNERSHIP", "PACKETS", "BYTES"],
-                rows, right={6, 7}))
+    print(format_table(["CLUSTER", "CLUSTER IP", "STATUS", "THIS APPLIANCE", "PEER", "OWNERSHIP", "PACKETS", "BYTES"],
+                       rows, right={6, 7}))
     carp = [c for c in s["clusters"] if "transitions" in c["carp"]]
     if carp:
         print()
@@ -237,8 +235,8 @@ def _print_status(s: dict) -> None:
                          k.get("srcip") or "-", k.get("adverts_sent", 0), k.get("adverts_received", 0),
                          ", ".join(f"{r} {n}" for r, n in sorted(dropped.items())) or "0",
                          k.get("transitions", 0)])
-        print(table(["CLUSTER", "VHID", "CARP", "DEMOTE", "INTERFACE", "SOURCE", "SENT", "RECEIVED", "DROPPED",
-                     "TRANSITIONS"], rows, right={6, 7, 9}))
+        print(format_table(["CLUSTER", "VHID", "CARP", "DEMOTE", "INTERFACE", "SOURCE", "SENT", "RECEIVED", "DROPPED",
+                            "TRANSITIONS"], rows, right={6, 7, 9}))
         for c in carp:
             if c["carp"].get("problem"):
                 print(f"  {c['name']}: CARP not running: {c['carp']['problem']}")
@@ -249,15 +247,16 @@ def _print_status(s: dict) -> None:
             rows.append([c["name"], e["name"], e["ip"], e["mac"] or "(unresolved)", e["weight"],
                          e.get("admin_state") or "-", e["state"], _health_text(e), human(e["packets"]),
                          human(e["bytes"], "B"), human(e["new_flows"]), _short(e.get("health_detail"))])
-    print(table(["CLUSTER", "EDGE", "IP", "MAC", "WEIGHT", "ADMIN", "STATE", "HEALTH", "PACKETS", "BYTES",
-                 "NEW FLOWS", "LAST CHECK"], rows, right={4, 8, 9, 10}))
+    print(format_table(["CLUSTER", "EDGE", "IP", "MAC", "WEIGHT", "ADMIN", "STATE", "HEALTH", "PACKETS", "BYTES",
+                        "NEW FLOWS", "LAST CHECK"], rows, right={4, 8, 9, 10}))
     drains = [(c["name"], e["name"], e["drain"]) for c in s["clusters"] for e in c["edges"] if e.get("drain")]
     if drains:
         print()
-        print(table(["CLUSTER", "DRAINING EDGE", "SINCE", "TIMEOUT", "TIME LEFT", "FLOWS LEFT", "STATE"],
-                    [[c, e, _since_text(d["since"]), f"{d['timeout_s']:g} s" if d["timeout_s"] else "none",
-                      _left_text(d), "-" if d["remaining_flows"] is None else d["remaining_flows"], _drain_state(d)]
-                     for c, e, d in drains], right={5}))
+        print(format_table(["CLUSTER", "DRAINING EDGE", "SINCE", "TIMEOUT", "TIME LEFT", "FLOWS LEFT", "STATE"],
+                           [[c, e, _since_text(d["since"]), f"{d['timeout_s']:g} s" if d["timeout_s"] else "none",
+                             _left_text(d), "-" if d["remaining_flows"] is None else d["remaining_flows"],
+                             _drain_state(d)]
+                            for c, e, d in drains], right={5}))
 
 
 def _alarm_text(ft: dict) -> str:
@@ -434,12 +433,12 @@ def _print_stats(s: dict, r: dict | None) -> None:
                      human(x.get("rx_bps"), "b/s"), human(p["tx_packets"]), human(x.get("tx_pps")),
                      human(x.get("tx_bps"), "b/s"), human(p["exc_to_kernel"]), human(drops),
                      human(x.get("drops_ps"))])
-    print(table(["PORT", "LINK", "RX", "RX/s", "RX bit/s", "TX", "TX/s", "TX bit/s", "TO KERNEL", "DROPS",
-                 "DROPS/s"], rows, right=set(range(2, 11))))
+    print(format_table(["PORT", "LINK", "RX", "RX/s", "RX bit/s", "TX", "TX/s", "TX bit/s", "TO KERNEL", "DROPS",
+                        "DROPS/s"], rows, right=set(range(2, 11))))
     drops = [(p["name"] or str(p["port"]), reason, n) for p in s["ports"] for reason, n in p["drops"].items() if n]
     if drops:
         print()
-        print(table(["PORT", "DROP REASON", "COUNT"], [[a, b, human(c)] for a, b, c in drops], right={2}))
+        print(format_table(["PORT", "DROP REASON", "COUNT"], [[a, b, human(c)] for a, b, c in drops], right={2}))
     rc = (r or {}).get("clusters", {})
     rows = []
     for name, c in s["clusters"].items():
@@ -452,8 +451,8 @@ def _print_stats(s: dict, r: dict | None) -> None:
                          human(y.get("bps"), "b/s"), human(e["new_flows"]), human(y.get("new_flows_ps"))])
     if rows:
         print()
-        print(table(["CLUSTER", "EDGE", "PACKETS", "PPS", "BYTES", "BIT/s", "NEW FLOWS", "NEW FLOWS/s"], rows,
-                    right=set(range(2, 8))))
+        print(format_table(["CLUSTER", "EDGE", "PACKETS", "PPS", "BYTES", "BIT/s", "NEW FLOWS", "NEW FLOWS/s"], rows,
+                           right=set(range(2, 8))))
     rw = {w["worker"]: w for w in (r or {}).get("workers", [])}
     rows = []
     for w in s["workers"]:
@@ -465,15 +464,15 @@ def _print_stats(s: dict, r: dict | None) -> None:
                      else (w["cycles_per_packet"] if w["cycles_per_packet"] is not None else "-"),
                      human(w["flow_rehashed"])])
     print()
-    print(table(["WORKER", "LCORE", "ONLINE", "POLLS", "IDLE", "BUSY", "RX", "RX/s", "CYCLES/PKT", "REHASHED"],
-                rows, right=set(range(3, 10))))
+    print(format_table(["WORKER", "LCORE", "ONLINE", "POLLS", "IDLE", "BUSY", "RX", "RX/s", "CYCLES/PKT", "REHASHED"],
+                       rows, right=set(range(3, 10))))
     ft = s["flow_table"]
     print()
-    print(table(["FLOW TABLE", "CAPACITY", "LIVE", "OCCUPANCY", "EXPIRED", "EVICTED"],
-                [[f"worker {x['worker']}", x["capacity"], x["live"], f"{x['occupancy_pct']:.1f}%", human(x["expired"]),
-                  human(x["evicted"])] for x in ft["workers"]]
-                + [["total", ft["capacity"], ft["live"], f"{ft['occupancy_pct']:.1f}%", human(ft["expired"]),
-                    human(ft["evicted"])]], right=set(range(1, 6))))
+    print(format_table(["FLOW TABLE", "CAPACITY", "LIVE", "OCCUPANCY", "EXPIRED", "EVICTED"],
+                       [[f"worker {x['worker']}", x["capacity"], x["live"], f"{x['occupancy_pct']:.1f}%",
+                         human(x["expired"]), human(x["evicted"])] for x in ft["workers"]]
+                       + [["total", ft["capacity"], ft["live"], f"{ft['occupancy_pct']:.1f}%", human(ft["expired"]),
+                           human(ft["evicted"])]], right=set(range(1, 6))))
 
 
 def cmd_stats(args: argparse.Namespace) -> int:
@@ -536,8 +535,8 @@ def cmd_flows(args: argparse.Namespace) -> int:
                  f["state"], f"{f['age_s']:.1f}s", f"{f['idle_s']:.1f}s", f["packets"], f["worker"]]
                 for f in res["flows"]]
         if rows:
-            print(table(["CLIENT", "PORT", "PROTO", "CLUSTER", "EDGE", "STATE", "AGE", "IDLE", "PACKETS", "WORKER"],
-                        rows, right={1, 6, 7, 8, 9}))
+            print(format_table(["CLIENT", "PORT", "PROTO", "CLUSTER", "EDGE", "STATE", "AGE", "IDLE", "PACKETS",
+                                       "WORKER"], rows, right={1, 6, 7, 8, 9}))
         shown = len(res["flows"])
         print(f"{shown} of {res['matched']} matching flows shown"
               + (" (raise --limit to see more)" if shown < res["matched"] else ""))
@@ -608,7 +607,7 @@ def _common() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(add_help=False)
     g = p.add_argument_group("where to look")
     g.add_argument("--socket", metavar="PATH", default=argparse.SUPPRESS,
-                   help="the pydp-control socket (default: $PYDP_SOCKET, else /run/pydp/control.sock)")
+                   help=f"the pydp-control socket (default: $PYDP_SOCKET, else {rpc.DEFAULT_SOCKET})")
     g.add_argument("--db", metavar="PATH", default=argparse.SUPPRESS,
                    help="without the daemon: the store whose dataplane.shm_path is read (default: $PYDP_DB)")
     g.add_argument("--shm", metavar="PATH", default=argparse.SUPPRESS,

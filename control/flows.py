@@ -34,7 +34,7 @@ EVICTION_LOG_S = 60.0        # at most one "flow_evictions" event per worker per
 FLUSH_TIMEOUT_S = 5.0        # a worker takes a command within a poll loop iteration; this is for a stuck one
 RING_RETRY_S = 1.0           # a full command ring is retried this long before giving up
 
-Event = Callable[..., None]   # event(name, level, **fields), as control.daemon.event
+Event = Callable[..., None]   # event(name, level, **fields), as control.logs.event
 
 
 class FlushError(Exception):

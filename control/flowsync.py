@@ -282,11 +282,11 @@ def batches_of(flows: np.ndarray, types: np.ndarray, clusters: dict[str, dict], 
         if not sel.any():
             continue
         names = sorted(c["edges"])
-        slot_uid = np.full((16, 2), -1, dtype=np.int64)
+        slot_uid = np.full((256, 2), -1, dtype=np.int64)     # by the flow's uint8 edge slot: no slot aliases
         for i, en in enumerate(names):
             e = c["edges"][en]
             slot_uid[e["slot"]] = (i, e["uid"])
-        edge = flows["edge"].astype(np.int64) & 15
+        edge = flows["edge"].astype(np.int64)
         idx = slot_uid[edge, 0]
         sel &= (idx >= 0) & (slot_uid[edge, 1] == flows["edge_uid"])
         if not sel.any():

@@ -84,9 +84,7 @@ MIGRATIONS: list[tuple[str, tuple[str, ...] | Callable[[sqlite3.Connection], Non
     ("the [sync] section (flow sync)", (
         "ALTER TABLE appliance ADD COLUMN sync TEXT NOT NULL DEFAULT '{}'",   # JSON: the [sync] table ({} = defaults)
     )),
-    # >>> drain timeout (flow-table management)
     ("drain_timeout of clusters, and when each draining edge started draining", lambda c: _migrate_drain(c)),
-    # <<< drain timeout
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -110,7 +108,6 @@ class NotFound(StoreError):
     """No cluster (or edge) of that name."""
 
 
-# >>> drain timeout (flow-table management)
 def _migrate_drain(c: sqlite3.Connection) -> None:
     """Schema step 3: clusters.drain_timeout (0 = wait for the flows to end), and the drain_started table. Edges
     already draining start their clock at the migration (their real start was not recorded)."""
@@ -134,7 +131,6 @@ def _record_drains(c: sqlite3.Connection, doc: dict) -> None:
     now = time.time()
     c.executemany("INSERT INTO drain_started (cluster, edge, since) VALUES (?, ?, ?)",
                   [(cl, e, now) for cl, e in sorted(draining - known)])
-# <<< drain timeout
 
 
 # ---- error messages ----

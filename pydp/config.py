@@ -10,12 +10,14 @@ span several keys (uniqueness, edge counts per mode, IP-in-IP requirements, CARP
 timeout < interval). Every problem found by either pass is collected; ConfigError carries them all, each as
 "KEYPATH: reason", and nothing is returned unless the file is entirely valid.
 
-The limits mirror native/include/pydp.h (PYDP_MAX_CLUSTERS, PYDP_MAX_EDGES, PYDP_MAX_PORTS, PYDP_MAX_WORKERS,
-PYDP_NAME_LEN, PYDP_MAGLEV_MAX_SIZE). The reference of the format is docs/config.md.
+The limits are those of native/include/pydp.h (PYDP_MAX_CLUSTERS, PYDP_MAX_EDGES, PYDP_MAX_PORTS,
+PYDP_MAX_WORKERS, PYDP_NAME_LEN, PYDP_MAGLEV_MAX_SIZE and the sizes of its name and path arrays), checked against it
+by tests/unit/test_limits.py; the module itself needs no build. The reference of the format is docs/config.md.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import difflib
 import ipaddress
@@ -27,25 +29,30 @@ import tomllib
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from pydp import device as pdevice
+
 __all__ = [
     "ApplianceConfig", "DataplaneConfig", "Timeouts", "IpipConfig", "PortConfig", "ClusterConfig", "CarpConfig",
     "HealthConfig", "EdgeConfig", "ConfigError", "load", "loads", "from_dict", "to_dict", "dumps", "dump",
     "validate", "write_atomic", "parse_lcores", "is_prime",
 ]
 
-# ---- limits (native/include/pydp.h) ----
+# ---- limits of native/include/pydp.h ----
+# Written here so that the loader works without the compiled module (a checkout without a build, the store, the
+# CLI); tests/unit/test_limits.py checks every one against the header and against what the C code accepts.
 
 MAX_CLUSTERS = 64           # PYDP_MAX_CLUSTERS
 MAX_EDGES = 16              # PYDP_MAX_EDGES
 MAX_WORKERS = 16            # PYDP_MAX_WORKERS
 MAX_PORTS = 4               # PYDP_MAX_PORTS
-NAME_LEN = 32               # PYDP_NAME_LEN: names are NUL-terminated, so at most 31 characters
-MAGLEV_MIN_SIZE = 17
+NAME_LEN = 32               # PYDP_NAME_LEN
+NAME_MAX = NAME_LEN - 1     # names are NUL-terminated
+MAGLEV_MIN_SIZE = 17        # pydp_shm_create refuses a smaller maglev_max
 MAGLEV_MAX_SIZE = 655373    # PYDP_MAGLEV_MAX_SIZE
-MAGLEV_DEFAULT_SIZE = 65537
+MAGLEV_DEFAULT_SIZE = 65537     # PYDP_MAGLEV_DEFAULT_SIZE
 MAX_LCORE = 1023            # lcore ids 0..1023; EAL rejects ids beyond its own RTE_MAX_LCORE
-SHM_PATH_MAX = 255          # struct pydp_shm.path[256]
-DEVICE_NAME_MAX = 31        # struct pydp_port_info.name[32]
+SHM_PATH_MAX = 255          # struct pydp_shm.path[256], NUL-terminated
+DEVICE_NAME_MAX = 31        # struct pydp_port_info.name[32], NUL-terminated
 IFNAME_MAX = 15             # Linux IFNAMSIZ - 1
 CARP_PASSPHRASE_MAX = 20    # bytes: the CARP/ucarp key field
 MAX_TIMEOUT_S = 86400
@@ -61,14 +68,10 @@ _EAL_RESERVED_SHORT = {"-l": "lcores", "-c": "lcores", "-m": "memory_mb"}
 _EAL_RESERVED_LONG = {"--lcores": "lcores", "--main-lcore": "lcores", "--master-lcore": "lcores",
                       "--no-huge": "hugepages", "--socket-mem": "memory_mb"}
 
-_NAME_RE = re.compile(r"[A-Za-z0-9_.-]{1,31}")
-_PORT_NAME_RE = re.compile(r"[A-Za-z0-9_.-]{1,15}")
+_NAME_RE = re.compile(r"[A-Za-z0-9_.-]{1,%d}" % NAME_MAX)
+_PORT_NAME_RE = re.compile(r"[A-Za-z0-9_.-]{1,%d}" % IFNAME_MAX)
 _MAC_RE = re.compile(r"[0-9A-Fa-f]{2}([:-])[0-9A-Fa-f]{2}(\1[0-9A-Fa-f]{2}){4}")
 _LCORE_ITEM_RE = re.compile(r"(\d+)(?:-(\d+))?(?:@(\d+))?")
-# A device argument: key, or key=value where value is plain or a bracketed list (representor=[0-3]).
-_DEVARG = r"[A-Za-z0-9_.-]+(?:=(?:\[[^\]\s]*\]|[^,\[\]\s]*))?"
-_VDEV_RE = re.compile(r"([A-Za-z][A-Za-z0-9_]*)((?:," + _DEVARG + r")*)")
-_PCI_RE = re.compile(r"((?:[0-9A-Fa-f]{4}:)?[0-9A-Fa-f]{2}:[01][0-9A-Fa-f]\.[0-7])((?:," + _DEVARG + r")*)")
 
 
 # ---- errors ----
@@ -198,16 +201,6 @@ def _default_tap(name: str) -> str:
     return ("pydp-" + name)[:IFNAME_MAX]
 
 
-def _device_name(device: str) -> str:
-    """The DPDK device name of a device spec: the part before the arguments; PCI addresses in full lowercase form."""
-    name = device.split(",", 1)[0]
-    if _PCI_RE.fullmatch(name):
-        name = name.lower()
-        if name.count(":") == 1:
-            name = "0000:" + name
-    return name
-
-
 # ---- the configuration ----
 
 @dataclass
@@ -273,7 +266,8 @@ class PortConfig:
 
     @property
     def device_name(self) -> str:
-        return _device_name(self.device)
+        """The name DPDK gives the port (pydp.device: PCI addresses in full form, vdevs without arguments)."""
+        return pdevice.port_name(self.device)
 
 
 @dataclass
@@ -561,13 +555,12 @@ def _c_prefix(version: int) -> Conv:
 
 def _c_device(v: Any) -> str:
     _c_str(v)
-    m = _PCI_RE.fullmatch(v) or _VDEV_RE.fullmatch(v)
-    if not m:
-        raise _Bad(f"{v!r} is not a DPDK device: expected a vdev spec (driver name and optional ',key=value' "
-                   f"arguments, e.g. 'net_af_packet0,iface=eth1') or a PCI address (e.g. '0000:03:00.0')")
-    if len(m.group(1)) > DEVICE_NAME_MAX:
-        raise _Bad(f"device name {m.group(1)!r} is too long ({len(m.group(1))} characters, "
-                   f"at most {DEVICE_NAME_MAX})")
+    try:
+        name = pdevice.port_name(v)
+    except ValueError as e:
+        raise _Bad(str(e)) from None
+    if len(name) > DEVICE_NAME_MAX:
+        raise _Bad(f"device name {name!r} is too long ({len(name)} characters, at most {DEVICE_NAME_MAX})")
     return v
 
 
@@ -675,7 +668,6 @@ def _sub(ctx: _Ctx, path: str, d: dict, key: str) -> dict:
     return t if t is not None else {}
 
 
-_T = Timeouts()
 _TIMEOUT = _c_num(0, MAX_TIMEOUT_S, lo_open=True, what="a number of seconds")
 
 
@@ -686,96 +678,114 @@ def _c_timeout(v: Any) -> float:
     return s
 
 
-_TIMEOUTS_SPEC = {k: (_c_timeout, float(getattr(_T, k))) for k in ("tcp_syn", "tcp_established", "tcp_fin",
-                                                                   "udp", "other")}
-_IPIP_SPEC = {
-    "source4": (_c_prefix(4), ipaddress.IPv4Network("192.0.2.0/24")),
-    "source6": (_c_prefix(6), ipaddress.IPv6Network("2001:db8:ffff::/64")),
-    "gateway_mac": (_c_opt_mac, None),
-}
-_DP = DataplaneConfig()
-_DATAPLANE_SPEC: dict[str, tuple[Any, Any]] = {
-    "lcores": (_c_lcores, _DP.lcores),
-    "busy_poll": (_c_bool, _DP.busy_poll),
-    "idle_sleep_max_us": (_c_int(1, 100000), _DP.idle_sleep_max_us),
-    "tx_drain_us": (_c_int(1, 10000), _DP.tx_drain_us),
-    "flow_capacity": (_c_int(1024, 67108864), _DP.flow_capacity),
-    "maglev_size": (_c_maglev, _DP.maglev_size),
-    "hash_seed": (_c_int(0, 2**32 - 1), _DP.hash_seed),
-    "shm_path": (_c_abs_path(SHM_PATH_MAX), _DP.shm_path),
-    "hugepages": (_c_bool, _DP.hugepages),
-    "memory_mb": (_c_int(64, 65536), _DP.memory_mb),
-    "eal_args": (_c_eal_args, []),
-    "burst": (_c_int(1, 256), _DP.burst),
-    "rx_desc": (_c_int(64, 16384), _DP.rx_desc),
-    "tx_desc": (_c_int(64, 16384), _DP.tx_desc),
-    "mbufs": (_c_int(1023, 1048575), _DP.mbufs),
-    "exception_pps": (_c_int(1, 10000000), _DP.exception_pps),
-    "exception_priority_pps": (_c_int(1, 10000000), _DP.exception_priority_pps),
-    "timeouts": (_SUB, None),
-    "ipip": (_SUB, None),
-}
-_PORT_SPEC = {
-    "name": (_c_pattern(_PORT_NAME_RE, "1 to 15 of A-Z a-z 0-9 _ . -"), _REQUIRED),
-    "device": (_c_device, _REQUIRED),
-    "tap": (_c_ifname, None),
-    "promiscuous": (_c_bool, False),
-}
-_NAME_WHAT = "1 to 31 of A-Z a-z 0-9 _ . -"
-_CLUSTER_SPEC = {
-    "name": (_c_pattern(_NAME_RE, _NAME_WHAT), _REQUIRED),
-    "cluster_ip": (_c_unicast_ip, _REQUIRED),
-    "enabled": (_c_bool, True),
-    "mode": (_c_enum(CLUSTER_MODES), "cluster"),
-    "dsr": (_c_enum(DSR_MODES), "l2"),
-    "ipsec_local_termination": (_c_bool, False),
-    "maglev_size": (_c_maglev, None),
-    "drain_timeout": (_c_num(0, MAX_DRAIN_TIMEOUT_S, what="a number of seconds"), 0.0),
-    "carp": (_SUB, None),
-    "health": (_SUB, None),
-    "edge": (_SUB, None),
-}
-_CARP_SPEC = {
-    "vhid": (_c_int(1, 255), 1),
-    "advbase": (_c_int(1, 255), 1),
-    "advskew": (_c_int(0, 254), 0),
-    "passphrase": (_c_passphrase, ""),
-    "passphrase_file": (_c_opt_abs_path, ""),
-    "preempt": (_c_bool, True),
-}
-_HEALTH_SPEC = {
-    "type": (_c_enum(HEALTH_TYPES), "tcp"),
-    "port": (_c_int(1, 65535), None),
-    "path": (_c_http_path, "/"),
-    "host": (_c_host, ""),
-    "expect_status": (_c_int(100, 599), 200),
-    "expect_body": (_c_str, ""),
-    "interval": (_c_num(0.1, 3600, what="a number of seconds"), 2.0),
-    "timeout": (_c_num(0, 3600, lo_open=True, what="a number of seconds"), 1.0),
-    "rise": (_c_int(1, 100), 2),
-    "fall": (_c_int(1, 100), 3),
-}
-_EDGE_SPEC = {
-    "name": (_c_pattern(_NAME_RE, _NAME_WHAT), _REQUIRED),
-    "ip": (_c_unicast_ip, _REQUIRED),
-    "mac": (_c_opt_mac, None),
-    "weight": (_c_int(1, 65535), 1),
-    "state": (_c_enum(EDGE_STATES), "active"),
-}
-_SY = SyncConfig()
-_SYNC_SPEC = {
-    "enabled": (_c_bool, _SY.enabled),
-    "listen_address": (_c_any_ip, _SY.listen_address),
-    "listen_port": (_c_int(1, 65535), _SY.listen_port),
-    "peer_address": (_c_opt_unicast_ip, None),
-    "peer_port": (_c_int(1, 65535), _SY.peer_port),
-    "batch_flows": (_c_int(1, 4096), _SY.batch_flows),
-    "batch_ms": (_c_int(1, 10000), _SY.batch_ms),
-    "max_flows_per_s": (_c_int(1, 10000000), _SY.max_flows_per_s),
-    "queue_flows": (_c_int(1024, 16777216), _SY.queue_flows),
-    "refresh_s": (_c_num(1, 86400, what="a number of seconds"), _SY.refresh_s),
-}
-_TOP_SPEC = {"dataplane": (_SUB, None), "port": (_SUB, None), "cluster": (_SUB, None), "sync": (_SUB, None)}
+def _spec(cls: type, convs: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+    """The spec of a table, {key: (converter, default)}: the defaults are the dataclass's own (one source; a field
+    without a default is a required key). A _SUB key (a sub-table) needs no field of that name."""
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    out: dict[str, tuple[Any, Any]] = {}
+    for key, conv in convs.items():
+        if conv is _SUB:
+            out[key] = (_SUB, None)
+            continue
+        f = fields[key]
+        if f.default is not dataclasses.MISSING:
+            default = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            default = f.default_factory()
+        else:
+            default = _REQUIRED
+        out[key] = (conv, default)
+    return out
+
+
+_TIMEOUTS_SPEC = _spec(Timeouts, {k: _c_timeout for k in ("tcp_syn", "tcp_established", "tcp_fin", "udp",
+                                                           "other")})
+_IPIP_SPEC = _spec(IpipConfig, {
+    "source4": _c_prefix(4),
+    "source6": _c_prefix(6),
+    "gateway_mac": _c_opt_mac,
+})
+_DATAPLANE_SPEC = _spec(DataplaneConfig, {
+    "lcores": _c_lcores,
+    "busy_poll": _c_bool,
+    "idle_sleep_max_us": _c_int(1, 100000),
+    "tx_drain_us": _c_int(1, 10000),
+    "flow_capacity": _c_int(1024, 67108864),
+    "maglev_size": _c_maglev,
+    "hash_seed": _c_int(0, 2**32 - 1),
+    "shm_path": _c_abs_path(SHM_PATH_MAX),
+    "hugepages": _c_bool,
+    "memory_mb": _c_int(64, 65536),
+    "eal_args": _c_eal_args,
+    "burst": _c_int(1, 256),
+    "rx_desc": _c_int(64, 16384),
+    "tx_desc": _c_int(64, 16384),
+    "mbufs": _c_int(1023, 1048575),
+    "exception_pps": _c_int(1, 10000000),
+    "exception_priority_pps": _c_int(1, 10000000),
+    "timeouts": _SUB,
+    "ipip": _SUB,
+})
+_PORT_SPEC = _spec(PortConfig, {
+    "name": _c_pattern(_PORT_NAME_RE, f"1 to {IFNAME_MAX} of A-Z a-z 0-9 _ . -"),
+    "device": _c_device,
+    "tap": _c_ifname,
+    "promiscuous": _c_bool,
+})
+_NAME_WHAT = f"1 to {NAME_MAX} of A-Z a-z 0-9 _ . -"
+_CLUSTER_SPEC = _spec(ClusterConfig, {
+    "name": _c_pattern(_NAME_RE, _NAME_WHAT),
+    "cluster_ip": _c_unicast_ip,
+    "enabled": _c_bool,
+    "mode": _c_enum(CLUSTER_MODES),
+    "dsr": _c_enum(DSR_MODES),
+    "ipsec_local_termination": _c_bool,
+    "maglev_size": _c_maglev,
+    "drain_timeout": _c_num(0, MAX_DRAIN_TIMEOUT_S, what="a number of seconds"),
+    "carp": _SUB,
+    "health": _SUB,
+    "edge": _SUB,
+})
+_CARP_SPEC = _spec(CarpConfig, {
+    "vhid": _c_int(1, 255),
+    "advbase": _c_int(1, 255),
+    "advskew": _c_int(0, 254),
+    "passphrase": _c_passphrase,
+    "passphrase_file": _c_opt_abs_path,
+    "preempt": _c_bool,
+})
+_HEALTH_SPEC = _spec(HealthConfig, {
+    "type": _c_enum(HEALTH_TYPES),
+    "port": _c_int(1, 65535),
+    "path": _c_http_path,
+    "host": _c_host,
+    "expect_status": _c_int(100, 599),
+    "expect_body": _c_str,
+    "interval": _c_num(0.1, 3600, what="a number of seconds"),
+    "timeout": _c_num(0, 3600, lo_open=True, what="a number of seconds"),
+    "rise": _c_int(1, 100),
+    "fall": _c_int(1, 100),
+})
+_EDGE_SPEC = _spec(EdgeConfig, {
+    "name": _c_pattern(_NAME_RE, _NAME_WHAT),
+    "ip": _c_unicast_ip,
+    "mac": _c_opt_mac,
+    "weight": _c_int(1, 65535),
+    "state": _c_enum(EDGE_STATES),
+})
+_SYNC_SPEC = _spec(SyncConfig, {
+    "enabled": _c_bool,
+    "listen_address": _c_any_ip,
+    "listen_port": _c_int(1, 65535),
+    "peer_address": _c_opt_unicast_ip,
+    "peer_port": _c_int(1, 65535),
+    "batch_flows": _c_int(1, 4096),
+    "batch_ms": _c_int(1, 10000),
+    "max_flows_per_s": _c_int(1, 10000000),
+    "queue_flows": _c_int(1024, 16777216),
+    "refresh_s": _c_num(1, 86400, what="a number of seconds"),
+})
+_TOP_SPEC = _spec(ApplianceConfig, {"dataplane": _SUB, "port": _SUB, "cluster": _SUB, "sync": _SUB})
 
 
 def _parse(ctx: _Ctx, d: Any) -> ApplianceConfig:
@@ -845,7 +855,7 @@ def _cross_check(ctx: _Ctx, cfg: ApplianceConfig) -> None:
 
     _unique(ctx, [(f"port[{i}].name", p.name) for i, p in enumerate(cfg.ports)], "port name")
     _unique(ctx, [(f"port[{i}].device", p.device) for i, p in enumerate(cfg.ports)], "device",
-            key=_device_name)
+            key=pdevice.port_name)
     # A TAP name derived from a duplicate port name is not reported twice.
     default_taps = {i for i, p in enumerate(cfg.ports) if _ok(p.name) and p.tap == _default_tap(p.name)}
     dup_names = {i for i, p in enumerate(cfg.ports) if any(q.name == p.name for q in cfg.ports[:i])}

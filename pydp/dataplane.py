@@ -19,13 +19,13 @@ import time
 
 from control.logs import add_log_options, event, setup_logging
 from pydp import add_version_option, config as pconfig, service
+from pydp import device as pdevice
 from pydp._ffi import ffi, lib
 from pydp.apply import ApplyError, apply_config
 from pydp.shm import Region, ShmError
 
 log = logging.getLogger("pydp.dataplane")
 
-PCI_RE = re.compile(r"^([0-9a-fA-F]{4}:)?[0-9a-fA-F]{2}:[0-9a-fA-F]{2}\.[0-7]$")
 EPILOG = """examples:
   pydp-dataplane --config /etc/pydp/appliance.toml --managed   # an appliance: pydp-control publishes the clusters
   pydp-dataplane --config lab.toml --own-all            # alone: forward the file's clusters, no CARP, no pydp-control
@@ -45,11 +45,6 @@ class LaunchError(RuntimeError):
     pass
 
 
-def _device_name(device: str) -> str:
-    """The DPDK port name of a device spec: the vdev name before its arguments, or the PCI address."""
-    return device.split(",", 1)[0]
-
-
 def eal_args(cfg, *, pcap: dict | None = None, shm_path: str | None = None) -> tuple[list[str], list[str], list[str]]:
     """(EAL argv, data port names, exception port names) for a config; pcap mode swaps the ports for net_pcap.
 
@@ -62,6 +57,9 @@ def eal_args(cfg, *, pcap: dict | None = None, shm_path: str | None = None) -> t
     args = ["pydp-dataplane", "--file-prefix", prefix, "--no-telemetry", "--log-level", "lib.eal:warning"]
     ports, excs = [], []
     if pcap is not None:
+        for key in ("in", "out", "exception"):
+            if "," in (pcap.get(key) or ""):     # devargs have no quoting: a comma would start another argument
+                raise LaunchError(f"pcap file {pcap[key]!r}: DPDK device arguments cannot hold a ','; rename it")
         # --no-huge creates no hugepage files; the runtime directory is removed at stop
         args += ["-l", str(dp.main_lcore), "--no-huge", "-m", "512", "--no-pci"]
         rx = f"rx_pcap={pcap['in']}"
@@ -83,18 +81,22 @@ def eal_args(cfg, *, pcap: dict | None = None, shm_path: str | None = None) -> t
     args += ["-m", str(dp.memory_mb)]
     workers = len(dp.worker_lcores)
     any_pci = False
+    taken = {port.device_name for port in cfg.ports}     # an exception TAP must not take a data port's name
     for i, port in enumerate(cfg.ports):
-        dev = port.device
-        if PCI_RE.match(dev):
+        dev = pdevice.parse(port.device)
+        extra = ""
+        if dev.is_pci:
             any_pci = True
-            args += ["-a", dev]
-        else:
-            if dev.startswith("net_af_packet") and "qpairs=" not in dev:
-                dev += f",qpairs={workers}"
-            args += ["--vdev", dev]
-        ports.append(_device_name(port.device))
+        elif dev.name.startswith(("net_af_packet", "eth_af_packet")) and not dev.has_arg("qpairs"):
+            extra = f",qpairs={workers}"        # one RX/TX queue pair per worker
+        args += dev.eal(extra)
+        ports.append(dev.name)
         if port.tap:
-            name = f"net_tap{i}"
+            k = i
+            while f"net_tap{k}" in taken:
+                k += len(cfg.ports)
+            name = f"net_tap{k}"
+            taken.add(name)
             args += ["--vdev", f"{name},iface={port.tap}"]
             excs.append(name)
         else:

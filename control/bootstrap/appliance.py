@@ -32,17 +32,18 @@ from pathlib import Path
 
 from control.bootstrap import steps as st
 from control.bootstrap.steps import BootstrapError, Step, UsageError
+from control.store import DEFAULT_PATH as store_default_path
+from pydp import device as pdevice
 
 PACKAGES = ["dpdk", "pciutils", "iproute2", "kmod", "procps", "udev"]
 HUGEPAGE_CONF = "/etc/sysctl.d/80-pydp-hugepages.conf"
 CONFIG_PATH = "/etc/pydp/appliance.toml"
-STORE_PATH = "/var/lib/pydp/pydp.db"
+STORE_PATH = store_default_path      # the store pydp-control and pydpctl use by default
 UNIT_DIR = "/etc/systemd/system"
 UDEV_RULE = "/etc/udev/rules.d/80-pydp-tap.rules"
 MODULES_CONF = "/etc/modules-load.d/pydp.conf"
 MIN_KERNEL = (5, 0)
 MIN_SPARE_MB = 1024           # memory left to the kernel, pydp-control and the rest after the hugepages
-PCI_ADDR_RE = re.compile(r"(?:([0-9a-fA-F]{4}):)?([0-9a-fA-F]{2}):([0-9a-fA-F]{2})\.([0-7])")
 # what a unit file or udev rule may carry verbatim: interface names are checked against the kernel list too
 SAFE_NAME_RE = re.compile(r"[A-Za-z0-9_.@+-]{1,15}")
 
@@ -133,13 +134,6 @@ class Nic:
     """A data port's device: a PCI address (vfio-pci) or a kernel interface (af_packet / af_xdp vdev)."""
     pci: str | None = None
     iface: str | None = None
-
-
-def normalize_pci(text: str) -> str | None:
-    m = PCI_ADDR_RE.fullmatch(text)
-    if not m:
-        return None
-    return f"{(m.group(1) or '0000').lower()}:{m.group(2).lower()}:{m.group(3).lower()}.{m.group(4)}"
 
 
 def check_interface_name(ipr, name: str) -> int:
@@ -262,11 +256,11 @@ def vdev_for(iface: str, port_no: int, xdp: bool, workers: int) -> str:
 
 def port_nic(device: str) -> Nic | None:
     """The NIC behind a configured port device, None for vdevs that use no NIC (memif, ring, tap, null ...)."""
-    pci = normalize_pci(device.split(",", 1)[0])
-    if pci:
-        return Nic(pci=pci)
-    m = re.match(r"net_af_(?:packet|xdp)\d*,(?:.*,)?iface=([^,]+)", device)
-    return Nic(iface=m.group(1)) if m else None
+    dev = pdevice.parse(device)
+    if dev.is_pci:
+        return Nic(pci=dev.name)
+    iface = dev.arg("iface") if dev.name.startswith(("net_af_packet", "net_af_xdp")) else None
+    return Nic(iface=iface) if iface else None
 
 
 # ---- hugepages ----
@@ -369,7 +363,7 @@ def build_config(args, ipr):
     else:
         cfg = pconfig.ApplianceConfig()
     if args.nic:
-        pci = normalize_pci(args.nic)
+        pci = pdevice.pci_address(args.nic)
         if pci is None:
             check_interface_name(ipr, args.nic)
         device = pci or vdev_for(args.nic, 0, args.xdp, len(cfg.dataplane.worker_lcores))
@@ -569,10 +563,10 @@ def _tap_address(text: str) -> str:
 def plan(args, env: Env, ipr) -> tuple[list[Step], list[str]]:
     if not 1 <= args.hugepages <= 1 << 20:
         raise UsageError(f"--hugepages {args.hugepages}: give a number of 2 MiB pages from 1 to {1 << 20}")
-    if args.xdp and (not args.nic or normalize_pci(args.nic)):
+    if args.xdp and (not args.nic or pdevice.pci_address(args.nic)):
         raise UsageError("--xdp makes --nic IFACE an af_xdp port (a PCI NIC is bound to vfio-pci; a --config's own "
                          "ports keep their devices)")
-    if args.vfio_noiommu and args.nic and not normalize_pci(args.nic):
+    if args.vfio_noiommu and args.nic and not pdevice.pci_address(args.nic):
         raise UsageError("--vfio-noiommu is for a PCI NIC (--nic 0000:03:00.0); a kernel interface needs no vfio")
     addresses = [_tap_address(a) for a in args.tap_address]
     text, cfg = build_config(args, ipr)

@@ -303,6 +303,19 @@ class Instance:
             self._rx = self._tx = None
             self._stopped = True
 
+    def abort(self) -> None:
+        """Closes what a failed start opened (sockets, the reader, the side-effect task); no Shutdown is fed."""
+        if self._rx is not None and self._loop is not None:
+            with contextlib.suppress(Exception):
+                self._loop.remove_reader(self._rx.fileno())
+        for s in (self._rx, self._tx):
+            if s is not None:
+                s.close()
+        self._rx = self._tx = None
+        if self._effects_task is not None:
+            self._effects_task.cancel()
+            self._effects_task = None
+
     def set_demote(self, n: int) -> None:
         """Our local demotion counter (0 = healthy); a higher value makes this node less preferred."""
         self._feed(fsm.DemoteChanged(time.monotonic(), int(n)))
@@ -449,8 +462,8 @@ class Instance:
         wall = time.time()
         self.state_since = wall
         self.last_reason = a.reason
-        new = getattr(a.new, "name", str(a.new))
-        old = getattr(a.old, "name", str(a.old))
+        new = a.new.name
+        old = a.old.name
         if new == "MASTER":
             self.master_since = wall
             self.stats["to_master"] += 1
@@ -649,7 +662,7 @@ class Instance:
     def status(self) -> dict:
         """State, settings and counters; never the passphrase."""
         received = self.counters.as_dict()
-        state = getattr(self.machine.state, "name", str(self.machine.state))
+        state = self.machine.state.name
         return {
             "interface": self.cfg.interface,
             "vhid": self.cfg.vhid,
@@ -662,7 +675,7 @@ class Instance:
             "advbase": self.cfg.advbase,
             "advskew": self.cfg.advskew,
             "preempt": self.cfg.preempt,
-            "demote": getattr(self.machine, "demote", 0),
+            "demote": self.machine.demote,
             "mode": self.cfg.mode,
             "mac": self.cfg.mac,
             "advert_mac": _mac_text(self.advert_mac),
@@ -670,5 +683,5 @@ class Instance:
             "received_ok": int(received.get("ok", 0)),
             "drops": {r: int(received.get(r, 0)) for r in codec.REASONS},
             **self.stats,
-            "machine": dict(getattr(self.machine, "stats", {})),
+            "machine": dict(self.machine.stats),
         }

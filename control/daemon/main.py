@@ -298,15 +298,17 @@ class Daemon:
             self._reconcile("store changed by another writer")
 
     # ---- CARP's side (called on the loop by control.carp_manager) ----
-    def set_owned(self, name: str, owned: bool) -> None:
+    def set_owned(self, name: str, owned: bool):
         """CARP took (or released) a cluster IP: a generation with the cluster owned (or not) is published at
-        once on the store thread (ownership travels with the clusters, never beside them)."""
+        once on the store thread (ownership travels with the clusters, never beside them). Returns the pending
+        publish (CARP awaits it before it announces the address), or None when nothing changes."""
         if owned == (name in self.carp_owned):
-            return
+            return None
         self.carp_owned = (self.carp_owned | {name}) if owned else (self.carp_owned - {name})
         why = f"carp: {'master' if owned else 'backup'} of cluster {name}"
-        if self.loop is not None:
-            self.loop.run_in_executor(self.worker, self._reconcile_logged, why)
+        if self.loop is None:
+            return None
+        return self.loop.run_in_executor(self.worker, self._reconcile_logged, why)
 
     def carp_interface(self) -> str | None:
         """The TAP CARP runs on: the exception interface of the first data port that has one (store's config)."""

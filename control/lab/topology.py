@@ -18,6 +18,8 @@ import ipaddress
 import re
 from dataclasses import dataclass, field
 
+from pydp.config import MAX_EDGES
+
 VIP = "198.51.100.10"           # cluster "web": HTTP and UDP through the active appliance
 VIP6 = "2001:db8::10"           # cluster "web6"
 VIP_IPSEC = "198.51.100.11"     # cluster "ipsec": IPsec local termination on
@@ -30,7 +32,6 @@ PASSPHRASE = "pydp-lab-carp"
 SYNC_PORT = 7470
 ADVBASE = 1
 HEALTH = {"interval": 0.5, "timeout": 0.4, "rise": 2, "fall": 3}
-MAX_EDGES = 16
 MAX_CLIENTS = 250
 NAME_RE = re.compile(r"^[a-z][a-z0-9]{0,15}$")
 

@@ -416,6 +416,8 @@ int dp_worker_loop(struct dp_worker *w, uint32_t stop_after_idle)
         }
         __atomic_store_n(&w->state->seen_gen, w->gen, __ATOMIC_RELEASE);
         w->stats->polls++;
+        if (w->state->heartbeat_ms != now)     /* every iteration, busy or idle; a store once per ms at most */
+            w->state->heartbeat_ms = now;
         was_busy = got != 0;
         if (got) {
             idle = 0;
@@ -424,7 +426,6 @@ int dp_worker_loop(struct dp_worker *w, uint32_t stop_after_idle)
         }
         w->stats->idle_polls++;
         idle++;
-        w->state->heartbeat_ms = now;
         if (stop_after_idle && idle >= stop_after_idle)
             break;
         if (dp.p.busy_poll || idle < WRK_IDLE_SPIN) {

@@ -245,17 +245,80 @@ def test_g_cluster_disabled_and_enabled_live(lab):
     assert_flows_through(lab, a, b, 1.0)
 
 
+def test_g2_backup_slot_reuse_never_forwards_a_cluster_it_does_not_own(lab):
+    """Issue 12, story 3, on the backup B: web deleted, "other" added in web's slot (B becomes its master), then
+    web comes back into that slot from another writer (what an unmanaged data plane's SIGHUP did). Ownership is
+    published with the cluster, so B drops web's packets sent straight to it (not owned), forwards none, and the
+    daemon puts the store back (config_drift). A stays master of web throughout."""
+    import os
+    import signal
+
+    from control import observe
+    from failover_lab import CLIENT_IP, FLOODER, VIP
+    from netlab import run
+    from pydp import config as pconfig
+    from pydp.apply import apply_config
+
+    a, b = lab.a, lab.b
+    ta = len(a.transitions())
+    web_slot = observe.clusters(b.dp.region)["web"]["slot"]
+    pydpctl("cluster", "delete", "web", socket=b.ctl.socket)
+    key = b.workdir / "other.key"
+    key.write_text("other-carp-key")
+    key.chmod(0o600)
+    pydpctl("cluster", "add", "other", "--cluster-ip", "198.51.100.11", "--vhid", "11", "--health", "none",
+            "--passphrase-file", key, "--edge", "o1=198.51.100.21@02:00:00:00:02:01",
+            "--edge", "o2=198.51.100.22@02:00:00:00:02:02", socket=b.ctl.socket)
+    wait_until(lambda: b.state("other") == "master", 3 * 1.0 + 4, "B to become master of other")
+    live = observe.clusters(b.dp.region)
+    assert set(live) == {"other"} and live["other"]["slot"] == web_slot and live["other"]["active"]
+    drifts = len(b.events("config_drift"))
+    os.kill(b.ctl.proc.pid, signal.SIGSTOP)               # hold B's daemon: the foreign generation stays live
+    try:
+        foreign = pconfig.loads(b.dp.config.read_text())
+        apply_config(b.dp.region, foreign, owned=())      # an unmanaged data plane without --own-all
+        live = observe.clusters(b.dp.region)
+        assert set(live) == {"web"} and live["web"]["slot"] == web_slot and not live["web"]["active"]
+        before = b.counters()
+        client_mac = json.loads(run("ip", "-j", "-n", lab.client_ns, "link", "show", "eth0").stdout)[0]["address"]
+        sent = subprocess.run(["ip", "netns", "exec", lab.client_ns, sys.executable, "-c", FLOODER, "eth0", b.mac,
+                               client_mac, CLIENT_IP, VIP, "200", "1"], capture_output=True, text=True,
+                              timeout=30, check=True)
+        n = int(sent.stdout.split()[0])
+        wait_until(lambda: b.counters()["web_not_active"] - before["web_not_active"] >= n, 3,
+                   "B to count web's frames as not owned")
+        after = b.counters()
+        assert after["web_packets"] == before["web_packets"], "B forwarded a cluster it does not own"
+        assert_flows_through(lab, a, b, 1.0)
+    finally:
+        os.kill(b.ctl.proc.pid, signal.SIGCONT)
+    wait_until(lambda: set(observe.clusters(b.dp.region)) == {"other"}, 3, "B's daemon to repair the drift")
+    assert observe.clusters(b.dp.region)["other"]["active"]
+    assert len(b.events("config_drift")) == drifts + 1
+    # back as it was: web on B again (backup), other gone; A never moved
+    pydpctl("cluster", "delete", "other", socket=b.ctl.socket)
+    pydpctl("import", str(b.dp.config), socket=b.ctl.socket)
+    b.wait_state("backup", 5)
+    assert len(a.transitions()) == ta and a.state() == "master"
+    assert_flows_through(lab, a, b, 1.0)
+
+
 def test_h_sigterm_bows_out(lab):
     """SIGTERM on A's daemon: A bows out, B takes over at once (not after its master-down interval); A's data plane
     keeps its tables but no longer owns the cluster IP. A's daemon back: it takes over again (preempt)."""
     a, b = lab.a, lab.b
+    from control import observe
+
     gen = a.dp.region.generation
+    tables = {n: {**c, "active": None} for n, c in observe.clusters(a.dp.region).items()}
     t0 = time.time()
     assert a.ctl.stop() == 0
     t_master = wait_until(lambda: b.first_master_after(t0), 2, "B to take over from A's bow-out")
     lab.timings.append(("A's daemon SIGTERMed (bow-out) -> B master", t_master - t0, 1.0))
     assert t_master - t0 < 1.0
-    assert a.dp.region.generation == gen and a.active_flag() is False and not a.owns_vip()
+    # one publish: the cluster as not owned (ownership is part of the generation); the tables are untouched
+    assert a.dp.region.generation == gen + 1 and a.active_flag() is False and not a.owns_vip()
+    assert {n: {**c, "active": None} for n, c in observe.clusters(a.dp.region).items()} == tables
     assert any(e["event"] == "carp_transition" and e["reason"] == "shutdown: bowed out" for e in a.events())
     a.ctl.start()
     a.wait_state("master", B_INTERVAL + 3)

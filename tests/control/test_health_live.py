@@ -227,3 +227,38 @@ def _ts(iso: str) -> float:
     import datetime
 
     return datetime.datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
+
+
+def test_edge_down_stays_out_through_a_foreign_publish(lab):
+    """Issue 12, story 2: e3's service stops, health takes it out of the table; then another writer publishes the
+    file (what an unmanaged data plane's SIGHUP does), where e3 is up. The daemon repairs the drift within a second:
+    e3 is DOWN again while its health is down, and new flows never reach it."""
+    from control import observe
+    from pydp import config as pconfig
+    from pydp.apply import apply_config
+
+    listeners = lab["listeners"]
+    for e in MACS:
+        if e not in listeners.procs:
+            listeners.start(e)
+    for e in ("e2", "e3"):          # e1 flapped in the test before: its damping may hold it down for a minute
+        wait_health(lab, e, "up", RISE * INTERVAL * 1.1 + SLACK + 5)
+    listeners.stop("e3")
+    wait_health(lab, "e3", "down", FALL * INTERVAL * 1.1 + TIMEOUT + SLACK)
+    region, ctl = lab["dp"].region, lab["ctl"]
+    drifts = len(ctl.events("config_drift"))
+    foreign = apply_config(region, pconfig.loads(APPLIANCE), owned={"web"}).generation
+    assert observe.clusters(region)["web"]["edges"]["e3"]["state"] == "up"
+    deadline = time.monotonic() + 3
+    while not (region.generation > foreign and observe.clusters(region)["web"]["edges"]["e3"]["state"] == "down"):
+        assert time.monotonic() < deadline, ctl.log.read_text()[-3000:]
+        time.sleep(0.05)
+    drift = ctl.events("config_drift")[drifts:]
+    assert len(drift) == 1 and any("edge e3" in d for d in drift[0]["differences"]), drift
+    subprocess.run([sys.executable, "-P", "-m", "control.cli", "--socket", ctl.socket, "flows", "flush",
+                    "--cluster", "web"], check=True, capture_output=True, timeout=30)
+    up = {MACS[n] for n, e in observe.clusters(region)["web"]["edges"].items() if e["state"] == "up"}
+    assert MACS["e2"] in up and MACS["e3"] not in up
+    got = send(lab, 300)
+    assert MACS["e3"] not in set(got.values()), "a new flow reached e3 while its health is down"
+    assert set(got.values()) <= up

@@ -586,7 +586,7 @@ def test_store_only_config_has_no_ports(st):
         config.loads(text)
 
 
-# ---- drain timeout (flow-table management) ----
+# ---- drain timeout ----
 
 def test_drain_timeout_and_drain_times(st):
     st.add_cluster(web())

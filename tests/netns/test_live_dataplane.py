@@ -88,7 +88,7 @@ def test_hundred_swaps_under_traffic_lose_nothing_and_keep_flows(lab):
             while not start_file.exists() and time.monotonic() < deadline:
                 time.sleep(0.01)
             for i in range(100):
-                apply_config(dp.region, cfgs[i % len(cfgs)])
+                apply_config(dp.region, cfgs[i % len(cfgs)], owned={"web"})   # the data plane runs --own-all
                 time.sleep(0.02)
             done.append(time.monotonic())
         except Exception as exc:  # reported by the test thread
@@ -142,7 +142,7 @@ def test_edge_down_moves_only_its_flows(lab):
                 time.sleep(0.01)
             time.sleep(1.5)               # flows are established on all edges
             cfg.clusters[0].edges[1].state = "draining"
-            apply_config(dp.region, cfg, edge_health={("web", "e1"): False})
+            apply_config(dp.region, cfg, owned={"web"}, edge_health={("web", "e1"): False})
         except Exception as exc:
             errors.append(exc)
 
