@@ -162,7 +162,8 @@ def test_appliance_config_is_installed_and_imported(ns, tmp_path, bootstrap):
     assert cfg.ports[0].device == "net_af_xdp0,iface=eth1,start_queue=0,queue_count=2"
     assert pconfig.to_dict(cfg)["cluster"] == pconfig.to_dict(want)["cluster"]
     db = root / "var/lib/pydp/pydp.db"
-    export = run(str(Path(shutil.which("pydpctl") or "pydpctl")), "--db", str(db), "export", "-").stdout
+    # the pydpctl of the installation under test (not whichever is first on PATH)
+    export = run(str(Path(sysconfig.get_path("scripts")) / "pydpctl"), "--db", str(db), "export", "-").stdout
     stored = pconfig.loads(export, "<store>", require_ports=False)
     assert [c.name for c in stored.clusters] == ["web", "vpn6"]
     assert [str(e.ip) for e in stored.clusters[0].edges] == ["198.51.100.21", "198.51.100.22", "198.51.100.23"]
