@@ -3,8 +3,10 @@
     backend = choose(db=args.db, socket=args.socket)
     backend.add_edge(cluster="web", edge={"name": "e3", "ip": "198.51.100.23"})
 
-Both backends offer the Store methods of store.MUTATING and store.READ_ONLY with the same arguments, results and
-errors (StoreError, NotFound). The rule (choose()):
+Both backends offer the operations of control.ops.OPS (the one table the RPC and the HTTP API serve too) as methods
+with the same arguments, results and errors (StoreError, NotFound, Conflict); both check the arguments against the
+table before anything is sent or stored, and every change lands in the store's history (via "cli" for a store file,
+"rpc" through the daemon, with the user running pydpctl). The rule (choose()):
 
 1. a store path given (--db, else the PYDP_DB environment variable): that store, directly;
 2. else, if the daemon's socket (--socket, else PYDP_SOCKET, else control.rpc.DEFAULT_SOCKET) accepts a
@@ -17,17 +19,17 @@ silent fall-back to the store file.
 
 from __future__ import annotations
 
-import inspect
 import os
 import socket as _socket
 from typing import Any, Callable, Mapping
 
-from control.store import DEFAULT_PATH, MUTATING, READ_ONLY, NotFound, Store, StoreError
+from control import ops
+from control.store import DEFAULT_PATH, Conflict, NotFound, Store, StoreError, default_user
 
 __all__ = ["StoreBackend", "RpcBackend", "DaemonError", "choose", "daemon_listening", "default_socket",
            "RPC_TIMEOUT"]
 
-OPERATIONS = MUTATING | READ_ONLY
+OPERATIONS = frozenset(ops.OPS)
 RPC_TIMEOUT = 15.0          # a change may wait for the store's busy timeout (5 s) before it runs
 
 
@@ -40,19 +42,49 @@ def default_socket() -> str:
     return rpc.DEFAULT_SOCKET
 
 
+def _bind(name: str, args: tuple, kwargs: dict) -> dict:
+    """Positional arguments named by the table's parameter order; OpError for too many."""
+    params = ops.OPS[name].params
+    if len(args) > len(params):
+        raise TypeError(f"{name}() takes at most {len(params)} positional arguments ({len(args)} given)")
+    out = {p.name: v for p, v in zip(params, args)}
+    for k, v in kwargs.items():
+        if k in out:
+            raise TypeError(f"{name}() got multiple values for argument {k!r}")
+        out[k] = v
+    return out
+
+
+def store_error(e: "ops.OpError") -> StoreError:
+    """The StoreError (NotFound, Conflict) pydpctl shows for a refused operation."""
+    cls = {"not_found": NotFound, "conflict": Conflict}.get(e.kind, StoreError)
+    err = cls(e.message, [x["message"] for x in e.errors])
+    err.field = e.field
+    return err
+
+
 class StoreBackend:
-    """Calls go to a Store in this process."""
+    """Calls go to a Store in this process, through control.ops (via "cli")."""
 
     kind = "store"
 
-    def __init__(self, store: Store):
+    def __init__(self, store: Store, user: str | None = None):
         self.store = store
         self.where = store.path
+        self.user = user or default_user()
 
     def __getattr__(self, name: str) -> Callable[..., Any]:
-        if name in OPERATIONS:
-            return getattr(self.store, name)
-        raise AttributeError(name)
+        if name not in OPERATIONS:
+            raise AttributeError(name)
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            try:
+                result, _ = ops.call(self.store, name, _bind(name, args, kwargs), via="cli", user=self.user)
+            except ops.OpError as e:
+                raise store_error(e) from None
+            return result
+        call.__name__ = name
+        return call
 
     def close(self) -> None:
         self.store.close()
@@ -65,9 +97,11 @@ class RpcBackend:
     kind = "daemon"
 
     def __init__(self, socket_path: str, timeout: float = RPC_TIMEOUT,
-                 on_warning: Callable[[str], None] | None = None):
+                 on_warning: Callable[[str], None] | None = None, user: str | None = None):
         """on_warning(text): called for each warning the daemon sends with a result (e.g. a change saved in the
-        store that the data plane could not take); default: control.rpc logs it."""
+        store that the data plane could not take); default: control.rpc logs it. user: recorded in the history
+        with each change (default: who runs this process)."""
+        self.user = user or default_user()
         self.socket_path = socket_path
         self.where = socket_path
         self.timeout = timeout
@@ -76,11 +110,13 @@ class RpcBackend:
     def __getattr__(self, name: str) -> Callable[..., Any]:
         if name not in OPERATIONS:
             raise AttributeError(name)
-        signature = inspect.signature(getattr(Store, name))
 
         def call(*args: Any, **kwargs: Any) -> Any:
-            bound = signature.bind(None, *args, **kwargs)       # None stands for self
-            params = {k: v for k, v in bound.arguments.items() if k != "self"}
+            params = _bind(name, args, kwargs)
+            try:
+                ops.check_args(ops.OPS[name], params)        # refused here, before anything is sent
+            except ops.OpError as e:
+                raise store_error(e) from None
             return self._call(name, params)
         call.__name__ = name
         return call
@@ -88,13 +124,15 @@ class RpcBackend:
     def _call(self, op: str, args: dict) -> Any:
         from control import rpc
         kwargs: dict[str, Any] = {"timeout": self.timeout}
-        if self.on_warning is not None and "on_warning" in inspect.signature(rpc.call).parameters:
+        if self.on_warning is not None:
             kwargs["on_warning"] = self.on_warning
         try:
-            return rpc.call(self.socket_path, "store", {"op": op, "args": args}, **kwargs)
+            return rpc.call(self.socket_path, "store", {"op": op, "args": args, "user": self.user}, **kwargs)
         except rpc.RpcError as e:
             if e.type == "NotFound":
                 raise NotFound(e.message) from None
+            if e.type == "Conflict":
+                raise Conflict(e.message) from None
             if e.type == "StoreError":
                 raise StoreError(e.message) from None
             raise DaemonError(f"pydp-control at {self.socket_path}: {e.type}: {e.message}") from None

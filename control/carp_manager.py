@@ -96,6 +96,7 @@ class Entry:
     state: str = "init"
     state_since: float | None = None
     reason: str = ""
+    auth_alarms: int = 0          # split-brain alarms raised (adverts failing authentication while master)
 
 
 def tap_info(name: str) -> tuple[int, bool, list[str]] | None:
@@ -285,6 +286,8 @@ class CarpManager:
                             mode="ucarp", mac="real")
         try:
             inst = ManagedInstance(cfg)
+            inst.on_auth_alarm = lambda active, detail, name=name, vhid=spec.vhid: self._auth_alarm(name, vhid,
+                                                                                                   active, detail)
         except ValueError as exc:
             problem = f"bad CARP settings: {exc}"
             if e.problem != problem:
@@ -390,6 +393,15 @@ class CarpManager:
     def managed(self, name: str) -> bool:
         return name in self.entries
 
+    def _auth_alarm(self, name: str, vhid: int, active: bool, detail: str) -> None:
+        e = self.entries.get(name)
+        if active:
+            if e is not None:
+                e.auth_alarms += 1
+            self.event("carp_split_brain_suspected", logging.WARNING, cluster=name, vhid=vhid, detail=detail)
+        else:
+            self.event("carp_split_brain_cleared", cluster=name, vhid=vhid)
+
     def status(self, name: str) -> dict | None:
         e = self.entries.get(name)
         if e is None:
@@ -427,6 +439,9 @@ class CarpManager:
             "adverts_received": received_ok,
             "gratuitous_sent": garp,
             "drops": drops,
+            "auth_alarm": bool(inst.auth_alarm) if inst is not None else False,
+            "auth_alarm_detail": (inst.auth_detail or None) if inst is not None else None,
+            "auth_alarms": e.auth_alarms,
             "peer_advert": None,
         }
         if peer is not None:

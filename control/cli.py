@@ -13,12 +13,12 @@ reference. Exit codes: 0 success, 1 the change was refused or failed (nothing ch
 from __future__ import annotations
 
 import argparse
-import ipaddress
 import json
 import os
 import sys
 from typing import Any, Callable, Sequence
 
+from control import ops
 from control.rpc import DEFAULT_SOCKET
 from control.store import DEFAULT_PATH, StoreError
 from control.tables import format_fields, format_table
@@ -61,8 +61,7 @@ def _yes(v: bool) -> str:
     return "yes" if v else "no"
 
 
-def _status(c: dict) -> str:
-    return "enabled" if c["enabled"] else "disabled"
+_status = ops.status_text
 
 
 def _mode(c: dict) -> str:
@@ -92,52 +91,19 @@ def _summary(c: dict) -> str:
     return ", ".join(parts)
 
 
-# ---- sorting and searching (cluster list) ----
+# ---- sorting and searching (cluster list): shared with the HTTP API (control.ops) ----
 
-def _ip_key(text: str) -> tuple[int, int]:
-    try:
-        ip = ipaddress.ip_address(text)
-    except ValueError:
-        return (9, 0)
-    return (ip.version, int(ip))
-
-
-SORT_COLUMNS: dict[str, Callable[[dict], Any]] = {
-    "name": lambda c: (c["name"].casefold(), c["name"]),
-    "status": _status,
-    "service-edges": lambda c: (len(c["edge"]), [e["name"].casefold() for e in c["edge"]]),
-    "cluster-ip": lambda c: _ip_key(c["cluster_ip"]),
-    "ipsec-local-termination": lambda c: c["ipsec_local_termination"],
-    "mode": lambda c: c["mode"],
-}
-_SORT_ALIASES = {"edges": "service-edges", "ip": "cluster-ip", "ipsec": "ipsec-local-termination"}
+SORT_COLUMNS = ops.SORT_COLUMNS
+sort_clusters = ops.sort_clusters
+search_clusters = ops.search_clusters
+_list_json = ops.list_row
 
 
 def _sort_column(text: str) -> str:
-    key = "-".join(text.strip().lower().replace("_", " ").replace("-", " ").split())
-    key = _SORT_ALIASES.get(key, key)
-    if key not in SORT_COLUMNS:
-        raise argparse.ArgumentTypeError(f"unknown column {text!r}; choose from {', '.join(SORT_COLUMNS)}")
-    return key
-
-
-def sort_clusters(clusters: list[dict], column: str = "name", desc: bool = False) -> list[dict]:
-    key = SORT_COLUMNS[column]
-    return sorted(clusters, key=lambda c: (key(c), c["name"].casefold(), c["name"]), reverse=desc)
-
-
-def search_clusters(clusters: list[dict], text: str) -> list[dict]:
-    """Clusters whose name, cluster IP, or an edge's name or IP contains text (case-insensitive)."""
-    needle = text.casefold()
-    return [c for c in clusters
-            if any(needle in v.casefold()
-                   for v in [c["name"], c["cluster_ip"]] + [x for e in c["edge"] for x in (e["name"], e["ip"])])]
-
-
-def _list_json(c: dict) -> dict:
-    return {"name": c["name"], "status": _status(c), "service_edges": [e["name"] for e in c["edge"]],
-            "cluster_ip": c["cluster_ip"], "ipsec_local_termination": c["ipsec_local_termination"],
-            "mode": c["mode"]}
+    try:
+        return ops.sort_column(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 # ---- parsing option values ----
@@ -462,6 +428,90 @@ def cmd_edge_show(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---- commands: history ----
+
+def _history_change(h: dict) -> str:
+    a = dict(h["args"])
+    target = []
+    for k in ("name", "cluster", "edge"):
+        v = a.get(k)
+        if isinstance(v, str):
+            target.append(v)
+            a.pop(k)
+        elif isinstance(v, dict) and isinstance(v.get("name"), str):
+            target.append(v["name"])
+    rest = ", ".join(f"{k}={json.dumps(v, ensure_ascii=False, separators=(',', ':'))}" for k, v in a.items()
+                     if not isinstance(v, dict) or k == "changes")
+    return " ".join([h["op"], "/".join(target)] + ([rest] if rest else [])).strip()
+
+
+def cmd_history(args: argparse.Namespace) -> int:
+    import time as _time
+    rows = _run(args, lambda b: b.history(limit=args.limit, cluster=args.cluster))
+    if args.json:
+        _print_json(rows)
+        return 0
+    if not rows:
+        print("No changes recorded.")
+        return 0
+    print(format_table(["Time", "Revision", "Via", "User", "Change"],
+                       [[_time.strftime("%Y-%m-%d %H:%M:%S", _time.localtime(h["time"])), h["revision"], h["via"],
+                         h["user"], _history_change(h)] for h in rows]))
+    return 0
+
+
+# ---- commands: http-user (who may use the admin page) ----
+
+def _users_file(args: argparse.Namespace) -> str:
+    from control.http import auth
+    return args.file or os.environ.get("PYDP_HTTP_USERS") or auth.DEFAULT_USERS_FILE
+
+
+def cmd_http_user(args: argparse.Namespace) -> int:
+    from control.http import auth
+    path = _users_file(args)
+    try:
+        if args.command_name == "list":
+            entries = auth.read_entries(path)
+            if not entries:
+                print(f"No users in {path}.")
+            else:
+                print(format_table(["Name", "Role", "Signs in with"],
+                                   [[e.name, e.role, "token" if e.secret.startswith("token$") else "password"]
+                                    for e in entries]))
+            return 0
+        if args.command_name == "remove":
+            if not auth.remove_entry(path, args.name):
+                raise CliError(f"{path}: no user {args.name!r}")
+            print(f"removed {args.name!r} from {path} (signed-in sessions end at the next request)")
+            return 0
+        role = "read-only" if args.read_only else "admin"
+        if args.command_name == "token":
+            token, secret = auth.new_token()
+            auth.set_entry(path, args.name, role, secret)
+            print(token)
+            print(f"token {args.name!r} ({role}) added to {path}; send it as 'Authorization: Bearer TOKEN' (it is "
+                  "shown only now)", file=sys.stderr)
+            return 0
+        if args.password_file:
+            try:
+                with open(args.password_file, "rb") as f:
+                    password = _read_secret(f.read(4096), f"--password-file {args.password_file}")
+            except OSError as e:
+                raise CliError(f"--password-file: cannot read {args.password_file}: {e.strerror or e}") from None
+        else:
+            password = _read_secret(sys.stdin.buffer.readline(4096), "standard input")
+        if len(password) < 8:
+            raise CliError("the password must have at least 8 characters")
+        auth.set_entry(path, args.name, role, auth.hash_password(password))
+        print(f"user {args.name!r} ({role}) set in {path}")
+        return 0
+    except auth.AuthError as e:
+        raise CliError(str(e)) from None
+    except OSError as e:
+        raise CliError(f"{path}: {e.strerror or e}") from None
+
+
 # ---- commands: export / import ----
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -761,6 +811,39 @@ def build_parser() -> Parser:
     p.add_argument("--check", action="store_true", help="only validate the file; change nothing")
     p.add_argument("--no-keep-passphrases", action="store_true",
                    help="clusters imported without a passphrase lose the stored one")
+
+    p = add(sub, "history", cmd_history, "show the latest changes: when, what, through which interface, by whom",
+            ["pydpctl history", "pydpctl history --cluster web --limit 20", "pydpctl history --json"],
+            notes="Via: cli (pydpctl on the store file), rpc (pydpctl through pydp-control), http (the admin page\n"
+                  "or the HTTP API), store (a program using the store directly). CARP passphrases show as ***.")
+    p.add_argument("--limit", metavar="N", type=int, default=50, help="at most N changes (default 50)")
+    p.add_argument("--cluster", metavar="NAME", help="only changes naming this cluster")
+    _json_flag(p)
+
+    hu = sub.add_parser("http-user", help="manage who may sign in to the admin page and the HTTP API",
+                        description="Manage the users file of the admin page (default /etc/pydp/http-users, or "
+                                    "$PYDP_HTTP_USERS): users with a password, and tokens, each admin or read-only.",
+                        epilog=_epilog("pydpctl http-user add alice < password.txt",
+                                       "pydpctl http-user add bob --read-only --password-file /root/bob.pw",
+                                       "pydpctl http-user token monitoring --read-only",
+                                       "pydpctl http-user list", "pydpctl http-user remove bob",
+                                       notes="Passwords are stored as scrypt hashes, tokens as SHA-256; the file is "
+                                             "mode 0600, root's.\nA running pydp-control reads the changed file at "
+                                             "the next sign-in."))
+    hus = hu.add_subparsers(dest="http_user_command", metavar="ACTION", required=True)
+    for name, help in (("add", "add a user (or set a new password); the password is read from standard input"),
+                       ("token", "add a token and print it"), ("remove", "remove a user or token"),
+                       ("list", "list users and tokens")):
+        p = hus.add_parser(name, help=help, description=help[0].upper() + help[1:] + ".")
+        p.set_defaults(func=cmd_http_user, command_name=name)
+        p.add_argument("--file", metavar="PATH", help="the users file (default: $PYDP_HTTP_USERS, else "
+                                                       "/etc/pydp/http-users)")
+        if name != "list":
+            p.add_argument("name", metavar="NAME")
+        if name in ("add", "token"):
+            p.add_argument("--read-only", action="store_true", help="may look, not change (default: admin)")
+        if name == "add":
+            p.add_argument("--password-file", metavar="FILE", help="read the password from FILE instead of stdin")
 
     from control import cli_observe
     cli_observe.register(sub)

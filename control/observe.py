@@ -255,17 +255,20 @@ def _swap16(a: np.ndarray) -> np.ndarray:
 
 
 def _snapshot(region: Region, worker: int) -> tuple[np.ndarray, np.ndarray]:
-    """(flows, last_ms) of the published ways of one worker's table, copied consistently."""
+    """(flows, last_ms) of the published ways of one worker's table, copied consistently (packets include the
+    ways' hot counters)."""
     b = region.flow_buckets(worker)
     sig1 = b["sig"].copy()
     bi, wi = np.nonzero(sig1)
     fl = b["flows"][bi, wi]                 # fancy indexing copies
     last = b["last_ms"][bi, wi]
+    pkts = b["way"]["pkts"][bi, wi]         # the hot packet counter, not yet folded into the record's packets
     sig2 = b["sig"][bi, wi]
     s1 = sig1[bi, wi]
-    # bit 1 of a signature is the half-open flag (PYDP_FLOW_SIG_SYN), not the hash's
+    # bit 1 of a signature is the half-open flag (PYDP_FLOW_SIG_SYN); the record keeps the signature without it
     syn = np.uint32(lib.PYDP_FLOW_SIG_SYN)
-    ok = (sig2 == s1) & ((fl["hash"] | np.uint32(1) | syn) == (s1 | syn))
+    ok = (sig2 == s1) & ((fl["sig"] | syn) == (s1 | syn))
+    fl["packets"] += pkts
     return fl[ok], last[ok]
 
 

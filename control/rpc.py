@@ -7,7 +7,8 @@ Wire format (both directions): a 4-byte big-endian length, then that many bytes 
              {"v": 1, "id": <int|nil>, "ok": false, "error": {"type": <str>, "message": <str>}}
 
 Error types: BadRequest (the request is malformed or names an unknown method or operation), StoreError and
-NotFound (the store refused the change; nothing changed), Unavailable (the daemon cannot serve it now, e.g. too
+NotFound (the store refused the change; nothing changed), Conflict (the change carried an "if_match" revision that
+is no longer the store's; nothing changed), Unavailable (the daemon cannot serve it now, e.g. too
 many connections), Internal (a bug: the daemon logged it). A frame larger than MAX_FRAME, a frame that is not
 msgpack or not a map gets an error reply and the connection is closed; a well-formed request that is invalid gets
 an error reply and the connection stays usable. The server never stops because of what a client sends.
@@ -18,7 +19,10 @@ credentials (SO_PEERCRED) on every connection: a peer that is neither root nor t
 check holds even when the file mode is loosened by hand or the socket is passed into a container.
 
     result = call("/run/pydp/control.sock", "status")
-    result = call(path, "store", {"op": "add_edge", "args": {"cluster": "web", "edge": {...}}})
+    result = call(path, "store", {"op": "add_edge", "args": {"cluster": "web", "edge": {...}}, "user": "alice"})
+
+The "store" method's operations, their parameters and types are the table in control.ops (the HTTP API serves the
+same table).
 """
 
 from __future__ import annotations
@@ -45,7 +49,7 @@ PROTOCOL_VERSION = 1
 MAX_FRAME = 1 << 20                      # bytes of one msgpack message (the 4-byte prefix not counted)
 DEFAULT_SOCKET = "/run/pydp/control.sock"
 MAX_ID = (1 << 63) - 1
-ERROR_TYPES = ("BadRequest", "StoreError", "NotFound", "Unavailable", "Internal")
+ERROR_TYPES = ("BadRequest", "StoreError", "NotFound", "Conflict", "Unavailable", "Internal")
 
 _HDR = struct.Struct("!I")
 log = logging.getLogger("pydp.control.rpc")

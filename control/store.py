@@ -18,6 +18,12 @@ cluster, and across clusters: unique names, cluster IPs and CARP vhids), write i
 error rolls back: nothing changes, and StoreError says which field broke which rule. A change that changes nothing
 commits nothing and keeps the revision.
 
+Every committed change also writes a row of the ``history`` table in the same transaction: when, the revision it
+made, the operation and its arguments (secrets as '***'), the interface it came through and the user. Callers say
+those with ``with store.recording(op=..., args=..., via=..., user=..., expect_revision=N):`` (control.ops does);
+a change method called without it is recorded as via "store". expect_revision: if the store's revision is not N
+when the change runs, Conflict and nothing changes (the HTTP API's If-Match). history() reads them back.
+
 The schema is versioned in the ``meta`` table; MIGRATIONS lists the steps from an empty file to the current
 layout. Opening an older store applies the missing steps in one transaction; a store written by a newer pydp is
 refused.
@@ -26,6 +32,8 @@ refused.
 from __future__ import annotations
 
 import copy
+import functools
+import inspect
 import json
 import os
 import re
@@ -38,7 +46,7 @@ from typing import Any, Callable, Iterator
 from pydp import config
 
 __all__ = [
-    "Store", "StoreError", "NotFound", "DEFAULT_PATH", "SCHEMA_VERSION", "MIGRATIONS", "MUTATING", "READ_ONLY",
+    "Store", "StoreError", "NotFound", "Conflict", "DEFAULT_PATH", "SCHEMA_VERSION", "MIGRATIONS", "MUTATING", "READ_ONLY",
 ]
 
 DEFAULT_PATH = "/var/lib/pydp/pydp.db"
@@ -85,6 +93,18 @@ MIGRATIONS: list[tuple[str, tuple[str, ...] | Callable[[sqlite3.Connection], Non
         "ALTER TABLE appliance ADD COLUMN sync TEXT NOT NULL DEFAULT '{}'",   # JSON: the [sync] table ({} = defaults)
     )),
     ("drain_timeout of clusters, and when each draining edge started draining", lambda c: _migrate_drain(c)),
+    ("the history of changes (when, what, through which interface, by whom)", (
+        """CREATE TABLE history (
+               id       INTEGER PRIMARY KEY,
+               time     REAL NOT NULL,                     -- Unix time of the commit
+               revision INTEGER NOT NULL,                  -- the revision the change made
+               op       TEXT NOT NULL,                     -- the operation (control.ops), e.g. 'add_edge'
+               args     TEXT NOT NULL,                     -- JSON: its arguments, secrets replaced by '***'
+               via      TEXT NOT NULL,                     -- cli (store file), rpc, http, store (direct)
+               user     TEXT NOT NULL
+           )""",
+        "CREATE INDEX history_by_revision ON history (revision)",
+    )),
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -92,7 +112,9 @@ MUTATING = frozenset({
     "add_cluster", "edit_cluster", "delete_cluster", "duplicate_cluster", "set_cluster_enabled",
     "add_edge", "edit_edge", "remove_edge", "set_edge_state", "import_text",
 })
-READ_ONLY = frozenset({"list_clusters", "get_cluster", "export_text", "revision", "drain_times"})
+READ_ONLY = frozenset({"list_clusters", "get_cluster", "export_text", "revision", "drain_times", "history"})
+HISTORY_KEEP = 10000            # history rows kept (the oldest go first)
+SECRET_KEYS = frozenset({"passphrase", "key", "secret", "password", "token", "sync_key"})
 
 
 class StoreError(ValueError):
@@ -106,6 +128,52 @@ class StoreError(ValueError):
 
 class NotFound(StoreError):
     """No cluster (or edge) of that name."""
+
+
+class Conflict(StoreError):
+    """The change was made against a revision that is no longer the store's: nothing changed."""
+
+
+def redact(value: Any) -> Any:
+    """value with every secret (a key of SECRET_KEYS holding a non-empty value) replaced by '***'."""
+    if isinstance(value, dict):
+        return {k: ("***" if k in SECRET_KEYS and v not in ("", None) else redact(v)) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [redact(v) for v in value]
+    return value
+
+
+def default_user() -> str:
+    """Who runs this process: the sudo user if any, else the login name of the effective uid."""
+    sudo = os.environ.get("SUDO_USER")
+    if sudo:
+        return sudo
+    try:
+        import pwd
+        return pwd.getpwuid(os.geteuid()).pw_name
+    except (ImportError, KeyError):
+        return f"uid {os.geteuid()}"
+
+
+def _recorded(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """A change method: unless a caller already described the change (Store.recording, as control.ops does), it
+    is recorded in the history as op=the method's name, via='store', user=default_user()."""
+    signature = inspect.signature(fn)
+
+    @functools.wraps(fn)
+    def wrapper(self: "Store", *args: Any, **kwargs: Any) -> Any:
+        if getattr(self._tls, "change", None) is not None:
+            return fn(self, *args, **kwargs)
+        try:
+            bound = signature.bind(self, *args, **kwargs)
+            given = {k: v for k, v in bound.arguments.items() if k != "self"}
+        except TypeError:
+            given = {}
+        if fn.__name__ == "import_text" and isinstance(given.get("text"), str):
+            given["text"] = f"<{len(given['text'])} characters>"
+        with self.recording(op=fn.__name__, args=given, via="store", user=default_user()):
+            return fn(self, *args, **kwargs)
+    return wrapper
 
 
 def _migrate_drain(c: sqlite3.Connection) -> None:
@@ -206,6 +274,21 @@ def _check_new_name(doc: dict, name: Any, what: str = "cluster") -> None:
         raise StoreError(f"name: duplicate {what} name {name!r} (a cluster of that name already exists)")
 
 
+def _named_clusters(args: dict) -> set:
+    """The cluster names a change's arguments mention (for history(cluster=))."""
+    names = set()
+    for k in ("name", "cluster", "new_name"):
+        v = args.get(k)
+        if isinstance(v, str):
+            names.add(v)
+        elif isinstance(v, dict) and isinstance(v.get("name"), str) and k == "cluster":
+            names.add(v["name"])
+    changes = args.get("changes")
+    if isinstance(changes, dict) and isinstance(changes.get("name"), str) and "edge" not in args:
+        names.add(changes["name"])
+    return names
+
+
 def _public(cluster: dict, include_secrets: bool) -> dict:
     out = copy.deepcopy(cluster)
     carp = out["carp"]
@@ -223,6 +306,7 @@ class Store:
         self.path = os.fspath(path)
         self.timeout = timeout
         self._lock = threading.RLock()
+        self._tls = threading.local()       # .change: the description of the change under way (recording())
         self._prepare_file()
         try:
             self._conn = sqlite3.connect(self.path, timeout=timeout, isolation_level=None, check_same_thread=False)
@@ -415,10 +499,33 @@ class Store:
             raise _config_error(e, None if source else doc) from None
         return cfg, config.to_dict(cfg, include_secrets=True)
 
+    @contextmanager
+    def recording(self, *, op: str, args: dict, via: str, user: str,
+                  expect_revision: int | None = None) -> Iterator[dict]:
+        """Describes the changes this thread makes inside the block, for the history: op, its args (secrets are
+        redacted here), via (the interface: cli, rpc, http, store) and user. expect_revision: the revision the
+        change was made against; if the store's revision differs when the change runs, Conflict (nothing
+        changes). Yields a dict whose "revision" is set to the store's revision after the change and "changed"
+        to whether it changed anything."""
+        info = {"op": op, "args": redact(args), "via": via, "user": user, "expect": expect_revision,
+                "revision": None, "changed": False}
+        previous = getattr(self._tls, "change", None)
+        self._tls.change = info
+        try:
+            yield info
+        finally:
+            self._tls.change = previous
+
     def _mutate(self, change: Callable[[dict], Any], source: str | None = None) -> tuple[dict, Any, int]:
         """Runs change(doc) on the whole configuration inside one write transaction, validates the result and
-        writes it. Returns (normalized document, what change returned, revision)."""
+        writes it with its history row. Returns (normalized document, what change returned, revision)."""
+        info = getattr(self._tls, "change", None)
         with self._transaction(write=True) as c:
+            revision = self._revision(c)
+            expect = info.get("expect") if info else None
+            if expect is not None and expect != revision:
+                raise Conflict(f"revision: the configuration changed since revision {expect} (it is now revision "
+                               f"{revision}); reload it and try again; nothing was changed")
             before = self._load(c)
             doc = copy.deepcopy(before)
             result = change(doc)
@@ -427,7 +534,16 @@ class Store:
                 self._save(c, after)
                 _record_drains(c, after)
                 c.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'revision'")
-            return after, result, self._revision(c)
+                revision = self._revision(c)
+                if info is not None:
+                    c.execute("INSERT INTO history (time, revision, op, args, via, user) VALUES (?, ?, ?, ?, ?, ?)",
+                              (time.time(), revision, info["op"], json.dumps(info["args"], default=str),
+                               info["via"], info["user"]))
+                    c.execute("DELETE FROM history WHERE id <= (SELECT MAX(id) FROM history) - ?", (HISTORY_KEEP,))
+                    info["changed"] = True
+            if info is not None:
+                info["revision"] = revision
+            return after, result, revision
 
     def _mutate_cluster(self, change: Callable[[dict], Any]) -> dict:
         """A change of one cluster: change(doc) returns that cluster's name (after the change)."""
@@ -452,6 +568,24 @@ class Store:
         with self._transaction(write=False) as c:
             return self._revision(c)
 
+    def history(self, limit: int = 100, cluster: str | None = None) -> list[dict]:
+        """The latest changes, newest first: [{"id", "time" (Unix), "revision", "op", "args" (secrets as '***'),
+        "via", "user"}]. cluster: only changes whose arguments name that cluster."""
+        with self._transaction(write=False) as c:
+            rows = c.execute("SELECT id, time, revision, op, args, via, user FROM history ORDER BY id DESC")
+            out: list[dict] = []
+            for hid, t, rev, op, args, via, user in rows:
+                try:
+                    a = json.loads(args)
+                except ValueError:
+                    a = {}
+                if cluster is not None and cluster not in _named_clusters(a):
+                    continue
+                out.append({"id": hid, "time": t, "revision": rev, "op": op, "args": a, "via": via, "user": user})
+                if len(out) >= limit:
+                    break
+            return out
+
     def drain_times(self) -> list[dict]:
         """When each draining edge started draining: [{"cluster", "edge", "since" (Unix time)}]. Recorded by the
         change that set the state (by whichever writer), so a restarted pydp-control keeps counting a drain
@@ -472,6 +606,7 @@ class Store:
 
     # -- clusters --
 
+    @_recorded
     def add_cluster(self, cluster: dict) -> dict:
         """Adds a cluster (absent keys take pydp.config's defaults). Without carp.vhid, a cluster in mode
         'cluster' gets the lowest vhid no other cluster uses."""
@@ -488,6 +623,7 @@ class Store:
             return new.get("name")
         return self._mutate_cluster(change)
 
+    @_recorded
     def edit_cluster(self, name: str, changes: dict) -> dict:
         """Changes some settings of a cluster: each top-level key given replaces the stored value, except carp and
         health whose keys are merged into the stored ones; "name" renames; "edge" replaces the list of edges.
@@ -527,11 +663,13 @@ class Store:
             return cur.get("name")
         return self._mutate_cluster(change)
 
+    @_recorded
     def delete_cluster(self, name: str) -> None:
         def change(doc: dict) -> None:
             doc["cluster"].remove(_find(doc, name))
         self._mutate(change)
 
+    @_recorded
     def duplicate_cluster(self, name: str, new_name: str, cluster_ip: str, vhid: int | None = None) -> dict:
         """A copy of a cluster (settings, edges, passphrase) under a new name and cluster IP. Without vhid, the
         copy gets the lowest CARP vhid no other cluster uses."""
@@ -548,11 +686,13 @@ class Store:
             return new_name
         return self._mutate_cluster(change)
 
+    @_recorded
     def set_cluster_enabled(self, name: str, enabled: bool) -> dict:
         return self.edit_cluster(name, {"enabled": enabled})
 
     # -- edges --
 
+    @_recorded
     def add_edge(self, cluster: str, edge: dict) -> dict:
         """Adds an edge (absent keys take their defaults); returns the cluster."""
         new = _require_dict(edge, "edge")
@@ -567,6 +707,7 @@ class Store:
             return cur["name"]
         return self._mutate_cluster(change)
 
+    @_recorded
     def edit_edge(self, cluster: str, edge: str, changes: dict) -> dict:
         """Changes some settings of an edge (name, ip, mac, weight, state); returns the cluster."""
         changes = _require_dict(changes, "changes")
@@ -582,6 +723,7 @@ class Store:
             return cur["name"]
         return self._mutate_cluster(change)
 
+    @_recorded
     def remove_edge(self, cluster: str, edge: str) -> dict:
         def change(doc: dict) -> Any:
             cur = _find(doc, cluster)
@@ -589,12 +731,14 @@ class Store:
             return cur["name"]
         return self._mutate_cluster(change)
 
+    @_recorded
     def set_edge_state(self, cluster: str, edge: str, state: str) -> dict:
         """active: gets new flows; draining: keeps its flows, gets no new ones; disabled: no traffic."""
         return self.edit_edge(cluster, edge, {"state": state})
 
     # -- the whole configuration --
 
+    @_recorded
     def import_text(self, text: str, source: str = "<import>", keep_passphrases: bool = True) -> dict:
         """Replaces the whole configuration (dataplane, ports, clusters) by a file in the pydp-dataplane format.
         All of it is validated before anything changes. keep_passphrases: a cluster imported without a CARP

@@ -137,25 +137,45 @@ def cpu_seconds(pids: list[int]) -> float:
     return total / os.sysconf("SC_CLK_TCK")
 
 
+def proc_stat() -> tuple[int, int, int]:
+    """The machine's CPU time from /proc/stat, in clock ticks: (total, busy, steal); busy excludes idle and
+    iowait, steal is what the hypervisor gave other guests."""
+    with open("/proc/stat") as f:
+        v = [int(x) for x in f.readline().split()[1:]]
+    total = sum(v[:8])                  # user nice system idle iowait irq softirq steal (guest is inside user)
+    steal = v[7] if len(v) > 7 else 0
+    return total, total - v[3] - v[4], steal
+
+
 class Window:
-    """The measurement window as the generator announces it: wall time and the CPU time of our processes, so
-    that CPU taken by anything else on the two CPUs (other jobs on the machine) shows up as foreign_cpu_share."""
+    """The measurement window as the generator announces it: wall time, the CPU time of our processes and the
+    machine's CPU time from /proc/stat, so that CPU taken by anything else on the two CPUs (other jobs on the
+    machine: other_load) and by the hypervisor (steal) are known for every run."""
 
     def __init__(self, gen: Proc, procs: list[Proc], ncpus: int, timeout: float):
         self.gen, self.procs, self.ncpus, self.timeout = gen, procs, ncpus, timeout
         self.idx = 0
+        self.other_load = self.steal = 0.0
 
     def start(self) -> None:
         peers = tuple(p for p in self.procs if p is not self.gen)
         self.idx = self.gen.wait_line("pydp-gen: measuring", self.timeout, peers=peers)
         self.t0, self.c0 = time.monotonic(), cpu_seconds([p.p.pid for p in self.procs])
+        self.s0 = proc_stat()
 
     def end(self, seconds: float) -> float:
-        """Waits for the end of the window; returns the share of the CPUs used by other processes."""
+        """Waits for the end of the window; returns the share of the CPUs used by other processes (or idle:
+        a busy-polling pair uses both CPUs fully). Also sets other_load (busy CPU time of other processes from
+        /proc/stat, share of all CPUs) and steal (share of all CPUs)."""
         peers = tuple(p for p in self.procs if p is not self.gen)
         self.gen.wait_line("pydp-gen: done", seconds + 30, self.idx, peers=peers)
         dt = time.monotonic() - self.t0
         used = cpu_seconds([p.p.pid for p in self.procs]) - self.c0
+        s1 = proc_stat()
+        dtotal = max(1, s1[0] - self.s0[0])
+        hz = os.sysconf("SC_CLK_TCK")
+        self.other_load = round(min(1.0, max(0.0, ((s1[1] - self.s0[1]) - used * hz) / dtotal)), 3)
+        self.steal = round((s1[2] - self.s0[2]) / dtotal, 3)
         return round(max(0.0, 1 - used / (self.ncpus * dt)), 3) if dt > 0 else 0.0
 
 
@@ -319,8 +339,10 @@ class Run:
         argv = [o.testpmd, "--lcores", f"0@{o.gen_cpu},1@{o.fwd_cpu}", "--file-prefix", self.fwd_prefix,
                 "--no-telemetry", "--no-pci", "--huge-unlink", "--log-level", "lib.eal:warning",
                 "--vdev", f"net_memif0,role=client,socket={self.sock},socket-abstract=no,mac={FWD_MAC}",
-                "--", "--forward-mode=io", "--port-topology=loop", "--nb-cores=1", "--auto-start"]
-        # non-interactive testpmd forwards until Enter: stdin is a pipe nobody writes; SIGTERM stops it
+                "--", "--forward-mode=io", "--port-topology=loop", "--nb-cores=1", "--auto-start",
+                "--record-core-cycles"]
+        # non-interactive testpmd forwards until Enter: stdin is a pipe written to at the end, when testpmd
+        # prints its statistics (busy cycles per packet over the whole run); SIGTERM stops it otherwise
         tp = Proc("dpdk-testpmd", argv, os.path.join(self.workdir, f"testpmd-{self.tag}.log"),
                   stdin_pipe=True, capture_stdout=True)
         self.procs.append(tp)
@@ -331,7 +353,54 @@ class Run:
         res = self.gen_result(gen, load)
         if tp.p.poll() is not None:
             raise BenchError(f"dpdk-testpmd exited early (status {tp.p.returncode})")
-        return {"gen": res, "foreign_cpu_share": foreign}
+        return {"gen": res, "foreign_cpu_share": foreign, "other_load": win.other_load, "steal": win.steal,
+                "cycles_per_packet": self._testpmd_cycles(tp)}
+
+    @staticmethod
+    def _testpmd_cycles(tp: Proc) -> float | None:
+        """Enter stops testpmd's forwarding; its summary has 'CPU cycles/packet=X' (--record-core-cycles: TSC
+        cycles of bursts that received packets, per packet, whole run)."""
+        try:
+            tp.p.stdin.write("\n")
+            tp.p.stdin.flush()
+            tp.p.wait(STOP_TIMEOUT)
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        for t in tp.threads:
+            t.join(2.0)
+        for line in reversed(list(tp.stdout_lines)):
+            m = re.search(r"CPU cycles/packet=([0-9.]+)", line)
+            if m:
+                return round(float(m.group(1)), 1)
+        return None
+
+    def l3fwd(self, load: Load, rules_v4: str, rules_v6: str, ipv6: bool) -> dict:
+        """DPDK's l3fwd example in exact-match mode (-E) on the same memif pair: one rte_hash lookup of the
+        5-tuple per packet against rules for every flow of the profile, MAC rewrite, TTL/checksum update."""
+        o = self.opts
+        gen = self.start_gen(load)
+        self.fwd_prefix = f"pydpperf-l3fwd-{os.getpid()}-{self.tag}"
+        # one lcore, the forwarding one (l3fwd makes a TX queue per lcore; the memif peer has one queue pair)
+        argv = [o.l3fwd, "--lcores", f"1@{o.fwd_cpu}", "--file-prefix", self.fwd_prefix,
+                "--no-telemetry", "--no-pci", "--huge-unlink", "--log-level", "lib.eal:warning",
+                "--vdev", f"net_memif0,role=client,socket={self.sock},socket-abstract=no,mac={FWD_MAC}",
+                "--", "-p", "0x1", "-E", "--parse-ptype", "--config=(0,0,1)", f"--rule_ipv4={rules_v4}",
+                f"--rule_ipv6={rules_v6}", "--eth-dest=0,02:00:00:00:00:01"]
+        if ipv6:
+            argv.append("--ipv6")
+        # stdout (a line per rule loaded) goes straight to the log file
+        lf = Proc("dpdk-l3fwd", argv, os.path.join(self.workdir, f"l3fwd-{self.tag}.log"))
+        self.procs.append(lf)
+        # loading a million rules takes seconds: the generator waits for the link (--link-timeout)
+        win = self._window(gen, [gen, lf], load)
+        win.timeout += 60
+        win.start()
+        _, seconds = self._times(load)
+        foreign = win.end(seconds + load.drain)
+        res = self.gen_result(gen, load)
+        if lf.p.poll() is not None:
+            raise BenchError(f"dpdk-l3fwd exited early (status {lf.p.returncode}):\n" + lf.tail())
+        return {"gen": res, "foreign_cpu_share": foreign, "other_load": win.other_load, "steal": win.steal}
 
     def pydp(self, load: Load, flow_capacity: int, busy_poll: bool = True, during=None) -> dict:
         """pydp forwards the load. during(region, cfg_path) runs in a thread while the generator measures."""
@@ -386,7 +455,8 @@ class Run:
         if dp.p.poll() is not None:
             raise BenchError(f"pydp-dataplane exited early (status {dp.p.returncode}):\n" + dp.tail())
         return {"gen": res, "window": delta(before, after), "total": final, "drop_names": drop_names,
-                "foreign_cpu_share": foreign, "dataplane_cpu_s": round(dp_cpu, 3)}
+                "foreign_cpu_share": foreign, "other_load": win.other_load, "steal": win.steal,
+                "dataplane_cpu_s": round(dp_cpu, 3)}
 
     def close(self) -> None:
         # a second Ctrl-C or SIGTERM must not cut the clean-up short
@@ -415,19 +485,25 @@ class Run:
 
 
 def run_once(opts, workdir: str, tag: str, kind: str, load: Load, **kw) -> dict:
-    """One baseline or pydp run, with the machine's load before it and a warning when others disturbed it."""
-    busy = cpu_busy()
+    """One baseline, l3fwd or pydp run, with the machine's load before it and a warning when others disturbed
+    it."""
+    busy = cpu_busy(0.2)
     if max(busy) > 0.10:
         log(f"warning: the machine is busy before the {tag} run (CPU busy {busy}): the figures will suffer")
     run = Run(opts, workdir, tag)
     try:
-        res = run.baseline(load) if kind == "baseline" else run.pydp(load, **kw)
+        if kind == "baseline":
+            res = run.baseline(load)
+        elif kind == "l3fwd":
+            res = run.l3fwd(load, **kw)
+        else:
+            res = run.pydp(load, **kw)
     finally:
         run.close()
     res["cpu_busy_before"] = busy
-    if res.get("foreign_cpu_share", 0) > 0.03:
-        log(f"warning: other processes took {res['foreign_cpu_share']:.1%} of the two CPUs during the {tag} "
-            "measurement: the figures are not clean")
+    if res.get("other_load", 0) + res.get("steal", 0) > 0.03:
+        log(f"warning: other processes took {res['other_load']:.1%} of the two CPUs (steal {res['steal']:.1%}) "
+            f"during the {tag} measurement")
     return res
 
 def cpu_busy(interval: float = 0.5) -> list[float]:
@@ -479,3 +555,30 @@ def build_gen(path: str) -> None:
     subprocess.run(["cmake", "-S", ROOT, "-B", bdir, "-G", "Ninja", "-DCMAKE_BUILD_TYPE=Release",
                     "-DPYDP_BUILD_TESTS=OFF"], check=True, stdout=subprocess.DEVNULL)
     subprocess.run(["cmake", "--build", bdir, "--target", "pydp-gen"], check=True, stdout=subprocess.DEVNULL)
+
+
+L3FWD_SRC = "/usr/share/dpdk/examples/l3fwd"     # Debian's dpdk-doc: DPDK's own example sources
+L3FWD_FILES = ("main.c", "l3fwd_acl.c", "l3fwd_lpm.c", "l3fwd_fib.c", "l3fwd_em.c", "l3fwd_event.c",
+               "l3fwd_event_generic.c", "l3fwd_event_internal_port.c")
+DEFAULT_L3FWD = os.path.join(ROOT, "build", "perf", "dpdk-l3fwd")
+
+
+def build_l3fwd(path: str) -> None:
+    """Builds DPDK's l3fwd example from the installed sources (dpdk-doc) with pkg-config libdpdk, as its own
+    Makefile does, into path; rebuilt only when a source is newer. perf/l3fwd_memif.h drops its request for
+    receive checksum offload, which net_memif lacks."""
+    srcs = [os.path.join(L3FWD_SRC, f) for f in L3FWD_FILES]
+    missing = [s for s in srcs if not os.path.exists(s)]
+    if missing:
+        raise BenchError(f"{missing[0]} is missing: apt-get install dpdk-doc (DPDK's example sources)")
+    if os.path.exists(path) and os.path.getmtime(path) >= max(os.path.getmtime(s) for s in
+                                                               srcs + [os.path.join(HERE, "l3fwd_memif.h")]):
+        return
+    log(f"building DPDK's l3fwd from {L3FWD_SRC} into {path}")
+    pc = lambda *a: subprocess.run(["pkg-config", *a, "libdpdk"], capture_output=True, text=True,
+                                   check=True).stdout.split()
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    subprocess.run(["cc", "-O3", *pc("--cflags"), "-DALLOW_EXPERIMENTAL_API",
+                    "-include", os.path.join(HERE, "l3fwd_memif.h"),
+                    "-I" + os.path.join(os.path.dirname(L3FWD_SRC), "common"), *srcs, "-o", path, *pc("--libs")],
+                   check=True)

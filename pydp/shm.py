@@ -257,14 +257,16 @@ class Region:
         return self._view(first, "struct pydp_flow_bucket", table.nb_buckets)
 
     def flow_tables(self) -> dict:
-        """Occupancy of the flow tables summed over workers: capacity, live, expired, evicted."""
-        out = {"capacity": 0, "live": 0, "expired": 0, "evicted": 0}
+        """Occupancy of the flow tables summed over workers: capacity, live, expired, evicted, and false_matches
+        (signature hits whose key differed when a change needed it confirmed: native/src/flow.c)."""
+        out = {"capacity": 0, "live": 0, "expired": 0, "evicted": 0, "false_matches": 0}
         for w in range(self.nb_workers):
             t = lib.pydp_shm_flows(self._shm, w)
             out["capacity"] += t.nb_buckets * lib.PYDP_FLOW_WAYS
             out["live"] += t.live
             out["expired"] += t.expired
             out["evicted"] += t.evicted
+            out["false_matches"] += t.false_matches
         return out
 
     def worker_states(self) -> np.ndarray:

@@ -48,7 +48,7 @@ for name in "${names[@]}"; do
             build_c parse "$here/native/src/parse.c" "$here/native/tests/fuzz_parse.c"
             cmd=("$out/$name/fuzz_parse"); seeds="$here/native/tests/corpus/parse" ;;
         classify)
-            build_c classify "$here"/native/src/{parse,hash,maglev,flow,dsr,shm}.c "$here/native/tests/fuzz_classify.c"
+            build_c classify "$here"/native/src/{parse,hash,maglev,flow,dsr,shm,verdict}.c "$here/native/tests/fuzz_classify.c"
             cmd=("$out/$name/fuzz_classify"); seeds="$here/native/tests/corpus/classify" ;;
         *)
             if ! "$py" -c "import atheris" 2>/dev/null; then

@@ -24,7 +24,8 @@ fi
 # --- OS packages ---------------------------------------------------------------------------------------------
 pkgs=(libdpdk-dev dpdk-dev pkg-config cmake ninja-build gcc clang libclang-rt-14-dev libpcap-dev
       iproute2 iputils-ping ucarp nginx-light openssl tcpdump curl procps psmisc kmod ethtool
-      systemd e2fsprogs util-linux python3 python3-venv python3-dev prometheus bash-completion man-db)
+      systemd e2fsprogs util-linux dpdk-doc python3 python3-venv python3-dev prometheus bash-completion man-db
+      chromium chromium-driver fonts-dejavu-core)     # the admin page's browser tests (tests/web, Selenium)
 missing=()
 for p in "${pkgs[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

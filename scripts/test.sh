@@ -3,7 +3,7 @@
 # the golden tests with the fast path under ASan/UBSan, every fuzz harness for a bounded time (scripts/fuzz.sh)
 # and pytest
 # (unit, golden packet tests through the real DPDK path, network-namespace tests).
-# With CI=true (or PYDP_REQUIRE_DPDK=1) a DPDK, netns or root-only test that would be skipped fails instead.
+# With CI=true (or PYDP_REQUIRE_DPDK=1) a DPDK, netns, root-only or browser test that would be skipped fails instead.
 # pytest runs with the Python of the virtual environment setup.sh installed pydp into (PYDP_PREFIX, default
 # /opt/pydp; PYTHON=/path/to/a/venv/bin/python uses that venv: scripts/env.sh), its programs first on PATH.
 set -euo pipefail

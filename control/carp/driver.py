@@ -49,6 +49,7 @@ clock is time.monotonic()).
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import datetime as _dt
 import inspect
@@ -73,6 +74,9 @@ BROADCAST_MAC = b"\xff" * 6
 MAC_SETTINGS = ("real", "ucarp", "virtual")
 MODES = ("ucarp", "openbsd")
 SCRIPT_TIMEOUT_S = 30.0
+AUTH_REASONS = ("hmac", "replay")                   # drop reasons that mean "for our vhid, but not authentic"
+AUTH_LOG_S = 10.0                                   # authentication failures are logged at most this often
+AUTH_ALARM_MIN = 2                                  # ... and this many in 3 intervals while MASTER: split brain
 
 
 def _mac_text(mac: bytes) -> str:
@@ -177,7 +181,15 @@ class Instance:
         self.counters = codec.Counters()
         self.replays = codec.ReplayGuard()
         self.stats = {"adverts_sent": 0, "send_errors": 0, "gratuitous_sent": 0, "split_brain": 0,
-                      "to_master": 0, "to_backup": 0, "own_ignored": 0}
+                      "to_master": 0, "to_backup": 0, "own_ignored": 0, "auth_alarms": 0}
+        # adverts for our vhid that fail authentication (bad HMAC, replay): logged at most every AUTH_LOG_S, and
+        # while MASTER, AUTH_ALARM_MIN of them within 3 intervals raise the split-brain alarm (a peer with another
+        # passphrase believes it is master too: both answer for the cluster IP)
+        self.on_auth_alarm: Callable[[bool, str], None] | None = None
+        self.auth_alarm = False
+        self.auth_detail = ""
+        self._auth_fails: collections.deque = collections.deque(maxlen=64)
+        self._auth_logged = {"at": -1e9, "since": 0}
         self.ifindex = 0
         self.ifmac = b"\0" * 6
         self.master_since: float | None = None      # wall clock
@@ -368,6 +380,7 @@ class Instance:
         except codec.CarpError as e:
             self.counters.count(e.reason)
             log.debug("vhid %d: dropped an advertisement from %s: %s", self.cfg.vhid, src or "?", e.reason)
+            self._bad_advert(e.reason, src, now)
             return False
         self.counters.count("ok")
         self._accepted(src, adv, now)
@@ -410,6 +423,7 @@ class Instance:
         except codec.CarpError as e:
             self.counters.count(e.reason)
             log.debug("vhid %d: dropped an advertisement from %s: %s", self.cfg.vhid, peer or "?", e.reason)
+            self._bad_advert(e.reason, peer, now)
             return False
         if peer is None:
             self.counters.count("family")
@@ -422,6 +436,44 @@ class Instance:
     def _accepted(self, src, adv, now: float) -> None:
         """Called with every advertisement that passed the checks, before the machine sees it (subclasses)."""
 
+    def _bad_advert(self, reason: str, src, now: float) -> None:
+        """An advertisement for our vhid that failed authentication: logged (rate-limited), and the split-brain
+        alarm checked. Other drop reasons (wrong vhid, TTL, version, ...) are only counted."""
+        if reason not in AUTH_REASONS:
+            return
+        self._auth_fails.append(now)
+        lg = self._auth_logged
+        lg["since"] += 1
+        if now - lg["at"] >= AUTH_LOG_S:
+            log.warning("vhid %d on %s: %d advertisement(s) failed authentication (%s, last from %s) since the last "
+                        "report: a peer with another passphrase, or a replay", self.cfg.vhid, self.cfg.interface,
+                        lg["since"], reason, src or "?")
+            lg["at"], lg["since"] = now, 0
+        self.check_auth_alarm(now, str(src) if src is not None else "?")
+
+    def check_auth_alarm(self, now: float, src: str = "") -> None:
+        """Raises or clears the split-brain alarm: MASTER, and AUTH_ALARM_MIN adverts for our vhid failed
+        authentication within the last 3 intervals."""
+        window = 3 * (self.cfg.advbase + self.cfg.advskew / 256)
+        recent = sum(1 for t in self._auth_fails if now - t <= window)
+        active = self.machine.state is fsm.State.MASTER and recent >= AUTH_ALARM_MIN
+        if active == self.auth_alarm:
+            return
+        self.auth_alarm = active
+        if active:
+            self.stats["auth_alarms"] += 1
+            self.auth_detail = (f"{recent} advertisements for vhid {self.cfg.vhid} from {src} failed authentication "
+                                f"in {window:.1f} s while this node is MASTER: a peer with another passphrase may "
+                                "be master of the same cluster IP too")
+            log.warning("vhid %d on %s: split brain suspected: %s", self.cfg.vhid, self.cfg.interface,
+                        self.auth_detail)
+        else:
+            log.info("vhid %d on %s: split-brain alarm cleared", self.cfg.vhid, self.cfg.interface)
+        if self.on_auth_alarm is not None:
+            self.on_auth_alarm(active, self.auth_detail if active else "")
+        if not active:
+            self.auth_detail = ""
+
     def _on_timer(self, name: str, at: float) -> None:
         self._timers.pop(name, None)
         if self._stopped:
@@ -433,6 +485,8 @@ class Instance:
     def _do(self, a) -> None:
         if isinstance(a, fsm.SendAdvert):
             self._send_advert(a)
+            if self.auth_alarm:
+                self.check_auth_alarm(time.monotonic())
         elif isinstance(a, fsm.SetTimer):
             old = self._timers.pop(a.name, None)
             if old is not None:
@@ -451,6 +505,8 @@ class Instance:
             self._effect(self.send_gratuitous, "a gratuitous ARP")
         elif isinstance(a, fsm.StateChanged):
             self._state_changed(a)
+            if self.auth_alarm:
+                self.check_auth_alarm(time.monotonic())
         elif isinstance(a, fsm.SplitBrain):
             self.stats["split_brain"] += 1
             log.warning("vhid %d on %s: another master: %s (%s)", self.cfg.vhid, self.cfg.interface,
@@ -683,5 +739,9 @@ class Instance:
             "received_ok": int(received.get("ok", 0)),
             "drops": {r: int(received.get(r, 0)) for r in codec.REASONS},
             **self.stats,
-            "machine": dict(self.machine.stats),
+            "auth_alarm": self.auth_alarm,
+            "auth_alarm_detail": self.auth_detail or None,
+            # the driver drops adverts for another vhid before the machine sees them (drops.vhid): one number
+            "machine": {**self.machine.stats,
+                        "other_vhid": self.machine.stats["other_vhid"] + int(received.get("vhid", 0))},
         }

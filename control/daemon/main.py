@@ -15,12 +15,13 @@ The daemon is wiring around parts that each own their state (docs/architecture.m
 * ``CarpManager`` (control.carp_manager): one CARP instance per enabled cluster in mode "cluster" on the data
   port's TAP; taking a cluster IP publishes the cluster as owned, puts the address on the TAP and announces it;
 * flow sync (control.flowsync), flow-table checks (control.flows: occupancy alarm, drain timeout, flushes);
-* ``StatusView`` (control.daemon.status) for status/stats/flows; the RPC server (control.rpc) for pydpctl;
-  Prometheus metrics (control.metrics).
+* ``StatusView`` (control.daemon.status) for status/stats/flows; the RPC server (control.rpc) for pydpctl and the
+  admin page with its HTTP API (control.http, --http, on this loop), both dispatching store operations through the
+  one table of control.ops (Daemon.store_op); Prometheus metrics (control.metrics).
 
 Threads and who owns what:
 
-* the asyncio loop: CARP, the health checker and HealthState's writes, the neighbour resolver, RPC, flow sync;
+* the asyncio loop: CARP, the health checker and HealthState's writes, the neighbour resolver, RPC, HTTP, flow sync;
 * the store thread (one worker, "pydp-store"): the store handle, the Reconciler, DataplaneWatch and every write to
   the region (publishes, flushes, commands). Everything that changes the live configuration runs here, one at a
   time: a publish never interleaves with another;
@@ -40,7 +41,6 @@ import argparse
 import asyncio
 import concurrent.futures
 import contextlib
-import inspect
 import ipaddress
 import logging
 import os
@@ -49,7 +49,7 @@ import sys
 import time
 from typing import Any
 
-from control import carp_manager, flows, flowsync, observe, rpc
+from control import carp_manager, flows, flowsync, observe, ops, rpc
 from control import store as store_mod
 from control.daemon.health_state import HealthState, targets_of
 from control.daemon.neighbours import RESOLVE_POLL_S, NeighbourResolver
@@ -65,7 +65,6 @@ log = logging.getLogger("pydp.control")
 DEFAULT_METRICS = "127.0.0.1:9469"
 DP_POLL_S = 0.5                   # data plane watch and drift check: a foreign generation is repaired within 1 s
 STORE_POLL_S = 1.0
-RESERVED_OPS = {"appliance", "close", "connect"}
 HEALTH_SYNC_S = 0.5               # the health checks' targets follow the store at least this often
 HEALTH_SOURCE_S = 5.0             # the probes' source address (the appliance's own on the TAP) is looked up again
 
@@ -88,7 +87,7 @@ plane keeps forwarding on its last tables.
 class Daemon:
     def __init__(self, *, db: str, socket_path: str, shm: str | None, metrics: tuple[str, int] | None,
                  own_all: bool = False, store_factory=None, carp_src: str | None = None,
-                 carp_src6: str | None = None):
+                 carp_src6: str | None = None, http=None):
         self.db = db
         self.socket_path = socket_path
         self.shm = shm
@@ -103,8 +102,8 @@ class Daemon:
         self.watch: DataplaneWatch | None = None            # made once the region path is known
         self.reconciler = Reconciler()
         self.store = None
-        self.allowed_ops: set[str] = set()
-        self.mutating: set[str] = set()
+        self.http_settings = http                 # control.http.Settings; None or listen None: no HTTP
+        self.http_server = None
         self.cfg = None                       # the store's config at the last read (ApplianceConfig), replaced whole
         self.revision = None                  # its revision
         self.last_apply: dict = {}
@@ -140,9 +139,6 @@ class Daemon:
     # ---- store thread: the store, the reconciler and every write to the region ----
     def _open_store(self) -> None:
         self.store = self.store_factory(self.db)
-        ops = (store_mod.MUTATING | store_mod.READ_ONLY) - RESERVED_OPS
-        self.allowed_ops = set(ops)
-        self.mutating = set(store_mod.MUTATING) & self.allowed_ops
         self.cfg = self.store.appliance()
         self.revision = self.store.revision()
 
@@ -151,30 +147,22 @@ class Daemon:
         self.cfg = self.store.appliance()
         self._wake_health()
 
-    def _store_op(self, op: str, args: dict) -> tuple[Any, list[str]]:
-        fn = getattr(self.store, op)
-        try:
-            inspect.signature(fn).bind(**args)
-        except TypeError as exc:
-            raise rpc.RpcError("BadRequest", f"op {op!r}: {exc}") from None
-        try:
-            result = fn(**args)
-        except store_mod.NotFound as exc:
-            raise rpc.RpcError("NotFound", str(exc)) from None
-        except store_mod.StoreError as exc:
-            raise rpc.RpcError("StoreError", str(exc)) from None
-        except (TypeError, ValueError, KeyError) as exc:
-            raise rpc.RpcError("BadRequest", f"op {op!r}: {type(exc).__name__}: {exc}") from None
+    def store_op(self, op: str, args: Any, via: str = "rpc", user: str = "",
+                 if_match: int | None = None) -> tuple[Any, dict, list[str]]:
+        """One operation of the table (control.ops) from the RPC or the HTTP API (store thread): checked and run
+        by ops.call (control.ops.OpError if refused: nothing changed), then, after a change, the same
+        apply-after-change path for both. Returns (result, info, warnings)."""
+        result, info = ops.call(self.store, op, args, via=via, user=user, if_match=if_match)
         warnings: list[str] = []
-        if op in self.mutating:
+        if ops.OPS[op].write and info["changed"]:
             names = {k: v for k, v in args.items() if k in ("name", "cluster", "edge", "new_name", "state",
                                                                  "enabled") and isinstance(v, (str, bool))}
             for k in ("cluster", "edge"):          # add_cluster / add_edge pass the new item itself
                 if isinstance(args.get(k), dict) and isinstance(args[k].get("name"), str):
                     names[k] = args[k]["name"]
-            event("config_changed", op=op, via="rpc", revision=self.store.revision(), **names)
-            warnings = self._apply_after_change(f"rpc {op}")
-        return result, warnings
+            event("config_changed", op=op, via=via, user=user, revision=info["revision"], **names)
+            warnings = self._apply_after_change(f"{via} {op}")
+        return result, info, warnings
 
     def _apply_after_change(self, reason: str) -> list[str]:
         """After a committed store change: publish it now; the warnings say what did not follow."""
@@ -562,18 +550,24 @@ class Daemon:
         raise rpc.RpcError("BadRequest", f"unknown method {method!r}")
 
     async def _rpc_store(self, params: dict) -> Any:
-        _only(params, {"op", "args"})
+        """The "store" method: {"op", "args", "user"?, "if_match"?} dispatched through control.ops."""
+        _only(params, {"op", "args", "user", "if_match"})
         op = params.get("op")
-        if not isinstance(op, str) or op not in self.allowed_ops:
+        if not isinstance(op, str) or op not in ops.OPS:
             shown = op[:64] if isinstance(op, str) else type(op).__name__
             raise rpc.RpcError("BadRequest", f"store op {shown!r} is not allowed; allowed: "
-                                             f"{', '.join(sorted(self.allowed_ops))}")
+                                             f"{', '.join(sorted(ops.OPS))}")
         args = params.get("args", {})
-        if args is None:
-            args = {}
-        if not isinstance(args, dict):
+        if not isinstance(args, dict) and args is not None:
             raise rpc.RpcError("BadRequest", "store: args must be a map of keyword arguments")
-        result, warnings = await self.run_worker(self._store_op, op, args)
+        user = params.get("user") or "root"
+        if not isinstance(user, str):
+            raise rpc.RpcError("BadRequest", "store: user must be a string")
+        try:
+            result, _, warnings = await self.run_worker(self.store_op, op, args or {}, "rpc", user[:64],
+                                                        params.get("if_match"))
+        except ops.OpError as exc:
+            raise rpc.RpcError(ops.RPC_TYPES[exc.kind], exc.message) from None
         return rpc.Reply(result, warnings)
 
     # ---- metrics ----
@@ -634,6 +628,10 @@ class Daemon:
         sent = CounterMetricFamily("pydp_carp_adverts_sent", "CARP advertisements sent", labels=["cluster"])
         heard = CounterMetricFamily("pydp_carp_adverts_received", "CARP advertisements accepted",
                                     labels=["cluster"])
+        suspect = GaugeMetricFamily("pydp_carp_split_brain_suspected", "1 while adverts for this cluster's vhid "
+                                    "fail authentication while this appliance is master (a peer with another "
+                                    "passphrase may be master too)", labels=["cluster"])
+        alarms = CounterMetricFamily("pydp_carp_split_brain_alarms", "split-brain alarms raised", labels=["cluster"])
         for name, s in self.carp.metrics():
             for st in carp_manager.STATES + ("inactive",):
                 state.add_metric([name, st], 1 if s["state"] == st else 0)
@@ -643,7 +641,9 @@ class Daemon:
             trans.add_metric([name], s["transitions"])
             sent.add_metric([name], s["adverts_sent"])
             heard.add_metric([name], s["adverts_received"])
-        yield from (state, demote, drops, trans, sent, heard)
+            suspect.add_metric([name], 1 if s["auth_alarm"] else 0)
+            alarms.add_metric([name], s["auth_alarms"])
+        yield from (state, demote, drops, trans, sent, heard, suspect, alarms)
 
     async def feed_watchdog(self) -> None:
         """WATCHDOG=1 to systemd while this event loop turns (WatchdogSec= of the unit; nothing outside systemd)."""
@@ -688,6 +688,23 @@ class Daemon:
         except (OSError, RuntimeError) as exc:
             event("daemon_failed", logging.ERROR, error=f"cannot listen on {self.socket_path}: {exc}")
             return 1
+        if self.http_settings is not None and self.http_settings.listen is not None:
+            from control import http
+            from control.http.backend import DaemonBackend
+
+            st = self.http_settings
+            try:
+                self.http_server = await http.start(DaemonBackend(self), *st.listen, users_file=st.users,
+                                                    tls_cert=st.tls_cert, tls_key=st.tls_key)
+            except (OSError, ValueError) as exc:
+                where = f"{st.listen[0]}:{st.listen[1]}"
+                if st.explicit or isinstance(exc, ValueError):
+                    await self.rpc_server.close()
+                    event("daemon_failed", logging.ERROR, error=f"cannot serve the admin page on {where}: {exc}")
+                    return 1
+                # the default address taken (e.g. another pydp-control on this host): run on without the page
+                event("http_unavailable", logging.ERROR, address=where, error=str(exc),
+                      hint="give --http HOST:PORT (or \"\" to disable the admin page)")
         # queued on the store thread before any request can be: a running data plane is attached and gets the
         # config before the first change is taken
         first = self.loop.run_in_executor(self.worker, self._watch_once, True)
@@ -710,7 +727,7 @@ class Daemon:
         event("daemon_started", pid=os.getpid(), socket=self.socket_path, db=self.db, shm=self.shm,
               metrics=f"{self.metrics_addr[0]}:{self.metrics_addr[1]}" if self.metrics_addr else None,
               own_all=self.own_all, carp_src=self.carp_src, carp_src6=self.carp_src6, revision=self.revision,
-              ops=sorted(self.allowed_ops))
+              ops=sorted(ops.OPS), http=self.http_server.url if self.http_server else None)
         await first
         self.health_wake = asyncio.Event()
         self.checker = HealthChecker(self._on_health)
@@ -726,6 +743,8 @@ class Daemon:
         finally:
             event("daemon_stopping", reason="signal")
             service.notify("STOPPING=1")
+            if self.http_server is not None:
+                await self.http_server.close()
             await self.rpc_server.close()
             carp_stop.set()                     # masters bow out and release their cluster IPs
             try:
@@ -789,6 +808,15 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--carp-src6", default=None, metavar="IP6",
                     help="source address of CARP advertisements for IPv6 clusters: this appliance's own IPv6 "
                          "address on the TAP (default: its first global IPv6 address, else its link-local one)")
+    ap.add_argument("--http", default=None, metavar="HOST:PORT",
+                    help='the admin page and HTTP API (default: http.listen of --config, else 127.0.0.1:8470; '
+                         '"" disables it; docs/web.md)')
+    ap.add_argument("--http-users", default=None, metavar="FILE",
+                    help="who may sign in (default: http.users, else /etc/pydp/http-users; pydpctl http-user)")
+    ap.add_argument("--http-cert", default=None, metavar="FILE", help="TLS certificate (with --http-key)")
+    ap.add_argument("--http-key", default=None, metavar="FILE", help="TLS private key (with --http-cert)")
+    ap.add_argument("--config", default=None, metavar="FILE",
+                    help="pydp-control's settings file (default /etc/pydp/control.toml if it exists: [http])")
     add_log_options(ap)
     return ap
 
@@ -804,6 +832,15 @@ def parse_args(argv=None) -> argparse.Namespace:
         ap.error(f"--metrics: {exc}")
     if args.db is None:
         args.db = default_db()
+    from control import http
+
+    if args.config and not os.path.exists(args.config):
+        ap.error(f"--config: {args.config}: no such file")
+    try:
+        args.http_settings = http.settings(listen=args.http, users=args.http_users, tls_cert=args.http_cert,
+                                           tls_key=args.http_key, config_path=args.config or http.CONTROL_CONFIG)
+    except ValueError as exc:
+        ap.error(str(exc))
     if args.carp_src is not None:
         try:
             args.carp_src = str(ipaddress.IPv4Address(args.carp_src))
@@ -824,7 +861,8 @@ def main(argv=None) -> int:
         # the driver's own lines repeat the daemon's carp_* events; its warnings (send errors, split brain) stay
         logging.getLogger("pydp.carp").setLevel(logging.WARNING)
     daemon = Daemon(db=args.db, socket_path=args.socket, shm=args.shm, metrics=args.metrics_addr,
-                    own_all=args.own_all, carp_src=args.carp_src, carp_src6=args.carp_src6)
+                    own_all=args.own_all, carp_src=args.carp_src, carp_src6=args.carp_src6,
+                    http=args.http_settings)
     try:
         return asyncio.run(daemon.run())
     except KeyboardInterrupt:

@@ -36,7 +36,7 @@ class Appliance:
 
     def __init__(self, name: str, ns: str, workdir: Path, text: str, *, mac: str, addr: str, advskew: int,
                  metrics: str, addr6: str | None = None, cluster: str = "web", vip: str | None = None,
-                 shm: str | None = None, tap_extra: tuple[str, ...] = ()):
+                 shm: str | None = None, tap_extra: tuple[str, ...] = (), control_args=(), pass_fds=()):
         self.name = name
         self.ns = ns
         self.mac, self.addr, self.addr6, self.advskew = mac, addr, addr6, advskew
@@ -48,7 +48,8 @@ class Appliance:
         (workdir / "store.toml").write_text(text)
         pydpctl("import", workdir / "store.toml", db=self.db)
         self.dp = DataplaneProcess(ns, text, workdir, shm=shm, args=["--managed"])
-        self.ctl = ControlProcess(ns, workdir, self.db, self.dp.shm, metrics=metrics)
+        self.ctl = ControlProcess(ns, workdir, self.db, self.dp.shm, metrics=metrics, args=control_args,
+                                  pass_fds=pass_fds)
 
     # ---- life cycle ----
 

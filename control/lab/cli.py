@@ -26,6 +26,9 @@ def cmd_up(args) -> int:
     lab = Lab(T.Topology(args.name, args.edges, args.clients))
     lab.up(log=lambda m: print(f"[pydp-lab] {m}"))
     print(f"[pydp-lab] up: lab {args.name!r}; `pydp-lab status` shows it, `pydp-lab down` removes it")
+    web = lab.state.get("web", {})
+    print(f"[pydp-lab] admin page: {web.get('A')} (appliance A), {web.get('B')} (B); sign in as "
+          f"{web.get('user')} / {web.get('password')}")
     return 0
 
 

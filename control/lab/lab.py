@@ -141,6 +141,7 @@ class Lab(Pair):
         self.state: dict = {}
         self.edges: dict[str, Edge] = {}
         self.appliances: dict[str, Appliance] = {}
+        self.web_sockets: list = []             # the admin pages' listening sockets on this host's loopback
 
     # ---- state file ----
 
@@ -196,6 +197,7 @@ class Lab(Pair):
         for spec in topo.edge_specs:
             log(f"edge {spec.name}: nginx and UDP echo on {spec.ip} / {spec.ip6}, cluster IPs on lo")
             self.add_edge_ns(spec)
+        web_args = self._admin_pages(log)
         for spec in T.APPLIANCES:
             ns = spec.ns(topo.name)
             run("ip", "netns", "add", ns)
@@ -208,7 +210,7 @@ class Lab(Pair):
                           cluster="web", vip=T.VIP, shm=topo.shm(spec.name),
                           # pydp-control owns a standalone cluster (its data plane forwards it) but puts no address
                           # on the TAP, so nothing would answer ARP for it: the host's setup adds it, as here
-                          tap_extra=(f"{T.VIP_SOLO}/32",) if spec.name == "A" else ())
+                          tap_extra=(f"{T.VIP_SOLO}/32",) if spec.name == "A" else (), **web_args[spec.name])
             self.appliances[spec.name] = a
         veth(self.a.ns, "mg0", "mg0", self.b.ns)
         for a in self.appliances.values():
@@ -226,6 +228,34 @@ class Lab(Pair):
             a.wait_state("master" if name == "A" else "backup", 20)
         log("waiting for the health checks to bring every edge up")
         self.wait_edges_up(self.a, 30)
+
+    def _admin_pages(self, log) -> dict:
+        """Each appliance's admin page on this host's loopback (127.0.0.1:8470 for A, 8471 for B, else a free
+        port): the lab binds the socket here and pydp-control, in its namespace, serves on it (--http fd:N). One
+        user "admin" with a new random password, in the lab's users file; the URLs and credentials go into the
+        state file (pydp-lab up prints them)."""
+        import secrets
+        import socket
+
+        from control.http import auth
+
+        users = str(self.run_dir / "http-users")
+        password = secrets.token_urlsafe(12)
+        auth.set_entry(users, "admin", "admin", auth.hash_password(password))
+        out, web = {}, {"user": "admin", "password": password}
+        for i, spec in enumerate(T.APPLIANCES):
+            try:
+                sock = socket.create_server(("127.0.0.1", 8470 + i))
+            except OSError:
+                sock = socket.create_server(("127.0.0.1", 0))
+            self.web_sockets.append(sock)
+            web[spec.name] = f"http://127.0.0.1:{sock.getsockname()[1]}/"
+            out[spec.name] = {"control_args": ["--http", f"fd:{sock.fileno()}", "--http-users", users],
+                              "pass_fds": (sock.fileno(),)}
+        log(f"admin pages: A {web['A']}, B {web['B']} (user admin)")
+        self.state["web"] = web
+        self.save()
+        return out
 
     def add_edge_ns(self, spec: T.EdgeSpec) -> Edge:
         e = Edge(self, spec)
@@ -246,6 +276,8 @@ class Lab(Pair):
         """Stops what this process started, then sweeps everything named after the lab (teardown)."""
         for a in self.appliances.values():
             a.stop()
+        for sock in self.web_sockets:
+            sock.close()
         for e in self.edges.values():
             if e.nginx is not None and e.nginx.poll() is None:
                 os.killpg(e.nginx.pid, signal.SIGTERM)

@@ -127,7 +127,7 @@ class ControlProcess(Started):
     (or killed) at the end, its socket file removed."""
 
     def __init__(self, ns: str | None, workdir: Path, db: Path, shm: str, *, metrics: str = "127.0.0.1:19469",
-                 args=()):
+                 args=(), pass_fds=()):
         self.ns = ns
         self.workdir = workdir
         self.db = db
@@ -135,6 +135,7 @@ class ControlProcess(Started):
         self.socket = str(workdir / f"ctl-{uuid.uuid4().hex[:6]}.sock")
         self.metrics = metrics
         self.args = list(args)
+        self.pass_fds = tuple(pass_fds)          # e.g. the admin page's listening socket (--http fd:N)
         self.proc: subprocess.Popen | None = None
         self.log = workdir / "control.log"
         self.starts = 0
@@ -147,7 +148,7 @@ class ControlProcess(Started):
             [*(["ip", "netns", "exec", self.ns] if self.ns else []), sys.executable, "-P", "-m", "control.daemon",
              "--db", str(self.db),
              "--socket", self.socket, "--shm", self.shm, "--metrics", self.metrics, *self.args],
-            stdout=logf, stderr=subprocess.STDOUT)
+            stdout=logf, stderr=subprocess.STDOUT, pass_fds=self.pass_fds)
         logf.close()
         self.starts += 1
         deadline = time.monotonic() + timeout

@@ -22,7 +22,7 @@ extern "C" {
 /* cdef-begin */
 
 #define PYDP_SHM_MAGIC 0x314d534850445950
-#define PYDP_LAYOUT_VERSION 3
+#define PYDP_LAYOUT_VERSION 4
 
 #define PYDP_MAX_CLUSTERS 64
 #define PYDP_MAX_EDGES 16
@@ -35,6 +35,7 @@ extern "C" {
 #define PYDP_MAGLEV_NONE 255
 #define PYDP_FLOW_WAYS 8
 #define PYDP_FLOW_SIG_SYN 2        /* bit of a way's signature: the flow is half-open (state TCP_SYN) */
+#define PYDP_FLOW_PKTS_FOLD 256    /* a way's hot packet counter folds into the flow's packets at this count */
 #define PYDP_CMD_RING_SIZE 256
 #define PYDP_EVENT_RING_SIZE 4096
 #define PYDP_ERR_LEN 256
@@ -161,24 +162,37 @@ struct pydp_flow_key {
     uint16_t pad0;           /* always zero, so keys compare as bytes */
 };                            /* 40 bytes */
 
+/* The cold record of a flow: the full key and what flow sync, `pydpctl flows` and flush read. The fast path writes
+ * it when a flow opens, is re-pinned or changes state, and reads it only to confirm a key (see flow.c). */
 struct pydp_flow {
     struct pydp_flow_key key;
     uint32_t hash;
     uint32_t created_ms;
-    uint32_t packets;
+    uint32_t packets;        /* packets counted so far; the way's pkts (struct pydp_flow_way) are not yet in it */
     uint16_t cluster;
     uint16_t cluster_uid;
     uint16_t edge_uid;
     uint8_t  edge;           /* edge slot in the cluster */
     uint8_t  state;          /* enum pydp_flow_state */
-    uint32_t pad0;
+    uint32_t sig;            /* the key's signature (pydp_flow_sig | 1, half-open bit clear) */
 };                            /* 64 bytes */
 
+/* The hot part of a way: with the bucket's signatures and last-packet times, all an established hit reads. */
+struct pydp_flow_way {
+    uint16_t cluster_uid;
+    uint16_t edge_uid;
+    uint8_t  cluster;
+    uint8_t  edge;
+    uint8_t  state;          /* enum pydp_flow_state (the cold record's state is a copy) */
+    uint8_t  pkts;           /* packets not yet added to the flow's packets (folded every PYDP_FLOW_PKTS_FOLD) */
+};                            /* 8 bytes */
+
 struct pydp_flow_bucket {
-    uint32_t sig[8];         /* 0 = empty way, else hash | 1 with bit 1 = PYDP_FLOW_SIG_SYN (see flow.c) */
-    uint32_t last_ms[8];     /* last packet of each way */
-    struct pydp_flow flows[8];
-};                            /* 576 bytes */
+    uint32_t sig[8];         /* line 0: 0 = empty way, else signature | 1, bit 1 = PYDP_FLOW_SIG_SYN (flow.c) */
+    uint32_t last_ms[8];     /*         last packet of each way */
+    struct pydp_flow_way way[8];   /* line 1: the hot part of each way */
+    struct pydp_flow flows[8];     /* lines 2..9: the cold records */
+};                            /* 640 bytes */
 
 struct pydp_flow_table {
     uint32_t nb_buckets;     /* power of two */
@@ -186,9 +200,11 @@ struct pydp_flow_table {
     uint64_t live;           /* occupied ways (expired ones not yet reclaimed included) */
     uint64_t expired;        /* expired flows reclaimed (on lookup or by an insert) */
     uint64_t evicted;        /* live flows pushed out of a full bucket */
-    uint64_t pad0[4];
-    /* struct pydp_flow_bucket buckets[nb_buckets] follows */
-};
+    uint64_t false_matches;  /* signature hits whose key did not match when a change needed it confirmed */
+    uint64_t pad0[11];
+    /* struct pydp_flow_bucket buckets[nb_buckets] follows, 128-byte aligned: a bucket's two hot lines are one
+     * aligned pair (the adjacent-line prefetcher fetches them together) */
+};                            /* 128 bytes */
 
 /* ---- counters (per worker; written only by that worker) ---- */
 
@@ -415,8 +431,10 @@ int pydp_maglev_build(const char *const *names, const uint16_t *weights, uint32_
 int pydp_is_prime(uint32_t n);
 uint64_t pydp_hash_name(const char *name, uint64_t seed);
 
-/* flow hash shared by Maglev lookup and the flow table (hash.c) */
+/* flow hash shared by Maglev lookup and the flow table (hash.c); the signature is a second, independent hash of
+ * the key that tells the ways of a bucket apart */
 uint32_t pydp_flow_hash(const struct pydp_flow_key *key, uint32_t seed);
+uint32_t pydp_flow_sig(const struct pydp_flow_key *key);
 uint32_t pydp_maglev_slot(uint32_t hash, uint32_t size);
 
 /* parser (parse.c) */
@@ -442,12 +460,27 @@ struct pydp_flow *pydp_flow_lookup(struct pydp_flow_table *t, const struct pydp_
                                    uint32_t now_ms, const struct pydp_config *cfg);
 struct pydp_flow *pydp_flow_insert(struct pydp_flow_table *t, const struct pydp_flow_key *key, uint32_t hash,
                                    uint32_t now_ms, const struct pydp_config *cfg, int *evicted);
-/* pipelined lookups over a burst: prefetch every bucket, then the matching ways, then look up */
+/* the fast path: a lookup decided on the signature alone (sig = pydp_flow_sig(key)), no cold read */
+struct pydp_flow *pydp_flow_lookup_sig(struct pydp_flow_table *t, uint32_t hash, uint32_t sig, uint32_t now_ms,
+                                       const struct pydp_config *cfg);
+int pydp_flow_confirm(const struct pydp_flow *f, const struct pydp_flow_key *key);
+struct pydp_flow_way *pydp_flow_way_of(const struct pydp_flow_table *t, const struct pydp_flow *f);
+/* pins a flow to an edge: the hot way and the cold record */
+void pydp_flow_pin(struct pydp_flow_table *t, struct pydp_flow *f, uint16_t cluster, uint16_t cluster_uid,
+                   uint8_t edge, uint16_t edge_uid);
+/* pipelined lookups over a burst: prefetch every bucket's hot lines, then (no match) the way an insert takes */
 void pydp_flow_prefetch_bucket(const struct pydp_flow_table *t, uint32_t hash);
-void pydp_flow_prefetch_ways(const struct pydp_flow_table *t, uint32_t hash);
+void pydp_flow_prefetch_ways(const struct pydp_flow_table *t, uint32_t hash, uint32_t sig);
+/* a packet of an existing flow: the state from the packet, the time, the packet count. pydp_flow_touch reads the
+ * key's protocol from the flow and counts exactly; pydp_flow_hit (the fast path) takes the packet's key and reads
+ * the cold record only to confirm it before a state change: returns 0, 1 when the state changed, -1 when the key
+ * did not match (a false signature match: the flow is left alone) */
 void pydp_flow_touch(struct pydp_flow_table *t, struct pydp_flow *f, uint8_t tcp_flags, uint32_t now_ms);
+int pydp_flow_hit(struct pydp_flow_table *t, struct pydp_flow *f, const struct pydp_flow_key *key,
+                  uint8_t tcp_flags, uint32_t now_ms);
 /* the first packet of a flow just inserted: the touch of a new flow, with the key's protocol given, not read back */
 void pydp_flow_start(struct pydp_flow_table *t, struct pydp_flow *f, uint8_t proto, uint8_t tcp_flags);
+uint32_t pydp_flow_packets(const struct pydp_flow_table *t, const struct pydp_flow *f);
 uint32_t pydp_flow_timeout(const struct pydp_config *cfg, uint8_t state);
 uint32_t pydp_flow_last_ms(const struct pydp_flow_table *t, const struct pydp_flow *f);
 uint64_t pydp_flow_flush(struct pydp_flow_table *t, int cluster, int edge);

@@ -1,35 +1,54 @@
 /*
  * flow.c - the per-worker flow table: a bucketed, 8-way set-associative hash table in caller-provided memory.
  *
- * Layout (see pydp.h): struct pydp_flow_table (one cache line), then nb_buckets x struct pydp_flow_bucket. A bucket
- * is one cache line of signatures and last-packet times (sig[8], last_ms[8]) followed by eight 64-byte flows, so a
- * lookup reads the signature line, then only the flow lines whose signature matches.
+ * Layout (see pydp.h): struct pydp_flow_table (two cache lines), then nb_buckets x struct pydp_flow_bucket, each
+ * 128-byte aligned. A bucket is two hot lines and eight cold ones:
  *
- * Signatures: a way holds sig = hash | 1, so 0 always means "empty way". The bucket is hash & mask. Bit 1 of a
- * signature is not the hash's but PYDP_FLOW_SIG_SYN, set while the flow is half-open (state TCP_SYN): every way of
- * a bucket shares the hash's low bits (at least 8 buckets), so the bit costs no precision, and it lets an insert
- * into a full bucket find the half-open ways from the signature line alone instead of reading eight flow lines
- * (in a SYN flood those eight cache misses were 60 % of the worker's time). Matching ignores the bit.
+ *     line 0   sig[8], last_ms[8]                       which way holds a flow, and when it last saw a packet
+ *     line 1   way[8] (struct pydp_flow_way, 8 bytes)   cluster, edge and their uids, state, a packet counter
+ *     2..9     flows[8] (struct pydp_flow, 64 bytes)    the cold record: full key, hash, created, packets, ...
+ *
+ * An established hit reads lines 0 and 1 only: both addresses follow from the hash, so the worker fetches them
+ * together (one aligned 128-byte pair) before it looks, instead of the signature line and then, dependent on it,
+ * the flow's line. The cold record is written when a flow opens, is re-pinned or changes state, and read by
+ * inserts (none: they write it), by confirmations, flow sync, flush and `pydpctl flows`.
+ *
+ * Signatures: a way holds sig = pydp_flow_sig(key) | 1 (0 means "empty way"), bit 1 = PYDP_FLOW_SIG_SYN, set
+ * while the flow is half-open (state TCP_SYN), so an insert into a full bucket finds the half-open ways from
+ * line 0 alone. Matching ignores the bit. The bucket is hash & mask, where hash = pydp_flow_hash(key): the
+ * signature is a second hash, independent of the bucket bits, so its 30 bits all tell ways apart.
+ *
+ * Hits on the signature alone (pydp_flow_lookup_sig, the fast path): at most one way of a bucket holds a given
+ * signature (an insert happens only when the lookup found none), so a packet of a stored flow always finds its
+ * own way. A packet of a flow NOT stored matches a stored one with probability (occupied ways compared) x 2^-30:
+ * with 1M flows in the default 2M entries (4 occupied ways per bucket on average) 3.7e-9 per new flow. Such a
+ * packet is forwarded to the other flow's edge (a new TCP connection there is refused by that edge and retried by
+ * the client) and refreshes that flow's time; everything that would change the stored flow -- a new state from
+ * TCP flags, a re-pin because its edge went away or its cluster differs -- first compares the full key
+ * (pydp_flow_confirm) and leaves the flow alone when it differs (counted in false_matches). pydp_flow_lookup
+ * (flow sync, tests, the control plane) always compares the full key.
  *
  * Eviction: an insert into a full bucket takes the first expired way, else the least recently used half-open flow
  * (TCP SYN state), else the least recently used way of all: a SYN flood cannot push out established flows.
  *
  * Expiry: times are uint32 milliseconds that wrap; a way is expired when (int32_t)(now - last_ms) > timeout of its
  * state. Expired ways are reclaimed lazily: by a lookup that finds its key expired, or by an insert that needs room.
+ * The fast path stores last_ms only when it changed (most packets of a busy flow arrive within its millisecond).
  *
- * Per-packet use by the owning worker:
+ * Packets: a way's pkts counts the packets the fast path saw since the last fold; every PYDP_FLOW_PKTS_FOLD
+ * packets it is added to the cold record's packets (one cold write per 256 packets). A flow's count is
+ * packets + pkts (pydp_flow_packets; the control plane reads both).
  *
- *     f = pydp_flow_lookup(t, &key, hash, now, cfg);
+ * Per-packet use by the owning worker (native/src/verdict.c):
+ *
+ *     f = pydp_flow_lookup_sig(t, hash, sig, now, cfg);
  *     if (f != NULL) {
- *         pydp_flow_touch(t, f, tcp_flags, now);     <- the next state from this packet
+ *         pydp_flow_hit(t, f, &key, tcp_flags, now);      <- time, count, the next state (key confirmed first)
  *     } else {
  *         f = pydp_flow_insert(t, &key, hash, now, cfg, &evicted);
- *         f->cluster = ...; f->edge = ...; f->cluster_uid = ...; f->edge_uid = ...;
+ *         pydp_flow_pin(t, f, cluster, cluster_uid, edge, edge_uid);
  *         pydp_flow_start(t, f, key.proto, tcp_flags);  <- the initial state from this first packet
  *     }
- *
- * (Setting f->state = PYDP_FLOW_EMPTY and calling pydp_flow_touch gives the same flow, but reads back the line the
- * insert has just written, which may still be on its way from memory.)
  *
  * TCP states are tracked from the client side only (DSR: the replies do not come through us):
  *     EMPTY --SYN without ACK--> SYN         EMPTY --anything else--> EST
@@ -39,9 +58,9 @@
  *
  * Concurrency: only the owning worker writes the table; the control plane reads it at any time. A way is never
  * visible with a non-zero signature and a half-written flow: a way being reused is first unpublished (sig = 0),
- * then the flow and last_ms are written, then the signature is published last (release store; a compiler barrier
- * on x86). A reader should copy sig, then the flow, then re-read sig and keep the copy only if both reads agree
- * and are non-zero.
+ * then the flow, its hot way and last_ms are written, then the signature is published last (release store; a
+ * compiler barrier on x86). A reader should copy sig, then the flow, then re-read sig and keep the copy only if
+ * both reads agree, are non-zero and match the record's sig (half-open bit aside).
  */
 #include <stdint.h>
 #include <stddef.h>
@@ -67,9 +86,11 @@
 
 _Static_assert(sizeof(struct pydp_flow_key) == 40, "flow key must be 40 bytes");
 _Static_assert(sizeof(struct pydp_flow) == 64, "flow must be 64 bytes");
-_Static_assert(sizeof(struct pydp_flow_bucket) == 576, "bucket must be 9 cache lines");
-_Static_assert(sizeof(struct pydp_flow_table) == 64, "table header must be one cache line");
-_Static_assert(offsetof(struct pydp_flow_bucket, flows) == 64, "flows must follow the signature line");
+_Static_assert(sizeof(struct pydp_flow_way) == 8, "a way's hot part must be 8 bytes");
+_Static_assert(sizeof(struct pydp_flow_bucket) == 640, "bucket must be 10 cache lines (5 aligned pairs)");
+_Static_assert(sizeof(struct pydp_flow_table) == 128, "table header must be two cache lines");
+_Static_assert(offsetof(struct pydp_flow_bucket, way) == 64, "the ways must follow the signature line");
+_Static_assert(offsetof(struct pydp_flow_bucket, flows) == 128, "the cold records must follow the hot lines");
 
 static inline struct pydp_flow_bucket *
 flw_buckets(const struct pydp_flow_table *t)
@@ -84,9 +105,9 @@ flw_bucket(const struct pydp_flow_table *t, uint32_t hash)
 }
 
 static inline uint32_t
-flw_sig(uint32_t hash)
+flw_sig(uint32_t sig)
 {
-    return (hash | 1u) & ~(uint32_t)PYDP_FLOW_SIG_SYN;
+    return (sig | 1u) & ~(uint32_t)PYDP_FLOW_SIG_SYN;
 }
 
 /* The bucket holding f, and f's way in it. */
@@ -137,11 +158,11 @@ flw_match_masked(const struct pydp_flow_bucket *b, uint32_t sig, uint32_t ignore
 #endif
 }
 
-/* The ways that may hold hash's flow (the half-open bit ignored). */
+/* The ways whose signature is sig's (the half-open bit ignored). */
 static inline unsigned
-flw_match_hash(const struct pydp_flow_bucket *b, uint32_t hash)
+flw_match_sig(const struct pydp_flow_bucket *b, uint32_t sig)
 {
-    return flw_match_masked(b, flw_sig(hash), PYDP_FLOW_SIG_SYN);
+    return flw_match_masked(b, flw_sig(sig), PYDP_FLOW_SIG_SYN);
 }
 
 /* The empty ways. */
@@ -158,13 +179,14 @@ flw_match_syn(const struct pydp_flow_bucket *b)
     return flw_match_masked(b, PYDP_FLOW_SIG_SYN, ~(uint32_t)PYDP_FLOW_SIG_SYN);
 }
 
-/* Sets f's state (way w of b) and mirrors "half-open" into the way's signature: state first, then the signature,
- * so a reader that copies sig, flow, sig sees the change as a changed signature. */
+/* Sets f's state (way w of b: the hot way and the cold copy) and mirrors "half-open" into the way's signature:
+ * state first, then the signature, so a reader that copies sig, flow, sig sees the change as a changed signature. */
 static inline void
 flw_set_state(struct pydp_flow_bucket *b, unsigned w, struct pydp_flow *f, uint8_t st)
 {
     uint32_t sig = b->sig[w] & ~(uint32_t)PYDP_FLOW_SIG_SYN;
 
+    b->way[w].state = st;
     f->state = st;
     flw_barrier();
     __atomic_store_n(&b->sig[w], st == PYDP_FLOW_TCP_SYN ? sig | PYDP_FLOW_SIG_SYN : sig, __ATOMIC_RELAXED);
@@ -237,7 +259,7 @@ flw_way_expired(const struct pydp_flow_bucket *b, unsigned w, uint32_t now, cons
         return 0;
     if (flw_expired_age(age, tmax))
         return 1;
-    return flw_expired_age(age, pydp_flow_timeout(cfg, b->flows[w].state));
+    return flw_expired_age(age, pydp_flow_timeout(cfg, b->way[w].state));
 }
 
 /* TCP state after a packet with the given flags (client to server direction). */
@@ -263,15 +285,23 @@ flw_tcp_next(uint8_t state, uint8_t flags)
     }
 }
 
-/* The state of flow f after a packet; also computes the initial state of a new flow (state EMPTY). */
+/* The state of a flow of protocol proto in state st after a packet; also the initial state (st EMPTY). */
 static inline uint8_t
-flw_next_state(const struct pydp_flow *f, uint8_t tcp_flags)
+flw_next_state(uint8_t proto, uint8_t st, uint8_t tcp_flags)
 {
-    if (f->key.proto == FLW_PROTO_TCP)
-        return flw_tcp_next(f->state, tcp_flags);
-    if (f->key.proto == FLW_PROTO_UDP)
+    if (proto == FLW_PROTO_TCP)
+        return flw_tcp_next(st, tcp_flags);
+    if (proto == FLW_PROTO_UDP)
         return PYDP_FLOW_UDP;
     return PYDP_FLOW_OTHER;
+}
+
+/* Adds the way's hot packet counter to the cold record. */
+static inline void
+flw_fold_pkts(struct pydp_flow_bucket *b, unsigned w)
+{
+    b->flows[w].packets += b->way[w].pkts;
+    b->way[w].pkts = 0;
 }
 
 uint64_t
@@ -316,41 +346,64 @@ pydp_flow_timeout(const struct pydp_config *cfg, uint8_t state)
 void
 pydp_flow_prefetch_bucket(const struct pydp_flow_table *t, uint32_t hash)
 {
-    __builtin_prefetch(flw_bucket(t, hash), 1, 3);
+    const struct pydp_flow_bucket *b = flw_bucket(t, hash);
+
+    __builtin_prefetch(&b->sig[0], 1, 3);
+    __builtin_prefetch(&b->way[0], 1, 3);
 }
 
-/* Second stage of a pipelined lookup: with the signature line in cache, fetch the lines of the ways that match.
- * When none matches the packet will open a flow: fetch the way pydp_flow_insert will most likely write (the first
- * empty one, else the least recently used), so the insert and the first touch do not wait for memory (in a SYN
- * flood that wait was a quarter of the worker's time). */
+/* Second stage of a pipelined lookup, with the hot lines in cache: when no way matches, the packet will open a
+ * flow, so fetch the cold line pydp_flow_insert will most likely write (the first empty way, else the least
+ * recently used), so the insert does not wait for memory. A hit needs nothing more. */
 void
-pydp_flow_prefetch_ways(const struct pydp_flow_table *t, uint32_t hash)
+pydp_flow_prefetch_ways(const struct pydp_flow_table *t, uint32_t hash, uint32_t sig)
 {
     const struct pydp_flow_bucket *b = flw_bucket(t, hash);
-    unsigned m = flw_match_hash(b, hash);
+    unsigned empty, cand, i, lru;
 
-    if (m == 0) {
-        unsigned empty = flw_match_empty(b), cand, i, lru;
-
-        if (empty != 0) {
-            lru = (unsigned)__builtin_ctz(empty);
-        } else {
-            /* as the insert: the least recently used half-open way, else the least recently used way */
-            cand = flw_match_syn(b);
-            if (cand == 0)
-                cand = (1u << PYDP_FLOW_WAYS) - 1;
-            lru = (unsigned)__builtin_ctz(cand);
-            for (i = lru + 1; i < PYDP_FLOW_WAYS; i++)
-                if (((cand >> i) & 1) && (int32_t)(b->last_ms[i] - b->last_ms[lru]) < 0)
-                    lru = i;
-        }
-        __builtin_prefetch(&b->flows[lru], 1, 3);
+    if (flw_match_sig(b, sig) != 0)
         return;
+    empty = flw_match_empty(b);
+    if (empty != 0) {
+        lru = (unsigned)__builtin_ctz(empty);
+    } else {
+        /* as the insert: the least recently used half-open way, else the least recently used way */
+        cand = flw_match_syn(b);
+        if (cand == 0)
+            cand = (1u << PYDP_FLOW_WAYS) - 1;
+        lru = (unsigned)__builtin_ctz(cand);
+        for (i = lru + 1; i < PYDP_FLOW_WAYS; i++)
+            if (((cand >> i) & 1) && (int32_t)(b->last_ms[i] - b->last_ms[lru]) < 0)
+                lru = i;
     }
-    while (m != 0) {
-        __builtin_prefetch(&b->flows[__builtin_ctz(m)], 1, 3);
-        m &= m - 1;
+    __builtin_prefetch(&b->flows[lru], 1, 3);
+}
+
+/* An expired way found by a lookup: reclaimed. */
+static inline void
+flw_reclaim(struct pydp_flow_table *t, struct pydp_flow_bucket *b, unsigned w)
+{
+    flw_unpublish(b, w);
+    t->live--;
+    t->expired++;
+}
+
+struct pydp_flow *
+pydp_flow_lookup_sig(struct pydp_flow_table *t, uint32_t hash, uint32_t sig, uint32_t now_ms,
+                     const struct pydp_config *cfg)
+{
+    struct pydp_flow_bucket *b = flw_bucket(t, hash);
+    unsigned m = flw_match_sig(b, sig), w;
+
+    if (m == 0)
+        return NULL;
+    w = (unsigned)__builtin_ctz(m);         /* at most one way holds a signature */
+    if (__builtin_expect(flw_expired_age(flw_age(now_ms, b->last_ms[w]),
+                                         pydp_flow_timeout(cfg, b->way[w].state)), 0)) {
+        flw_reclaim(t, b, w);
+        return NULL;
     }
+    return &b->flows[w];
 }
 
 struct pydp_flow *
@@ -358,25 +411,55 @@ pydp_flow_lookup(struct pydp_flow_table *t, const struct pydp_flow_key *key, uin
                  const struct pydp_config *cfg)
 {
     struct pydp_flow_bucket *b = flw_bucket(t, hash);
-    unsigned m = flw_match_hash(b, hash);
+    unsigned m = flw_match_sig(b, pydp_flow_sig(key));
 
     while (m != 0) {
         unsigned w = (unsigned)__builtin_ctz(m);
         struct pydp_flow *f = &b->flows[w];
 
         m &= m - 1;
-        if (__builtin_expect(!flw_key_eq(&f->key, key), 0))
+        if (!flw_key_eq(&f->key, key))
             continue;
-        if (__builtin_expect(flw_expired_age(flw_age(now_ms, b->last_ms[w]),
-                                             pydp_flow_timeout(cfg, f->state)), 0)) {
-            flw_unpublish(b, w);
-            t->live--;
-            t->expired++;
+        if (flw_expired_age(flw_age(now_ms, b->last_ms[w]), pydp_flow_timeout(cfg, b->way[w].state))) {
+            flw_reclaim(t, b, w);
             return NULL;
         }
         return f;
     }
     return NULL;
+}
+
+int
+pydp_flow_confirm(const struct pydp_flow *f, const struct pydp_flow_key *key)
+{
+    return flw_key_eq(&f->key, key);
+}
+
+struct pydp_flow_way *
+pydp_flow_way_of(const struct pydp_flow_table *t, const struct pydp_flow *f)
+{
+    unsigned w;
+    struct pydp_flow_bucket *b = flw_bucket_of(t, f, &w);
+
+    return &b->way[w];
+}
+
+void
+pydp_flow_pin(struct pydp_flow_table *t, struct pydp_flow *f, uint16_t cluster, uint16_t cluster_uid,
+              uint8_t edge, uint16_t edge_uid)
+{
+    unsigned w;
+    struct pydp_flow_bucket *b = flw_bucket_of(t, f, &w);
+    struct pydp_flow_way *h = &b->way[w];
+
+    h->cluster = (uint8_t)cluster;
+    h->cluster_uid = cluster_uid;
+    h->edge = edge;
+    h->edge_uid = edge_uid;
+    f->cluster = cluster;
+    f->cluster_uid = cluster_uid;
+    f->edge = edge;
+    f->edge_uid = edge_uid;
 }
 
 struct pydp_flow *
@@ -387,6 +470,7 @@ pydp_flow_insert(struct pydp_flow_table *t, const struct pydp_flow_key *key, uin
     unsigned empty = flw_match_empty(b);
     unsigned w;
     int ev = 0;
+    uint32_t sig;
     struct pydp_flow nf;
 
     if (__builtin_expect(empty != 0, 1)) {
@@ -398,10 +482,8 @@ pydp_flow_insert(struct pydp_flow_table *t, const struct pydp_flow_key *key, uin
         unsigned syn = flw_match_syn(b);
         unsigned i, lru = 0, found = PYDP_FLOW_WAYS;
         int32_t oldest = INT32_MIN;
-        /* >>> SYN-first eviction (flow-table management): a half-open flow goes before any other */
-        unsigned lru_syn = PYDP_FLOW_WAYS;
+        unsigned lru_syn = PYDP_FLOW_WAYS;      /* SYN-first eviction: a half-open flow goes before any other */
         int32_t oldest_syn = INT32_MIN;
-        /* <<< SYN-first eviction */
 
         flw_timeout_range(cfg, &tmin, &tmax);
         for (i = 0; i < PYDP_FLOW_WAYS; i++) {
@@ -415,39 +497,74 @@ pydp_flow_insert(struct pydp_flow_table *t, const struct pydp_flow_key *key, uin
                 oldest = age;
                 lru = i;
             }
-            /* >>> SYN-first eviction */
             if (((syn >> i) & 1) && age > oldest_syn) {     /* from the signature: no flow line read */
                 oldest_syn = age;
                 lru_syn = i;
             }
-            /* <<< SYN-first eviction */
         }
         if (found < PYDP_FLOW_WAYS) {
             w = found;
             t->expired++;
         } else {
-            /* >>> SYN-first eviction: a flood of SYNs from random sources only pushes out its own kind, so
-             * established flows survive it however rarely they send; LRU decides among flows of one kind */
+            /* SYN-first: a flood of SYNs from random sources only pushes out its own kind, so established
+             * flows survive it however rarely they send; LRU decides among flows of one kind */
             w = lru_syn < PYDP_FLOW_WAYS ? lru_syn : lru;
-            /* <<< SYN-first eviction */
             ev = 1;
             t->evicted++;
         }
         flw_unpublish(b, w);
     }
 
+    sig = flw_sig(pydp_flow_sig(key));
     memset(&nf, 0, sizeof(nf));
     nf.key = *key;
     nf.hash = hash;
     nf.created_ms = now_ms;
     nf.state = PYDP_FLOW_OTHER;
+    nf.sig = sig;
     b->flows[w] = nf;
+    memset(&b->way[w], 0, sizeof(b->way[w]));
+    b->way[w].state = PYDP_FLOW_OTHER;
     b->last_ms[w] = now_ms;
-    flw_publish(b, w, flw_sig(hash));
+    flw_publish(b, w, sig);
 
     if (evicted != NULL)
         *evicted = ev;
     return &b->flows[w];
+}
+
+/* The time and the packet count of way w: last_ms stored only when it changed; the hot counter folds into the
+ * cold record every PYDP_FLOW_PKTS_FOLD packets. */
+static inline void
+flw_count(struct pydp_flow_bucket *b, unsigned w, uint32_t now_ms)
+{
+    if (b->last_ms[w] != now_ms)
+        b->last_ms[w] = now_ms;
+    if (__builtin_expect(++b->way[w].pkts == 0, 0))
+        b->flows[w].packets += PYDP_FLOW_PKTS_FOLD;
+}
+
+int
+pydp_flow_hit(struct pydp_flow_table *t, struct pydp_flow *f, const struct pydp_flow_key *key, uint8_t tcp_flags,
+              uint32_t now_ms)
+{
+    unsigned w;
+    struct pydp_flow_bucket *b = flw_bucket_of(t, f, &w);
+    uint8_t st = b->way[w].state;
+    uint8_t next = flw_next_state(key->proto, st, tcp_flags);
+
+    if (__builtin_expect(next != st, 0)) {
+        /* a change of the stored flow: only for its own key */
+        if (!flw_key_eq(&f->key, key)) {
+            t->false_matches++;
+            return -1;
+        }
+        flw_count(b, w, now_ms);
+        flw_set_state(b, w, f, next);
+        return 1;
+    }
+    flw_count(b, w, now_ms);
+    return 0;
 }
 
 void
@@ -455,11 +572,12 @@ pydp_flow_touch(struct pydp_flow_table *t, struct pydp_flow *f, uint8_t tcp_flag
 {
     unsigned w;
     struct pydp_flow_bucket *b = flw_bucket_of(t, f, &w);
-    uint8_t st = flw_next_state(f, tcp_flags);
+    uint8_t st = flw_next_state(f->key.proto, b->way[w].state, tcp_flags);
 
     b->last_ms[w] = now_ms;
+    flw_fold_pkts(b, w);
     f->packets++;
-    if (st != f->state)
+    if (st != b->way[w].state || st != f->state)
         flw_set_state(b, w, f, st);
 }
 
@@ -468,11 +586,19 @@ pydp_flow_start(struct pydp_flow_table *t, struct pydp_flow *f, uint8_t proto, u
 {
     unsigned w;
     struct pydp_flow_bucket *b = flw_bucket_of(t, f, &w);
-    uint8_t st = proto == FLW_PROTO_TCP ? flw_tcp_next(PYDP_FLOW_EMPTY, tcp_flags)
-               : proto == FLW_PROTO_UDP ? PYDP_FLOW_UDP : PYDP_FLOW_OTHER;
+    uint8_t st = flw_next_state(proto, PYDP_FLOW_EMPTY, tcp_flags);
 
-    f->packets = 1;                     /* the insert wrote 0 and last_ms: nothing here reads the flow line */
+    b->way[w].pkts = 1;                 /* the insert wrote 0 and last_ms: nothing here reads the flow line */
     flw_set_state(b, w, f, st);
+}
+
+uint32_t
+pydp_flow_packets(const struct pydp_flow_table *t, const struct pydp_flow *f)
+{
+    unsigned w;
+    const struct pydp_flow_bucket *b = flw_bucket_of(t, f, &w);
+
+    return f->packets + b->way[w].pkts;
 }
 
 uint32_t
@@ -562,10 +688,7 @@ pydp_flow_install(struct pydp_flow_table *t, const struct pydp_flow *in, uint32_
             return NULL;
         f = pydp_flow_insert(t, &key, hash, now_ms, cfg, evicted);
     }
-    f->cluster = in->cluster;
-    f->cluster_uid = in->cluster_uid;
-    f->edge = in->edge;
-    f->edge_uid = in->edge_uid;
+    pydp_flow_pin(t, f, in->cluster, in->cluster_uid, in->edge, in->edge_uid);
     b = flw_bucket_of(t, f, &w);
     flw_set_state(b, w, f, in->state == PYDP_FLOW_EMPTY ? PYDP_FLOW_OTHER : in->state);
     b->last_ms[w] = now_ms;

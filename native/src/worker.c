@@ -10,11 +10,11 @@
 #include <rte_prefetch.h>
 
 #include "dp.h"
+#include "pydp_verdict.h"
 
 #define WRK_PREFETCH_AHEAD 4
 #define WRK_IDLE_SPIN 64          /* empty polls before the first sleep */
 #define WRK_CMDS_PER_LOOP 16
-#define WRK_ESP 50
 
 void dp_txq_flush(struct dp_txq *q)
 {
@@ -71,13 +71,6 @@ static inline void wrk_load_config(struct dp_worker *w)
     w->stats->config_swaps++;
 }
 
-static inline int wrk_edge_usable(const struct pydp_cluster *c, const struct pydp_flow *f)
-{
-    const struct pydp_edge *e = &c->edges[f->edge & (PYDP_MAX_EDGES - 1)];
-
-    return e->uid == f->edge_uid && (e->state == PYDP_EDGE_UP || e->state == PYDP_EDGE_DRAINING);
-}
-
 static inline void wrk_count_class(struct pydp_worker_stats *s, const struct pydp_pkt_info *info)
 {
     if (info->family == PYDP_AF_INET6)
@@ -102,8 +95,7 @@ static inline void wrk_count_class(struct pydp_worker_stats *s, const struct pyd
 struct wrk_pkt {
     struct rte_mbuf *m;
     struct pydp_pkt_info info;      /* info.key becomes the hashed key (IPSec local termination folds it) */
-    uint32_t hash;
-    uint16_t ci;
+    struct pydp_verdict v;          /* cluster and hash from the classify stage, edge from the pick */
     uint8_t exc;                    /* for the exception path: WRK_EXC_BULK or WRK_EXC_PRIO */
 };
 
@@ -118,60 +110,33 @@ static inline void wrk_event(struct dp_worker *w, uint8_t type, const struct pyd
         pydp_event_push(w->events, type, f, now);
 }
 
-/* Chooses the edge slot of a packet for a cluster: the flow's pinned edge while it is usable, else Maglev.
- * Returns PYDP_MAGLEV_NONE when the cluster has no edge up. */
-static inline uint32_t wrk_choose_edge(struct dp_worker *w, const struct pydp_cluster *c, const struct wrk_pkt *p,
-                                       uint32_t now)
+/* The edge of a classified packet (pydp_verdict_pick, the DPDK-free core), then what it asks the worker to count
+ * and report. Returns PYDP_MAGLEV_NONE when the cluster has no edge up. */
+static inline uint32_t wrk_choose_edge(struct dp_worker *w, struct wrk_pkt *p, uint32_t now)
 {
-    const struct pydp_config *cfg = w->cfg;
     struct pydp_worker_stats *s = w->stats;
-    const uint8_t *table = w->maglev + (uint64_t)p->ci * dp.shm.hdr->maglev_max;
-    struct pydp_flow *f;
-    uint32_t slot;
-    int evicted = 0;
+    struct pydp_verdict *v = &p->v;
+    const uint8_t *table = w->maglev + (uint64_t)v->cluster * dp.shm.hdr->maglev_max;
+    uint32_t slot = pydp_verdict_pick(w->cfg, table, w->flows, &p->info, now, v);
+    uint8_t what = v->what;
 
     s->flow_lookups++;
-    f = pydp_flow_lookup(w->flows, &p->info.key, p->hash, now, cfg);
-    if (f != NULL) {
+    if (what & PYDP_VW_HIT) {
         s->flow_hits++;
-        if (likely(f->cluster == p->ci && f->cluster_uid == c->uid && wrk_edge_usable(c, f))) {
-            slot = f->edge;
-        } else {
-            slot = table[pydp_maglev_slot(p->hash, c->maglev_size)];
-            if (unlikely(slot == PYDP_MAGLEV_NONE))
-                return slot;
-            f->cluster = p->ci;
-            f->cluster_uid = c->uid;
-            f->edge = (uint8_t)slot;
-            f->edge_uid = c->edges[slot].uid;
-            s->flow_rehashed++;
-            wrk_event(w, PYDP_EV_NEW, f, now);
+        if (unlikely(what & (PYDP_VW_REHASHED | PYDP_VW_END))) {
+            if (what & PYDP_VW_REHASHED) {
+                s->flow_rehashed++;
+                wrk_event(w, PYDP_EV_NEW, v->flow, now);
+            }
+            if (what & PYDP_VW_END)
+                wrk_event(w, PYDP_EV_END, v->flow, now);
         }
-        if (!(p->info.flags & PYDP_PF_ICMP_ERROR)) {
-            uint8_t before = f->state;
-
-            pydp_flow_touch(w->flows, f, p->info.tcp_flags, now);
-            if (unlikely(f->state == PYDP_FLOW_TCP_FIN && before != PYDP_FLOW_TCP_FIN))
-                wrk_event(w, PYDP_EV_END, f, now);
-        }
-        return slot;
+    } else if (what & PYDP_VW_INSERT) {
+        s->flow_inserts++;
+        s->flow_evictions += (what & PYDP_VW_EVICTED) ? 1 : 0;
+        w->cstats[v->cluster].edges[slot].new_flows++;
+        wrk_event(w, PYDP_EV_NEW, v->flow, now);
     }
-    slot = table[pydp_maglev_slot(p->hash, c->maglev_size)];
-    if (unlikely(slot == PYDP_MAGLEV_NONE))
-        return slot;
-    /* Fragments hash on addresses only and ICMP errors belong to a flow: neither opens one. */
-    if (p->info.flags & (PYDP_PF_FRAGMENT | PYDP_PF_ICMP_ERROR))
-        return slot;
-    f = pydp_flow_insert(w->flows, &p->info.key, p->hash, now, cfg, &evicted);
-    s->flow_inserts++;
-    s->flow_evictions += (uint64_t)evicted;
-    f->cluster = p->ci;
-    f->cluster_uid = c->uid;
-    f->edge = (uint8_t)slot;
-    f->edge_uid = c->edges[slot].uid;
-    pydp_flow_start(w->flows, f, p->info.key.proto, p->info.tcp_flags);   /* no read-back of the new line */
-    w->cstats[p->ci].edges[slot].new_flows++;
-    wrk_event(w, PYDP_EV_NEW, f, now);
     return slot;
 }
 
@@ -200,45 +165,33 @@ static inline int wrk_parse(struct dp_worker *w, uint32_t pi, struct rte_mbuf *m
     return 1;
 }
 
-/* Stage 2: the cluster IP, ownership, the flow hash, and a prefetch of the flow-table bucket. Returns 1 when
- * the packet goes on to the next stages. */
+/* Stage 2: the cluster IP, enabled, ownership, the flow hash (pydp_verdict_classify), and a prefetch of the
+ * flow-table bucket. Returns 1 when the packet goes on to the next stages. */
 static inline int wrk_classify(struct dp_worker *w, uint32_t pi, struct wrk_pkt *p)
 {
     struct pydp_port_stats *ps = &w->stats->port[pi];
-    const struct pydp_config *cfg = w->cfg;
-    const struct pydp_cluster *c;
-    int ci;
 
     if (unlikely(p->exc)) {
         dp_exc_send(w, pi, p->m, p->exc == WRK_EXC_PRIO);
         return 0;
     }
-    ci = pydp_config_lookup_vip(cfg, p->info.family, p->info.dst);
-    if (ci < 0) {
+    switch (pydp_verdict_classify(w->cfg, &p->info, &p->v)) {
+    case PYDP_ACT_FORWARD:
+        break;
+    case PYDP_ACT_EXCEPTION:
         dp_exc_send(w, pi, p->m, 0);
         return 0;
-    }
-    c = &cfg->clusters[ci];
-    if (unlikely(!c->enabled)) {
-        w->cstats[ci].drop_disabled++;
+    case PYDP_ACT_DROP_DISABLED:
+        w->cstats[p->v.cluster].drop_disabled++;
         dp_drop(ps, p->m, PYDP_DROP_DISABLED);
         return 0;
-    }
-    if (unlikely(!c->owned)) {
-        w->cstats[ci].drop_not_active++;
+    default:
+        w->cstats[p->v.cluster].drop_not_active++;
         dp_drop(ps, p->m, PYDP_DROP_NOT_ACTIVE);
         return 0;
     }
     wrk_count_class(w->stats, &p->info);
-    if ((p->info.flags & PYDP_PF_IPSEC) && c->ipsec_local) {
-        /* IKE, NAT-T, ESP and AH of one client land on one edge */
-        p->info.key.sport = 0;
-        p->info.key.dport = 0;
-        p->info.key.proto = WRK_ESP;
-    }
-    p->hash = pydp_flow_hash(&p->info.key, cfg->hash_seed);
-    p->ci = (uint16_t)ci;
-    pydp_flow_prefetch_bucket(w->flows, p->hash);
+    pydp_flow_prefetch_bucket(w->flows, p->v.hash);
     return 1;
 }
 
@@ -247,13 +200,13 @@ static inline void wrk_forward(struct dp_worker *w, uint32_t pi, struct wrk_pkt 
 {
     struct pydp_port_stats *ps = &w->stats->port[pi];
     const struct pydp_config *cfg = w->cfg;
-    const struct pydp_cluster *c = &cfg->clusters[p->ci];
-    struct pydp_cluster_stats *cs = &w->cstats[p->ci];
+    const struct pydp_cluster *c = &cfg->clusters[p->v.cluster];
+    struct pydp_cluster_stats *cs = &w->cstats[p->v.cluster];
     struct rte_mbuf *m = p->m;
     const struct pydp_edge *e;
     uint32_t slot, len;
 
-    slot = wrk_choose_edge(w, c, p, now);
+    slot = wrk_choose_edge(w, p, now);
     if (unlikely(slot == PYDP_MAGLEV_NONE)) {
         cs->drop_no_edge++;
         dp_drop(ps, m, PYDP_DROP_NO_EDGE);
@@ -280,7 +233,7 @@ static inline void wrk_forward(struct dp_worker *w, uint32_t pi, struct wrk_pkt 
             dp_drop(ps, m, PYDP_DROP_NO_HEADROOM);
             return;
         }
-        pydp_ipip_source(cfg, family, p->hash, src);
+        pydp_ipip_source(cfg, family, p->v.hash, src);
         pydp_dsr_encap(out, family, src, e->addr, p->info.l3_len, cfg->gateway_mac, dp.ports[pi].mac.addr_bytes);
     }
     len = rte_pktmbuf_pkt_len(m);
@@ -314,10 +267,11 @@ static void wrk_burst(struct dp_worker *w, uint32_t pi, struct rte_mbuf **pkts, 
         }
     }
     for (i = 0; i < nk && i < WRK_WAYS_AHEAD; i++)
-        pydp_flow_prefetch_ways(w->flows, v[i].hash);
+        pydp_flow_prefetch_ways(w->flows, v[i].v.hash, v[i].v.sig);
     for (i = 0; i < nk; i++) {
         if (i + WRK_WAYS_AHEAD < nk)
-            pydp_flow_prefetch_ways(w->flows, v[i + WRK_WAYS_AHEAD].hash);
+            pydp_flow_prefetch_ways(w->flows, v[i + WRK_WAYS_AHEAD].v.hash,
+                                    v[i + WRK_WAYS_AHEAD].v.sig);
         wrk_forward(w, pi, &v[i], now);
     }
 }

@@ -3,14 +3,16 @@
  * parse -> cluster-IP lookup in a published config -> flow hash -> flow-table lookup/insert -> Maglev -> DSR
  * rewrite (L2 or IP-in-IP) into a frame buffer with headroom.
  *
- * The config is a real region (pydp_shm_create in /dev/shm, unlinked at once) published with four clusters:
+ * The config is a real region (pydp_shm_create in /dev/shm, unlinked at once) published with five clusters:
  * 198.51.100.10 (L2, three edges, one draining), 2001:db8::10 (IP-in-IP, an IPv6 and an IPv4 edge),
- * 198.51.100.11 (disabled) and 203.0.113.10 (no edge up). Every input starts from an empty flow table of 256
- * flows, so a crash reproduces from its input alone.
+ * 198.51.100.11 (disabled), 203.0.113.10 (no edge up) and 198.51.100.12 (owned by the peer: never forwarded).
+ * The verdict is the worker's own (pydp_verdict, native/src/verdict.c); this harness checks what it returns.
+ * Every input starts from an empty flow table of 256 flows, so a crash reproduces from its input alone.
  *
  * Input: one byte of clock steps, then up to 32 frames, each a 2-byte big-endian length and that many bytes (the
  * last frame takes what is left). Besides the sanitizers, it aborts when an invariant of the worker breaks: a
- * new flow on an edge that is not up, a flow pinned outside its cluster, a rewrite that leaves the frame or
+ * new flow on an edge that is not up, a flow pinned outside its cluster, a cluster forwarded that is disabled or
+ * owned by the peer, a verdict flow that is another flow, a rewrite that leaves the frame or
  * writes a wrong outer header.
  *
  *   scripts/fuzz.sh classify           (builds with -fsanitize=fuzzer,address,undefined and runs it)
@@ -22,6 +24,7 @@
 #include <unistd.h>
 
 #include "pydp.h"
+#include "pydp_verdict.h"
 
 #define FZ_MAGLEV 251           /* prime: small tables keep an iteration cheap */
 #define FZ_FLOWS 256
@@ -81,7 +84,7 @@ fz_edge(struct pydp_cluster *c, uint32_t slot, const char *name, uint8_t family,
 
 static void
 fz_cluster(struct pydp_config *cfg, uint32_t ci, const char *name, uint8_t family, const char *vip,
-           uint8_t dsr_mode, uint8_t enabled)
+           uint8_t dsr_mode, uint8_t enabled, uint8_t owned)
 {
     struct pydp_cluster *c = &cfg->clusters[ci];
 
@@ -90,6 +93,7 @@ fz_cluster(struct pydp_config *cfg, uint32_t ci, const char *name, uint8_t famil
     c->family = family;
     fz_ip(c->vip, family, vip);
     c->enabled = enabled;
+    c->owned = owned;
     c->dsr_mode = dsr_mode;
     c->ipsec_local = ci == 0;
     c->uid = (uint16_t)(ci + 1);
@@ -117,23 +121,25 @@ LLVMFuzzerInitialize(int *argc, char ***argv)
     slot = pydp_config_begin(&fz_shm, 1000, err);
     if (slot == NULL)
         fz_die("config_begin", err);
-    fz_cluster(slot, 0, "web", PYDP_AF_INET, "198.51.100.10", PYDP_DSR_L2, 1);
+    fz_cluster(slot, 0, "web", PYDP_AF_INET, "198.51.100.10", PYDP_DSR_L2, 1, 1);
     fz_edge(&slot->clusters[0], 0, "e1", PYDP_AF_INET, "198.51.100.21", PYDP_EDGE_UP);
     fz_edge(&slot->clusters[0], 1, "e2", PYDP_AF_INET, "198.51.100.22", PYDP_EDGE_UP);
     fz_edge(&slot->clusters[0], 3, "e4", PYDP_AF_INET, "198.51.100.24", PYDP_EDGE_DRAINING);
-    fz_cluster(slot, 1, "web6", PYDP_AF_INET6, "10", PYDP_DSR_IPIP, 1);
+    fz_cluster(slot, 1, "web6", PYDP_AF_INET6, "10", PYDP_DSR_IPIP, 1, 1);
     fz_edge(&slot->clusters[1], 0, "e1", PYDP_AF_INET6, "21", PYDP_EDGE_UP);
     fz_edge(&slot->clusters[1], 2, "e3", PYDP_AF_INET, "198.51.100.23", PYDP_EDGE_UP);
-    fz_cluster(slot, 2, "off", PYDP_AF_INET, "198.51.100.11", PYDP_DSR_L2, 0);
+    fz_cluster(slot, 2, "off", PYDP_AF_INET, "198.51.100.11", PYDP_DSR_L2, 0, 1);
     fz_edge(&slot->clusters[2], 0, "e1", PYDP_AF_INET, "198.51.100.21", PYDP_EDGE_UP);
-    fz_cluster(slot, 3, "dead", PYDP_AF_INET, "203.0.113.10", PYDP_DSR_IPIP, 1);
+    fz_cluster(slot, 3, "dead", PYDP_AF_INET, "203.0.113.10", PYDP_DSR_IPIP, 1, 1);
     fz_edge(&slot->clusters[3], 0, "e1", PYDP_AF_INET, "203.0.113.21", PYDP_EDGE_DOWN);
+    fz_cluster(slot, 4, "backup", PYDP_AF_INET, "198.51.100.12", PYDP_DSR_L2, 1, 0);   /* the peer owns it */
+    fz_edge(&slot->clusters[4], 0, "e1", PYDP_AF_INET, "198.51.100.21", PYDP_EDGE_UP);
     memcpy(slot->gateway_mac, fz_gw_mac, 6);
     fz_ip(slot->ipip_src4, PYDP_AF_INET, "192.0.2.0");
     slot->ipip_src4_bits = 24;
     fz_ip(slot->ipip_src6, PYDP_AF_INET6, "0");
     slot->ipip_src6_bits = 64;
-    for (ci = 0; ci < 4; ci++)
+    for (ci = 0; ci < 5; ci++)
         if (pydp_config_rebuild(&fz_shm, slot, ci, err) != 0)
             fz_die("config_rebuild", err);
     if (pydp_config_publish(&fz_shm, slot, err) != 0)
@@ -147,56 +153,6 @@ static const uint8_t *
 fz_table(uint32_t ci)
 {
     return pydp_shm_maglev(&fz_shm, (uint32_t)(fz_shm.hdr->generation & 1), ci);
-}
-
-/* The worker's edge choice (worker.c, wrk_choose_edge): the pinned edge while usable, else Maglev; a new flow
- * unless the packet is a fragment or an ICMP error. */
-static uint32_t
-fz_choose_edge(uint32_t ci, struct pydp_flow_key *key, uint32_t hash, uint8_t flags, uint8_t tcp_flags,
-               uint32_t now)
-{
-    const struct pydp_cluster *c = &fz_cfg->clusters[ci];
-    const uint8_t *table = fz_table(ci);
-    struct pydp_flow *f;
-    uint32_t slot;
-    int evicted = 0;
-
-    f = pydp_flow_lookup(fz_flows, key, hash, now, fz_cfg);
-    if (f != NULL) {
-        if (memcmp(&f->key, key, sizeof(*key)) != 0)
-            abort();                            /* a lookup returned another flow */
-        if (f->cluster == ci && f->cluster_uid == c->uid && f->edge < PYDP_MAX_EDGES &&
-            (c->edges[f->edge].state == PYDP_EDGE_UP || c->edges[f->edge].state == PYDP_EDGE_DRAINING) &&
-            c->edges[f->edge].uid == f->edge_uid) {
-            slot = f->edge;
-        } else {
-            slot = table[pydp_maglev_slot(hash, c->maglev_size)];
-            if (slot == PYDP_MAGLEV_NONE)
-                return slot;
-            f->cluster = (uint16_t)ci;
-            f->cluster_uid = c->uid;
-            f->edge = (uint8_t)slot;
-            f->edge_uid = c->edges[slot].uid;
-        }
-        if (!(flags & PYDP_PF_ICMP_ERROR))
-            pydp_flow_touch(fz_flows, f, tcp_flags, now);
-        return slot;
-    }
-    slot = table[pydp_maglev_slot(hash, c->maglev_size)];
-    if (slot == PYDP_MAGLEV_NONE || (flags & (PYDP_PF_FRAGMENT | PYDP_PF_ICMP_ERROR)))
-        return slot;
-    f = pydp_flow_insert(fz_flows, key, hash, now, fz_cfg, &evicted);
-    if (f == NULL || memcmp(&f->key, key, sizeof(*key)) != 0)
-        abort();
-    f->cluster = (uint16_t)ci;
-    f->cluster_uid = c->uid;
-    f->edge = (uint8_t)slot;
-    f->edge_uid = c->edges[slot].uid;
-    f->state = PYDP_FLOW_EMPTY;
-    pydp_flow_touch(fz_flows, f, tcp_flags, now);
-    if (f->state == PYDP_FLOW_EMPTY)
-        abort();                                /* touch must give a first packet a state */
-    return slot;
 }
 
 /* The rewrite of one forwarded frame (worker.c, wrk_forward) into buf, the frame at buf + FZ_HEADROOM. */
@@ -257,9 +213,10 @@ fz_packet(const uint8_t *data, uint32_t len, uint32_t now)
 {
     static uint8_t buf[FZ_HEADROOM + FZ_MAX_FRAME];
     struct pydp_pkt_info info;
+    struct pydp_verdict v;
     const struct pydp_cluster *c;
-    uint32_t hash, slot;
-    int cls, ci;
+    uint64_t live = fz_flows->live;
+    int cls, act;
 
     if (len > FZ_MAX_FRAME)
         len = FZ_MAX_FRAME;
@@ -267,28 +224,52 @@ fz_packet(const uint8_t *data, uint32_t len, uint32_t now)
     cls = pydp_parse(buf + FZ_HEADROOM, len, &info);
     if (cls != PYDP_CLS_IP)
         return;                                 /* dropped or to the exception path */
-    ci = pydp_config_lookup_vip(fz_cfg, info.family, info.dst);
-    if (ci < 0)
-        return;                                 /* not a cluster IP: exception path */
-    if (ci >= (int)fz_cfg->nb_clusters)
-        abort();
-    c = &fz_cfg->clusters[ci];
-    if (c->family != info.family || memcmp(c->vip, info.dst, 16) != 0)
-        abort();
-    if (!c->enabled)
-        return;                                 /* PYDP_DROP_DISABLED */
-    if ((info.flags & PYDP_PF_IPSEC) && c->ipsec_local) {
-        info.key.sport = 0;
-        info.key.dport = 0;
-        info.key.proto = 50;
+    act = pydp_verdict(fz_cfg, fz_table(0), fz_shm.hdr->maglev_max, fz_flows, &info, now, &v);
+    if (act == PYDP_ACT_EXCEPTION) {
+        if (pydp_config_lookup_vip(fz_cfg, info.family, info.dst) >= 0 || v.what != 0)
+            abort();                            /* a cluster IP sent to the kernel */
+        return;
     }
-    hash = pydp_flow_hash(&info.key, fz_cfg->hash_seed);
-    slot = fz_choose_edge((uint32_t)ci, &info.key, hash, info.flags, info.tcp_flags, now);
-    if (slot == PYDP_MAGLEV_NONE)
-        return;                                 /* PYDP_DROP_NO_EDGE */
-    if (slot >= PYDP_MAX_EDGES || c->edges[slot].state == PYDP_EDGE_EMPTY)
+    if (v.cluster >= fz_cfg->nb_clusters)
         abort();
-    fz_rewrite(buf, len, &info, (uint32_t)ci, slot, hash);
+    c = &fz_cfg->clusters[v.cluster];
+    if (c->family != info.family || memcmp(c->vip, info.dst, 16) != 0)
+        abort();                                /* the packet was given another cluster */
+    if (act == PYDP_ACT_DROP_DISABLED || act == PYDP_ACT_DROP_NOT_ACTIVE) {
+        int why_ok = act == PYDP_ACT_DROP_DISABLED ? !c->enabled : (c->enabled && !c->owned);
+
+        if (!why_ok || v.what != 0 || fz_flows->live != live)
+            abort();                            /* wrong reason, or the flow table was touched */
+        return;
+    }
+    if (!c->enabled || !c->owned)
+        abort();                                /* forwarded for a cluster that is off or not ours */
+    if (act == PYDP_ACT_DROP_NO_EDGE) {
+        if (v.edge != PYDP_MAGLEV_NONE || (v.what & PYDP_VW_INSERT))
+            abort();
+        return;
+    }
+    if (act != PYDP_ACT_FORWARD || v.edge >= PYDP_MAX_EDGES || c->edges[v.edge].state == PYDP_EDGE_EMPTY ||
+        c->edges[v.edge].state == PYDP_EDGE_DOWN || c->edges[v.edge].state == PYDP_EDGE_DISABLED)
+        abort();                                /* forwarded to an edge that is not in use */
+    if (v.what & (PYDP_VW_HIT | PYDP_VW_INSERT)) {
+        const struct pydp_flow *f = v.flow;
+
+        if (f == NULL || memcmp(&f->key, &info.key, sizeof(info.key)) != 0)
+            abort();                            /* the verdict's flow is another flow */
+        if (f->cluster != v.cluster || f->cluster_uid != c->uid || f->edge != v.edge ||
+            f->edge_uid != c->edges[v.edge].uid)
+            abort();                            /* the flow is not pinned where the packet goes */
+        if (f->state == PYDP_FLOW_EMPTY)
+            abort();                            /* a flow that has seen a packet has a state */
+    }
+    if ((v.what & PYDP_VW_INSERT) &&
+        ((info.flags & (PYDP_PF_FRAGMENT | PYDP_PF_ICMP_ERROR)) || c->edges[v.edge].state != PYDP_EDGE_UP))
+        abort();                                /* a new flow from a fragment or an ICMP error, or on an edge
+                                                 * that takes no new flows */
+    if (!(v.what & (PYDP_VW_HIT | PYDP_VW_INSERT)) && !(info.flags & (PYDP_PF_FRAGMENT | PYDP_PF_ICMP_ERROR)))
+        abort();                                /* a packet that opens no flow must be one that may not */
+    fz_rewrite(buf, len, &info, v.cluster, v.edge, v.hash);
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);

@@ -442,6 +442,12 @@ def test_wrong_passphrase_rejected_by_both(lab, procs):
     assert not any(n for reason, n in st["drops"].items() if reason != "hmac"), st
     wait_until(lambda: "Bad digest" in ucarp.text(), 4, "ucarp to reject our digest")
     assert ucarp.state() == "MASTER"
+    # ours says so too: the failures are logged (rate-limited) and, master meanwhile, it raises the alarm
+    st = wait_until(lambda: (s := ours.status())["auth_alarm"] and s, 6, "our split-brain alarm")
+    assert "failed authentication" in st["auth_alarm_detail"] and st["auth_alarms"] == 1, st
+    text = ours.text()
+    assert "failed authentication (hmac" in text and "split brain suspected" in text
+    assert text.count("failed authentication (hmac") <= 2                  # at most one line per 10 s
     # secrets
     cmdline = Path(f"/proc/{ours.pid}/cmdline").read_bytes()
     assert b"pydp-carp" in cmdline or b"control.carp.cli" in cmdline

@@ -428,6 +428,7 @@ def test_h_foreign_publish_is_drift_and_repaired_within_a_second(lab):
           == {"e1": "draining", "e2": "up"}, "the daemon did not repair the foreign generation", lab)
     repaired_s = time.monotonic() - t0
     assert repaired_s < 2.0, f"repair took {repaired_s:.2f} s"     # watch period 0.5 s + one publish
+    print(f"\ndrift: a foreign generation was repaired {repaired_s:.3f} s after it was published")
     drift = ctl.events("config_drift")[drifts_before:]
     assert len(drift) == 1 and drift[0]["generation"] == foreign and drift[0]["published_generation"] == published
     text = " | ".join(drift[0]["differences"])

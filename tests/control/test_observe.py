@@ -119,9 +119,9 @@ def test_flows_skip_torn_entries_and_removed_edges(region):
     f = insert(region, 0, "203.0.113.1", 1000, "web", "e1")
     insert(region, 1, "203.0.113.2", 1001, "web", "e2")
     # a way whose signature does not match its entry (a writer in the middle of reusing it) is not shown
-    f.hash ^= 0x100
+    f.sig ^= 0x100
     assert [r["client"] for r in observe.flows(region)] == ["203.0.113.2"]
-    f.hash ^= 0x100
+    f.sig ^= 0x100
     # after e2 is removed, its flow shows no edge (it re-hashes on its next packet)
     cfg = pconfig.loads(TEXT)
     cfg.clusters[0].edges.pop(1)

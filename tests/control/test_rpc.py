@@ -233,7 +233,7 @@ def daemon(tmp_path_factory):
     sock = str(tmp / "ctl.sock")
     log = open(tmp / "daemon.log", "w")
     proc = subprocess.Popen([sys.executable, "-P", "-m", "control.daemon", "--db", db, "--socket", sock,
-                             "--shm", f"/dev/shm/pydp-none-{uuid.uuid4().hex[:8]}", "--metrics", ""],
+                             "--shm", f"/dev/shm/pydp-none-{uuid.uuid4().hex[:8]}", "--metrics", "", "--http", ""],
                             stdout=log, stderr=subprocess.STDOUT)
     log.close()
     try:
@@ -384,7 +384,7 @@ FORBIDDEN_OPS = ["appliance", "_conn", "_mutate", "_save", "_transaction", "__in
 @given(st.sampled_from(FORBIDDEN_OPS) | st.text(max_size=20).filter(
     lambda t: t not in ("add_cluster", "edit_cluster", "delete_cluster", "duplicate_cluster", "set_cluster_enabled",
                         "add_edge", "edit_edge", "remove_edge", "set_edge_state", "import_text", "list_clusters",
-                        "get_cluster", "export_text", "revision")) | plain.filter(lambda v: not isinstance(v, str)),
+                        "get_cluster", "export_text", "revision", "drain_times", "history")) | plain.filter(lambda v: not isinstance(v, str)),
        st.dictionaries(st.text(max_size=8), plain, max_size=3))
 def test_fuzz_ops_outside_the_allow_list(daemon, op, args):
     before = _snapshot(daemon["db"])
@@ -448,7 +448,15 @@ def test_valid_changes_still_work_after_the_fuzzing(daemon):
     assert e.value.type == "NotFound"
     with pytest.raises(rpc.RpcError) as e:
         rpc.call(sock, "store", {"op": "set_edge_state", "args": {"cluster": "web", "edge": "e1", "state": "odd"}})
+    assert e.value.type == "BadRequest" and "state: must be one of active, draining, disabled" in e.value.message
+    with pytest.raises(rpc.RpcError) as e:
+        rpc.call(sock, "store", {"op": "edit_edge", "args": {"cluster": "web", "edge": "e1",
+                                                             "changes": {"weight": 0}}})
     assert e.value.type == "StoreError"
+    with pytest.raises(rpc.RpcError) as e:      # a stale revision: nothing changes
+        rpc.call(sock, "store", {"op": "set_edge_state", "args": {"cluster": "web", "edge": "e1",
+                                                                  "state": "draining"}, "if_match": rev - 1})
+    assert e.value.type == "Conflict"
     warnings = []
     out = rpc.call(sock, "store", {"op": "set_edge_state", "args": {"cluster": "web", "edge": "e1",
                                                                       "state": "draining"}},
@@ -458,6 +466,8 @@ def test_valid_changes_still_work_after_the_fuzzing(daemon):
     rpc.call(sock, "store", {"op": "set_edge_state", "args": {"cluster": "web", "edge": "e1", "state": "active"}},
              on_warning=lambda w: None)
     assert _snapshot(daemon["db"])[0] == rev + 2
+    with Store(daemon["db"]) as s:             # both recorded, through the RPC
+        assert [(h["op"], h["via"]) for h in s.history(limit=2)] == [("set_edge_state", "rpc")] * 2
     status = rpc.call(sock, "status")
     assert status["dataplane_up"] is False and status["clusters"][0]["name"] == "web"
     # the daemon's log is one JSON object per line, with the changes in it

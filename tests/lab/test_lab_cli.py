@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
 
 import pytest
+import requests
 
 from labcheck import assert_clean, lab_name, leftovers
 from control.lab.lab import RUN_ROOT
@@ -28,6 +30,20 @@ def test_up_status_down_leaves_nothing():
     try:
         p = lab_cli("up", "--name", name, "--edges", "2", "--clients", "4")
         assert p.returncode == 0, p.stdout + p.stderr
+        # the admin page of each appliance, on this host's loopback, with the credentials printed
+        m = re.search(r"admin page: (http://\S+) \(appliance A\), (http://\S+) \(B\); sign in as (\S+) / (\S+)",
+                      p.stdout)
+        assert m, p.stdout
+        pages = {"A": m[1], "B": m[2]}
+        for who, url in pages.items():
+            web = requests.Session()
+            r = web.post(url + "api/v1/session", json={"user": m[3], "password": m[4]}, timeout=10)
+            assert r.status_code == 200, r.text
+            st = web.get(url + "api/v1/status", timeout=10).json()
+            assert st["dataplane_up"] is True
+            carp = {c["name"]: c["carp"]["local"] for c in st["clusters"]}
+            assert carp["web"] == ("master" if who == "A" else "backup")
+            assert requests.get(url + "api/v1/status", timeout=10).status_code == 401
         again = lab_cli("up", "--name", name)
         assert again.returncode == 2 and "already up" in again.stderr
         st = lab_cli("status", "--name", name, "--json")
@@ -46,6 +62,9 @@ def test_up_status_down_leaves_nothing():
         assert down.returncode == 0, down.stderr
         assert len(json.loads(down.stdout)["namespaces"]) == 6       # sw, cl, e1, e2, lbA, lbB
         assert_clean(name)
+        for url in pages.values():
+            with pytest.raises(requests.exceptions.ConnectionError):
+                requests.get(url, timeout=5)
         nothing = lab_cli("down", "--name", name)
         assert nothing.returncode == 2 and "nothing to take down" in nothing.stderr
         gone = lab_cli("status", "--name", name)

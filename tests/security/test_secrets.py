@@ -5,6 +5,7 @@ running is tests/control/test_failover_live.py::test_i_passphrase_never_shown.)"
 import ast
 import os
 import re
+import socket
 import subprocess
 import sys
 import uuid
@@ -64,8 +65,17 @@ def test_the_static_check_finds_shell_use(tmp_path):
 
 @pytest.fixture
 def daemon(tmp_path):
+    from control.http import auth
+    users = str(tmp_path / "http-users")
+    token, secret = auth.new_token()
+    auth.set_entry(users, "robot", "admin", secret)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
     with ControlProcess(None, tmp_path, tmp_path / "pydp.db", f"/dev/shm/pydp-sec-none-{uuid.uuid4().hex[:8]}",
-                        metrics="", args=["--log-level", "debug"]) as d:
+                        metrics="", args=["--log-level", "debug", "--http", f"127.0.0.1:{port}",
+                                          "--http-users", users]) as d:
+        d.http = (f"http://127.0.0.1:{port}/api/v1/", {"Authorization": "Bearer " + token})
         yield d
 
 
@@ -89,12 +99,30 @@ def test_passphrase_kept_out_of_logs_ps_status_and_exports(daemon, tmp_path):
         "status": _pydpctl(daemon, "status", "--json").stdout,
         "export": _pydpctl(daemon, "export", "-").stdout,
         "rpc status": repr(rpc.call(daemon.socket, "status")),
+        "history": _pydpctl(daemon, "history", "--json").stdout,
         "ps": subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout,
         "cmdline": Path(f"/proc/{daemon.proc.pid}/cmdline").read_bytes().decode(errors="replace"),
     }
     out = tmp_path / "appliance.toml"
     _pydpctl(daemon, "export", str(out))
     texts["export file"] = out.read_text()
+    import requests
+    api, auth_header = daemon.http
+    for path in ("clusters/web", "clusters", "status", "history", "ops"):
+        r = requests.get(api + path, headers=auth_header, timeout=10)
+        assert r.status_code == 200, r.text
+        texts[f"HTTP {path}"] = r.text
+    r = requests.get(api + "clusters/web", headers=auth_header, timeout=10)
+    assert r.json()["carp"]["passphrase_set"] is True
+    r = requests.patch(api + "clusters/web", headers={**auth_header, "If-Match": "*"}, timeout=10,
+                       json={"carp": {"passphrase": PASS[::-1]}})
+    assert r.status_code == 200 and PASS[::-1] not in r.text
+    texts["HTTP history after a change over HTTP"] = requests.get(api + "history", headers=auth_header,
+                                                                  timeout=10).text
+    assert PASS[::-1] not in texts["HTTP history after a change over HTTP"]
+    r = requests.patch(api + "clusters/web", headers={**auth_header, "If-Match": "*"}, timeout=10,
+                       json={"carp": {"passphrase": PASS}})         # back, for the export below
+    assert r.status_code == 200 and PASS not in r.text
     texts["daemon log (debug)"] = daemon.log.read_text()
     assert any('"level":"debug"' in line for line in texts["daemon log (debug)"].splitlines()) or \
         daemon.events("config_changed"), "the daemon logged nothing"
@@ -107,4 +135,4 @@ def test_passphrase_kept_out_of_logs_ps_status_and_exports(daemon, tmp_path):
     _pydpctl(daemon, "export", str(secret), "--include-secrets")
     assert f'passphrase = "{PASS}"' in secret.read_text()
     assert (secret.stat().st_mode & 0o077) == 0
-    assert PASS not in daemon.log.read_text()
+    assert PASS not in daemon.log.read_text() and PASS[::-1] not in daemon.log.read_text()

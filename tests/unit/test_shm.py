@@ -185,7 +185,12 @@ def test_view_shapes(region):
         fb = region.flow_buckets(w)
         assert fb.shape == (FLOW_CAPACITY // lib.PYDP_FLOW_WAYS,)
         assert fb["flows"].shape == (FLOW_CAPACITY // lib.PYDP_FLOW_WAYS, lib.PYDP_FLOW_WAYS)
+        assert fb["way"].shape == (FLOW_CAPACITY // lib.PYDP_FLOW_WAYS, lib.PYDP_FLOW_WAYS)
         assert not fb["sig"].any()
+    ft = region.flow_tables()
+    assert ft == {"capacity": WORKERS * FLOW_CAPACITY, "live": 0, "expired": 0, "evicted": 0, "false_matches": 0}
+    lib.pydp_shm_flows(region._shm, 1).false_matches = 3     # the worker's counter, summed over workers
+    assert region.flow_tables()["false_matches"] == 3
     st = region.worker_states()
     assert st.shape == (WORKERS,)
     assert (st["seen_gen"] == np.iinfo(np.uint64).max).all()
