@@ -22,7 +22,7 @@ from control import ops
 from control.rpc import DEFAULT_SOCKET
 from control.store import DEFAULT_PATH, StoreError
 from control.tables import format_fields, format_table
-from pydp import config
+from pydp import add_version_option, config
 
 __all__ = ["main", "build_parser", "format_table", "parse_edge", "SORT_COLUMNS"]
 
@@ -662,6 +662,7 @@ def build_parser() -> Parser:
                           f"else {DEFAULT_PATH})")
     top.add_argument("--socket", metavar="PATH", default=None,
                      help=f"the pydp-control socket (default: $PYDP_SOCKET, else {DEFAULT_SOCKET})")
+    add_version_option(top)
     sub = top.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     def add(parent: Any, name: str, func: Callable[[argparse.Namespace], int], help: str, examples: list[str],

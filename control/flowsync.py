@@ -383,6 +383,40 @@ COUNTERS = (
     "rx_protocol_errors",
 )
 
+# counter -> (metric name without pydp_flowsync_ and _total, help): docs/flowsync.md describes each counter
+COUNTER_METRICS = {
+    "events_read": ("read_events", "flow events read from the workers' rings"),
+    "events_unsent": ("unsent_events", "flow events read but not sent (a cluster this appliance does not own)"),
+    "flows_sent": ("sent_flows", "flows sent to the peer"),
+    "messages_sent": ("sent_messages", "messages sent to the peer"),
+    "send_dropped_queue": ("send_queue_dropped_flows", "flows dropped because the send queue was full"),
+    "send_dropped_slow_peer": ("slow_peer_dropped_flows", "flows dropped because the peer read too slowly"),
+    "refreshes": ("refreshes", "periodic refreshes of the long-lived flows sent"),
+    "resyncs_sent": ("sent_resyncs", "full resyncs sent"),
+    "connects": ("connects", "connections to the peer made"),
+    "connect_failures": ("connect_failures", "connection attempts to the peer that failed"),
+    "disconnects": ("disconnects", "connections to the peer lost"),
+    "accepted": ("accepted_connections", "connections from the peer accepted"),
+    "refused_address": ("refused_connections", "connections refused: not from the peer's address"),
+    "messages_received": ("received_messages", "messages received from the peer"),
+    "flows_received": ("received_flows", "flows received from the peer"),
+    "resyncs_received": ("received_resyncs", "full resyncs received"),
+    "flows_installed": ("installed_flows", "received flows installed in the workers' tables"),
+    "install_dropped": ("install_dropped_flows", "received flows dropped because the install queue was full"),
+    "skipped_owned": ("skipped_owned_flows", "received flows skipped: their cluster is owned here"),
+    "skipped_taken_over": ("skipped_taken_over_flows", "received flows skipped: their cluster was taken over"),
+    "skipped_unknown_cluster": ("skipped_unknown_cluster_flows", "received flows skipped: unknown cluster"),
+    "skipped_unknown_edge": ("skipped_unknown_edge_flows", "received flows skipped: unknown edge"),
+    "skipped_invalid": ("skipped_invalid_flows", "received flows skipped: invalid"),
+    "rx_auth_failures": ("auth_failed_messages", "messages that failed authentication"),
+    "rx_replays": ("replayed_messages", "messages refused as replays"),
+    "rx_garbage": ("garbage_messages", "messages that could not be decoded"),
+    "rx_oversized": ("oversized_messages", "messages over the size limit"),
+    "rx_bad_version": ("bad_version_messages", "messages of another protocol version"),
+    "rx_unknown_cluster": ("unknown_cluster_messages", "messages for an unknown cluster"),
+    "rx_protocol_errors": ("protocol_error_messages", "messages that broke the protocol"),
+}
+
 
 class FlowSync:
     """Both halves of flow sync inside pydp-control. holder: the daemon's RegionHolder; config(): the store's
@@ -822,6 +856,9 @@ class FlowSync:
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
         s = self.status()
+        en = GaugeMetricFamily("pydp_flowsync_enabled", "1 when flow sync is configured ([sync] in the store)")
+        en.add_metric([], 1 if s["enabled"] else 0)
+        yield en
         up = GaugeMetricFamily("pydp_flowsync_connected", "1 while the flow-sync connection is up, by direction "
                                "(out: this appliance sends, in: the peer sends)", labels=["direction"])
         up.add_metric(["out"], 1 if s["sending"]["state"] == "connected" else 0)
@@ -830,11 +867,17 @@ class FlowSync:
                               labels=["queue"])
         q.add_metric(["send"], s["sending"]["queued_flows"])
         q.add_metric(["install"], s["receiving"]["queued_flows"])
-        c = CounterMetricFamily("pydp_flowsync", "flow sync counters (docs/flowsync.md)", labels=["counter"])
+        yield from (up, q)
+        # one family per counter (each has its own meaning): pydp_flowsync_<name>_total, a unit noun in each name
         for k, v in s["counters"].items():
-            c.add_metric([k], v)
-        c.add_metric(["events_dropped_ring_full"], s["events"]["dropped_ring_full"])
-        yield from (up, q, c)
+            name, help_ = COUNTER_METRICS[k]
+            c = CounterMetricFamily(f"pydp_flowsync_{name}", help_)
+            c.add_metric([], v)
+            yield c
+        c = CounterMetricFamily("pydp_flowsync_ring_dropped_events", "flow events the workers dropped because the "
+                                "event ring was full")
+        c.add_metric([], s["events"]["dropped_ring_full"])
+        yield c
 
 
 def summary(s: dict) -> str:

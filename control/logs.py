@@ -1,7 +1,10 @@
-"""Structured logs of pydp-control: one line per event, JSON (default) or key=value text.
+"""Structured logs of the pydp programs (pydp-control, pydp-dataplane, pydp-carp): one line per event.
 
-``event("name", level, **fields)`` writes an event with its fields; the event names are the ones listed in
-docs/operations.md.
+Every line has the same fields: ``ts`` (UTC, ms), ``level``, ``event`` and the event's own fields; a line that is
+not an event (a library's message) is the event ``log`` with ``logger`` and ``message``. The format is JSON under
+systemd (``JOURNAL_STREAM`` or ``INVOCATION_ID`` set) or when stderr is not a terminal, ``ts level event key=value``
+text on a terminal; ``--log-format json|text`` chooses. ``event("name", level, **fields)`` writes an event; the
+event names are the ones listed in docs/operations.md.
 """
 
 from __future__ import annotations
@@ -9,6 +12,7 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import logging
+import os
 import sys
 from typing import Any
 
@@ -62,7 +66,29 @@ def event(name: str, level: int = logging.INFO, /, **fields) -> None:
     log.log(level, name, extra={"fields": fields})
 
 
-def setup_logging(fmt: str, level: int = logging.INFO) -> None:
+def default_format(stream=None, env=os.environ) -> str:
+    """json under systemd (its journal or any unit) or into a pipe or file; text on a terminal."""
+    stream = sys.stderr if stream is None else stream
+    if env.get("JOURNAL_STREAM") or env.get("INVOCATION_ID"):
+        return "json"
+    try:
+        return "text" if stream.isatty() else "json"
+    except (AttributeError, ValueError):
+        return "json"
+
+
+def add_log_options(ap, level: str = "info") -> None:
+    """--log-format and --log-level, the same on every program."""
+    ap.add_argument("--log-format", choices=("auto", "json", "text"), default="auto",
+                    help="json: one object per line; text: ts level event key=value; auto (default): json under "
+                         "systemd or into a pipe, text on a terminal")
+    ap.add_argument("--log-level", choices=("debug", "info", "warning", "error"), default=level)
+
+
+def setup_logging(fmt: str = "auto", level: int = logging.INFO, program: str | None = None) -> None:
+    """Logs of this process to stderr in the chosen format (auto: default_format()). program: for the record."""
+    if fmt == "auto":
+        fmt = default_format()
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
     root = logging.getLogger()

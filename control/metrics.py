@@ -4,34 +4,26 @@ The collector copies nothing in the background and does no per-packet work: each
 workers already keep (see control.observe) and turns them into metric families. Served by prometheus_client's own
 HTTP server on the configured address only (pydp-control --metrics HOST:PORT).
 
-Metrics (counters end in _total):
-    pydp_dataplane_up                                   1 while a data plane with a fresh heartbeat is attached
-    pydp_config_generation                              the published config generation
-    pydp_port_rx_packets_total{port}, pydp_port_rx_bytes_total{port}, pydp_port_tx_packets_total{port},
-    pydp_port_tx_bytes_total{port}, pydp_port_exception_packets_total{port}, pydp_port_link_up{port}
-    pydp_drops_total{port,reason}
-    pydp_cluster_packets_total{cluster}, pydp_cluster_bytes_total{cluster}, pydp_cluster_drops_total{cluster,reason}
-    pydp_cluster_active{cluster}                        1 if this appliance owns the cluster IP
-    pydp_edge_packets_total{cluster,edge}, pydp_edge_bytes_total{cluster,edge}, pydp_edge_new_flows_total{...}
-    pydp_edge_state{cluster,edge,state}                 1 for the edge's current state (up|draining|down|disabled)
-    pydp_worker_polls_total{worker}, pydp_worker_idle_polls_total{worker}, pydp_worker_busy_cycles_total{worker},
-    pydp_worker_rx_packets_total{worker}, pydp_worker_flow_rehashed_total{worker},
-    pydp_worker_config_swaps_total{worker}, pydp_worker_flow_flushed_total{worker},
-    pydp_worker_flow_installs_total{worker}
-    pydp_flow_table_entries{worker,kind=capacity|live}, pydp_flow_table_occupancy_ratio{worker},
-    pydp_flow_table_expired_total{worker}, pydp_flow_table_evicted_total{worker}
-The daemon adds its own (extra): pydp_control_applied_revision, pydp_edge_mac_unresolved, the health checks'
-    pydp_edge_health{cluster,edge} (1 up, 0 down, -1 unknown), pydp_edge_health_transitions_total{cluster,edge},
-    and CARP's
-    pydp_carp_state{cluster,state}, pydp_carp_demote{cluster}, pydp_carp_drops_total{cluster,reason},
-    pydp_carp_transitions_total{cluster}, pydp_carp_adverts_sent_total{cluster},
-    pydp_carp_adverts_received_total{cluster} (also while no data plane is attached), and the flow-table
-    management's (flow_management()):
-    pydp_flow_table_alarm{worker}                       1 while the worker's table is above 90% (until below 85%)
-    pydp_flow_table_eviction_rate{worker}               evictions per second over the last check (1 s)
-    pydp_edge_draining_flows{cluster,edge}              live flows still pinned to a draining edge
-    pydp_edge_drain_time_left_seconds{cluster,edge}     until the drain timeout moves them (-1: no timeout)
-    pydp_edge_drain_timeouts_total{cluster,edge}, pydp_edge_drain_flows_moved_total{cluster,edge}
+Naming follows Prometheus' conventions: a unit noun in every name (packets, bytes, flows, seconds, ...), ``_total``
+on counters only, one meaning per family (a label splits it, never changes what is counted), no sentinel values
+(a series is absent while its value is unknown) and no precomputed rates (rate() in the query). docs/operations.md
+lists every family with what to do about it; deploy/prometheus/alerts.yml and deploy/grafana/pydp.json use them.
+
+From the data plane's shared memory:
+    pydp_dataplane_up, pydp_dataplane_heartbeat_age_seconds, pydp_config_generation
+    pydp_port_{rx,tx}_{packets,bytes}_total{port}, pydp_port_exception_packets_total{port},
+    pydp_port_from_kernel_packets_total{port}, pydp_port_link_up{port}, pydp_port_dropped_packets_total{port,reason}
+    pydp_cluster_{packets,bytes}_total{cluster}, pydp_cluster_dropped_packets_total{cluster,reason},
+    pydp_cluster_owned{cluster}
+    pydp_edge_{packets,bytes,new_flows}_total{cluster,edge}, pydp_edge_state{cluster,edge,state},
+    pydp_edge_active_flows{cluster,edge}, pydp_edge_inactive_flows{cluster,edge}   (ipvsadm ActiveConn/InActConn)
+    pydp_worker_{polls,idle_polls,busy_cycles,rx_packets,rehashed_flows,config_swaps,flushed_flows,
+    installed_flows}_total{worker}
+    pydp_flow_table_capacity_flows{worker}, pydp_flow_table_live_flows{worker}, pydp_flow_table_occupancy_ratio,
+    pydp_flow_table_{expired,evicted}_flows_total{worker}
+The daemon's own (extra, also while no data plane is attached): pydp_build_info, process_* of pydp-control and
+pydp_dataplane_process_* of the data plane, the store/apply, health, CARP, flow-sync and flow-management families
+(flow_management()).
 """
 
 from __future__ import annotations
@@ -39,7 +31,8 @@ from __future__ import annotations
 import logging
 from typing import Callable, ContextManager, Iterable
 
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client import ProcessCollector
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily
 from prometheus_client.registry import CollectorRegistry
 
 from control import observe
@@ -55,9 +48,11 @@ class Collector:
     when there is no data plane; extra() (optional) yields the daemon's own metric families, also while no data
     plane is attached."""
 
-    def __init__(self, region_source: Callable[[], ContextManager], extra: Callable[[], Iterable] | None = None):
+    def __init__(self, region_source: Callable[[], ContextManager], extra: Callable[[], Iterable] | None = None,
+                 dataplane_pid: Callable[[], int] | None = None):
         self.region_source = region_source
         self.extra = extra
+        self.dataplane_pid = dataplane_pid      # for the data plane's process metrics (None: none)
 
     def describe(self):
         return []            # no fixed set: families are built at scrape time
@@ -67,6 +62,8 @@ class Collector:
         try:
             with self.region_source() as region:
                 st = observe.stats(region) if region is not None else None
+                if st is not None:
+                    st["edge_flows"] = observe.edge_flow_states(region)
         except Exception:  # a scrape never takes the daemon down
             log.exception("metrics scrape failed")
             st = None
@@ -77,6 +74,10 @@ class Collector:
             return
         up.add_metric([], 1 if st["dataplane"]["alive"] else 0)
         yield up
+        age = GaugeMetricFamily("pydp_dataplane_heartbeat_age_seconds", "time since the data plane's main loop last "
+                                "wrote its heartbeat (it does every 100 ms)")
+        age.add_metric([], st["dataplane"]["heartbeat_age_ms"] / 1000)
+        yield age
         gen = GaugeMetricFamily("pydp_config_generation", "the published config generation")
         gen.add_metric([], st["generation"])
         yield gen
@@ -94,6 +95,22 @@ class Collector:
                 log.exception("daemon metrics failed")
 
 
+class BuildInfo:
+    """pydp_build_info{version, python} 1: what runs (joins with any other series on instance)."""
+
+    def describe(self):
+        return []
+
+    def collect(self):
+        import platform
+
+        import pydp
+
+        info = InfoMetricFamily("pydp_build", "the pydp version running and the Python it runs on")
+        info.add_metric([], {"version": pydp.__version__, "python": platform.python_version()})
+        yield info
+
+
 def _ports(st):
     fams = {
         "rx_packets": CounterMetricFamily("pydp_port_rx_packets", "frames received", labels=["port"]),
@@ -106,7 +123,8 @@ def _ports(st):
                                                "frames the kernel sent out through the port", labels=["port"]),
     }
     link = GaugeMetricFamily("pydp_port_link_up", "1 if the port's link is up", labels=["port"])
-    drops = CounterMetricFamily("pydp_drops", "frames dropped, by reason", labels=["port", "reason"])
+    drops = CounterMetricFamily("pydp_port_dropped_packets", "frames received on the port and dropped, by reason",
+                                labels=["port", "reason"])
     for p in st["ports"]:
         name = p["name"] or str(p["port"])
         for k, fam in fams.items():
@@ -122,13 +140,19 @@ def _ports(st):
 def _clusters(st):
     cp = CounterMetricFamily("pydp_cluster_packets", "frames forwarded for the cluster", labels=["cluster"])
     cb = CounterMetricFamily("pydp_cluster_bytes", "bytes forwarded for the cluster", labels=["cluster"])
-    cd = CounterMetricFamily("pydp_cluster_drops", "frames for the cluster IP dropped, by reason",
+    cd = CounterMetricFamily("pydp_cluster_dropped_packets", "frames for the cluster IP dropped, by reason",
                              labels=["cluster", "reason"])
-    act = GaugeMetricFamily("pydp_cluster_active", "1 if this appliance owns the cluster IP", labels=["cluster"])
+    act = GaugeMetricFamily("pydp_cluster_owned", "1 if this appliance owns the cluster IP (forwards for it)",
+                            labels=["cluster"])
     ep = CounterMetricFamily("pydp_edge_packets", "frames forwarded to the edge", labels=["cluster", "edge"])
     eb = CounterMetricFamily("pydp_edge_bytes", "bytes forwarded to the edge", labels=["cluster", "edge"])
     en = CounterMetricFamily("pydp_edge_new_flows", "flows assigned to the edge", labels=["cluster", "edge"])
     es = GaugeMetricFamily("pydp_edge_state", "1 for the edge's current state", labels=["cluster", "edge", "state"])
+    fa = GaugeMetricFamily("pydp_edge_active_flows", "live TCP flows past the handshake pinned to the edge "
+                           "(ipvsadm's ActiveConn)", labels=["cluster", "edge"])
+    fi = GaugeMetricFamily("pydp_edge_inactive_flows", "other live flows pinned to the edge: half-open, closing, UDP "
+                           "and other protocols (ipvsadm's InActConn)", labels=["cluster", "edge"])
+    flows = st.get("edge_flows") or {}
     for cname, c in st["clusters"].items():
         if not c.get("applied", True):
             continue
@@ -143,7 +167,10 @@ def _clusters(st):
             en.add_metric([cname, ename], e["new_flows"])
             for s in EDGE_STATE_NAMES:
                 es.add_metric([cname, ename, s], 1 if e["state"] == s else 0)
-    yield from (cp, cb, cd, act, ep, eb, en, es)
+            n = flows.get((cname, ename), {"active": 0, "inactive": 0})
+            fa.add_metric([cname, ename], n["active"])
+            fi.add_metric([cname, ename], n["inactive"])
+    yield from (cp, cb, cd, act, ep, eb, en, es, fa, fi)
 
 
 def _workers(st):
@@ -156,15 +183,15 @@ def _workers(st):
                                            labels=["worker"]),
         "rx_packets": CounterMetricFamily("pydp_worker_rx_packets", "frames received by the worker",
                                           labels=["worker"]),
-        "flow_rehashed": CounterMetricFamily("pydp_worker_flow_rehashed",
+        "flow_rehashed": CounterMetricFamily("pydp_worker_rehashed_flows",
                                              "flows moved because their edge went down or was removed",
                                              labels=["worker"]),
         "config_swaps": CounterMetricFamily("pydp_worker_config_swaps", "config generations picked up",
                                             labels=["worker"]),
-        "flow_flushed": CounterMetricFamily("pydp_worker_flow_flushed",
+        "flow_flushed": CounterMetricFamily("pydp_worker_flushed_flows",
                                             "flows cleared by flushes (pydpctl flows flush, drain timeouts)",
                                             labels=["worker"]),
-        "flow_installs": CounterMetricFamily("pydp_worker_flow_installs",
+        "flow_installs": CounterMetricFamily("pydp_worker_installed_flows",
                                              "flows installed or refreshed by flow sync from the peer",
                                              labels=["worker"]),
     }
@@ -175,19 +202,21 @@ def _workers(st):
 
 
 def _flow_tables(st):
-    ent = GaugeMetricFamily("pydp_flow_table_entries", "flow-table entries", labels=["worker", "kind"])
+    cap = GaugeMetricFamily("pydp_flow_table_capacity_flows", "flows the worker's table can hold", labels=["worker"])
+    live = GaugeMetricFamily("pydp_flow_table_live_flows", "occupied entries of the worker's table (expired ones "
+                             "not reclaimed yet included)", labels=["worker"])
     occ = GaugeMetricFamily("pydp_flow_table_occupancy_ratio", "live entries / capacity", labels=["worker"])
-    exp = CounterMetricFamily("pydp_flow_table_expired", "expired flows reclaimed", labels=["worker"])
-    ev = CounterMetricFamily("pydp_flow_table_evicted", "live flows pushed out of a full bucket",
+    exp = CounterMetricFamily("pydp_flow_table_expired_flows", "expired flows reclaimed", labels=["worker"])
+    ev = CounterMetricFamily("pydp_flow_table_evicted_flows", "live flows pushed out of a full bucket",
                              labels=["worker"])
     for row in st["flow_table"]["workers"]:
         w = str(row["worker"])
-        ent.add_metric([w, "capacity"], row["capacity"])
-        ent.add_metric([w, "live"], row["live"])
+        cap.add_metric([w], row["capacity"])
+        live.add_metric([w], row["live"])
         occ.add_metric([w], row["live"] / row["capacity"] if row["capacity"] else 0.0)
         exp.add_metric([w], row["expired"])
         ev.add_metric([w], row["evicted"])
-    yield from (ent, occ, exp, ev)
+    yield from (cap, live, occ, exp, ev)
 
 
 def flow_management(alarms: dict[int, dict], drains) -> Iterable:
@@ -195,28 +224,26 @@ def flow_management(alarms: dict[int, dict], drains) -> Iterable:
     control.flows.DrainTracker."""
     alarm = GaugeMetricFamily("pydp_flow_table_alarm", "1 while the worker's flow table is above 90% full (it "
                               "clears below 85%)", labels=["worker"])
-    rate = GaugeMetricFamily("pydp_flow_table_eviction_rate", "live flows pushed out of full buckets per second "
-                             "(over the last check)", labels=["worker"])
     for w, st in sorted(alarms.items()):
         alarm.add_metric([str(w)], 1 if st["alarm"] else 0)
-        rate.add_metric([str(w)], st["eviction_rate"])
     left = GaugeMetricFamily("pydp_edge_drain_time_left_seconds", "seconds until the drain timeout moves the "
-                             "draining edge's flows (-1: no timeout, the flows end on their own)",
+                             "draining edge's flows (absent: no timeout, the flows end on their own)",
                              labels=["cluster", "edge"])
     remaining = GaugeMetricFamily("pydp_edge_draining_flows", "live flows still pinned to the draining edge",
                                   labels=["cluster", "edge"])
     fired = CounterMetricFamily("pydp_edge_drain_timeouts", "drain timeouts that moved an edge's flows",
                                 labels=["cluster", "edge"])
-    moved = CounterMetricFamily("pydp_edge_drain_flows_moved", "flows flushed from draining edges by drain timeouts",
+    moved = CounterMetricFamily("pydp_edge_drain_moved_flows", "flows flushed from draining edges by drain timeouts",
                                 labels=["cluster", "edge"])
     for (c, e), row in sorted(drains.rows.items()):
-        left.add_metric([c, e], -1 if row["time_left_s"] is None else row["time_left_s"])
+        if row["time_left_s"] is not None:
+            left.add_metric([c, e], row["time_left_s"])
         if row["remaining_flows"] is not None:
             remaining.add_metric([c, e], row["remaining_flows"])
     for key in sorted(set(drains.moved) | set(drains.timeouts)):
         fired.add_metric(list(key), drains.timeouts.get(key, 0))
         moved.add_metric(list(key), drains.moved.get(key, 0))
-    yield from (alarm, rate, left, remaining, fired, moved)
+    yield from (alarm, left, remaining, fired, moved)
 
 
 def parse_address(text: str) -> tuple[str, int] | None:
@@ -249,6 +276,11 @@ def start(address: tuple[str, int], collector: Collector):
 
     registry = CollectorRegistry(auto_describe=False)
     registry.register(collector)
+    registry.register(BuildInfo())
+    # process_* of pydp-control itself, pydp_dataplane_process_* of the data plane (its pid from the region)
+    ProcessCollector(registry=registry)
+    if collector.dataplane_pid is not None:
+        ProcessCollector(namespace="pydp_dataplane", pid=collector.dataplane_pid, registry=registry)
     host, port = address
     res = start_http_server(port, addr=host, registry=registry)
     return res[0] if isinstance(res, tuple) else res

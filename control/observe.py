@@ -25,7 +25,7 @@ from pydp._ffi import ffi, lib
 from pydp.shm import Region, unpack_addr
 
 __all__ = ["HEARTBEAT_STALE_MS", "now_ms", "dataplane_info", "clusters", "stats", "flows", "find_flows",
-           "EDGE_STATES", "FLOW_STATES", "dataplane_alive", "flow_table_stats", "edge_flow_counts", "active_flows"]
+           "EDGE_STATES", "FLOW_STATES", "dataplane_alive", "flow_table_stats", "edge_flow_counts", "edge_flow_states", "active_flows"]
 
 HEARTBEAT_STALE_MS = 3000
 
@@ -282,6 +282,13 @@ def active_flows(region: Region, worker: int) -> int:
 def edge_flow_counts(region: Region) -> dict[tuple[str, str], int]:
     """{(cluster, edge): live flows pinned to that edge} over every worker's table (edges without flows are
     absent). Reads only the fields it needs, so it is cheap enough to run every second."""
+    return {k: v["active"] + v["inactive"] for k, v in edge_flow_states(region).items()}
+
+
+def edge_flow_states(region: Region) -> dict[tuple[str, str], dict[str, int]]:
+    """{(cluster, edge): {"active": n, "inactive": m}}: the live flows pinned to each edge, split as ipvsadm's
+    ActiveConn/InActConn are: active = TCP flows past the handshake (established), inactive = every other live
+    flow (half-open, closing, UDP, other protocols). Edges without flows are absent."""
     by_key = {}
     for cname, c in clusters(region).items():
         for ename, e in c["edges"].items():
@@ -290,7 +297,7 @@ def edge_flow_counts(region: Region) -> dict[tuple[str, str], int]:
         return {}
     timeouts = _timeouts(region.config())
     now32 = np.uint32(now_ms() & 0xFFFFFFFF)
-    out: dict[tuple[str, str], int] = {}
+    out: dict[tuple[str, str], dict[str, int]] = {}
     for w in range(region.nb_workers):
         b = region.flow_buckets(w)
         sig = b["sig"].copy()
@@ -300,15 +307,17 @@ def edge_flow_counts(region: Region) -> dict[tuple[str, str], int]:
         fl = b["flows"][["cluster", "cluster_uid", "edge", "edge_uid", "state"]][bi, wi]
         idle = (now32 - b["last_ms"][bi, wi]).astype(np.int32).astype(np.int64)
         live = (idle <= timeouts[np.minimum(fl["state"], 7)]) & (b["sig"][bi, wi] == sig[bi, wi])
+        est = (fl["state"][live] == lib.PYDP_FLOW_TCP_EST).astype(np.int64)
         keys = np.stack([fl["cluster"][live].astype(np.int64), fl["cluster_uid"][live].astype(np.int64),
-                         fl["edge"][live].astype(np.int64), fl["edge_uid"][live].astype(np.int64)], axis=1)
+                         fl["edge"][live].astype(np.int64), fl["edge_uid"][live].astype(np.int64), est], axis=1)
         if len(keys) == 0:
             continue
         uniq, counts = np.unique(keys, axis=0, return_counts=True)
         for k, n in zip(map(tuple, uniq.tolist()), counts.tolist()):
-            name = by_key.get(k)
+            name = by_key.get(k[:4])
             if name is not None:
-                out[name] = out.get(name, 0) + int(n)
+                row = out.setdefault(name, {"active": 0, "inactive": 0})
+                row["active" if k[4] else "inactive"] += int(n)
     return out
 
 

@@ -417,7 +417,7 @@ class Run:
             argv.append("--busy-poll")
         dp = Proc("pydp-dataplane", argv, os.path.join(self.workdir, f"pydp-{self.tag}.log"))
         self.procs.append(dp)
-        dp.wait_line("forwarding on", o.ready_timeout, peers=(gen,))
+        dp.wait_line("dataplane_started", o.ready_timeout, peers=(gen,))
         warmup, seconds = self._times(load)
         if warmup > 0 and any("pydp-gen: measuring" in line for line in list(gen.lines)):
             raise BenchError("the data plane came up after the generator's warm-up had ended (raise --warmup)")

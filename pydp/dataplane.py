@@ -17,7 +17,8 @@ import signal
 import sys
 import time
 
-from pydp import config as pconfig
+from control.logs import add_log_options, event, setup_logging
+from pydp import add_version_option, config as pconfig, service
 from pydp import device as pdevice
 from pydp._ffi import ffi, lib
 from pydp.apply import ApplyError, apply_config
@@ -129,7 +130,7 @@ class Dataplane:
             raise LaunchError(f"shared memory directory {shm_dir} does not exist{hint}")
         args, ports, excs = eal_args(cfg, pcap=self.pcap, shm_path=self.shm_path)
         self.prefix = args[args.index("--file-prefix") + 1]
-        log.info("EAL arguments: %s", " ".join(args[1:]))
+        event("dataplane_eal_init", arguments=" ".join(args[1:]))
         argv = [ffi.new("char[]", a.encode()) for a in args]
         self._keep.append(argv)
         c_argv = ffi.new("char *[]", argv)
@@ -175,13 +176,10 @@ class Dataplane:
         owned = {c.name for c in cfg.clusters if (own_all or c.mode == "standalone") and c.name not in inactive}
         result = apply_config(self.region, cfg, owned=owned)
         for w in result.warnings:
-            log.warning("%s", w)
-        if self.managed:
-            log.info("config generation %d published: the data plane's settings; clusters come from pydp-control",
-                     result.generation)
-        else:
-            log.info("config generation %d published: %d clusters, tables rebuilt for %s", result.generation,
-                     len(result.slots), ", ".join(result.rebuilt) or "none")
+            event("apply_warning", logging.WARNING, message=w)
+        # managed: the data plane's own settings only, the clusters come from pydp-control
+        event("config_published", generation=result.generation, managed=self.managed, clusters=sorted(result.slots),
+              rebuilt=sorted(result.rebuilt))
         self.cfg = cfg
         self.slots = result.slots
 
@@ -236,9 +234,10 @@ class Dataplane:
         return out
 
 
-def _parse_args(argv):
+def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="pydp-dataplane", description=__doc__.splitlines()[0], epilog=EPILOG,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_version_option(ap)
     ap.add_argument("--config", required=True, metavar="FILE", help="appliance config (TOML, see docs/config.md)")
     ap.add_argument("--shm", metavar="PATH", help="shared-memory region (default: dataplane.shm_path)")
     ap.add_argument("--managed", action="store_true",
@@ -253,7 +252,12 @@ def _parse_args(argv):
     ap.add_argument("--pcap-out", metavar="OUT.pcap", help="with --pcap-in: what the fast path sends")
     ap.add_argument("--pcap-exception", metavar="FILE.pcap", help="with --pcap-in: what went to the kernel")
     ap.add_argument("--stats-json", metavar="FILE", help="with --pcap-in: write the counter summary here")
-    ap.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    add_log_options(ap)
+    return ap
+
+
+def _parse_args(argv):
+    ap = build_parser()
     args = ap.parse_args(argv)
     if (args.pcap_out or args.pcap_exception or args.stats_json) and not args.pcap_in:
         ap.error("--pcap-out, --pcap-exception and --stats-json go with --pcap-in")
@@ -269,7 +273,7 @@ def _parse_args(argv):
 
 def main(argv=None) -> int:
     args = _parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    setup_logging(args.log_format, getattr(logging, args.log_level.upper()), program="pydp-dataplane")
     try:
         cfg = pconfig.load(args.config)
     except pconfig.ConfigError as exc:
@@ -318,27 +322,33 @@ def main(argv=None) -> int:
         print(f"pydp-dataplane: {ffi.string(lib.pydp_last_error()).decode()}", file=sys.stderr)
         dpl.stop()
         return 1
-    log.info("forwarding on %s with %d workers; shared memory %s", ", ".join(p.name for p in cfg.ports),
-             len(cfg.dataplane.worker_lcores), dpl.shm_path)
+    event("dataplane_started", pid=os.getpid(), ports=[p.name for p in cfg.ports],
+          workers=len(cfg.dataplane.worker_lcores), shm=dpl.shm_path, managed=dpl.managed)
+    # systemd (Type=notify): ready now; the watchdog is fed while every worker keeps polling (pydp/service.py)
+    service.notify("READY=1", f"STATUS=forwarding on {', '.join(p.name for p in cfg.ports)}")
+    watchdog = service.Watchdog(service.WorkerProgress(dpl.region))
     try:
         while not stop["now"]:
             lib.pydp_dp_poll()
+            watchdog.tick()
             if stop["reload"]:
                 stop["reload"] = False
                 if dpl.managed:
                     # the store is the configuration of record: the file's clusters are never published here
                     n = dpl.request_reload()
-                    log.info("reload: asked pydp-control to re-apply its store (request %d); the file's clusters "
-                             "are not read in managed mode", n)
+                    # the file's clusters are not read in managed mode
+                    event("reload_requested", request=n)
                     continue
                 try:
                     dpl.apply(pconfig.load(args.config), own_all=args.own_all, inactive=tuple(args.inactive))
                 except (pconfig.ConfigError, ApplyError, ShmError) as exc:
-                    log.error("reload refused, the running config stays: %s", exc)
+                    event("reload_refused", logging.ERROR, error=str(exc))    # the running config stays
             time.sleep(0.1)
     finally:
-        log.info("stopping")
+        event("dataplane_stopping")
+        service.notify("STOPPING=1")
         dpl.stop()
+        event("dataplane_stopped")
     return 0
 
 

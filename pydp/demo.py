@@ -18,6 +18,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from pydp import add_version_option
 from pydp.pcap import write_pcap
 
 DEMO_CONFIG = """
@@ -155,12 +156,17 @@ def report(s: dict) -> str:
     return "\n".join(lines)
 
 
-def main(argv=None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="pydp-demo", description=__doc__.splitlines()[0])
+    add_version_option(ap)
     ap.add_argument("--flows", type=int, default=3000, help="TCP flows to the IPv4 cluster (default 3000)")
     ap.add_argument("--json", metavar="FILE", help="write the full summary as JSON")
     ap.add_argument("--keep", metavar="DIR", help="keep the config and captures in DIR")
-    args = ap.parse_args(argv)
+    return ap
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
     if os.geteuid() != 0:
         print("pydp-demo: run as root (DPDK)", file=sys.stderr)
         return 1

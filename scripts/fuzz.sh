@@ -28,7 +28,9 @@ while [ $# -gt 0 ]; do
 done
 [ "${#names[@]}" -gt 0 ] || names=(parse classify carp rpc config)
 case "$seconds" in ''|*[!0-9]*) echo "fuzz.sh: --seconds needs a whole number" >&2; exit 2 ;; esac
-py="${PYTHON:-python3}"
+# shellcheck source=env.sh
+. "$here/scripts/env.sh"
+py="$PYDP_PY"     # the Python pydp is installed in (scripts/env.sh); atheris comes with its test extra
 out="$here/build/fuzz"
 cflags=(-g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined -msse4.2
         -I"$here/native/include")

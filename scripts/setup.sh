@@ -1,11 +1,19 @@
 #!/usr/bin/env bash
-# Sets up this machine for pydp (idempotent, as root): OS packages, hugepages and the hugetlbfs mount,
-# the Python packages, and pydp itself (built with CMake through pip).
-#   scripts/setup.sh            everything
-#   PYDP_HUGEPAGES=512 scripts/setup.sh   reserve another number of 2 MiB pages (default 1024)
+# Sets up this machine for pydp (idempotent, as root): OS packages, hugepages and the hugetlbfs mount, and pydp
+# itself in a virtual environment at a fixed prefix (built with CMake through pip), its programs linked onto PATH
+# with their man pages and bash completion.
+#   scripts/setup.sh                              everything: /opt/pydp, made with Debian's /usr/bin/python3
+#   PYTHON=~/.pyenv/shims/python3 scripts/setup.sh   the venv is made with another Python (>= 3.11)
+#   PYDP_PREFIX=/tmp/p PYDP_LINKS= scripts/setup.sh  another prefix, nothing linked (tests, development)
+#   PYTHON=/work/venvs/me/bin/python scripts/setup.sh  install into that existing venv (a developer's own)
+#   PYDP_EXTRAS=lab scripts/setup.sh              extras installed with pydp (default lab,test; "" = none)
+#   PYDP_HUGEPAGES=512 scripts/setup.sh           reserve another number of 2 MiB pages (default 1024)
+# The variables are described in scripts/env.sh; docs/install.md is the reference.
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+# shellcheck source=env.sh
+. "$here/scripts/env.sh"
 say() { printf '[setup] %s\n' "$*"; }
 
 if [ "$(id -u)" -ne 0 ]; then
@@ -16,7 +24,7 @@ fi
 # --- OS packages ---------------------------------------------------------------------------------------------
 pkgs=(libdpdk-dev dpdk-dev pkg-config cmake ninja-build gcc clang libclang-rt-14-dev libpcap-dev
       iproute2 iputils-ping ucarp nginx-light openssl tcpdump curl procps psmisc kmod ethtool
-      systemd e2fsprogs util-linux dpdk-doc
+      systemd e2fsprogs util-linux dpdk-doc python3 python3-venv python3-dev prometheus bash-completion man-db
       chromium chromium-driver fonts-dejavu-core)     # the admin page's browser tests (tests/web, Selenium)
 missing=()
 for p in "${pkgs[@]}"; do
@@ -50,8 +58,50 @@ if ! grep -qs ' /dev/hugepages hugetlbfs ' /proc/mounts; then
     mount -t hugetlbfs nodev /dev/hugepages
 fi
 
-# --- Python packages and pydp ----------------------------------------------------------------------------------
-py="${PYTHON:-python3}"
-say "installing pydp and its Python dependencies with $("$py" --version)"
-"$py" -m pip install --quiet --disable-pip-version-check --root-user-action=ignore "$here[test]"
-"$py" -P -c 'import pydp, pydp._ffi; print("[setup] done: pydp", pydp.__version__)'
+# --- pydp in its virtual environment -----------------------------------------------------------------------------
+programs=(pydp-dataplane pydp-control pydpctl pydp-carp pydp-bootstrap pydp-lab pydp-demo)
+extras="${PYDP_EXTRAS-lab,test}"
+if [ "$PYDP_DEV_VENV" = 1 ]; then
+    say "installing into the virtual environment of PYTHON=$PYTHON: $PYDP_PREFIX"
+else
+    command -v "$PYDP_BASE_PYTHON" >/dev/null || { echo "setup.sh: PYTHON=$PYDP_BASE_PYTHON: no such interpreter" >&2; exit 1; }
+    base_ver="$("$PYDP_BASE_PYTHON" -c 'import sys; print("%d.%d" % sys.version_info[:2])')"
+    "$PYDP_BASE_PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
+        || { echo "setup.sh: pydp needs Python >= 3.11; $PYDP_BASE_PYTHON is $base_ver (set PYTHON=)" >&2; exit 1; }
+    have_ver="$("$PYDP_PY" -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null || true)"
+    if [ -d "$PYDP_PREFIX" ] && [ ! -f "$PYDP_PREFIX/pyvenv.cfg" ] && [ -n "$(ls -A "$PYDP_PREFIX")" ]; then
+        # never --clear a directory that is not a virtual environment
+        echo "setup.sh: PYDP_PREFIX=$PYDP_PREFIX exists and is not a virtual environment: choose another prefix" >&2
+        exit 1
+    fi
+    if [ "$have_ver" != "$base_ver" ]; then
+        # none yet, broken, or made by another Python version: (re)made, pydp is reinstalled below
+        say "creating the virtual environment $PYDP_PREFIX with $PYDP_BASE_PYTHON (Python $base_ver)"
+        mkdir -p "$(dirname "$PYDP_PREFIX")"
+        "$PYDP_BASE_PYTHON" -m venv --clear "$PYDP_PREFIX" \
+            || { echo "setup.sh: $PYDP_BASE_PYTHON -m venv failed (Debian: apt install python3-venv)" >&2; exit 1; }
+    fi
+fi
+spec="$here"
+[ -z "$extras" ] || spec="$here[$extras]"
+say "installing pydp${extras:+ [$extras]} with $("$PYDP_PY" --version) into $PYDP_PREFIX"
+"$PYDP_PY" -m pip install --quiet --disable-pip-version-check --root-user-action=ignore "$spec"
+"$PYDP_PY" -P -c 'import pydp, pydp._ffi' || { echo "setup.sh: the installed pydp does not import" >&2; exit 1; }
+
+# man pages and bash completion, generated from the programs' own argparse definitions (control/docgen.py)
+share="$PYDP_PREFIX/share"
+"$PYDP_PY" -P -m control.docgen --man "$share/man/man1" --completion "$share/bash-completion/completions/pydp"
+for p in "${programs[@]}"; do
+    ln -sfn pydp "$share/bash-completion/completions/$p"
+done
+
+if [ -n "$PYDP_LINKS" ]; then
+    say "linking the programs into $PYDP_LINKS/bin, man pages and completion under $PYDP_LINKS/share"
+    mkdir -p "$PYDP_LINKS/bin" "$PYDP_LINKS/share/man/man1" "$PYDP_LINKS/share/bash-completion/completions"
+    for p in "${programs[@]}"; do
+        ln -sfn "$PYDP_PREFIX/bin/$p" "$PYDP_LINKS/bin/$p"
+        ln -sfn "$share/man/man1/$p.1" "$PYDP_LINKS/share/man/man1/$p.1"
+        ln -sfn "$share/bash-completion/completions/pydp" "$PYDP_LINKS/share/bash-completion/completions/$p"
+    done
+fi
+say "done: pydp $("$PYDP_PY" -P -c 'import pydp; print(pydp.__version__)') in $PYDP_PREFIX (python: $PYDP_PY)"

@@ -9,14 +9,20 @@
 # neither root nor DPDK nor namespaces) from the SOURCE TREE: no setup.sh (no apt, no hugepages, no pip install);
 # the cffi module is built once with CMake into build/quick (rebuilt by ninja when native/ changes) and the tree
 # goes on PYTHONPATH with it. Under a minute on the development machine.
+#
+# pytest runs with the Python of the virtual environment setup.sh installed pydp into (PYDP_PREFIX, default
+# /opt/pydp; PYTHON=/path/to/a/venv/bin/python uses that venv: scripts/env.sh), its programs first on PATH.
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$here"
+# shellcheck source=env.sh
+. "$here/scripts/env.sh"
 
 if [ "${1:-}" = "--quick" ]; then
     shift
-    py="${PYTHON:-python3}"
+    py="$PYDP_PY"                              # the installed venv has the test dependencies ...
+    [ -x "$py" ] || py="${PYTHON:-python3}"    # ... else the Python given, or the first on PATH
     build="$here/build/quick"
     cmake -S "$here" -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DPYDP_BUILD_TESTS=OFF \
         -DPython3_EXECUTABLE="$(command -v "$py")" >/dev/null
@@ -34,18 +40,20 @@ if [ "${1:-}" = "--quick" ]; then
 fi
 
 "$here/scripts/setup.sh"
+export PYTHON="$PYDP_PY"
+export PATH="$PYDP_PREFIX/bin:$PATH"
 
 if [ "${CI:-}" = "true" ]; then
     export PYDP_REQUIRE_DPDK=1
 fi
 
 echo "[test] C unit tests"
-cmake -S "$here" -B "$here/build/ctest" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
+cmake -S "$here" -B "$here/build/ctest" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DPython3_EXECUTABLE="$PYTHON" >/dev/null
 cmake --build "$here/build/ctest" >/dev/null
 ctest --test-dir "$here/build/ctest" --output-on-failure
 
 echo "[test] C unit tests under AddressSanitizer and UBSan"
-cmake -S "$here" -B "$here/build/asan" -G Ninja -DCMAKE_BUILD_TYPE=Debug -DPYDP_SANITIZE=ON >/dev/null
+cmake -S "$here" -B "$here/build/asan" -G Ninja -DCMAKE_BUILD_TYPE=Debug -DPYDP_SANITIZE=ON -DPython3_EXECUTABLE="$PYTHON" >/dev/null
 cmake --build "$here/build/asan" --target all >/dev/null
 ASAN_OPTIONS=detect_leaks=1 ctest --test-dir "$here/build/asan" --output-on-failure
 
@@ -54,11 +62,11 @@ echo "[test] golden packet tests with the fast path under AddressSanitizer and U
 # preloaded (tests/golden/harness.py, sanitized_env)
 rm -rf "$here/build/asan-py" && mkdir -p "$here/build/asan-py/pydp"
 cp "$here"/pydp/*.py "$here"/build/asan/_pydp*.so "$here/build/asan-py/pydp/"
-PYDP_SANITIZED_PATH="$here/build/asan-py" "${PYTHON:-python3}" -P -m pytest -p no:cacheprovider -q "$here/tests/golden/test_golden.py"
+PYDP_SANITIZED_PATH="$here/build/asan-py" "$PYTHON" -P -m pytest -p no:cacheprovider -q "$here/tests/golden/test_golden.py"
 
 echo "[test] fuzzing: parser, classify path, CARP codec, RPC decoder, config loader (30 s each)"
 "$here/scripts/fuzz.sh" --seconds "${PYDP_FUZZ_SECONDS:-30}"
 
 echo "[test] pytest"
 # the installed package is what runs: python -P keeps the source tree off sys.path
-exec "${PYTHON:-python3}" -P -m pytest -p no:cacheprovider "$@"
+exec "$PYTHON" -P -m pytest -p no:cacheprovider "$@"

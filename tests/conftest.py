@@ -24,7 +24,8 @@ import pytest
 
 REQUIRE = os.environ.get("PYDP_REQUIRE_DPDK") == "1"
 HEAVY = ("dpdk", "netns", "root", "browser")
-TIERS = {"unit": (), "golden": ("dpdk",), "netns": ("netns",), "lab": ("dpdk", "netns"), "web": ("browser",)}
+TIERS = {"unit": (), "golden": ("dpdk",), "netns": ("netns",), "lab": ("dpdk", "netns"), "web": ("browser",),
+         "install": ("root",)}
 HERE = Path(__file__).resolve().parent
 
 

@@ -19,6 +19,7 @@ import sys
 from typing import Sequence
 
 from control.bootstrap import appliance, edge
+from pydp import add_version_option
 from control.bootstrap.steps import EXIT_FAILED, EXIT_USAGE, BootstrapError, UsageError, print_results, stderr
 
 __all__ = ["main", "build_parser"]
@@ -36,6 +37,7 @@ class Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     ap = Parser(prog=PROG, description=__doc__.split("\n\n")[0], epilog="\n\n".join(__doc__.split("\n\n")[1:]),
                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_version_option(ap)
     sub = ap.add_subparsers(metavar="COMMAND", parser_class=Parser)
     appliance.add_parser(sub)
     edge.add_parser(sub)

@@ -421,58 +421,47 @@ def _script(name: str) -> str:
     return str(path) if path.exists() else (shutil.which(name) or f"/usr/local/bin/{name}")
 
 
+SHIPPED_BIN = "/opt/pydp/bin/"
+NIC_MARK = "# pydp-bootstrap: ExecStartPre= lines for the NICs follow\n"
+
+
+def deploy_dir() -> Path:
+    """deploy/ as installed with the package (<prefix>/share/pydp), else the source checkout's deploy/."""
+    for d in (Path(sysconfig.get_path("data")) / "share" / "pydp", Path(__file__).resolve().parents[2] / "deploy"):
+        if (d / "systemd").is_dir():
+            return d
+    raise BootstrapError("the shipped systemd units are missing (<prefix>/share/pydp/systemd): reinstall pydp "
+                         "(scripts/setup.sh or the pydp package)")
+
+
+def shipped_unit(name: str) -> str:
+    """A unit of deploy/systemd with the program paths of this installation (the venv pydp-bootstrap runs from)."""
+    text = (deploy_dir() / "systemd" / name).read_text()
+    bindir = str(Path(_script("pydp-dataplane")).parent) + "/"
+    return (f"# written by pydp-bootstrap from pydp's deploy/systemd/{name} (docs/bootstrap.md)\n"
+            + text.replace(SHIPPED_BIN, bindir))
+
+
 def dataplane_unit(nics: list[Nic]) -> str:
     pre = []
     for nic in nics:
+        # "+": these run with full privileges, outside the service's sandbox (they write sysfs and sysctls)
         if nic.pci:
             devbind = shutil.which("dpdk-devbind.py") or "/usr/bin/dpdk-devbind.py"
-            pre.append(f"ExecStartPre={devbind} --bind=vfio-pci {nic.pci}")
+            pre.append(f"ExecStartPre=+{devbind} --bind=vfio-pci {nic.pci}")
         elif nic.iface:
             # "-": a kernel without IPv6 has no such key
-            pre.append(f"ExecStartPre=-{shutil.which('sysctl') or '/usr/sbin/sysctl'} -qw "
+            pre.append(f"ExecStartPre=+-{shutil.which('sysctl') or '/usr/sbin/sysctl'} -qw "
                        f"net/ipv6/conf/{nic.iface}/disable_ipv6=1")
-            pre.append(f"ExecStartPre={shutil.which('ip') or '/usr/sbin/ip'} link set dev {nic.iface} up")
-    return "\n".join([
-        "# pydp data plane, written by pydp-bootstrap (docs/bootstrap.md)",
-        "[Unit]",
-        "Description=pydp data plane (DPDK fast path)",
-        "After=network.target dev-hugepages.mount systemd-udevd.service",
-        "",
-        "[Service]",
-        "Type=simple",
-        *pre,
-        f"ExecStart={_script('pydp-dataplane')} --config {CONFIG_PATH} --managed",
-        "ExecReload=/bin/kill -HUP $MAINPID",
-        "Restart=on-failure",
-        "RestartSec=2",
-        "TimeoutStopSec=20",
-        "LimitMEMLOCK=infinity",
-        "",
-        "[Install]",
-        "WantedBy=multi-user.target",
-        ""])
+            pre.append(f"ExecStartPre=+{shutil.which('ip') or '/usr/sbin/ip'} link set dev {nic.iface} up")
+    text = shipped_unit("pydp-dataplane.service")
+    if NIC_MARK not in text:
+        raise BootstrapError("deploy/systemd/pydp-dataplane.service has no NIC line marker: reinstall pydp")
+    return text.replace(NIC_MARK, NIC_MARK + "".join(line + "\n" for line in pre))
 
 
 def control_unit() -> str:
-    return "\n".join([
-        "# pydp control daemon, written by pydp-bootstrap (docs/bootstrap.md)",
-        "[Unit]",
-        "Description=pydp control daemon (CARP, health checks, pydpctl RPC)",
-        "# Wants, not Requires/BindsTo: the daemon outlives a data plane restart and re-attaches to the new one,",
-        "# keeping its CARP state; After: at boot it finds the data plane's region at once.",
-        "Wants=pydp-dataplane.service",
-        "After=pydp-dataplane.service",
-        "",
-        "[Service]",
-        "Type=simple",
-        f"ExecStart={_script('pydp-control')} --db {STORE_PATH}",
-        "Restart=on-failure",
-        "RestartSec=2",
-        "TimeoutStopSec=15",
-        "",
-        "[Install]",
-        "WantedBy=multi-user.target",
-        ""])
+    return shipped_unit("pydp-control.service")
 
 
 def _init_name() -> str:

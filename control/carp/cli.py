@@ -28,6 +28,9 @@ import sys
 import time
 from typing import TYPE_CHECKING
 
+from control.logs import add_log_options, setup_logging
+from pydp import add_version_option
+
 if TYPE_CHECKING:
     from control.carp import driver
 
@@ -54,6 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog=PROG, allow_abbrev=False, formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG,
         description="CARP failover of one cluster IP on one interface; interoperates with ucarp and OpenBSD.")
+    add_version_option(p)
     g = p.add_argument_group("ucarp's flags")
     g.add_argument("-i", "--interface", metavar="IF", required=True, help="the interface to run on")
     g.add_argument("-s", "--srcip", metavar="IP", required=True,
@@ -90,7 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="do not add/remove the address on the interface: the scripts do it (as with ucarp)")
     o.add_argument("--json-status", metavar="FILE",
                    help="write the status (state, counters; no secrets) as JSON to FILE on every change")
-    o.add_argument("--log-level", choices=("debug", "info", "warning", "error"), default="info")
+    add_log_options(o)
     return p
 
 
@@ -307,9 +311,7 @@ def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     level = logging.DEBUG if args.debug else getattr(logging, args.log_level.upper())
-    logging.basicConfig(level=level, stream=sys.stderr,
-                        format="%(asctime)s.%(msecs)03d " + PROG + "[%(process)d] %(levelname)s %(message)s",
-                        datefmt="%Y-%m-%dT%H:%M:%S")
+    setup_logging(args.log_format, level, program=PROG)
     for handler in logging.getLogger().handlers:      # libraries (pyroute2, asyncio): warnings and errors only
         handler.addFilter(lambda r: r.name.startswith("pydp") or r.levelno >= logging.WARNING)
     if args.passphrase is not None:

@@ -57,7 +57,8 @@ from control.daemon.reconciler import Apply, Event, Inputs, DataplaneView, Recon
 from control.daemon.regions import DataplaneWatch, RegionHolder
 from control.daemon.status import MAX_FLOWS, StatusView
 from control.health import HealthChecker
-from control.logs import event, setup_logging
+from control.logs import add_log_options, event, setup_logging
+from pydp import add_version_option, service
 
 log = logging.getLogger("pydp.control")
 
@@ -574,8 +575,10 @@ class Daemon:
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
         rec = self.reconciler.status()
-        g = GaugeMetricFamily("pydp_control_applied_revision", "store revision last applied to the data plane")
-        g.add_metric([], rec["applied_revision"] if rec["applied_revision"] is not None else -1)
+        g = GaugeMetricFamily("pydp_control_applied_revision", "store revision last applied to the data plane "
+                              "(absent until the first apply)")
+        if rec["applied_revision"] is not None:
+            g.add_metric([], rec["applied_revision"])
         yield g
         d = CounterMetricFamily("pydp_control_config_drifts", "generations found in the data plane that this daemon "
                                 "did not publish (each one re-applied)")
@@ -585,10 +588,10 @@ class Daemon:
                                "published")
         dd.add_metric([], 1 if rec["drift"] else 0)
         yield dd
-        u = GaugeMetricFamily("pydp_edge_mac_unresolved", "edges without a MAC yet (they get no traffic)")
+        u = GaugeMetricFamily("pydp_unresolved_mac_edges", "edges without a MAC yet (they get no traffic)")
         u.add_metric([], len(self.neighbours.unresolved(self.cfg)))
         yield u
-        r = CounterMetricFamily("pydp_rpc_refused", "RPC connections refused: the peer was not root")
+        r = CounterMetricFamily("pydp_rpc_refused_connections", "RPC connections refused: the peer was not root")
         r.add_metric([], self.rpc_server.refused if self.rpc_server else 0)
         yield r
         yield from self._health_metrics()
@@ -601,12 +604,14 @@ class Daemon:
     def _health_metrics(self):
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
-        g = GaugeMetricFamily("pydp_edge_health", "the edge's health check: 1 up, 0 down, -1 unknown (not decided "
-                              "yet: counts as up)", labels=["cluster", "edge"])
+        g = GaugeMetricFamily("pydp_edge_health_state", "1 for the edge's health-check verdict: up, down, or unknown "
+                              "(not decided yet: counts as up)", labels=["cluster", "edge", "state"])
         t = CounterMetricFamily("pydp_edge_health_transitions", "changes of the edge's health (the first "
                                 "decision included)", labels=["cluster", "edge"])
         for key, up, n in self.health.rows():
-            g.add_metric(list(key), -1 if up is None else 1 if up else 0)
+            verdict = "unknown" if up is None else "up" if up else "down"
+            for s in ("up", "down", "unknown"):
+                g.add_metric([*key, s], 1 if s == verdict else 0)
             t.add_metric(list(key), n)
         yield from (g, t)
 
@@ -617,7 +622,7 @@ class Daemon:
                                   "(inactive: no instance runs, see pydpctl status)", labels=["cluster", "state"])
         demote = GaugeMetricFamily("pydp_carp_demote", "this appliance's CARP demotion for the cluster",
                                    labels=["cluster"])
-        drops = CounterMetricFamily("pydp_carp_drops", "CARP advertisements dropped, by reason",
+        drops = CounterMetricFamily("pydp_carp_dropped_adverts", "CARP advertisements dropped, by reason",
                                     labels=["cluster", "reason"])
         trans = CounterMetricFamily("pydp_carp_transitions", "CARP state changes", labels=["cluster"])
         sent = CounterMetricFamily("pydp_carp_adverts_sent", "CARP advertisements sent", labels=["cluster"])
@@ -639,6 +644,20 @@ class Daemon:
             suspect.add_metric([name], 1 if s["auth_alarm"] else 0)
             alarms.add_metric([name], s["auth_alarms"])
         yield from (state, demote, drops, trans, sent, heard, suspect, alarms)
+
+    async def feed_watchdog(self) -> None:
+        """WATCHDOG=1 to systemd while this event loop turns (WatchdogSec= of the unit; nothing outside systemd)."""
+        watchdog = service.Watchdog(lambda: True)
+        if not watchdog.enabled:
+            return
+        while True:
+            await asyncio.sleep(watchdog.interval / 2)
+            watchdog.tick()
+
+    def _dataplane_pid(self) -> int:
+        """The attached data plane's pid (for its process metrics); a pid that names no process yields none."""
+        with self.holder.use() as region:
+            return int(region.hdr.dp_pid) if region is not None and self.dp_alive else 0
 
     def _metrics_region(self):
         holder = self.holder
@@ -694,7 +713,8 @@ class Daemon:
 
             try:
                 self.metrics_server = metrics.start(self.metrics_addr,
-                                                    metrics.Collector(self._metrics_region(), self._metrics_extra))
+                                                    metrics.Collector(self._metrics_region(), self._metrics_extra,
+                                                                      self._dataplane_pid))
             except OSError as exc:
                 await self.rpc_server.close()
                 with contextlib.suppress(Exception):
@@ -713,13 +733,16 @@ class Daemon:
         self.checker = HealthChecker(self._on_health)
         tasks = [asyncio.create_task(c) for c in (self.watch_dataplane(), self.watch_store(), self.resolve_macs(),
                                                   self.watch_health(), self.flowsync.run(),
-                                                  self.watch_flows())]
+                                                  self.watch_flows(), self.feed_watchdog())]
+        # systemd (Type=notify): serving now, the socket listens and a running data plane has the config
+        service.notify("READY=1", f"STATUS=serving {self.socket_path}")
         carp_stop = asyncio.Event()
         carp_task = asyncio.create_task(self.carp.run(lambda: self.cfg, carp_stop))
         try:
             await self.stop_event.wait()
         finally:
             event("daemon_stopping", reason="signal")
+            service.notify("STOPPING=1")
             if self.http_server is not None:
                 await self.http_server.close()
             await self.rpc_server.close()
@@ -764,9 +787,10 @@ def default_db() -> str:
     return os.environ.get("PYDP_DB") or store_mod.DEFAULT_PATH
 
 
-def parse_args(argv=None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="pydp-control", description=__doc__.splitlines()[0], epilog=EPILOG,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_version_option(ap)
     ap.add_argument("--db", default=None, metavar="FILE",
                     help="config store (default: $PYDP_DB, else the store's default path)")
     ap.add_argument("--socket", default=rpc.DEFAULT_SOCKET, metavar="PATH",
@@ -793,9 +817,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--http-key", default=None, metavar="FILE", help="TLS private key (with --http-cert)")
     ap.add_argument("--config", default=None, metavar="FILE",
                     help="pydp-control's settings file (default /etc/pydp/control.toml if it exists: [http])")
-    ap.add_argument("--log-format", choices=("json", "text"), default="json",
-                    help="json (default): one object per line; text: key=value")
-    ap.add_argument("--log-level", choices=("debug", "info", "warning", "error"), default="info")
+    add_log_options(ap)
+    return ap
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    ap = build_parser()
     args = ap.parse_args(argv)
     from control.metrics import parse_address
 
@@ -829,7 +856,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    setup_logging(args.log_format, getattr(logging, args.log_level.upper()))
+    setup_logging(args.log_format, getattr(logging, args.log_level.upper()), program="pydp-control")
     if args.log_level == "info":
         # the driver's own lines repeat the daemon's carp_* events; its warnings (send errors, split brain) stay
         logging.getLogger("pydp.carp").setLevel(logging.WARNING)

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from control.lab import topology as T
+from pydp import add_version_option
 
 EPILOG = """examples:
   pydp-lab demo                          # build the lab, run the story, print the report, remove the lab
@@ -90,6 +91,7 @@ def cmd_demo(args) -> int:
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="pydp-lab", description=__doc__ + " Needs root.", epilog=EPILOG,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_version_option(ap)
     sub = ap.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     def add(name, func, help):

@@ -51,9 +51,13 @@ class Capture:
         return len(out.splitlines())
 
 
-def plot_share(load: Load, t0: float, marks: list[tuple[float, str]], path: Path) -> None:
+def plot_share(load: Load, t0: float, marks: list[tuple[float, str]], path: Path, say=print) -> None:
     """PNG: each edge's share of new connections per second, with the story's events marked."""
-    import matplotlib
+    try:
+        import matplotlib
+    except ImportError:
+        say("no plot: matplotlib is not installed (it comes with the lab extra: pip install 'pydp[lab]')")
+        return
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -170,7 +174,7 @@ def story(lab: Lab, out: Path, conns: int, say) -> dict:
                                                and by_id[i]["broken"] is None)
     res["byte_counts_equal"] = check["equal"]
     res["new_connections"] = summary["new_connections"]
-    plot_share(load, t0, marks, out / "edge-share.png")
+    plot_share(load, t0, marks, out / "edge-share.png", say)
     return res
 
 
@@ -226,6 +230,7 @@ def run(topo: T.Topology, out: Path, json_path: Path | None, conns: int, say=pri
     json_path.write_text(json.dumps(res, indent=2) + "\n")
     say("")
     say(text)
-    say(f"report: {out / 'report.txt'}, JSON: {json_path}, plot: {out / 'edge-share.png'}, "
+    plot = out / "edge-share.png"
+    say(f"report: {out / 'report.txt'}, JSON: {json_path}, plot: {plot if plot.exists() else 'none'}, "
         f"captures: {out / 'lb-port.pcap'}, {out / 'client-port.pcap'}")
     return res

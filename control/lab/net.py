@@ -100,7 +100,7 @@ class DataplaneProcess(Started):
                     region = Region.attach(self.shm)
                 except ShmError:
                     region = None
-                if region is not None and region.generation >= 1 and "forwarding on" in self.log.read_text():
+                if region is not None and region.generation >= 1 and "dataplane_started" in self.log.read_text():
                     self.region = region
                     return region
                 if region is not None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import platform
 import subprocess
 import sys
 import threading
@@ -19,6 +20,7 @@ from netlab import (LB_MAC, OTHER_TOML, VIP, ControlProcess, DataplaneProcess, a
                     eventually, netns, ns_run, scrape, traffic, veth)
 from netlab import EDGE_IPS as IPS, EDGE_MACS as MACS
 from control import rpc
+import pydp
 
 pytestmark = [pytest.mark.dpdk, pytest.mark.netns]
 
@@ -263,24 +265,39 @@ def test_e_metrics(lab):
             samples[key] = float(value)
     names = {k.split("{")[0] for k in samples}
     for name in ("pydp_port_rx_packets_total", "pydp_port_tx_packets_total", "pydp_port_exception_packets_total",
-                 "pydp_drops_total", "pydp_cluster_packets_total", "pydp_edge_packets_total",
+                 "pydp_port_dropped_packets_total", "pydp_cluster_packets_total", "pydp_edge_packets_total",
                  "pydp_edge_bytes_total", "pydp_edge_new_flows_total", "pydp_worker_busy_cycles_total",
-                 "pydp_flow_table_entries", "pydp_flow_table_occupancy_ratio", "pydp_cluster_active",
+                 "pydp_flow_table_live_flows", "pydp_flow_table_capacity_flows", "pydp_flow_table_occupancy_ratio", "pydp_cluster_owned",
                  "pydp_edge_state", "pydp_config_generation", "pydp_dataplane_up"):
         assert name in names, f"{name} missing from\n{text[:2000]}"
     assert samples["pydp_dataplane_up"] == 1
-    assert samples['pydp_cluster_active{cluster="web"}'] == 1
+    assert samples['pydp_cluster_owned{cluster="web"}'] == 1
     assert samples['pydp_port_rx_packets_total{port="net_af_packet0"}'] >= 200
     assert samples['pydp_cluster_packets_total{cluster="web"}'] >= 200
     assert samples['pydp_edge_state{cluster="web",edge="e1",state="up"}'] == 1
     assert samples['pydp_edge_state{cluster="web",edge="e1",state="down"}'] == 0
-    assert samples['pydp_drops_total{port="net_af_packet0",reason="malformed"}'] == 0
-    assert samples['pydp_flow_table_entries{kind="capacity",worker="0"}'] == 65536
-    live = samples['pydp_flow_table_entries{kind="live",worker="0"}']
+    assert samples['pydp_port_dropped_packets_total{port="net_af_packet0",reason="malformed"}'] == 0
+    assert samples['pydp_flow_table_capacity_flows{worker="0"}'] == 65536
+    live = samples['pydp_flow_table_live_flows{worker="0"}']
     assert live >= 50
     assert samples['pydp_flow_table_occupancy_ratio{worker="0"}'] == pytest.approx(live / 65536)
     assert samples['pydp_worker_busy_cycles_total{worker="0"}'] > 0
     assert samples["pydp_config_generation"] >= 1
+    # per-edge flows as ipvsadm counts connections: the UDP flows are live and not TCP-established (InActConn)
+    inactive = sum(v for k, v in samples.items() if k.startswith('pydp_edge_inactive_flows{cluster="web"'))
+    active = sum(v for k, v in samples.items() if k.startswith('pydp_edge_active_flows{cluster="web"'))
+    assert inactive >= 50 and active == 0
+    assert samples[f'pydp_build_info{{python="{platform.python_version()}",version="{pydp.__version__}"}}'] == 1
+    assert samples["process_resident_memory_bytes"] > 0 and samples["pydp_dataplane_process_resident_memory_bytes"] > 0
+    assert 0 <= samples["pydp_dataplane_heartbeat_age_seconds"] < 3
+    assert not any(v < 0 for v in samples.values()), "a -1 sentinel in the scrape"
+    assert not any(n.endswith("_rate") for n in names)
+    # Prometheus' own linter accepts the exposition (names, units, _total on counters only, help text)
+    lint = subprocess.run(["promtool", "check", "metrics"], input=text, capture_output=True, text=True, timeout=60)
+    assert lint.returncode == 0 and lint.stdout + lint.stderr == "", lint.stdout + lint.stderr
+    # the shipped dashboard and alert rules name only metrics this live scrape declares
+    from promql_names import exposed_names, used_names
+    assert sorted(used_names() - exposed_names(text)) == []
 
 
 def test_f_pydpctl_read_commands(lab):
@@ -401,4 +418,4 @@ def test_i_sighup_of_a_managed_data_plane_reapplies_the_store(lab):
                _log_tail(lab))
     assert set(region_web(lab)["edges"]) == {"e1", "e2"}         # the file's e3 never came back
     assert len(ctl.events("config_drift")) == drifts
-    assert "asked pydp-control to re-apply its store" in dp.log.read_text()
+    assert '"event":"reload_requested"' in dp.log.read_text()     # the data plane logs the same event name

@@ -112,8 +112,8 @@ def test_a_one_master_one_backup(lab):
     assert m['pydp_carp_state{cluster="web",state="backup"}'] == 0
     assert m['pydp_carp_transitions_total{cluster="web"}'] >= 2               # init -> backup -> master, at least
     assert a.transitions()[-1]["state"] == "master"
-    assert m['pydp_carp_drops_total{cluster="web",reason="hmac"}'] == 0
-    assert m['pydp_cluster_active{cluster="web"}'] == 1
+    assert m['pydp_carp_dropped_adverts_total{cluster="web",reason="hmac"}'] == 0
+    assert m['pydp_cluster_owned{cluster="web"}'] == 1
     assert metrics(b)['pydp_carp_state{cluster="web",state="backup"}'] == 1
     text = pydpctl("status", socket=b.ctl.socket).stdout
     assert "backup" in text and APPLIANCES["A"][1] in text and "TRANSITIONS" in text

@@ -145,7 +145,7 @@ def test_drain_timeout_moves_the_flows_and_survives_a_daemon_restart(lab):
     assert "timed out" in cli(lab, "status").stdout or "drained" in cli(lab, "status").stdout
     text = scrape(lab["lb_ns"], METRICS)
     assert 'pydp_edge_drain_timeouts_total{cluster="web",edge="e2"} 1.0' in text, text[-3000:]
-    assert f'pydp_edge_drain_flows_moved_total{{cluster="web",edge="e2"}} {float(len(on_e2))}' in text
+    assert f'pydp_edge_drain_moved_flows_total{{cluster="web",edge="e2"}} {float(len(on_e2))}' in text
 
     # e2's flows reach the other edges at their next packet; every other flow keeps its edge
     after = send(lab, 300)

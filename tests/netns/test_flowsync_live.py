@@ -232,7 +232,7 @@ def _e_a_returns_and_gets_a_full_resync(lab):
     text = pydpctl("status", socket=b.ctl.socket).stdout
     assert "flow sync:  to 192.0.2.1:7470 connected (web), from peer connected" in text, text
     m = metrics(a)
-    assert m['pydp_flowsync_total{counter="resyncs_received"}'] >= 1
+    assert m['pydp_flowsync_received_resyncs_total'] >= 1
     assert m['pydp_flowsync_connected{direction="in"}'] == 1
 
 

@@ -188,7 +188,7 @@ def test_edge_down_and_back_moves_only_its_share(lab):
     code = ("import urllib.request, sys; "
             f"sys.stdout.write(urllib.request.urlopen('http://{METRICS}/metrics', timeout=5).read().decode())")
     text = ns_run(lab["lb_ns"], sys.executable, "-c", code).stdout
-    assert 'pydp_edge_health{cluster="web",edge="e1"} 1.0' in text, text[-2000:]
+    assert 'pydp_edge_health_state{cluster="web",edge="e1",state="up"} 1.0' in text, text[-2000:]
     assert 'pydp_edge_health_transitions_total{cluster="web",edge="e1"} 3.0' in text   # unknown->up, down, up
 
     # every edge down: the cluster has no edge UP in the data plane, which is what CARP's demotion reads

@@ -90,7 +90,7 @@ def test_metrics_families():
     assert [(s.labels, s.value) for s in fams["pydp_edge_drain_time_left_seconds"].samples] == [
         ({"cluster": "web", "edge": "e1"}, 20.0)]
     assert [s.value for s in fams["pydp_edge_draining_flows"].samples] == [4]
-    assert [s.value for s in fams["pydp_edge_drain_flows_moved"].samples if s.name.endswith("_total")] == [7]
+    assert [s.value for s in fams["pydp_edge_drain_moved_flows"].samples if s.name.endswith("_total")] == [7]
 
 
 def test_drain_row():

@@ -151,17 +151,17 @@ def test_metrics_collector(region):
 
     fams = {f.name: f for f in metrics.Collector(source).collect()}
     for name in ("pydp_dataplane_up", "pydp_config_generation", "pydp_port_rx_packets", "pydp_port_tx_packets",
-                 "pydp_port_exception_packets", "pydp_drops", "pydp_cluster_packets", "pydp_edge_packets",
-                 "pydp_edge_bytes", "pydp_edge_new_flows", "pydp_worker_busy_cycles", "pydp_flow_table_entries",
-                 "pydp_flow_table_occupancy_ratio", "pydp_cluster_active", "pydp_edge_state"):
+                 "pydp_port_exception_packets", "pydp_port_dropped_packets", "pydp_cluster_packets", "pydp_edge_packets",
+                 "pydp_edge_bytes", "pydp_edge_new_flows", "pydp_worker_busy_cycles", "pydp_flow_table_live_flows", "pydp_flow_table_capacity_flows",
+                 "pydp_flow_table_occupancy_ratio", "pydp_cluster_owned", "pydp_edge_state"):
         assert name in fams, name
     samples = {(s.name, tuple(sorted(s.labels.items()))): s.value for f in fams.values() for s in f.samples}
-    assert samples[("pydp_cluster_active", (("cluster", "web"),))] == 1
-    assert samples[("pydp_cluster_active", (("cluster", "dns"),))] == 0
+    assert samples[("pydp_cluster_owned", (("cluster", "web"),))] == 1
+    assert samples[("pydp_cluster_owned", (("cluster", "dns"),))] == 0
     assert samples[("pydp_edge_state", (("cluster", "web"), ("edge", "e1"), ("state", "up")))] == 1
     assert samples[("pydp_edge_state", (("cluster", "web"), ("edge", "e1"), ("state", "down")))] == 0
-    assert samples[("pydp_flow_table_entries", (("kind", "live"), ("worker", "1")))] == 1
-    assert samples[("pydp_flow_table_entries", (("kind", "capacity"), ("worker", "0")))] == 1024
+    assert samples[("pydp_flow_table_live_flows", (("worker", "1"),))] == 1
+    assert samples[("pydp_flow_table_capacity_flows", (("worker", "0"),))] == 1024
 
     @contextlib.contextmanager
     def nothing():
@@ -217,3 +217,31 @@ def test_pydpctl_reads_the_region_without_the_daemon(region):
     assert p.returncode == 1 and "no cluster 'nope'" in p.stderr
     p = _ctl("status", "--shm", "/dev/shm/pydp-does-not-exist")
     assert p.returncode == 1 and "no data plane" in p.stderr
+
+
+def test_edge_flow_states_like_ipvsadm(region):
+    """ActiveConn/InActConn: TCP past the handshake is active; half-open, closing, UDP flows are inactive."""
+    insert(region, 0, "203.0.113.1", 20001, "web", "e1")                     # UDP
+    syn = insert(region, 1, "203.0.113.2", 20002, "web", "e1", proto=6)      # SYN only: half-open
+    est = insert(region, 0, "203.0.113.3", 20003, "web", "e1", proto=6)
+    now = lib.pydp_now_ms() & 0xFFFFFFFF
+    lib.pydp_flow_touch(lib.pydp_shm_flows(region._shm, 0), est, 0x10, now)  # the client's ACK: established
+    fin = insert(region, 0, "203.0.113.4", 20004, "web", "e2", proto=6)
+    lib.pydp_flow_touch(lib.pydp_shm_flows(region._shm, 0), fin, 0x10, now)
+    lib.pydp_flow_touch(lib.pydp_shm_flows(region._shm, 0), fin, 0x01, now)  # FIN: closing
+    assert syn.state == lib.PYDP_FLOW_TCP_SYN and est.state == lib.PYDP_FLOW_TCP_EST
+    assert fin.state == lib.PYDP_FLOW_TCP_FIN
+    got = observe.edge_flow_states(region)
+    assert got == {("web", "e1"): {"active": 1, "inactive": 2}, ("web", "e2"): {"active": 0, "inactive": 1}}
+    assert observe.edge_flow_counts(region) == {("web", "e1"): 3, ("web", "e2"): 1}
+
+    @contextlib.contextmanager
+    def source():
+        yield region
+
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+               for f in metrics.Collector(source).collect() for s in f.samples}
+    assert samples[("pydp_edge_active_flows", (("cluster", "web"), ("edge", "e1")))] == 1
+    assert samples[("pydp_edge_inactive_flows", (("cluster", "web"), ("edge", "e1")))] == 2
+    assert samples[("pydp_edge_inactive_flows", (("cluster", "web"), ("edge", "e2")))] == 1
+    assert samples[("pydp_edge_active_flows", (("cluster", "dns"), ("edge", "d1")))] == 0
