@@ -425,14 +425,7 @@ class Daemon:
             self.drains.check(region, self.cfg, since)
 
     async def watch_flows(self) -> None:
-        while True:
-            await asyncio.sleep(flows.FLOW_CHECK_S)
-            try:
-                await self.run_worker(self._check_flows)
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("flow-table checks")
+        await self._every(flows.FLOW_CHECK_S, self._check_flows, "flow-table checks")
 
     def _flush(self, params: dict) -> dict:
         """The flush RPC (store thread: the one writer of the region)."""
@@ -486,19 +479,21 @@ class Daemon:
         self._reconcile_logged(why)
 
     async def watch_dataplane(self) -> None:
-        while True:
-            await asyncio.sleep(DP_POLL_S)
-            await self.run_worker(self._watch_once)
+        await self._every(DP_POLL_S, self._watch_once, "data-plane watcher")
 
     async def watch_store(self) -> None:
+        await self._every(STORE_POLL_S, self._poll_store, "store watcher")
+
+    async def _every(self, period: float, fn, what: str) -> None:
+        """Runs fn on the store thread every period seconds, for ever; a failure is logged and the next round runs."""
         while True:
-            await asyncio.sleep(STORE_POLL_S)
+            await asyncio.sleep(period)
             try:
-                await self.run_worker(self._poll_store)
+                await self.run_worker(fn)
             except asyncio.CancelledError:
                 raise
             except Exception:
-                log.exception("store watcher")
+                log.exception("%s", what)
 
     async def resolve_macs(self) -> None:
         async def blocking(fn, *args):
