@@ -11,7 +11,7 @@ by equal byte counts on both ends. A connection is broken when a request fails (
 or is answered by another edge; it is not reopened.
 
 Every connection source address is one of --src (round robin), so the load balancer sees many clients.
-DIR/events.jsonl gets one line per new connection ({"t", "edge"|null, "err"}) and per long-lived connection event,
+DIR/events.jsonl gets one line per new connection ({"t", "edge"|null, "err", "src", "sport", "connect_s"}) and per long-lived connection event,
 flushed twice a second (the demo reads it live); DIR/summary.json gets every long-lived connection at the end.
 """
 
@@ -106,16 +106,18 @@ async def long_conn(c: Conn, args, rec: Recorder, stop: asyncio.Event) -> None:
 
 async def new_conn(args, src: str, rec: Recorder) -> None:
     t = time.time()
-    edge, err = None, None
+    edge, err, sport, connect_s = None, None, 0, None
     try:
         r, w = await asyncio.wait_for(asyncio.open_connection(args.vip, 80, local_addr=(src, 0)), 2)
+        connect_s = round(time.time() - t, 4)       # > 1 s: the first SYN was lost (retransmitted after 1 s)
+        sport = w.get_extra_info("sockname")[1]
         try:
             _, edge = await asyncio.wait_for(request(r, w, "/new"), 3)
         finally:
             w.close()
     except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError, ValueError) as e:
         err = type(e).__name__
-    rec.write({"kind": "new", "t": t, "edge": edge, "err": err})
+    rec.write({"kind": "new", "t": t, "edge": edge, "err": err, "src": src, "sport": sport, "connect_s": connect_s})
 
 
 async def main_async(args) -> None:

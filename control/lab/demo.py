@@ -46,9 +46,13 @@ class Capture:
     def stop(self) -> int:
         """Stops the capture; returns the packets it holds."""
         terminate(self.proc, 5)
-        out = subprocess.run(["tcpdump", "-r", str(self.path), "-nn", "-q"], capture_output=True, text=True,
-                             timeout=60).stdout
-        return len(out.splitlines())
+        return len(self.times())
+
+    def times(self, expr: str = "") -> list[float]:
+        """The timestamps (wall clock) of the captured packets that match expr (all of them by default)."""
+        out = subprocess.run(["tcpdump", "-r", str(self.path), "-nn", "-q", "-tt", *([expr] if expr else [])],
+                             capture_output=True, text=True, timeout=60).stdout
+        return [float(line.split()[0]) for line in out.splitlines() if line[:1].isdigit()]
 
 
 def plot_share(load: Load, t0: float, marks: list[tuple[float, str]], path: Path, say=print) -> None:
@@ -217,20 +221,243 @@ def run(topo: T.Topology, out: Path, json_path: Path | None, conns: int, say=pri
     t_start = time.time()
     lab = Lab(topo)
     try:
-        say(f"building the lab {topo.name!r} ({topo.edges} edges, 2 appliances)")
+        if topo.scale_out:
+            say(f"building the scale-out lab {topo.name!r} ({topo.edges} edges, {topo.scale_out} appliances "
+                "behind a BGP/ECMP router)")
+        else:
+            say(f"building the lab {topo.name!r} ({topo.edges} edges, 2 appliances)")
         lab.up(log=lambda m: say("  " + m))
-        res = story(lab, out, conns, say)
+        res = scaleout_story(lab, out, conns, say) if topo.scale_out else story(lab, out, conns, say)
     finally:
         say("removing the lab")
         lab.down()
     res["run_s"] = round(time.time() - t_start, 1)
-    text = report_text(res)
+    text = scaleout_report(res) if topo.scale_out else report_text(res)
     (out / "report.txt").write_text(text)
     json_path = json_path or out / "report.json"
     json_path.write_text(json.dumps(res, indent=2) + "\n")
     say("")
     say(text)
     plot = out / "edge-share.png"
+    caps = sorted(str(c) for c in out.glob("*.pcap"))
     say(f"report: {out / 'report.txt'}, JSON: {json_path}, plot: {plot if plot.exists() else 'none'}, "
-        f"captures: {out / 'lb-port.pcap'}, {out / 'client-port.pcap'}")
+        f"captures: {', '.join(caps)}")
     return res
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The scale-out story (pydp-lab demo --scale-out N): N appliances announce cluster web over BGP, the router spreads
+# the clients over them (ECMP, L4 hash), flow sync runs among all of them.
+
+REPLIES_V4 = f"ip src {T.VIP} and tcp src port {T.HTTP_PORT}"
+SYNS = f"ip dst {T.VIP} and tcp dst port {T.HTTP_PORT} and tcp[tcpflags] & (tcp-syn|tcp-ack) == tcp-syn"
+LB_PORT = f"({REPLIES_V4}) or ({SYNS})"
+
+
+def lb_captures(lab: Lab, out: Path, tag: str) -> dict[str, Capture]:
+    """One capture per appliance's bridge port: the replies crossing it (DSR says none) and the SYNs the router
+    sent it (the ECMP spread)."""
+    return {name: Capture(lab, f"p{name}", out / f"{tag}-lb{name}.pcap", LB_PORT) for name in lab.appliances}
+
+
+def ecmp_hops(lab: Lab, rows: list[dict]) -> list[str | None]:
+    """The appliance the router's kernel picks for each (src, sport) to VIP:80 (`ip route get` with the L4 hash):
+    which appliance a connection passes, without touching it."""
+    specs = {s.addr: s.name for s in lab.topo.appliance_specs}
+    batch = "".join(f"route get {T.VIP} from {r['src']} iif eth1 ipproto tcp sport {r['sport']} dport "
+                    f"{T.HTTP_PORT}\n" for r in rows)
+    if not batch:
+        return []
+    p = subprocess.run(["ip", "-n", lab.topo.router_ns, "-batch", "-"], input=batch, capture_output=True,
+                       text=True, timeout=60)
+    out = []
+    for line in p.stdout.splitlines():
+        if line.startswith(T.VIP):
+            f = line.split()
+            out.append(specs.get(f[f.index("via") + 1]) if "via" in f else None)
+    return out
+
+
+def bgp_info(lab: Lab) -> dict:
+    """Engine, version and BFD as the appliances report them (pydpctl status), the router's view beside it."""
+    out = {"engine": "bird", "version": None, "bfd": None, "router": {"engine": "bird",
+                                                                      "version": lab.router.version()}}
+    for a in lab.appliances.values():
+        try:
+            b = a.status().get("bgp") or {}
+        except (ConnectionError, OSError):
+            continue
+        if b:
+            out["engine"] = b.get("engine", "bird")
+            out["version"] = b.get("version")
+            out["bfd"] = all(s.get("bfd") in (True, "up", "Up") for s in b.get("sessions", [])) and \
+                bool(b.get("sessions"))
+            break
+    sessions = lab.router.sessions()
+    out["router"]["sessions"] = sessions
+    out["router"]["bfd_up"] = sum(1 for s in sessions.values() if s.get("bfd") == "Up")
+    if out["bfd"] is None:
+        out["bfd"] = out["router"]["bfd_up"] == len(lab.appliances)
+    return out
+
+
+def scaleout_story(lab: Lab, out: Path, conns: int, say) -> dict:
+    lbs = sorted(lab.appliances)
+    edge_names = sorted(lab.edges, key=lambda n: int(n[1:]))
+    res: dict = {"lbs": lbs, "edges": edge_names, "clients": len(lab.topo.client_ips()), "scale_out": len(lbs)}
+    marks: list[tuple[float, str]] = []
+    res["bgp"] = bgp_info(lab)
+    res["router_route"] = lab.router.nexthops(T.VIP)
+
+    # 1 + 2: ECMP spread over the appliances, Maglev over the edges, DSR proven on every appliance's port
+    caps = lb_captures(lab, out, "spread")
+    cap_rt = Capture(lab, "pr", out / "router-port.pcap", REPLIES_V4)
+    say(f"clients: {conns} long-lived keep-alive connections and 40 new connections/s from "
+        f"{res['clients']} addresses to {T.VIP}:80, through the router")
+    load = Load(lab, vip=T.VIP, conns=conns, new_rate=40).start()
+    t0 = time.time()
+    time.sleep(10)                              # the measuring window
+    t1 = time.time()
+    syns = {n: [t for t in c.times(SYNS) if t0 <= t < t1] for n, c in caps.items()}
+    for c in caps.values():
+        c.stop()
+    total = sum(len(v) for v in syns.values())
+    res["lb_new_connections"] = {n: len(v) for n, v in syns.items()}
+    res["lb_share"] = {n: round(len(v) / total, 4) if total else 0.0 for n, v in syns.items()}
+    res["dsr_replies_via_lb_by_lb"] = {n: len(c.times(REPLIES_V4)) for n, c in caps.items()}
+    res["dsr_replies_via_lb"] = sum(res["dsr_replies_via_lb_by_lb"].values())
+    res["dsr_replies_at_router"] = cap_rt.stop()
+    res["edge_share"] = load.share(t0, t1)
+    res["long_lived_by_edge"] = load.conns_by_edge()
+    res["new_connections_window"] = len(load.new(t0, t1))
+
+    # 3: an edge fails, seen by every appliance
+    victim = lab.edges[edge_names[1]]
+    say(f"killing nginx on {victim.name}")
+    t_kill = victim.kill()
+    marks.append((t_kill, f"{victim.name} killed"))
+    detect = {}
+    for a in lab.appliances.values():
+        t = when(lambda: lab.edge_health(a).get(victim.name) == "down", 30)
+        detect[a.name] = round(t - t_kill, 3) if t else None
+    time.sleep(2)
+    broken: dict[str, int] = {}
+    for c in load.broken():
+        broken[c["edge"]] = broken.get(c["edge"], 0) + 1
+    t_down = t_kill + max((v for v in detect.values() if v is not None), default=0)
+    t_fix = time.time()
+    victim.start()
+    rejoin = {}
+    for a in lab.appliances.values():
+        t = when(lambda: lab.edge_health(a).get(victim.name) == "up", 30)
+        rejoin[a.name] = round(t - t_fix, 3) if t else None
+    marks.append((t_fix, f"{victim.name} back"))
+    res["edge_failure"] = {"edge": victim.name, "appliances": len(lbs), "detect_s": detect, "rejoin_s": rejoin,
+                           "broken_by_edge": broken,
+                           "new_to_it_after_detection": sum(1 for e in load.new(t_down + 0.5, t_fix)
+                                                            if e["edge"] == victim.name)}
+    time.sleep(2)
+
+    # 4: an appliance drained: BGP withdraw, no new connections on it, its established ones go on elsewhere
+    drained = lab.appliances[lbs[-1]]
+    say(f"draining appliance {drained.name} (pydpctl appliance drain)")
+    cap = Capture(lab, f"p{drained.name}", out / f"drain-lb{drained.name}.pcap", SYNS)
+    broken_before = {c["id"] for c in load.broken()}
+    t_drain = time.time()
+    p = drained.pydpctl("appliance", "drain", check=False)
+    if p.returncode == 0:
+        others = [s.addr for s in lab.topo.appliance_specs if s.name != drained.name]
+        t_w = when(lambda: lab.router.nexthops(T.VIP) == others, 30)
+        marks.append((t_drain, f"LB {drained.name} drained"))
+        time.sleep(5)                           # a window of new connections while it is drained
+        t_end = time.time()
+        syn_times = [t for t in cap.times() if (t_w or t_drain) + 0.5 <= t < t_end]
+        drained.pydpctl("appliance", "undrain", check=False)
+        t_back = when(lambda: len(lab.router.nexthops(T.VIP)) == len(lbs), 30)
+        res["lb_drain"] = {"lb": drained.name, "withdrawn_s": round(t_w - t_drain, 3) if t_w else None,
+                           "new_connections_to_it_while_drained": len(syn_times),
+                           "connections_broken_while_drained": len({c["id"] for c in load.broken()}
+                                                                   - broken_before),
+                           "back_s": round(t_back - t_end, 3) if t_back else None}
+    else:
+        res["lb_drain"] = {"lb": drained.name, "error": (p.stderr or p.stdout).strip()[-300:]}
+    cap.stop()
+    time.sleep(2)
+
+    # 5: an appliance SIGKILLed under load (every process: data plane, pydp-control, BIRD)
+    victim_lb = lab.appliances[lbs[1]]
+    vaddr = next(s.addr for s in lab.topo.appliance_specs if s.name == victim_lb.name)
+    open_rows = [c for c in load.open_conns() if c["id"] not in {b["id"] for b in load.broken()}]
+    via = dict(zip([c["id"] for c in open_rows], ecmp_hops(lab, open_rows)))
+    alive = {c["id"] for c in open_rows}
+    say(f"killing appliance {victim_lb.name} (SIGKILL: data plane, pydp-control, BIRD) under load")
+    t_dead = lab.kill_appliance(victim_lb)
+    marks.append((t_dead, f"LB {victim_lb.name} killed"))
+    t_route = when(lambda: vaddr not in lab.router.nexthops(T.VIP), 30)
+    time.sleep(8)                               # every connection makes requests through the survivors
+    summary = load.stop()
+    check = load.byte_check()
+    by_id = {r["id"]: r for r in check["rows"]}
+    lost = [e for e in load.new(t_dead - 1.0) if e.get("err") or (e.get("connect_s") or 0) > 0.9]
+    survived = [i for i in alive if by_id.get(i, {}).get("equal") and by_id[i]["broken"] is None]
+    res["lb_failure"] = {
+        "lb": victim_lb.name, "reroute_s": round(t_route - t_dead, 3) if t_route else None,
+        "route_after": lab.router.nexthops(T.VIP),
+        "connections_alive_at_kill": len(alive),
+        "connections_through_it": sum(1 for i in alive if via.get(i) == victim_lb.name),
+        "connections_survived": len(survived),
+        "connections_through_it_survived": sum(1 for i in survived if via.get(i) == victim_lb.name),
+        "new_connections_first_syn_lost": len(lost),
+        "last_lost_syn_after_s": round(max(e["t"] for e in lost) - t_dead, 3) if lost else None}
+    res["connections_total"] = len(summary["conns"])
+    res["new_connections"] = summary["new_connections"]
+    res["byte_counts_equal"] = check["equal"]
+    plot_share(load, t0, marks, out / "edge-share.png", say)
+    return res
+
+
+def scaleout_report(res: dict) -> str:
+    n = len(res["lbs"])
+    b = res["bgp"]
+    lines = ["pydp-lab demo --scale-out", "=========================", "",
+             f"{n} appliances ({', '.join(res['lbs'])}) announce cluster web ({T.VIP}) over BGP to the router "
+             f"({b['engine']} {b.get('version') or b['router']['version']}, BFD {'on' if b['bfd'] else 'off'}); "
+             f"the router spreads the clients with ECMP (L4 hash).",
+             f"Edges {', '.join(res['edges'])}; {res['clients']} client addresses; {res['connections_total']} "
+             f"long-lived connections, {res['new_connections']} new ones.",
+             "", "1. Spread of new connections, 10 s window:", "",
+             "   appliance  share   new connections (SYNs on its port)"]
+    for lb in res["lbs"]:
+        lines.append(f"   {lb:<10} {res['lb_share'].get(lb, 0.0):6.1%}   {res['lb_new_connections'].get(lb, 0)}")
+    lines += ["", f"   even would be {1 / n:.1%} each", "", "   edge   share   long-lived connections"]
+    for e in res["edges"]:
+        lines.append(f"   {e:<6} {res['edge_share'].get(e, 0.0):6.1%}   {res['long_lived_by_edge'].get(e, 0)}")
+    lines += ["", "2. Direct Server Return:",
+              f"   reply packets crossing any appliance's port (tcpdump on each): {res['dsr_replies_via_lb']} "
+              f"{res['dsr_replies_via_lb_by_lb']}",
+              f"   reply packets the edges sent to the router (to the clients): {res['dsr_replies_at_router']}"]
+    ef = res["edge_failure"]
+    lines += ["", f"3. Edge failure ({ef['edge']} killed, {ef['appliances']} appliances checking):",
+              f"   detected in {ef['detect_s']} s; back in {ef['rejoin_s']} s after nginx restarted",
+              f"   connections broken, by edge: {ef['broken_by_edge'] or 'none'}; new connections to it once out: "
+              f"{ef['new_to_it_after_detection']}"]
+    d = res["lb_drain"]
+    if "error" in d:
+        lines += ["", f"4. Appliance drain: not run ({d['error']})"]
+    else:
+        lines += ["", f"4. Appliance {d['lb']} drained (BGP withdraw):",
+                  f"   the router dropped it after {d['withdrawn_s']} s; new connections to it while drained: "
+                  f"{d['new_connections_to_it_while_drained']}; connections broken meanwhile: "
+                  f"{d['connections_broken_while_drained']}; back {d['back_s']} s after undrain"]
+    f = res["lb_failure"]
+    lines += ["", f"5. Appliance {f['lb']} SIGKILLed under load:",
+              f"   the router's route dropped it after {f['reroute_s']} s (BFD); route now via "
+              f"{', '.join(f['route_after'])}",
+              f"   new connections whose first SYN was lost: {f['new_connections_first_syn_lost']} (the last one "
+              f"started {f['last_lost_syn_after_s']} s after the kill)",
+              f"   long-lived connections: {f['connections_survived']} of {f['connections_alive_at_kill']} alive at "
+              f"the kill survived ({f['connections_through_it_survived']} of the {f['connections_through_it']} "
+              f"that went through {f['lb']}); byte counts equal for {res['byte_counts_equal']} of "
+              f"{res['connections_total']}"]
+    lines += ["", f"Run time {res['run_s']} s."]
+    return "\n".join(lines) + "\n"

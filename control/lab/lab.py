@@ -21,6 +21,8 @@ from pathlib import Path
 
 from control.lab import topology as T
 from control.lab.appliance import Appliance, Pair
+from control.lab.router import Router
+from control.lab.topology import Topology
 from control.lab.net import (bridge, bridge_host, full_checksums, kernel_ignores, ns_run, run, terminate, veth,
                              eventually)
 
@@ -67,6 +69,9 @@ class Edge:
         full_checksums(self.ns, "eth0")
         enable_ipv6(self.ns, "eth0", [f"{s.ip6}/64"])
         prepare_edge(self.ns, lab.topo.vips(), self.dir / "bootstrap")
+        if lab.topo.scale_out:
+            # DSR replies to the clients (behind the router) go to the router, never through an appliance
+            ns_run(self.ns, "ip", "route", "add", "default", "via", T.ROUTER_ADDR)
         (self.dir / "nginx.conf").write_text(T.nginx_conf(s.name, str(self.dir)))
         self.start()
 
@@ -78,6 +83,8 @@ class Edge:
                                           stdout=subprocess.DEVNULL, stderr=err, start_new_session=True)
         self.lab.record("pids", self.nginx.pid)
         binds = [f"{T.VIP}:{T.UDP_PORT}", f"[{T.VIP6}]:{T.UDP_PORT}", f"{T.VIP_IPSEC}:500", f"{T.VIP_IPSEC}:4500"]
+        if self.lab.topo.scale_out:
+            binds = binds[:1]                 # the scale-out lab has cluster web only
         if self.echo is None or self.echo.poll() is not None:
             with open(self.dir / "udpecho.out", "a") as err:
                 self.echo = subprocess.Popen(["ip", "netns", "exec", self.ns, sys.executable, "-P", "-m",
@@ -142,6 +149,7 @@ class Lab(Pair):
         self.edges: dict[str, Edge] = {}
         self.appliances: dict[str, Appliance] = {}
         self.web_sockets: list = []             # the admin pages' listening sockets on this host's loopback
+        self.router: Router | None = None       # the scale-out lab's upstream router
 
     # ---- state file ----
 
@@ -169,7 +177,8 @@ class Lab(Pair):
             raise LabError("nginx is not installed: run scripts/setup.sh (it installs nginx-light)")
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.state = {"name": topo.name, "edges": topo.edges, "clients": topo.clients, "run_dir": str(self.run_dir),
-                      "started": time.time(), "namespaces": [], "pids": [], "sockets": {}, "ready": False}
+                      "scale_out": topo.scale_out, "started": time.time(), "namespaces": [], "pids": [],
+                      "sockets": {}, "ready": False}
         self.save()
         try:
             self._build(log)
@@ -182,6 +191,8 @@ class Lab(Pair):
 
     def _build(self, log) -> None:
         topo = self.topo
+        if topo.scale_out:
+            return self._build_scaleout(log)
         log(f"switch {topo.sw_ns}: bridge br0")
         for ns in (topo.sw_ns, topo.client_ns):
             run("ip", "netns", "add", ns)
@@ -229,6 +240,102 @@ class Lab(Pair):
         log("waiting for the health checks to bring every edge up")
         self.wait_edges_up(self.a, 30)
 
+    def _build_scaleout(self, log) -> None:
+        """The scale-out lab (topology.py): router, clients behind it, edges, N appliances announcing over BGP."""
+        topo = self.topo
+        specs = topo.appliance_specs
+        log(f"switch {topo.sw_ns}: bridges br0 (segment) and br1 (management)")
+        for ns in (topo.sw_ns, topo.router_ns, topo.client_ns):
+            run("ip", "netns", "add", ns)
+            self.record("namespaces", ns)
+            ns_run(ns, "ip", "link", "set", "lo", "up")
+        bridge(topo.sw_ns)
+        bridge(topo.sw_ns, "br1")
+        log(f"router {topo.router_ns}: {T.ROUTER_ADDR} on the segment, {T.CLIENT_GW} to the clients, ECMP with "
+            "the L4 hash (fib_multipath_hash_policy=1)")
+        bridge_host(topo.sw_ns, "br0", topo.router_ns, "pr", mac="02:00:00:00:04:01", addr=f"{T.ROUTER_ADDR}/24")
+        full_checksums(topo.router_ns, "eth0")          # its BGP and BFD packets reach the appliances via af_packet
+        veth(topo.router_ns, "eth1", "eth0", topo.client_ns, mac_a="02:00:00:00:04:02", mac_b="02:00:00:00:03:01")
+        run("ip", "-n", topo.router_ns, "addr", "add", f"{T.CLIENT_GW}/24", "dev", "eth1")
+        ns_run(topo.router_ns, "sysctl", "-qw", "net.ipv4.ip_forward=1", "net.ipv4.fib_multipath_hash_policy=1",
+               "net.ipv4.conf.all.rp_filter=0", "net.ipv4.conf.default.rp_filter=0")
+        log(f"clients {topo.client_ns}: {len(topo.client_ips())} addresses behind the router")
+        full_checksums(topo.client_ns, "eth0")
+        batch = "".join(f"addr add {ip}/24 dev eth0\n" for ip in topo.client_ips())
+        batch += f"route add default via {T.CLIENT_GW}\n"
+        run("ip", "-n", topo.client_ns, "-batch", "-", input=batch)
+        for spec in topo.edge_specs:
+            log(f"edge {spec.name}: nginx on {spec.ip}, cluster IP on lo, default route via the router")
+            self.add_edge_ns(spec)
+        web_args = self._admin_pages(log)
+        for spec in specs:
+            ns = spec.ns(topo.name)
+            run("ip", "netns", "add", ns)
+            self.record("namespaces", ns)
+            ns_run(ns, "ip", "link", "set", "lo", "up")
+            bridge_host(topo.sw_ns, "br0", ns, f"p{spec.name}", ifname="lb0", mac=spec.mac)
+            kernel_ignores(ns, "lb0")
+            bridge_host(topo.sw_ns, "br1", ns, f"m{spec.name}", ifname="mg0", addr=f"{spec.mgmt}/24")
+            workdir = self.run_dir / f"lb{spec.name}"
+            workdir.mkdir(parents=True, exist_ok=True)
+            a = Appliance(spec.name, ns, workdir, topo.scaleout_text(spec, str(workdir)), mac=spec.mac,
+                          addr=spec.addr, advskew=0, metrics="127.0.0.1:9470", cluster="web", vip=T.VIP,
+                          shm=topo.shm(spec.name), **web_args[spec.name])
+            self.appliances[spec.name] = a
+        self.router = Router(topo.router_ns, self.run_dir / "router",
+                             {f"lb{s.name}": s.addr for s in specs})
+        log(f"router: BIRD {self.router.version()}, BGP (AS {T.ROUTER_AS}) with BFD to every appliance "
+            f"(AS {T.APPLIANCE_AS})")
+        self.record("pids", self.router.start())
+        for a in self.appliances.values():
+            log(f"appliance {a.name} ({a.ns}): pydp-dataplane on lb0 (af_packet), pydp-control with [bgp]")
+            a.start()
+            self.record("pids", a.dp.proc.pid)
+            self.record("pids", a.ctl.proc.pid)
+            self.state["sockets"][a.name] = a.ctl.socket
+            self.save()
+        log("waiting for the health checks and for the router's ECMP route over every appliance")
+        for a in self.appliances.values():
+            self.wait_edges_up(a, 30)
+        self.wait_route([s.addr for s in specs], 60)
+
+    def wait_route(self, hops: list[str], timeout: float) -> float:
+        """Waits until the router's route to the cluster IP has exactly these next hops; returns the seconds."""
+        t0 = time.monotonic()
+        want = sorted(hops, key=lambda a: tuple(int(x) for x in a.split(".")))
+        eventually(lambda: self.router.nexthops(T.VIP) == want, timeout,
+                   lambda: f"the router's route to {T.VIP} via {want}: {self.router.nexthops(T.VIP)}; "
+                           f"sessions {self.router.sessions()}", interval=0.05)
+        return time.monotonic() - t0
+
+    def kill_appliance(self, a: Appliance) -> float:
+        """SIGKILL every process of appliance a at once (data plane, pydp-control, its BIRD): as if it lost
+        power. Returns the wall-clock time of the kill."""
+        pids = set(ns_pids(a.ns)) | set(a.pids())
+        t = time.time()
+        for p in pids:
+            try:
+                os.kill(p, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        for p in (a.dp.proc, a.ctl.proc):
+            if p is not None:
+                p.wait(10)
+        return t
+
+    def restart_appliance(self, a: Appliance, timeout: float = 60) -> None:
+        """After kill_appliance (or with it running): start it again and wait until the router routes to it."""
+        a.restart()
+        self.record("pids", a.dp.proc.pid)
+        self.record("pids", a.ctl.proc.pid)
+        self.state["sockets"][a.name] = a.ctl.socket
+        self.save()
+        self.wait_edges_up(a, 30)
+        self.wait_route([x.addr for x in self.topo.appliance_specs], timeout)
+
+    def appliance_by_addr(self, addr: str) -> Appliance:
+        return next(self.appliances[s.name] for s in self.topo.appliance_specs if s.addr == addr)
+
     def _admin_pages(self, log) -> dict:
         """Each appliance's admin page on this host's loopback (127.0.0.1:8470 for A, 8471 for B, else a free
         port): the lab binds the socket here and pydp-control, in its namespace, serves on it (--http fd:N). One
@@ -243,7 +350,7 @@ class Lab(Pair):
         password = secrets.token_urlsafe(12)
         auth.set_entry(users, "admin", "admin", auth.hash_password(password))
         out, web = {}, {"user": "admin", "password": password}
-        for i, spec in enumerate(T.APPLIANCES):
+        for i, spec in enumerate(self.topo.appliance_specs):
             try:
                 sock = socket.create_server(("127.0.0.1", 8470 + i))
             except OSError:
@@ -252,7 +359,8 @@ class Lab(Pair):
             web[spec.name] = f"http://127.0.0.1:{sock.getsockname()[1]}/"
             out[spec.name] = {"control_args": ["--http", f"fd:{sock.fileno()}", "--http-users", users],
                               "pass_fds": (sock.fileno(),)}
-        log(f"admin pages: A {web['A']}, B {web['B']} (user admin)")
+        log("admin pages: " + ", ".join(f"{s.name} {web[s.name]}" for s in self.topo.appliance_specs)
+            + " (user admin)")
         self.state["web"] = web
         self.save()
         return out
@@ -276,6 +384,8 @@ class Lab(Pair):
         """Stops what this process started, then sweeps everything named after the lab (teardown)."""
         for a in self.appliances.values():
             a.stop()
+        if self.router is not None:
+            self.router.stop()
         for sock in self.web_sockets:
             sock.close()
         for e in self.edges.values():
@@ -402,9 +512,20 @@ def status(name: str, run_root: Path = RUN_ROOT) -> dict:
         except (ConnectionError, OSError) as e:
             out["appliances"][aname] = {"running": False, "error": str(e)}
             continue
+        bgp = st.get("bgp") or {}
         out["appliances"][aname] = {
             "running": True, "socket": sock, "dataplane_up": st["dataplane_up"],
-            "clusters": {c["name"]: {"carp": c["carp"]["local"], "cluster_ip": c.get("cluster_ip"),
+            "clusters": {c["name"]: {"failover": c.get("failover", "carp"),
+                                     "carp": (c.get("carp") or {}).get("local"),
+                                     "announced": ((bgp.get("clusters") or {}).get(c["name"]) or {}).get("announced"),
+                                     "cluster_ip": c.get("cluster_ip"),
                                      "edges": {e["name"]: e["health"] for e in c["edges"]}}
                          for c in st["clusters"]}}
+        if bgp:
+            out["appliances"][aname]["bgp_sessions"] = [{k: s.get(k) for k in ("peer", "state", "bfd")}
+                                                        for s in bgp.get("sessions", [])]
+    if state.get("scale_out") and out["up"]:
+        specs = Topology(name, state.get("edges", 3), state.get("clients", 32), state["scale_out"]).appliance_specs
+        r = Router(f"{name}-rt", run_dir / "router", {f"lb{s.name}": s.addr for s in specs})
+        out["router"] = {"namespace": f"{name}-rt", "sessions": r.sessions(), "route": {T.VIP: r.nexthops(T.VIP)}}
     return out
