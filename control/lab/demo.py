@@ -250,7 +250,10 @@ def run(topo: T.Topology, out: Path, json_path: Path | None, conns: int, say=pri
 # the clients over them (ECMP, L4 hash), flow sync runs among all of them.
 
 REPLIES_V4 = f"ip src {T.VIP} and tcp src port {T.HTTP_PORT}"
-SYNS = f"ip dst {T.VIP} and tcp dst port {T.HTTP_PORT} and tcp[tcpflags] & (tcp-syn|tcp-ack) == tcp-syn"
+# the SYNs the router sent (an appliance's port also carries the same SYN forwarded on to an edge: its source MAC is
+# the appliance's)
+SYNS = (f"ether src {T.ROUTER_MAC} and ip dst {T.VIP} and tcp dst port {T.HTTP_PORT} and "
+        "tcp[tcpflags] & (tcp-syn|tcp-ack) == tcp-syn")
 LB_PORT = f"({REPLIES_V4}) or ({SYNS})"
 
 
