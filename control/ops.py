@@ -145,6 +145,11 @@ OPS: dict[str, Op] = {op.name: op for op in (
     Op("set_edge_state", (_CLUSTER, _EDGE, _p("state", str, "active, draining or disabled",
                                               choices=("active", "draining", "disabled"))),
        True, 1, "set_edge_state", "drain, undrain, disable or enable an edge"),
+    Op("get_bgp", (_p("include_secrets", bool, "include BGP peer passwords (never over HTTP)", required=False,
+                      default=False),), False, 1, "get_bgp", "the [bgp] section ({} when there is none)"),
+    Op("set_bgp", (_p("bgp", dict, "the [bgp] keys to set (peer replaces the list of peers)"),), True, 1,
+       "set_bgp", "create or change the [bgp] section (BGP announcement of the bgp clusters)"),
+    Op("remove_bgp", (), True, 1, "remove_bgp", "remove the [bgp] section (no cluster may use failover bgp)"),
     Op("import_text", (_p("text", str, "a whole appliance TOML file"),
                        _p("source", str, "the file's name, for error messages", required=False, default="<import>"),
                        _p("keep_passphrases", bool, "clusters imported without a passphrase keep the stored one",
@@ -242,7 +247,8 @@ def call(store: Store, name: str, args: Any = None, *, via: str, user: str,
         raise ValueError(f"via must be one of {VIAS}")
     kwargs = check_args(op, args)
     if kwargs.get("include_secrets") and via not in op.secrets_via:
-        raise OpError("forbidden", f"include_secrets: CARP passphrases are never given out over {via}",
+        raise OpError("forbidden", f"include_secrets: secrets (CARP passphrases, BGP passwords) are never given "
+                                   f"out over {via}",
                       "include_secrets")
     if if_match is not None and (isinstance(if_match, bool) or not isinstance(if_match, int)):
         raise OpError("bad_request", f"if_match: must be a revision number, got {_json_type(if_match)}", "if_match")

@@ -105,14 +105,19 @@ MIGRATIONS: list[tuple[str, tuple[str, ...] | Callable[[sqlite3.Connection], Non
            )""",
         "CREATE INDEX history_by_revision ON history (revision)",
     )),
+    ("failover of clusters (carp or bgp) and the [bgp] section", (
+        "ALTER TABLE clusters ADD COLUMN failover TEXT NOT NULL DEFAULT 'carp'",
+        "ALTER TABLE appliance ADD COLUMN bgp TEXT NOT NULL DEFAULT '{}'",   # JSON: the [bgp] table ({} = none)
+    )),
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 MUTATING = frozenset({
     "add_cluster", "edit_cluster", "delete_cluster", "duplicate_cluster", "set_cluster_enabled",
-    "add_edge", "edit_edge", "remove_edge", "set_edge_state", "import_text",
+    "add_edge", "edit_edge", "remove_edge", "set_edge_state", "import_text", "set_bgp", "remove_bgp",
 })
-READ_ONLY = frozenset({"list_clusters", "get_cluster", "export_text", "revision", "drain_times", "history"})
+READ_ONLY = frozenset({"list_clusters", "get_cluster", "export_text", "revision", "drain_times", "history",
+                       "get_bgp"})
 HISTORY_KEEP = 10000            # history rows kept (the oldest go first)
 SECRET_KEYS = frozenset({"passphrase", "key", "secret", "password", "token", "sync_key"})
 
@@ -253,7 +258,8 @@ def _find_edge(cluster: dict, name: Any) -> dict:
 def _free_vhid(doc: dict, exclude: dict | None = None) -> int:
     """The lowest CARP vhid no other cluster in mode 'cluster' uses."""
     used = {c["carp"].get("vhid") for c in doc["cluster"]
-            if c is not exclude and c.get("mode") == "cluster" and isinstance(c.get("carp"), dict)}
+            if c is not exclude and c.get("mode") == "cluster" and c.get("failover", "carp") != "bgp"
+            and isinstance(c.get("carp"), dict)}
     return next((v for v in range(1, 256) if v not in used), 1)
 
 
@@ -443,22 +449,25 @@ class Store:
 
     def _load(self, c: sqlite3.Connection) -> dict:
         """The whole stored configuration as a pydp.config.to_dict()-shaped dict, secrets included."""
-        row = c.execute("SELECT dataplane, ports, sync FROM appliance WHERE id = 1").fetchone()
+        row = c.execute("SELECT dataplane, ports, sync, bgp FROM appliance WHERE id = 1").fetchone()
         defaults = config.to_dict(config.ApplianceConfig())
         if row:
             dataplane, ports, sync = json.loads(row[0]), json.loads(row[1]), json.loads(row[2]) or defaults["sync"]
+            bgp = json.loads(row[3])
         else:
-            dataplane, ports, sync = defaults["dataplane"], [], defaults["sync"]
+            dataplane, ports, sync, bgp = defaults["dataplane"], [], defaults["sync"], {}
         clusters: list[dict] = []
         by_id: dict[int, dict] = {}
-        for (cid, name, cluster_ip, enabled, mode, dsr, ipsec, maglev_size, drain_timeout, carp, health) in c.execute(
+        for (cid, name, cluster_ip, enabled, mode, dsr, ipsec, maglev_size, drain_timeout, failover, carp,
+             health) in c.execute(
                 "SELECT id, name, cluster_ip, enabled, mode, dsr, ipsec_local_termination, maglev_size, "
-                "drain_timeout, carp, health FROM clusters ORDER BY position, id"):
+                "drain_timeout, failover, carp, health FROM clusters ORDER BY position, id"):
             cd: dict[str, Any] = {"name": name, "cluster_ip": cluster_ip, "enabled": bool(enabled), "mode": mode,
                                   "dsr": dsr, "ipsec_local_termination": bool(ipsec)}
             if maglev_size is not None:
                 cd["maglev_size"] = maglev_size
             cd["drain_timeout"] = drain_timeout
+            cd["failover"] = failover
             cd["carp"] = json.loads(carp)
             cd["health"] = json.loads(health)
             cd["edge"] = []
@@ -467,20 +476,24 @@ class Store:
         for (cid, name, ip, mac, weight, state) in c.execute(
                 "SELECT cluster_id, name, ip, mac, weight, state FROM edges ORDER BY cluster_id, position, id"):
             by_id[cid]["edge"].append({"name": name, "ip": ip, "mac": mac, "weight": weight, "state": state})
-        return {"dataplane": dataplane, "port": ports, "cluster": clusters, "sync": sync}
+        doc = {"dataplane": dataplane, "port": ports, "cluster": clusters, "sync": sync}
+        if bgp:
+            doc["bgp"] = bgp
+        return doc
 
     def _save(self, c: sqlite3.Connection, doc: dict) -> None:
-        c.execute("INSERT OR REPLACE INTO appliance (id, dataplane, ports, sync) VALUES (1, ?, ?, ?)",
-                  (json.dumps(doc["dataplane"]), json.dumps(doc["port"]), json.dumps(doc.get("sync") or {})))
+        c.execute("INSERT OR REPLACE INTO appliance (id, dataplane, ports, sync, bgp) VALUES (1, ?, ?, ?, ?)",
+                  (json.dumps(doc["dataplane"]), json.dumps(doc["port"]), json.dumps(doc.get("sync") or {}),
+                   json.dumps(doc.get("bgp") or {})))
         c.execute("DELETE FROM edges")
         c.execute("DELETE FROM clusters")
         for i, cd in enumerate(doc["cluster"]):
             cid = c.execute(
                 "INSERT INTO clusters (position, name, cluster_ip, enabled, mode, dsr, ipsec_local_termination, "
-                "maglev_size, drain_timeout, carp, health) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "maglev_size, drain_timeout, failover, carp, health) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (i, cd["name"], cd["cluster_ip"], int(cd["enabled"]), cd["mode"], cd["dsr"],
                  int(cd["ipsec_local_termination"]), cd.get("maglev_size"), cd.get("drain_timeout", 0),
-                 json.dumps(cd["carp"]), json.dumps(cd["health"]))).lastrowid
+                 cd.get("failover", "carp"), json.dumps(cd["carp"]), json.dumps(cd["health"]))).lastrowid
             c.executemany(
                 "INSERT INTO edges (cluster_id, position, name, ip, mac, weight, state) VALUES (?, ?, ?, ?, ?, ?, ?)",
                 [(cid, j, e["name"], e["ip"], e["mac"], e["weight"], e["state"]) for j, e in enumerate(cd["edge"])])
@@ -615,7 +628,7 @@ class Store:
 
         def change(doc: dict) -> Any:
             _check_new_name(doc, new.get("name"))
-            if new.get("mode", "cluster") == "cluster":
+            if new.get("mode", "cluster") == "cluster" and new.get("failover", "carp") != "bgp":
                 carp = new.setdefault("carp", {})
                 if isinstance(carp, dict) and "vhid" not in carp:
                     carp["vhid"] = _free_vhid(doc)
@@ -635,6 +648,7 @@ class Store:
         def change(doc: dict) -> Any:
             cur = _find(doc, name)
             old_mode = cur["mode"]
+            old_failover = cur.get("failover", "carp")
             for key, value in changes.items():
                 if key == "carp" and isinstance(value, dict):
                     if value.get("passphrase") and "passphrase_file" not in value:
@@ -655,9 +669,11 @@ class Store:
             # A standalone cluster made a production one: give it a free vhid unless one was chosen.
             carp = cur.get("carp")
             vhid_given = isinstance(changes.get("carp"), dict) and "vhid" in changes["carp"]
-            if old_mode == "standalone" and cur.get("mode") == "cluster" and isinstance(carp, dict) and not vhid_given:
-                taken = any(c is not cur and c["mode"] == "cluster" and c["carp"]["vhid"] == carp.get("vhid")
-                            for c in doc["cluster"])
+            to_carp = (old_mode == "standalone" or old_failover == "bgp") and cur.get("mode") == "cluster" \
+                and cur.get("failover", "carp") != "bgp"
+            if to_carp and isinstance(carp, dict) and not vhid_given:
+                taken = any(c is not cur and c["mode"] == "cluster" and c.get("failover", "carp") != "bgp"
+                            and c["carp"]["vhid"] == carp.get("vhid") for c in doc["cluster"])
                 if taken:
                     carp["vhid"] = _free_vhid(doc, exclude=cur)
             return cur.get("name")
@@ -680,7 +696,7 @@ class Store:
             new["cluster_ip"] = cluster_ip
             if vhid is not None:
                 new["carp"]["vhid"] = vhid
-            elif new["mode"] == "cluster":
+            elif new["mode"] == "cluster" and new.get("failover", "carp") != "bgp":
                 new["carp"]["vhid"] = _free_vhid(doc)
             doc["cluster"].append(new)
             return new_name
@@ -736,6 +752,47 @@ class Store:
         """active: gets new flows; draining: keeps its flows, gets no new ones; disabled: no traffic."""
         return self.edit_edge(cluster, edge, {"state": state})
 
+    # -- the [bgp] section --
+
+    def get_bgp(self, include_secrets: bool = False) -> dict:
+        """The [bgp] section as a dict ({} when there is none). Peer passwords are left out unless include_secrets;
+        each peer's "password_set" says whether one is set."""
+        bgp = copy.deepcopy(self._read().get("bgp") or {})
+        for p in bgp.get("peer", []):
+            p["password_set"] = bool(p.get("password"))
+            if not include_secrets:
+                p.pop("password", None)
+        return bgp
+
+    @_recorded
+    def set_bgp(self, bgp: dict) -> dict:
+        """Creates or changes the [bgp] section: each key given replaces the stored value ("peer" replaces the
+        whole list of peers; a peer given without a password keeps the one stored for the same address).
+        Returns the section as get_bgp() does."""
+        changes = _require_dict(bgp, "bgp")
+
+        def change(doc: dict) -> None:
+            cur = doc.get("bgp") or {}
+            if "peer" in changes and isinstance(changes["peer"], list):
+                old = {p.get("address"): p for p in cur.get("peer", [])}
+                for p in changes["peer"]:
+                    if isinstance(p, dict):
+                        p.pop("password_set", None)
+                        was = old.get(p.get("address"))
+                        if "password" not in p and was and was.get("password"):
+                            p["password"] = was["password"]
+            cur.update(changes)
+            doc["bgp"] = cur
+        self._mutate(change)
+        return self.get_bgp()
+
+    @_recorded
+    def remove_bgp(self) -> None:
+        """Removes the [bgp] section (refused while a cluster has failover = "bgp")."""
+        def change(doc: dict) -> None:
+            doc.pop("bgp", None)
+        self._mutate(change)
+
     # -- the whole configuration --
 
     @_recorded
@@ -755,6 +812,12 @@ class Store:
 
         def change(doc: dict) -> None:
             nonlocal kept
+            old_peers = {p["address"]: p for p in (doc.get("bgp") or {}).get("peer", [])}
+            for p in (new.get("bgp") or {}).get("peer", []):
+                was = old_peers.get(p["address"])
+                if keep_passphrases and was and not p["password"] and was.get("password"):
+                    p["password"] = was["password"]
+                    kept += 1
             old = {c["name"]: c["carp"] for c in doc["cluster"]}
             for c in new["cluster"]:
                 carp, was = c["carp"], old.get(c["name"])

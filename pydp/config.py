@@ -33,7 +33,7 @@ from pydp import device as pdevice
 
 __all__ = [
     "ApplianceConfig", "DataplaneConfig", "Timeouts", "IpipConfig", "PortConfig", "ClusterConfig", "CarpConfig",
-    "HealthConfig", "EdgeConfig", "ConfigError", "load", "loads", "from_dict", "to_dict", "dumps", "dump",
+    "HealthConfig", "EdgeConfig", "BgpConfig", "BgpPeerConfig", "ConfigError", "load", "loads", "from_dict", "to_dict", "dumps", "dump",
     "validate", "write_atomic", "parse_lcores", "is_prime",
 ]
 
@@ -60,6 +60,8 @@ MAX_DRAIN_TIMEOUT_S = 7 * 86400   # a cluster's drain_timeout: a week at most
 
 DSR_MODES = ("l2", "ipip")
 CLUSTER_MODES = ("cluster", "standalone")
+FAILOVER_MODES = ("carp", "bgp")
+BGP_ENGINES = ("bird",)
 HEALTH_TYPES = ("tcp", "http", "https", "icmp", "none")
 EDGE_STATES = ("active", "draining", "disabled")
 
@@ -317,6 +319,7 @@ class ClusterConfig:
     ipsec_local_termination: bool = False
     maglev_size: int | None = None      # after loading: always the effective size (dataplane default resolved)
     drain_timeout: float = 0.0          # seconds a draining edge keeps its flows; 0 = until they end
+    failover: str = "carp"              # carp: active-passive (CARP); bgp: active-active, announced over BGP
     carp: CarpConfig = field(default_factory=CarpConfig)
     health: HealthConfig = field(default_factory=HealthConfig)
     edges: list[EdgeConfig] = field(default_factory=list)
@@ -339,11 +342,40 @@ class SyncConfig:
 
 
 @dataclass
+class BgpPeerConfig:
+    """One [[bgp.peer]]: an upstream router this appliance keeps a BGP session with ("as" in the file)."""
+    address: ipaddress.IPv4Address | ipaddress.IPv6Address
+    asn: int
+    port: int = 179
+    source: ipaddress.IPv4Address | ipaddress.IPv6Address | None = None     # None: chosen by the kernel
+    password: str = ""                  # TCP MD5 signature key; "" = none
+
+
+@dataclass
+class BgpConfig:
+    """[bgp]: how the routing engine announces the bgp clusters' addresses (docs/bgp.md)."""
+    local_as: int
+    router_id: ipaddress.IPv4Address
+    engine: str = "bird"
+    hold_time: int = 9                  # seconds: 0 (no keepalives) or 3..65535
+    next_hop: ipaddress.IPv4Address | ipaddress.IPv6Address | None = None   # None: the session's local address
+    communities: list[str] = field(default_factory=list)                    # "ASN:VALUE", standard communities
+    bfd: bool = True
+    bfd_interval_ms: int = 100
+    bfd_multiplier: int = 3
+    drain_timeout: float = 30.0         # seconds established flows keep going after a drain's or a stop's withdraw
+    socket: str = "/run/pydp/bird.ctl"
+    config_path: str = "/run/pydp/bird.conf"
+    peers: list[BgpPeerConfig] = field(default_factory=list)
+
+
+@dataclass
 class ApplianceConfig:
     dataplane: DataplaneConfig = field(default_factory=DataplaneConfig)
     ports: list[PortConfig] = field(default_factory=list)
     clusters: list[ClusterConfig] = field(default_factory=list)
     sync: SyncConfig = field(default_factory=SyncConfig)
+    bgp: BgpConfig | None = None        # None: no [bgp] section
 
 
 # ---- converters (first pass): each returns the converted value or raises _Bad(reason) ----
@@ -553,6 +585,49 @@ def _c_prefix(version: int) -> Conv:
     return conv
 
 
+def _c_router_id(v: Any) -> ipaddress.IPv4Address:
+    _c_str(v)
+    try:
+        ip = ipaddress.IPv4Address(v)
+    except ValueError:
+        raise _Bad(f"{v!r} is not in IPv4 address form (a router ID is 32 bits written like an IPv4 address)") \
+            from None
+    if int(ip) == 0:
+        raise _Bad("must not be 0.0.0.0")
+    return ip
+
+
+def _c_hold_time(v: Any) -> int:
+    n = _c_int(0, 65535)(v)
+    if n in (1, 2):
+        raise _Bad(f"must be 0 (no keepalives) or 3..65535 seconds, got {n}")
+    return n
+
+
+_COMMUNITY_RE = re.compile(r"(\d{1,5}):(\d{1,5})")
+
+
+def _c_communities(v: Any) -> list[str]:
+    if not isinstance(v, list):
+        raise _Bad(f"must be an array of strings like \"64512:100\", {_got(v)}")
+    out = []
+    for x in v:
+        m = _COMMUNITY_RE.fullmatch(x) if isinstance(x, str) else None
+        if not m or int(m[1]) > 65535 or int(m[2]) > 65535:
+            raise _Bad(f"{_show(x)} is not a standard community (\"ASN:VALUE\", each 0..65535)")
+        out.append(f"{int(m[1])}:{int(m[2])}")
+    return out
+
+
+def _c_bgp_password(v: Any) -> str:
+    _c_str(v)
+    if len(v.encode()) > 80:
+        raise _Bad("is too long (at most 80 bytes: the TCP MD5 key)")
+    if any(ord(ch) < 0x20 or ch in "\"\\" for ch in v):
+        raise _Bad("must not contain control characters, quotes or backslashes")
+    return v
+
+
 def _c_device(v: Any) -> str:
     _c_str(v)
     try:
@@ -742,6 +817,7 @@ _CLUSTER_SPEC = _spec(ClusterConfig, {
     "ipsec_local_termination": _c_bool,
     "maglev_size": _c_maglev,
     "drain_timeout": _c_num(0, MAX_DRAIN_TIMEOUT_S, what="a number of seconds"),
+    "failover": _c_enum(FAILOVER_MODES),
     "carp": _SUB,
     "health": _SUB,
     "edge": _SUB,
@@ -785,7 +861,30 @@ _SYNC_SPEC = _spec(SyncConfig, {
     "queue_flows": _c_int(1024, 16777216),
     "refresh_s": _c_num(1, 86400, what="a number of seconds"),
 })
-_TOP_SPEC = _spec(ApplianceConfig, {"dataplane": _SUB, "port": _SUB, "cluster": _SUB, "sync": _SUB})
+_BGP_SPEC = _spec(BgpConfig, {
+    "engine": _c_enum(BGP_ENGINES),
+    "local_as": _c_int(1, 2**32 - 1),
+    "router_id": _c_router_id,
+    "hold_time": _c_hold_time,
+    "next_hop": _c_opt_unicast_ip,
+    "communities": _c_communities,
+    "bfd": _c_bool,
+    "bfd_interval_ms": _c_int(10, 10000),
+    "bfd_multiplier": _c_int(1, 255),
+    "drain_timeout": _c_num(0, MAX_TIMEOUT_S, what="a number of seconds"),
+    "socket": _c_abs_path(107),
+    "config_path": _c_abs_path(),
+    "peer": _SUB,
+})
+# the TOML key "as" is a Python keyword: the field is asn
+_BGP_PEER_SPEC = {
+    "address": (_c_unicast_ip, _REQUIRED),
+    "as": (_c_int(1, 2**32 - 1), _REQUIRED),
+    "port": (_c_int(1, 65535), 179),
+    "source": (_c_opt_unicast_ip, None),
+    "password": (_c_bgp_password, ""),
+}
+_TOP_SPEC = _spec(ApplianceConfig, {"dataplane": _SUB, "port": _SUB, "cluster": _SUB, "sync": _SUB, "bgp": _SUB})
 
 
 def _parse(ctx: _Ctx, d: Any) -> ApplianceConfig:
@@ -831,7 +930,20 @@ def _parse(ctx: _Ctx, d: Any) -> ApplianceConfig:
             if edge_list is None:
                 clusters[-1].edges = _BAD  # type: ignore[assignment]
     sync = SyncConfig(**_fields(ctx, "sync", _sub(ctx, "", d, "sync"), _SYNC_SPEC))
-    return ApplianceConfig(dataplane=dataplane, ports=ports, clusters=clusters, sync=sync)
+    bgp = None
+    if "bgp" in d:
+        bt = _sub(ctx, "", d, "bgp")
+        bv = _fields(ctx, "bgp", bt, _BGP_SPEC)
+        peers = []
+        peer_list = _as_table_array(ctx, "bgp.peer", bt["peer"], "bgp.peer") if "peer" in bt else []
+        for i, pt in enumerate(peer_list or []):
+            pv = _fields(ctx, f"bgp.peer[{i}]", pt, _BGP_PEER_SPEC)
+            pv["asn"] = pv.pop("as")
+            peers.append(BgpPeerConfig(**pv))
+        if peer_list is not None and not peer_list:
+            ctx.err("bgp.peer", "at least one peer is required ([[bgp.peer]] with address and as)")
+        bgp = BgpConfig(**bv, peers=peers)
+    return ApplianceConfig(dataplane=dataplane, ports=ports, clusters=clusters, sync=sync, bgp=bgp)
 
 
 # ---- second pass: rules across keys ----
@@ -867,7 +979,8 @@ def _cross_check(ctx: _Ctx, cfg: ApplianceConfig) -> None:
     _unique(ctx, [(f"cluster[{i}].name", c.name) for i, c in enumerate(cfg.clusters)], "cluster name")
     _unique(ctx, [(f"cluster[{i}].cluster_ip", c.cluster_ip) for i, c in enumerate(cfg.clusters)], "cluster_ip")
     _unique(ctx, [(f"cluster[{i}].carp.vhid", c.carp.vhid) for i, c in enumerate(cfg.clusters)
-                  if c.mode == "cluster"], "CARP vhid")
+                  if c.mode == "cluster" and c.failover != "bgp"], "CARP vhid")
+    _check_bgp(ctx, cfg)
 
     ipip_users = []
     for i, c in enumerate(cfg.clusters):
@@ -912,6 +1025,33 @@ def _cross_check(ctx: _Ctx, cfg: ApplianceConfig) -> None:
     if ipip_users and _ok(dp.ipip.gateway_mac) and dp.ipip.gateway_mac is None:
         ctx.err("dataplane.ipip.gateway_mac", "required when a cluster uses dsr = \"ipip\" (used by "
                 + ", ".join(ipip_users) + ")")
+
+
+def _check_bgp(ctx: _Ctx, cfg: ApplianceConfig) -> None:
+    """[bgp] is needed as soon as one cluster in mode "cluster" has failover = "bgp"; its peers are unique, a
+    source address is of its peer's family, and every bgp cluster's address family has a peer to announce it to."""
+    bgp = cfg.bgp
+    users = [(i, c) for i, c in enumerate(cfg.clusters) if c.mode == "cluster" and c.failover == "bgp"]
+    if bgp is None:
+        for i, c in users:
+            ctx.err(f"cluster[{i}].failover", "\"bgp\" needs a [bgp] section with at least one [[bgp.peer]] "
+                                              "(docs/bgp.md)")
+        return
+    _unique(ctx, [(f"bgp.peer[{i}].address", p.address) for i, p in enumerate(bgp.peers)], "peer address")
+    families = set()
+    for i, p in enumerate(bgp.peers):
+        if not _ok(p.address):
+            continue
+        families.add(p.address.version)
+        if _ok(p.source) and p.source is not None and p.source.version != p.address.version:
+            ctx.err(f"bgp.peer[{i}].source", f"{str(p.source)!r} is IPv{p.source.version} but the peer's address "
+                                             f"is IPv{p.address.version}")
+    if _ok(bgp.next_hop) and bgp.next_hop is not None and bgp.next_hop.version not in families and families:
+        ctx.err("bgp.next_hop", f"{str(bgp.next_hop)!r} is IPv{bgp.next_hop.version} but no peer is")
+    for i, c in users:
+        if _ok(c.cluster_ip) and families and c.cluster_ip.version not in families:
+            ctx.err(f"cluster[{i}].cluster_ip", f"{str(c.cluster_ip)!r} is IPv{c.cluster_ip.version} but no "
+                                                f"[[bgp.peer]] is: nothing could announce it")
 
 
 def _check_sync(ctx: _Ctx, cfg: ApplianceConfig) -> None:
@@ -1060,6 +1200,7 @@ def to_dict(cfg: ApplianceConfig, include_secrets: bool = False) -> dict[str, An
         if c.maglev_size is not None:
             cd["maglev_size"] = c.maglev_size
         cd["drain_timeout"] = _seconds(float(c.drain_timeout))
+        cd["failover"] = c.failover
         k = c.carp
         cd["carp"] = {
             "vhid": k.vhid, "advbase": k.advbase, "advskew": k.advskew,
@@ -1075,7 +1216,22 @@ def to_dict(cfg: ApplianceConfig, include_secrets: bool = False) -> dict[str, An
         cd["edge"] = [{"name": e.name, "ip": str(e.ip), "mac": e.mac or "", "weight": e.weight, "state": e.state}
                       for e in c.edges]
         out["cluster"].append(cd)
+    if cfg.bgp is not None:
+        out["bgp"] = bgp_to_dict(cfg.bgp, include_secrets)
     return out
+
+
+def bgp_to_dict(b: BgpConfig, include_secrets: bool = False) -> dict[str, Any]:
+    """[bgp] as a TOML-shaped dict; peer passwords are "" unless include_secrets."""
+    return {
+        "engine": b.engine, "local_as": b.local_as, "router_id": str(b.router_id), "hold_time": b.hold_time,
+        "next_hop": str(b.next_hop) if b.next_hop is not None else "", "communities": list(b.communities),
+        "bfd": b.bfd, "bfd_interval_ms": b.bfd_interval_ms, "bfd_multiplier": b.bfd_multiplier,
+        "drain_timeout": _seconds(float(b.drain_timeout)), "socket": b.socket, "config_path": b.config_path,
+        "peer": [{"address": str(p.address), "as": p.asn, "port": p.port,
+                  "source": str(p.source) if p.source is not None else "",
+                  "password": p.password if include_secrets else ""} for p in b.peers],
+    }
 
 
 _BARE_KEY_RE = re.compile(r"[A-Za-z0-9_-]+")

@@ -221,6 +221,8 @@ def test_store_keeps_sync_and_migrates_an_old_store(tmp_path):
     con.execute("ALTER TABLE clusters DROP COLUMN drain_timeout")
     con.execute("DROP TABLE drain_started")
     con.execute("DROP TABLE history")                      # schema 4
+    con.execute("ALTER TABLE clusters DROP COLUMN failover")   # schema 5
+    con.execute("ALTER TABLE appliance DROP COLUMN bgp")
     con.execute("UPDATE meta SET value = '1' WHERE key = 'schema_version'")
     con.commit()
     con.close()

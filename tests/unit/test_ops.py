@@ -31,7 +31,7 @@ def test_the_table_matches_the_store_methods():
                 assert p.default == q.default, (op.name, p.name)
     assert ops.WRITE_OPS == {"add_cluster", "edit_cluster", "delete_cluster", "duplicate_cluster",
                              "set_cluster_enabled", "add_edge", "edit_edge", "remove_edge", "set_edge_state",
-                             "import_text"}
+                             "import_text", "set_bgp", "remove_bgp"}
     assert all(o.version == 1 for o in ops.OPS.values())
     t = ops.table()
     assert [x["name"] for x in t] == list(ops.OPS) and {x["kind"] for x in t} == {"read", "write"}

@@ -154,8 +154,8 @@ def test_failed_migration_changes_nothing(tmp_path, monkeypatch):
 def test_add_defaults_and_shape(st):
     c = st.add_cluster(web())
     assert list(c) == ["name", "cluster_ip", "enabled", "mode", "dsr", "ipsec_local_termination", "maglev_size",
-                       "drain_timeout", "carp", "health", "edge"]
-    assert c["drain_timeout"] == 0
+                       "drain_timeout", "failover", "carp", "health", "edge"]
+    assert c["drain_timeout"] == 0 and c["failover"] == "carp"
     assert c["enabled"] is True and c["mode"] == "cluster" and c["dsr"] == "l2"
     assert c["carp"] == {"vhid": 1, "advbase": 1, "advskew": 0, "passphrase_file": "", "preempt": True,
                          "passphrase_set": False}
