@@ -46,6 +46,7 @@ class StatusView:
                 st = observe.stats(region)
                 shm_clusters = st["clusters"]
         clusters = []
+        maglev = d.flowsync.maglev_status()
         names = [cl.name for cl in cfg.clusters] if cfg else []
         names += [n for n in shm_clusters if n not in names]
         conf = {cl.name: cl for cl in cfg.clusters} if cfg else {}
@@ -105,6 +106,9 @@ class StatusView:
                     "new_flows": se["new_flows"] if se else 0,
                     "drain": d.drains.row(name, ename) if ce is not None and ce.state == "draining" else None,
                 })
+            mg = maglev.get(name)                 # flow sync's view of the published table (control.flowsync)
+            row["maglev_digest"] = mg["digest"] if mg else None
+            row["maglev_peers"] = mg["peers"] if mg else {}
             clusters.append(row)
         rec = d.reconciler.status()
         return {
