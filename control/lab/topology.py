@@ -209,7 +209,9 @@ tap = "pydp-p0"
                  f'bfd_multiplier = {BFD_MULTIPLIER}\ndrain_timeout = {DRAIN_TIMEOUT}\n'
                  f'socket = "{run_dir}/bird.ctl"\nconfig_path = "{run_dir}/bird.conf"\n'
                  f'[[bgp.peer]]\naddress = "{ROUTER_ADDR}"\nas = {ROUTER_AS}\n')
-        text += f'[[cluster]]\nname = "web"\ncluster_ip = "{VIP}"\nfailover = "bgp"\n[cluster.health]\n{health}'
+        # no CARP runs for a bgp cluster; its passphrase is the secret flow sync derives its key from
+        text += (f'[[cluster]]\nname = "web"\ncluster_ip = "{VIP}"\nfailover = "bgp"\n'
+                 f'[cluster.carp]\npassphrase = "{PASSPHRASE}"\n[cluster.health]\n{health}')
         for e in self.edge_specs:
             text += f'[[cluster.edge]]\nname = "{e.name}"\nip = "{e.ip}"\nmac = "{e.mac}"\n'
         peers = ", ".join(f'"{p.mgmt}:{SYNC_PORT}"' for p in self.appliance_specs if p.name != a.name)
