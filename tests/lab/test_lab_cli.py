@@ -98,6 +98,8 @@ def test_down_after_a_killed_up():
 def test_errors_are_clear(monkeypatch, capsys):
     p = lab_cli("up", "--edges", "1")
     assert p.returncode == 2 and "--edges 1: 2 to 15" in p.stderr
+    p = lab_cli("up", "--scale-out", "5")
+    assert p.returncode == 2 and "--scale-out 5: 2 to 4" in p.stderr
     p = lab_cli("up", "--name", "Bad_Name")
     assert p.returncode == 2 and "lab name" in p.stderr
     from control.lab import cli
