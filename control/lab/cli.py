@@ -29,8 +29,9 @@ def cmd_up(args) -> int:
     lab.up(log=lambda m: print(f"[pydp-lab] {m}"))
     print(f"[pydp-lab] up: lab {args.name!r}; `pydp-lab status` shows it, `pydp-lab down` removes it")
     web = lab.state.get("web", {})
-    pages = ", ".join(f"{web.get(s.name)} ({s.name})" for s in lab.topo.appliance_specs)
-    print(f"[pydp-lab] admin pages: {pages}; sign in as {web.get('user')} / {web.get('password')}")
+    pages = ", ".join(f"{web.get(s.name)} ({'appliance ' if i == 0 else ''}{s.name})"
+                      for i, s in enumerate(lab.topo.appliance_specs))
+    print(f"[pydp-lab] admin page: {pages}; sign in as {web.get('user')} / {web.get('password')}")
     return 0
 
 
