@@ -178,7 +178,8 @@ class CarpManager:
         if cfg is None:
             return
         names = {cl.name for cl in cfg.clusters}
-        wanted = {cl.name: cl for cl in cfg.clusters if cl.enabled and cl.mode == "cluster"} if self.enabled \
+        wanted = {cl.name: cl for cl in cfg.clusters
+                  if cl.enabled and cl.mode == "cluster" and cl.failover != "bgp"} if self.enabled \
             else {}
         for name in list(self.entries):
             if name not in wanted:

@@ -84,6 +84,8 @@ def _summary(c: dict) -> str:
     parts = [f"cluster IP {c['cluster_ip']}", _plural(len(c["edge"]), "service edge")]
     if c["mode"] == "standalone":
         parts.append("standalone (not for production: one edge, no failover)")
+    elif c.get("failover") == "bgp":
+        parts.append("failover bgp (active-active, announced over BGP)")
     else:
         parts.append(f"CARP vhid {c['carp']['vhid']}")
     if not c["enabled"]:
@@ -161,7 +163,7 @@ def _passphrase(args: argparse.Namespace) -> str | None:
 def _cluster_settings(args: argparse.Namespace) -> dict:
     """The cluster settings given on the command line (only those: an edit changes nothing else)."""
     out: dict[str, Any] = {}
-    for opt, key in (("cluster_ip", "cluster_ip"), ("mode", "mode"), ("dsr", "dsr"),
+    for opt, key in (("cluster_ip", "cluster_ip"), ("mode", "mode"), ("failover", "failover"), ("dsr", "dsr"),
                      ("ipsec_local_termination", "ipsec_local_termination"), ("maglev_size", "maglev_size"),
                      ("enabled", "enabled"), ("drain_timeout", "drain_timeout")):
         value = getattr(args, opt, None)
@@ -266,6 +268,9 @@ def _show_cluster(c: dict) -> str:
     if c["mode"] == "standalone":
         mode = "standalone (not for production: one edge, no failover)"
         carp_text = "not used (standalone)"
+    elif c.get("failover") == "bgp":
+        mode = "cluster (production: active-active behind the router's ECMP, announced over BGP)"
+        carp_text = "not used (failover bgp; see 'pydpctl bgp show')"
     else:
         mode = "cluster (production: CARP failover between the two load balancers)"
         carp_text = (f"vhid {carp['vhid']}, advbase {carp['advbase']} s, advskew {carp['advskew']}, "
@@ -561,6 +566,85 @@ def cmd_import(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---- commands: [bgp] ----
+
+def parse_peer(spec: str) -> dict:
+    """ADDRESS=AS[,port=N][,source=IP] -> a [[bgp.peer]] dict (checked by the store)."""
+    head, *opts = spec.split(",")
+    address, sep, asn = head.partition("=")
+    if not sep or not address or not asn.isdigit():
+        raise argparse.ArgumentTypeError(f"{spec!r}: expected ADDRESS=AS[,port=N][,source=IP], e.g. "
+                                         "198.51.100.1=64500")
+    peer: dict[str, Any] = {"address": address, "as": int(asn)}
+    for opt in opts:
+        k, sep, v = opt.partition("=")
+        if k == "port" and sep and v.isdigit():
+            peer["port"] = int(v)
+        elif k == "source" and sep and v:
+            peer["source"] = v
+        else:
+            raise argparse.ArgumentTypeError(f"{spec!r}: unknown peer option {opt!r} (port=N, source=IP)")
+    return peer
+
+
+def _bgp_settings(args: argparse.Namespace) -> dict:
+    out: dict[str, Any] = {}
+    for key in ("local_as", "router_id", "hold_time", "next_hop", "bfd", "bfd_interval_ms", "bfd_multiplier",
+                "drain_timeout", "socket", "config_path"):
+        v = getattr(args, "bgp_" + key, None)
+        if v is not None:
+            out[key] = v
+    if args.community is not None:
+        out["communities"] = [] if args.community == [""] else args.community
+    if args.peer is not None:
+        out["peer"] = args.peer
+    return out
+
+
+def _show_bgp(b: dict) -> str:
+    if not b:
+        return "no [bgp] section (no cluster can use failover bgp; 'pydpctl bgp set --help')"
+    fields = [
+        ("Engine", b["engine"]),
+        ("Local AS", b["local_as"]),
+        ("Router ID", b["router_id"]),
+        ("Hold time", f"{b['hold_time']} s"),
+        ("Next hop", b["next_hop"] or "self (the local address of each session)"),
+        ("Communities", ", ".join(b["communities"]) or "none"),
+        ("BFD", f"on, {b['bfd_interval_ms']} ms x {b['bfd_multiplier']}" if b["bfd"] else "off"),
+        ("Drain timeout", f"{b['drain_timeout']:g} s"),
+        ("Control socket", b["socket"]),
+        ("Generated config", b["config_path"]),
+    ]
+    rows = [[p["address"], p["as"], p["port"], p["source"] or "auto", "set" if p.get("password_set") else "-"]
+            for p in b["peer"]]
+    return format_fields(fields) + "\n\n" + format_table(["PEER", "AS", "PORT", "SOURCE", "PASSWORD"], rows)
+
+
+def cmd_bgp_show(args: argparse.Namespace) -> int:
+    b = _run(args, lambda be: be.get_bgp())
+    if args.json:
+        _print_json(b)
+    else:
+        print(_show_bgp(b))
+    return 0
+
+
+def cmd_bgp_set(args: argparse.Namespace) -> int:
+    changes = _bgp_settings(args)
+    if not changes:
+        raise UsageError(f"bgp set: nothing to change: give at least one option (see '{PROG} bgp set --help')")
+    b = _run(args, lambda be: be.set_bgp(bgp=changes))
+    print(f"[bgp] saved: AS {b['local_as']}, router ID {b['router_id']}, {_plural(len(b['peer']), 'peer')}")
+    return 0
+
+
+def cmd_bgp_remove(args: argparse.Namespace) -> int:
+    _run(args, lambda be: be.remove_bgp())
+    print("[bgp] removed")
+    return 0
+
+
 # ---- the parser ----
 
 def _epilog(*examples: str, notes: str = "") -> str:
@@ -600,6 +684,9 @@ def _cluster_options(p: argparse.ArgumentParser, edit: bool) -> None:
     m.add_argument("--mode", choices=config.CLUSTER_MODES,
                    help=f"cluster (production: 2 to {config.MAX_EDGES} edges, CARP failover; the default) or "
                         "standalone")
+    g.add_argument("--failover", choices=config.FAILOVER_MODES,
+                   help="carp (active-passive pair, CARP elects the owner; the default) or bgp (active-active behind "
+                        "the router's ECMP, announced over BGP: needs the [bgp] section, 'pydpctl bgp set')")
     g.add_argument("--ipsec-local-termination", action=argparse.BooleanOptionalAction, default=None,
                    help="IPsec terminates on the edges: a client's ESP, AH, IKE and NAT-T go to one edge")
     e = g.add_mutually_exclusive_group()
@@ -844,6 +931,44 @@ def build_parser() -> Parser:
             p.add_argument("--read-only", action="store_true", help="may look, not change (default: admin)")
         if name == "add":
             p.add_argument("--password-file", metavar="FILE", help="read the password from FILE instead of stdin")
+
+    # bgp
+    bg = sub.add_parser("bgp", help="show, set or remove the [bgp] section (announcement of the bgp clusters)",
+                        description="The [bgp] section: how pydp-control's BIRD announces the clusters with "
+                                    "failover bgp to the upstream routers (docs/bgp.md).",
+                        epilog=_epilog("pydpctl bgp show",
+                                       "pydpctl bgp set --local-as 64512 --router-id 198.51.100.11 "
+                                       "--peer 198.51.100.1=64500",
+                                       "pydpctl status      # the sessions and what is announced"),
+                        parents=[common])
+    bgs = bg.add_subparsers(dest="bgp_command", metavar="ACTION", required=True)
+    p = add(bgs, "show", cmd_bgp_show, "show the [bgp] section", ["pydpctl bgp show", "pydpctl bgp show --json"])
+    _json_flag(p)
+    p = add(bgs, "set", cmd_bgp_set, "create or change the [bgp] section (only the options given)",
+            ["pydpctl bgp set --local-as 64512 --router-id 198.51.100.11 --peer 198.51.100.1=64500",
+             "pydpctl bgp set --peer 198.51.100.1=64500 --peer 198.51.100.2=64500,source=198.51.100.11",
+             "pydpctl bgp set --no-bfd --hold-time 30", "pydpctl bgp set --community 64512:100 --community 64512:200"],
+            notes="--peer replaces the whole list of peers (a peer keeps its stored password). Peer passwords\n"
+                  "are set by import (password = \"...\" in [[bgp.peer]]). Defaults and ranges: docs/config.md.")
+    g = p.add_argument_group("[bgp] settings")
+    g.add_argument("--local-as", dest="bgp_local_as", metavar="AS", type=int, help="this appliance's AS number")
+    g.add_argument("--router-id", dest="bgp_router_id", metavar="IPV4", help="BGP router ID (IPv4 form)")
+    g.add_argument("--hold-time", dest="bgp_hold_time", metavar="SECONDS", type=int, help="0 or 3..65535")
+    g.add_argument("--next-hop", dest="bgp_next_hop", metavar="IP", help='next hop of the routes ("": self)')
+    g.add_argument("--community", metavar="ASN:VALUE", action="append",
+                   help='add this community to every route (repeat; replaces the list; "" for none)')
+    g.add_argument("--bfd", dest="bgp_bfd", action=argparse.BooleanOptionalAction, default=None,
+                   help="BFD on every session (sub-second failure detection)")
+    g.add_argument("--bfd-interval-ms", dest="bgp_bfd_interval_ms", metavar="MS", type=int, help="10..10000")
+    g.add_argument("--bfd-multiplier", dest="bgp_bfd_multiplier", metavar="N", type=int, help="1..255")
+    g.add_argument("--drain-timeout", dest="bgp_drain_timeout", metavar="SECONDS", type=float,
+                   help="how long established flows go on after a drain's withdraw")
+    g.add_argument("--bird-socket", dest="bgp_socket", metavar="PATH", help="BIRD's control socket (key socket)")
+    g.add_argument("--config-path", dest="bgp_config_path", metavar="PATH", help="the generated BIRD config")
+    g.add_argument("--peer", metavar="ADDRESS=AS[,port=N][,source=IP]", action="append", type=parse_peer,
+                   help="an upstream router (repeat; replaces the list of peers)")
+    add(bgs, "remove", cmd_bgp_remove, "remove the [bgp] section (no cluster may use failover bgp)",
+        ["pydpctl bgp remove"])
 
     from control import cli_observe
     cli_observe.register(sub)

@@ -211,6 +211,7 @@ def _print_status(s: dict) -> None:
         print(f"flow sync:  {summary(s['flowsync'])}")
         for i, line in enumerate(maglev_lines(s["flowsync"])):
             print(f"{'maglev:' if i == 0 else '':<12}{line}")
+    _print_bgp(s)
     if not s["clusters"]:
         print("\nno clusters")
         return
@@ -259,6 +260,54 @@ def _print_status(s: dict) -> None:
                              _left_text(d), "-" if d["remaining_flows"] is None else d["remaining_flows"],
                              _drain_state(d)]
                             for c, e, d in drains], right={5}))
+
+
+def _print_bgp(s: dict) -> None:
+    """The appliance drain, the BGP sessions and what each bgp cluster announces (pydp-control's status)."""
+    dr = s.get("drain") or {}
+    if dr.get("draining"):
+        print(f"drain:      DRAINING since {_since_text(dr['since'])}: bgp clusters withdrawn; "
+              + ("timeout passed, bgp clusters let go" if dr.get("expired") else
+                 f"established flows go on for {dr['left']:.0f} s more") + " ('pydpctl appliance undrain')")
+    b = s.get("bgp")
+    if not b:
+        return
+    engine = f"{b['engine']} {b.get('version') or ''}".strip()
+    state = f"running, pid {b['pid']}" if b.get("running") else "NOT RUNNING"
+    print(f"bgp:        {engine} {state}" + (f", restarted {b['restarts']} time(s)" if b.get("restarts") else "")
+          + (f"; error: {b['error']}" if b.get("error") else ""))
+    rows = [[x["peer"], x["as"], x["state"], _since_text(x.get("since")), x.get("bfd") or "-", x.get("routes", 0),
+             x.get("last_error") or ""] for x in b.get("sessions", [])]
+    if rows:
+        print()
+        print(format_table(["BGP PEER", "AS", "STATE", "SINCE", "BFD", "ROUTES", "LAST ERROR"], rows, right={5}))
+    rows = [[name, "announced" if c.get("announced") else "withdrawn", c.get("reason") or "-",
+             _since_text(c.get("since"))] for name, c in sorted((b.get("clusters") or {}).items())]
+    if rows:
+        print()
+        print(format_table(["BGP CLUSTER", "ROUTE", "REASON", "SINCE"], rows))
+
+
+# ---- appliance drain ----
+
+def cmd_appliance_drain(args: argparse.Namespace) -> int:
+    on = args.command_name == "appliance drain"
+
+    def run(src: Source) -> int:
+        params = {"timeout": args.timeout} if on and args.timeout is not None else {}
+        res = src.call("drain" if on else "undrain", params)
+        if res is None:
+            raise ObserveError(f"appliance {'drain' if on else 'undrain'} needs the running pydp-control "
+                               f"({src.why_direct})")
+        if args.json:
+            _dump(res)
+        elif res["draining"]:
+            print(f"draining: every bgp cluster is withdrawn; established flows go on for {res['left']:.0f} s "
+                  "(then this appliance stops forwarding for them)")
+        else:
+            print("not draining: bgp clusters are announced again where fit")
+        return 0
+    return _with_source(args, run)
 
 
 def _alarm_text(ft: dict) -> str:
@@ -680,6 +729,24 @@ def register(subparsers) -> None:
     g.add_argument("--cluster", metavar="NAME", help="the flows of this cluster")
     f.add_argument("--edge", metavar="NAME", help="with --cluster: only the flows pinned to this edge")
     f.set_defaults(func=_guarded(cmd_flush), command_name="flows flush")
+
+    a = subparsers.add_parser(
+        "appliance", help="drain or undrain this appliance (its bgp clusters)",
+        description="The appliance as a whole: drain withdraws every cluster with failover bgp from the routers at "
+                    "once and keeps forwarding established flows until the timeout; undrain announces them again.",
+        epilog=_epilog("pydpctl appliance drain                 # [bgp] drain_timeout",
+                       "pydpctl appliance drain --timeout 120", "pydpctl appliance undrain",
+                       notes="Needs the running pydp-control. A restart of pydp-control ends a drain."), **kw)
+    asub = a.add_subparsers(dest="appliance_command", metavar="ACTION", required=True)
+    p = asub.add_parser("drain", help="withdraw every bgp cluster, keep established flows until the timeout",
+                        description="Withdraws every bgp cluster's route at once; established flows keep being "
+                                    "forwarded until the timeout.", **kw)
+    p.add_argument("--timeout", metavar="SECONDS", type=float, default=None,
+                   help="how long established flows go on (default: [bgp] drain_timeout)")
+    p.set_defaults(func=_guarded(cmd_appliance_drain), command_name="appliance drain")
+    p = asub.add_parser("undrain", help="end a drain: bgp clusters are announced again where fit",
+                        description="Ends a drain: the bgp clusters are owned and announced again where fit.", **kw)
+    p.set_defaults(func=_guarded(cmd_appliance_drain), command_name="appliance undrain")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

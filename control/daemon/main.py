@@ -14,6 +14,9 @@ The daemon is wiring around parts that each own their state (docs/architecture.m
 * ``NeighbourResolver`` (control.daemon.neighbours): MACs of l2 edges configured without one;
 * ``CarpManager`` (control.carp_manager): one CARP instance per enabled cluster in mode "cluster" on the data
   port's TAP; taking a cluster IP publishes the cluster as owned, puts the address on the TAP and announces it;
+* ``BgpManager`` (control.bgp): with a [bgp] section, BIRD as a child process; the clusters with failover "bgp"
+  are owned while the data plane lives, and announced or withdrawn as the Reconciler decides (data plane fresh,
+  an edge healthy, the appliance not draining: `pydpctl appliance drain`);
 * flow sync (control.flowsync), flow-table checks (control.flows: occupancy alarm, drain timeout, flushes);
 * ``StatusView`` (control.daemon.status) for status/stats/flows; the RPC server (control.rpc) for pydpctl and the
   admin page with its HTTP API (control.http, --http, on this loop), both dispatching store operations through the
@@ -50,6 +53,7 @@ import time
 from typing import Any
 
 from control import carp_manager, flows, flowsync, observe, ops, rpc
+from control.bgp.manager import BgpManager
 from control import store as store_mod
 from control.daemon.health_state import HealthState, targets_of
 from control.daemon.neighbours import RESOLVE_POLL_S, NeighbourResolver
@@ -79,8 +83,8 @@ The data plane it drives runs with `pydp-dataplane --managed`: its clusters and 
 daemon only. Anything else that publishes a generation is drift: logged (config_drift) and repaired within a
 second. `kill -HUP` of a managed data plane (systemctl reload) asks this daemon to re-apply the store.
 
-Stop with SIGTERM or SIGINT: CARP masters bow out and release their cluster IPs, the socket is removed, the data
-plane keeps forwarding on its last tables.
+Stop with SIGTERM or SIGINT: bgp clusters are withdrawn and BIRD stopped, CARP masters bow out and release their
+cluster IPs, the socket is removed, the data plane keeps forwarding on its last tables.
 """
 
 
@@ -131,6 +135,9 @@ class Daemon:
         self.drains = flows.DrainTracker(event)
         self.flow_monitor_identity = None
         self.view = StatusView(self)
+        self.bgp = BgpManager(event=event)
+        self.bgp_wanted: dict = {}              # {bgp cluster: (announce, reason)}: replaced whole (store thread)
+        self.drain: tuple | None = None         # (monotonic start, Unix start, timeout or None) of an appliance drain
 
     @property
     def dp_alive(self) -> bool:
@@ -185,9 +192,21 @@ class Daemon:
             dp = DataplaneView(identity=self.watch.identity, alive=self.watch.alive, generation=int(h.generation),
                                clusters=observe.clusters(region), managed=bool(h.managed),
                                reload_requests=int(h.reload_requests))
+        fresh = region is not None and observe.now_ms() - int(region.hdr.heartbeat_ms) <= \
+            carp_manager.HEARTBEAT_DEMOTE_MS
+        drain = self.drain
         return Inputs(config=self.cfg, revision=self.revision, dataplane=dp, health=self.health.decided(),
                       carp_owned=self.carp_owned, own_all=self.own_all, macs=self.neighbours.snapshot(),
-                      now=time.monotonic())
+                      now=time.monotonic(), dp_fresh=fresh, draining_since=drain[0] if drain else None,
+                      drain_timeout=drain[2] if drain else None)
+
+    def _decide_bgp(self, inputs: Inputs) -> None:
+        """The announcements the inputs call for (store thread); the BGP manager is woken when they change."""
+        wanted = self.reconciler.announcements(inputs)
+        if wanted != self.bgp_wanted:
+            self.bgp_wanted = wanted
+            if self.loop is not None:
+                self.loop.call_soon_threadsafe(self.bgp.wake.set)
 
     def _apply(self, reason: str) -> dict:
         """Reads the store again and reconciles (store thread only)."""
@@ -201,49 +220,56 @@ class Daemon:
 
     def _reconcile(self, reason: str | None = None) -> dict:
         """One reconciler step and its actions (store thread only). Returns what the last publish did."""
-        from pydp.apply import ApplyError, apply_config
-        from pydp.shm import ShmError
-
         with self.holder.use() as region:
             if region is None or not self.dp_alive:
+                self._decide_bgp(self._inputs(None))
                 return {"applied": False, "reason": "no data plane is running; the config is applied when one "
                                                     "starts"}
             inputs = self._inputs(region)
-            actions = self.reconciler.step(inputs, reason)
-            if self.reconciler.adopted:
-                self.neighbours.adopt(self.reconciler.adopted)
-            info: dict = {"applied": True, "unchanged": True, "generation": int(region.generation),
-                          "rebuilt": [], "warnings": []}
-            for action in actions:
-                if isinstance(action, Event):
-                    event(action.name, action.level, **action.fields)
-                    continue
-                assert isinstance(action, Apply)
-                before = inputs.dataplane.clusters
-                try:
-                    result = apply_config(region, action.desired.config, owned=action.desired.owned,
-                                          edge_health=action.desired.edge_health)
-                except (ApplyError, ShmError) as exc:
-                    self.reconciler.failed_apply(action, time.monotonic())
-                    event("apply_failed", logging.ERROR, revision=action.revision, reason=action.reason,
-                          error=str(exc))
-                    return {"applied": False, "error": str(exc)}
-                after = observe.clusters(region)
-                self.reconciler.applied(action, self.watch.identity, result.generation, after)
-                self.apply_count += 1
-                for w in result.warnings:
-                    event("apply_warning", logging.WARNING, message=w)
-                event("config_applied", revision=action.revision, generation=result.generation,
-                      reason=action.reason, clusters=sorted(result.slots), rebuilt=result.rebuilt,
-                      owned=sorted(action.desired.owned))
-                self._log_ownership(before, after, action.desired.config)
-                self._log_edge_changes(before, after)
-                self.last_apply = {"time": time.time(), "revision": action.revision,
-                                   "generation": result.generation, "rebuilt": result.rebuilt,
-                                   "reason": action.reason, "warnings": result.warnings}
-                info = {"applied": True, "generation": result.generation, "rebuilt": result.rebuilt,
-                        "warnings": result.warnings}
-            return info
+            try:
+                return self._reconcile_actions(region, inputs, reason)
+            finally:
+                self._decide_bgp(inputs)
+
+    def _reconcile_actions(self, region, inputs: Inputs, reason: str | None) -> dict:
+        from pydp.apply import ApplyError, apply_config
+        from pydp.shm import ShmError
+
+        actions = self.reconciler.step(inputs, reason)
+        if self.reconciler.adopted:
+            self.neighbours.adopt(self.reconciler.adopted)
+        info: dict = {"applied": True, "unchanged": True, "generation": int(region.generation),
+                      "rebuilt": [], "warnings": []}
+        for action in actions:
+            if isinstance(action, Event):
+                event(action.name, action.level, **action.fields)
+                continue
+            assert isinstance(action, Apply)
+            before = inputs.dataplane.clusters
+            try:
+                result = apply_config(region, action.desired.config, owned=action.desired.owned,
+                                      edge_health=action.desired.edge_health)
+            except (ApplyError, ShmError) as exc:
+                self.reconciler.failed_apply(action, time.monotonic())
+                event("apply_failed", logging.ERROR, revision=action.revision, reason=action.reason,
+                      error=str(exc))
+                return {"applied": False, "error": str(exc)}
+            after = observe.clusters(region)
+            self.reconciler.applied(action, self.watch.identity, result.generation, after)
+            self.apply_count += 1
+            for w in result.warnings:
+                event("apply_warning", logging.WARNING, message=w)
+            event("config_applied", revision=action.revision, generation=result.generation,
+                  reason=action.reason, clusters=sorted(result.slots), rebuilt=result.rebuilt,
+                  owned=sorted(action.desired.owned))
+            self._log_ownership(before, after, action.desired.config)
+            self._log_edge_changes(before, after)
+            self.last_apply = {"time": time.time(), "revision": action.revision,
+                               "generation": result.generation, "rebuilt": result.rebuilt,
+                               "reason": action.reason, "warnings": result.warnings}
+            info = {"applied": True, "generation": result.generation, "rebuilt": result.rebuilt,
+                    "warnings": result.warnings}
+        return info
 
     def _log_ownership(self, before: dict, after: dict, cfg) -> None:
         for name, c in after.items():
@@ -459,7 +485,7 @@ class Daemon:
                 log.exception("reading the ownership of the running data plane")
                 return
         owned = {cl.name for cl in self.cfg.clusters if cl.enabled and cl.mode == "cluster"
-                 and found.get(cl.name, {}).get("active")}
+                 and cl.failover != "bgp" and found.get(cl.name, {}).get("active")}
         if owned:
             self.carp_owned = self.carp_owned | owned
             self.carp.resume = set(owned)
@@ -542,7 +568,53 @@ class Daemon:
             if not isinstance(params.get("all", False), bool):
                 raise rpc.RpcError("BadRequest", "flush: all must be true or false")
             return await self.run_worker(self._flush, params)
+        if method == "drain":
+            _only(params, {"timeout"})
+            timeout = params.get("timeout")
+            if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float))
+                                        or not 0 <= timeout <= 86400):
+                raise rpc.RpcError("BadRequest", "drain: timeout must be a number of seconds 0..86400")
+            return await self.set_drain(True, timeout)
+        if method == "undrain":
+            _only(params, set())
+            return await self.set_drain(False, None)
         raise rpc.RpcError("BadRequest", f"unknown method {method!r}")
+
+    # ---- appliance drain (bgp clusters) ----
+    async def set_drain(self, on: bool, timeout: float | None) -> dict:
+        """pydpctl appliance drain / undrain: every bgp cluster is withdrawn at once; established flows keep being
+        forwarded until the timeout ([bgp] drain_timeout unless given), then the clusters are let go."""
+        was = self.drain
+        if on:
+            if was is None or timeout is not None:
+                self.drain = (time.monotonic() if was is None else was[0], time.time() if was is None else was[1],
+                              None if timeout is None else float(timeout))
+        else:
+            self.drain = None
+        if (was is None) != (self.drain is None):
+            event("appliance_drain" if on else "appliance_undrain", logging.WARNING if on else logging.INFO,
+                  timeout=self.drain_timeout(), bgp_clusters=sorted(self.bgp_wanted))
+        await self.run_worker(self._reconcile_logged, "appliance drained" if on else "appliance undrained")
+        self.bgp.wake.set()
+        return self.drain_status()
+
+    def drain_timeout(self) -> float | None:
+        d = self.drain
+        if d is None:
+            return None
+        if d[2] is not None:
+            return d[2]
+        cfg = self.cfg
+        return cfg.bgp.drain_timeout if cfg is not None and cfg.bgp is not None else 0.0
+
+    def drain_status(self) -> dict:
+        """The appliance's drain for status: draining, since (Unix), timeout, left (s), expired."""
+        d = self.drain
+        if d is None:
+            return {"draining": False, "since": None, "timeout": None, "left": None, "expired": False}
+        timeout = self.drain_timeout()
+        left = max(0.0, timeout - (time.monotonic() - d[0]))
+        return {"draining": True, "since": d[1], "timeout": timeout, "left": round(left, 3), "expired": left <= 0}
 
     async def _rpc_store(self, params: dict) -> Any:
         """The "store" method: {"op", "args", "user"?, "if_match"?} dispatched through control.ops."""
@@ -591,6 +663,11 @@ class Daemon:
         yield r
         yield from self._health_metrics()
         yield from self._carp_metrics()
+        yield from self.bgp.metrics()
+        dr = GaugeMetricFamily("pydp_appliance_draining", "1 while the appliance is drained (pydpctl appliance drain:"
+                               " its bgp clusters are withdrawn)")
+        dr.add_metric([], 1 if self.drain is not None else 0)
+        yield dr
         yield from self.flowsync.metrics()
         from control import metrics
 
@@ -679,7 +756,8 @@ class Daemon:
         _make_socket_dir(self.socket_path)
         try:
             self.rpc_server = await rpc.serve(self.socket_path, self.handle,
-                                              methods={"ping", "store", "status", "stats", "flows", "flush"})
+                                              methods={"ping", "store", "status", "stats", "flows", "flush",
+                                                       "drain", "undrain"})
         except (OSError, RuntimeError) as exc:
             event("daemon_failed", logging.ERROR, error=f"cannot listen on {self.socket_path}: {exc}")
             return 1
@@ -733,11 +811,19 @@ class Daemon:
         service.notify("READY=1", f"STATUS=serving {self.socket_path}")
         carp_stop = asyncio.Event()
         carp_task = asyncio.create_task(self.carp.run(lambda: self.cfg, carp_stop))
+        bgp_stop = asyncio.Event()
+        bgp_task = asyncio.create_task(self.bgp.run(lambda: self.cfg, lambda: self.bgp_wanted, bgp_stop))
         try:
             await self.stop_event.wait()
         finally:
             event("daemon_stopping", reason="signal")
             service.notify("STOPPING=1")
+            bgp_stop.set()                      # withdraw every bgp cluster first, then stop BIRD
+            self.bgp.wake.set()
+            try:
+                await asyncio.wait_for(bgp_task, 15)
+            except Exception:
+                log.exception("stopping BGP")
             if self.http_server is not None:
                 await self.http_server.close()
             await self.rpc_server.close()

@@ -8,8 +8,12 @@ and reports their outcome back (``applied`` / ``failed``), so every rule below i
 The rules (level-triggered: every call compares what should be live with what is):
 
 * What should be live is the store's config with the MACs resolved here filled in, the edges found down by health
-  checks marked DOWN, and ownership: an enabled cluster is owned when --own-all is on, when it is standalone, or
-  when its CARP instance is master. Ownership is published in the same generation as the clusters.
+  checks marked DOWN, and ownership: an enabled cluster is owned when --own-all is on, when it is standalone, when
+  its CARP instance is master, or, for failover = "bgp", unless the appliance has been draining for longer than
+  [bgp] drain_timeout. Ownership is published in the same generation as the clusters.
+* A bgp cluster is announced (its route offered to the BGP peers, see ``announcements``) while the data plane is
+  alive and its heartbeat fresh, the cluster is enabled and published as owned, at least one of its edges is
+  active and not found down, and the appliance is not draining.
 * A data plane seen for the first time (new identity) gets that config at once.
 * A generation this daemon did not publish is drift (another writer: a data plane's SIGHUP without --managed, a
   tool, a bug). It is reported with what differs from what was published and the store is applied again at once.
@@ -51,6 +55,9 @@ class Inputs:
     own_all: bool = False
     macs: dict = field(default_factory=dict)            # edge IP -> MAC resolved here
     now: float = 0.0                                    # monotonic seconds
+    dp_fresh: bool = True                               # the data plane's heartbeat is recent (< 1 s)
+    draining_since: float | None = None                 # monotonic time of `pydpctl appliance drain`; None: not
+    drain_timeout: float | None = None                  # that drain's timeout; None: [bgp] drain_timeout
 
 
 @dataclass(frozen=True)
@@ -76,21 +83,76 @@ class Event:
     fields: dict
 
 
-def wants_owned(cl, *, own_all: bool, carp_owned) -> bool:
+def is_bgp(cl) -> bool:
+    """The cluster is announced over BGP (active-active) rather than elected by CARP."""
+    return cl.mode == "cluster" and cl.failover == "bgp"
+
+
+def drain_expired(cfg, now: float, draining_since: float | None, timeout: float | None = None) -> bool:
+    """The appliance has been draining for longer than the drain's timeout (default: [bgp] drain_timeout): its bgp
+    clusters are let go."""
+    if draining_since is None:
+        return False
+    if timeout is None:
+        timeout = cfg.bgp.drain_timeout if cfg is not None and cfg.bgp is not None else 0.0
+    return now - draining_since >= timeout
+
+
+def wants_owned(cl, *, own_all: bool, carp_owned, bgp_expired: bool = False) -> bool:
     """Whether this appliance forwards for the cluster now."""
-    return bool(cl.enabled and (own_all or cl.mode == "standalone" or cl.name in carp_owned))
+    if not cl.enabled:
+        return False
+    if own_all or cl.mode == "standalone":
+        return True
+    if is_bgp(cl):
+        return not bgp_expired
+    return cl.name in carp_owned
 
 
 def ownership_source(cfg, name: str, own_all: bool) -> str:
-    """Why a cluster is (or is not) owned: carp, standalone, own-all, disabled, removed."""
+    """Why a cluster is (or is not) owned: carp, bgp, standalone, own-all, disabled, removed."""
     for cl in (cfg.clusters if cfg is not None else []):
         if cl.name == name:
             if not cl.enabled:
                 return "disabled"
             if cl.mode == "standalone":
                 return "standalone"
-            return "own-all" if own_all else "carp"
+            if own_all:
+                return "own-all"
+            return "bgp" if is_bgp(cl) else "carp"
     return "removed"
+
+
+def announcements(inp: Inputs, published_owned: frozenset) -> dict:
+    """{bgp cluster: (announce, reason)}: whether this appliance offers the cluster's route to its BGP peers now,
+    and why (or why not). published_owned: the clusters owned in the generation the data plane runs (a route is
+    never offered before the data plane forwards for it). Reasons: "fit", "disabled", "data plane down", "data
+    plane stale", "draining", "no healthy edge", "not published yet"."""
+    cfg = inp.config
+    if cfg is None:
+        return {}
+    dp = inp.dataplane
+    out = {}
+    for cl in cfg.clusters:
+        if not is_bgp(cl):
+            continue
+        healthy = any(e.state == "active" and inp.health.get((cl.name, e.name)) is not False for e in cl.edges)
+        if not cl.enabled:
+            why = "disabled"
+        elif dp is None or not dp.alive:
+            why = "data plane down"
+        elif not inp.dp_fresh:
+            why = "data plane stale"
+        elif inp.draining_since is not None:
+            why = "draining"
+        elif not healthy:
+            why = "no healthy edge"
+        elif cl.name not in published_owned:
+            why = "not published yet"
+        else:
+            why = "fit"
+        out[cl.name] = (why == "fit", why)
+    return out
 
 
 def with_macs(cfg, macs: dict, live: dict | None = None) -> tuple[Any, dict]:
@@ -174,12 +236,14 @@ class Reconciler:
         self.drift: dict | None = None           # the drift being repaired: since, generation, differences
         self.drifts = 0                          # drifts detected since start
         self.adopted: dict = {}                  # MACs taken over from the live data plane, for the resolver
+        self.published_owned: frozenset = frozenset()   # clusters owned in the last publish to this data plane
 
     def desired(self, inp: Inputs) -> Desired:
         live = inp.dataplane.clusters if inp.dataplane is not None else None
         cfg, self.adopted = with_macs(inp.config, inp.macs, live)
+        expired = drain_expired(cfg, inp.now, inp.draining_since, inp.drain_timeout)
         owned = frozenset(cl.name for cl in cfg.clusters
-                          if wants_owned(cl, own_all=inp.own_all, carp_owned=inp.carp_owned))
+                          if wants_owned(cl, own_all=inp.own_all, carp_owned=inp.carp_owned, bgp_expired=expired))
         names = {(cl.name, e.name) for cl in cfg.clusters for e in cl.edges}
         health = {k: v for k, v in inp.health.items() if k in names and v is False}
         return Desired(config=cfg, owned=owned, edge_health=health, key=_key(cfg, owned, health))
@@ -232,6 +296,7 @@ class Reconciler:
         self.generation = generation
         self.applied_key = action.desired.key
         self.applied_revision = action.revision
+        self.published_owned = action.desired.owned
         self.expected = summary(live)
         self.failed = None
         self.drift = None
@@ -243,9 +308,15 @@ class Reconciler:
         """The data plane went away: the next one is new, whatever it publishes first."""
         self.identity = None
         self.generation = None
+        self.published_owned = frozenset()
         self.expected = None
         self.reloads_seen = None
         self.drift = None
+
+    def announcements(self, inp: Inputs) -> dict:
+        """{bgp cluster: (announce, reason)} for these inputs and what was last published (see the function)."""
+        live = inp.dataplane is not None and inp.dataplane.identity == self.identity
+        return announcements(inp, self.published_owned if live else frozenset())
 
     def status(self) -> dict:
         return {"published_generation": self.generation, "applied_revision": self.applied_revision,

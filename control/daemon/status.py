@@ -54,7 +54,8 @@ class StatusView:
             cl = conf.get(name)
             sc = shm_clusters.get(name)
             active = bool(sc and sc["active"] and alive)
-            cs = d.carp.status(name) if cl is not None and cl.enabled and cl.mode == "cluster" else None
+            bgp = cl is not None and cl.mode == "cluster" and cl.failover == "bgp"
+            cs = d.carp.status(name) if cl is not None and cl.enabled and cl.mode == "cluster" and not bgp else None
             if cl is None:
                 local = "removed"
             elif not cl.enabled:
@@ -68,6 +69,7 @@ class StatusView:
                 "cluster_ip": str(cl.cluster_ip) if cl else sc["cluster_ip"],
                 "enabled": cl.enabled if cl else sc["enabled"],
                 "mode": cl.mode if cl else None,
+                "failover": cl.failover if cl else None,
                 "dsr": cl.dsr if cl else sc["dsr"],
                 "in_store": cl is not None,
                 "applied": sc is not None,
@@ -79,6 +81,11 @@ class StatusView:
                 "bytes": sc["bytes"] if sc else 0,
                 "edges": [],
             }
+            if bgp:
+                want = d.bgp_wanted.get(name, (False, "not decided yet"))
+                shown = d.bgp.status()["clusters"].get(name, {})
+                row["bgp"] = {"announced": bool(shown.get("announced")), "wanted": want[0], "reason": want[1],
+                              "since": shown.get("since")}
             if cs is not None:
                 row["carp"].update({k: v for k, v in cs.items() if k not in ("state", "vhid")})
             cedges = [e.name for e in cl.edges] if cl else []
@@ -127,7 +134,22 @@ class StatusView:
             "clusters": clusters,
             "flow_table": d.flow_monitor.annotate(st["flow_table"]) if st else None,
             "flowsync": d.flowsync.status(),
+            "bgp": self.bgp_status(),
+            "drain": d.drain_status(),
         }
+
+    def bgp_status(self) -> dict | None:
+        """{engine, version, running, sessions: [{peer, as, state, since, bfd, routes}], clusters: {name:
+        {announced, reason}}}; None without a [bgp] section."""
+        d = self.d
+        if d.cfg is None or d.cfg.bgp is None:
+            return None
+        out = d.bgp.status()
+        for name, (want, why) in d.bgp_wanted.items():
+            c = out["clusters"].setdefault(name, {"announced": False, "since": None})
+            c["reason"] = why
+            c["wanted"] = want
+        return out
 
     def stats(self) -> dict:
         d = self.d
