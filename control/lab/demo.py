@@ -50,9 +50,19 @@ class Capture:
 
     def times(self, expr: str = "") -> list[float]:
         """The timestamps (wall clock) of the captured packets that match expr (all of them by default)."""
+        return [t for t, _, _ in self.packets(expr)]
+
+    def packets(self, expr: str = "") -> list[tuple[float, str, int]]:
+        """(timestamp, source address, source port) of the captured IPv4 packets that match expr."""
         out = subprocess.run(["tcpdump", "-r", str(self.path), "-nn", "-q", "-tt", *([expr] if expr else [])],
                              capture_output=True, text=True, timeout=60).stdout
-        return [float(line.split()[0]) for line in out.splitlines() if line[:1].isdigit()]
+        rows = []
+        for line in out.splitlines():
+            f = line.split()
+            if len(f) >= 3 and line[:1].isdigit():
+                src, _, port = f[2].rpartition(".") if f[1] == "IP" else (f[2], "", "")
+                rows.append((float(f[0]), src, int(port) if port.isdigit() else 0))
+        return rows
 
 
 def plot_share(load: Load, t0: float, marks: list[tuple[float, str]], path: Path, say=print) -> None:
@@ -263,11 +273,17 @@ def lb_captures(lab: Lab, out: Path, tag: str) -> dict[str, Capture]:
     return {name: Capture(lab, f"p{name}", out / f"{tag}-lb{name}.pcap", LB_PORT) for name in lab.appliances}
 
 
+def lb_syns(caps: dict[str, Capture], new: list[dict]) -> dict[str, set[tuple[str, int]]]:
+    """Appliance → the new connections (client address, port) whose SYN the router sent it, of those in `new`."""
+    want = {(e["src"], e["sport"]) for e in new if e.get("sport")}
+    return {n: {(src, port) for _, src, port in c.packets(SYNS)} & want for n, c in caps.items()}
+
+
 def ecmp_hops(lab: Lab, rows: list[dict]) -> list[str | None]:
     """The appliance the router's kernel picks for each (src, sport) to VIP:80 (`ip route get` with the L4 hash):
     which appliance a connection passes, without touching it."""
     specs = {s.addr: s.name for s in lab.topo.appliance_specs}
-    batch = "".join(f"route get {T.VIP} from {r['src']} iif eth1 ipproto tcp sport {r['sport']} dport "
+    batch = "".join(f"route get {T.VIP} from {r['src']} iif eth1 ipproto tcp sport {r.get('sport') or r['port']} dport "
                     f"{T.HTTP_PORT}\n" for r in rows)
     if not batch:
         return []
@@ -321,9 +337,9 @@ def scaleout_story(lab: Lab, out: Path, conns: int, say) -> dict:
     t0 = time.time()
     time.sleep(10)                              # the measuring window
     t1 = time.time()
-    syns = {n: [t for t in c.times(SYNS) if t0 <= t < t1] for n, c in caps.items()}
     for c in caps.values():
         c.stop()
+    syns = lb_syns(caps, load.new(t0, t1))
     total = sum(len(v) for v in syns.values())
     res["lb_new_connections"] = {n: len(v) for n, v in syns.items()}
     res["lb_share"] = {n: round(len(v) / total, 4) if total else 0.0 for n, v in syns.items()}

@@ -324,13 +324,13 @@ class Lab(Pair):
         return t
 
     def restart_appliance(self, a: Appliance, timeout: float = 60) -> None:
-        """After kill_appliance (or with it running): start it again and wait until the router routes to it."""
+        """After kill_appliance (or with it running): start it again and wait until the router routes to it (it
+        announces once its health checks find an edge up)."""
         a.restart()
         self.record("pids", a.dp.proc.pid)
         self.record("pids", a.ctl.proc.pid)
         self.state["sockets"][a.name] = a.ctl.socket
         self.save()
-        self.wait_edges_up(a, 30)
         self.wait_route([x.addr for x in self.topo.appliance_specs], timeout)
 
     def appliance_by_addr(self, addr: str) -> Appliance:

@@ -16,7 +16,7 @@ import pytest
 
 from control.lab import topology as T
 from control.lab.appliance import pydpctl
-from control.lab.demo import LB_PORT, REPLIES_V4, SYNS, Capture, ecmp_hops
+from control.lab.demo import LB_PORT, REPLIES_V4, SYNS, Capture, ecmp_hops, lb_syns
 from control.lab.lab import Lab
 from control.lab.load import Load
 from netlab import assert_clean, eventually, lab_name, report
@@ -50,6 +50,10 @@ def steady(lab):
         else:
             a.pydpctl("appliance", "undrain", check=False)
     for a in lab.appliances.values():
+        for name in set(lab.edges) - set(lab.edge_health(a)):        # an edge a test removed
+            spec = lab.edges[name].spec
+            a.pydpctl("edge", "add", "web", f"{name}={spec.ip}@{spec.mac}")
+    for a in lab.appliances.values():
         lab.wait_edges_up(a, 30)
     lab.wait_route(addrs, 60)
 
@@ -75,24 +79,26 @@ def spread(lab, tmp_path_factory):
     time.sleep(12)                       # the measuring window (the run's length, not a wait for something)
     t1 = time.time()
     summary = load.stop()
-    syns = {n: len([t for t in c.times(SYNS) if t0 <= t < t1]) for n, c in caps.items()}
-    replies = {n: len(c.times(REPLIES_V4)) for n, c in caps.items()}
     for c in caps.values():
         c.stop()
     new = load.new(t0, t1)
+    syns = lb_syns(caps, new)
+    replies = {n: len(c.times(REPLIES_V4)) for n, c in caps.items()}
     return {"syns": syns, "replies_via_lb": replies, "replies_at_router": cap_rt.stop(), "new": new,
             "summary": summary, "edge_share": load.share(t0, t1), "broken": load.broken()}
 
 
 def test_ecmp_spreads_new_connections_evenly_over_the_appliances(spread, request):
-    syns, new = spread["syns"], spread["new"]
+    new = spread["new"]
+    syns = {n: len(v) for n, v in spread["syns"].items()}
     total = sum(syns.values())
     ok = [e for e in new if e["edge"]]
-    report(request, f"ECMP over {N} appliances: SYNs per appliance {syns} of {len(new)} new connections "
+    report(request, f"ECMP over {N} appliances: new connections per appliance {syns} of {len(new)} "
                     f"({len(ok)} answered); edges {spread['edge_share']}")
-    assert len(new) >= 200 and len(ok) >= 0.98 * len(new), f"new connections failed: {len(new) - len(ok)}"
-    # every SYN the router sent went to exactly one appliance
-    assert abs(total - len(new)) <= 0.05 * len(new), (total, len(new))
+    assert len(new) >= 200 and len(ok) == len(new), f"new connections failed: {len(new) - len(ok)}"
+    # the SYN of a new connection reached one appliance, never two (the captures may miss a few under load)
+    seen = [key for v in spread["syns"].values() for key in v]
+    assert len(seen) == len(set(seen)) >= 0.95 * len(new), (len(seen), len(set(seen)), len(new))
     for name, n in syns.items():
         share = n / total
         assert abs(share * N - 1) <= SPREAD_TOLERANCE, f"appliance {name}: {share:.1%} of new connections ({syns})"
@@ -104,7 +110,7 @@ def test_dsr_replies_never_cross_an_appliance(spread, request):
     report(request, f"DSR: reply packets on the appliances' ports {spread['replies_via_lb']}, at the router "
                     f"{spread['replies_at_router']}")
     assert spread["replies_at_router"] > len(spread["new"]), "the clients' replies did not pass the router"
-    assert all(n > 0 for n in spread["syns"].values())
+    assert all(len(v) > 0 for v in spread["syns"].values())
     assert spread["replies_via_lb"] == {n: 0 for n in spread["syns"]}
     assert spread["broken"] == []
 
@@ -188,10 +194,7 @@ def test_edge_removed_then_appliance_killed_flow_sync_keeps_flows(steady, reques
         after = dict(zip([r["id"] for r in rows], ecmp_hops(lab, rows)))
         time.sleep(5)                    # every connection makes ~10 requests through the survivors
     finally:
-        load.stop()
-        for a in lab.appliances.values():
-            if a.ctl.proc is not None and a.ctl.proc.poll() is None:
-                a.pydpctl("edge", "add", "web", f"e3={T.edge_spec(3).ip}@{T.edge_spec(3).mac}", check=False)
+        load.stop()                      # the fixture restarts A and adds e3 back everywhere
     check = load.byte_check()
     kept = [r for r in check["rows"] if r["edge"] != "e3"]
     moved = sum(1 for i in via if via[i] != after.get(i))
