@@ -403,7 +403,23 @@ def scaleout_story(lab: Lab, out: Path, conns: int, say) -> dict:
     cap.stop()
     time.sleep(2)
 
-    # 5: an appliance SIGKILLed under load (every process: data plane, pydp-control, BIRD)
+    # 5a: an appliance frozen (SIGSTOP): nothing closes its BGP session, BFD alone tells the router
+    frozen = lab.appliances[lbs[0]]
+    faddr = next(s.addr for s in lab.topo.appliance_specs if s.name == frozen.name)
+    broken_before = {c["id"] for c in load.broken()}
+    say(f"freezing appliance {frozen.name} (SIGSTOP: silent, only BFD notices)")
+    t_freeze = lab.freeze_appliance(frozen)
+    marks.append((t_freeze, f"LB {frozen.name} frozen"))
+    t_gone = when(lambda: faddr not in lab.router.nexthops(T.VIP), 30)
+    time.sleep(3)                               # its connections go on through the others
+    t_thaw = lab.freeze_appliance(frozen, False)
+    t_back = when(lambda: len(lab.router.nexthops(T.VIP)) == len(lbs), 60)
+    res["lb_freeze"] = {"lb": frozen.name, "reroute_s": round(t_gone - t_freeze, 3) if t_gone else None,
+                        "connections_broken": len({c["id"] for c in load.broken()} - broken_before),
+                        "back_after_thaw_s": round(t_back - t_thaw, 3) if t_back else None}
+    time.sleep(2)
+
+    # 5b: an appliance SIGKILLed under load (every process: data plane, pydp-control, BIRD)
     victim_lb = lab.appliances[lbs[1]]
     vaddr = next(s.addr for s in lab.topo.appliance_specs if s.name == victim_lb.name)
     open_rows = [c for c in load.open_conns() if c["id"] not in {b["id"] for b in load.broken()}]
@@ -469,11 +485,16 @@ def scaleout_report(res: dict) -> str:
                   f"{d['new_connections_to_it_while_drained']}; connections broken meanwhile: "
                   f"{d['connections_broken_while_drained']}; back {d['back_s']} s after undrain"]
     f = res["lb_failure"]
-    lines += ["", f"5. Appliance {f['lb']} SIGKILLed under load:",
-              f"   the router's route dropped it after {f['reroute_s']} s (BFD); route now via "
+    z = res["lb_freeze"]
+    lines += ["", f"5. Appliance {z['lb']} frozen (SIGSTOP, its BGP session left open: BFD alone tells the router):",
+              f"   the router's route dropped it after {z['reroute_s']} s; connections broken meanwhile: "
+              f"{z['connections_broken']}; announced again {z['back_after_thaw_s']} s after SIGCONT"]
+    last = f"{f['last_lost_syn_after_s']} s" if f["last_lost_syn_after_s"] is not None else "-"
+    lines += ["", f"6. Appliance {f['lb']} SIGKILLed under load (data plane, pydp-control and BIRD at once):",
+              f"   the router's route dropped it after {f['reroute_s']} s; route now via "
               f"{', '.join(f['route_after'])}",
               f"   new connections whose first SYN was lost: {f['new_connections_first_syn_lost']} (the last one "
-              f"started {f['last_lost_syn_after_s']} s after the kill)",
+              f"started {last} after the kill)",
               f"   long-lived connections: {f['connections_survived']} of {f['connections_alive_at_kill']} alive at "
               f"the kill survived ({f['connections_through_it_survived']} of the {f['connections_through_it']} "
               f"that went through {f['lb']}); byte counts equal for {res['byte_counts_equal']} of "

@@ -323,6 +323,17 @@ class Lab(Pair):
                 p.wait(10)
         return t
 
+    def freeze_appliance(self, a: Appliance, frozen: bool = True) -> float:
+        """SIGSTOP (or SIGCONT) every process of appliance a: it goes silent without closing anything (no FIN on
+        its BGP session), so only BFD or the hold timer tell the router. Returns the wall-clock time."""
+        t = time.time()
+        for p in ns_pids(a.ns):
+            try:
+                os.kill(p, signal.SIGSTOP if frozen else signal.SIGCONT)
+            except ProcessLookupError:
+                pass
+        return t
+
     def restart_appliance(self, a: Appliance, timeout: float = 60) -> None:
         """After kill_appliance (or with it running): start it again and wait until the router routes to it (it
         announces once its health checks find an edge up)."""
