@@ -23,7 +23,7 @@ fi
 
 # --- OS packages ---------------------------------------------------------------------------------------------
 pkgs=(libdpdk-dev dpdk-dev pkg-config cmake ninja-build gcc clang libclang-rt-14-dev libpcap-dev
-      iproute2 iputils-ping ucarp nginx-light openssl tcpdump curl procps psmisc kmod ethtool
+      iproute2 iputils-ping ucarp bird2 nginx-light openssl tcpdump curl procps psmisc kmod ethtool
       systemd e2fsprogs util-linux dpdk-doc python3 python3-venv python3-dev prometheus bash-completion man-db
       chromium chromium-driver fonts-dejavu-core)     # the admin page's browser tests (tests/web, Selenium)
 pkgs+=(bird2)                                         # BGP: pydp-control drives BIRD 2; the scale-out lab's router
@@ -35,13 +35,21 @@ if [ "${#missing[@]}" -gt 0 ]; then
     say "installing OS packages: ${missing[*]}"
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq
-    # policy-rc.d keeps the Debian nginx package from starting a server of its own
+    # policy-rc.d keeps the Debian nginx and bird2 packages from starting servers of their own (pydp-control runs
+    # its own BIRD, with its own socket and config under /run/pydp: docs/bgp.md)
     printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d
     chmod +x /usr/sbin/policy-rc.d
     apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
     rm -f /usr/sbin/policy-rc.d
 else
     say "OS packages present"
+fi
+
+# Debian's bird2 enables a bird.service of its own (/etc/bird/bird.conf, listening on port 179): pydp-control runs
+# BIRD itself for the [bgp] section, so the packaged service is disabled and stopped where systemd runs.
+if [ -d /run/systemd/system ] && systemctl is-enabled bird.service >/dev/null 2>&1; then
+    say "disabling Debian's bird.service (pydp-control runs its own BIRD: docs/bgp.md)"
+    systemctl disable --now bird.service >/dev/null 2>&1 || say "warning: could not disable bird.service"
 fi
 
 # --- hugepages -----------------------------------------------------------------------------------------------

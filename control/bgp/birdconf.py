@@ -9,7 +9,8 @@ What it writes (docs/bgp.md shows a whole file):
   file is the announcement wanted when the file is written, so a (re)started BIRD starts in the right state;
 * one ``protocol bgp`` per [[bgp.peer]], importing nothing and exporting through ``pydp_export``: only the pydp
   static routes leave, with the [bgp] communities added and the next hop set to ``next_hop`` or to the session's
-  own address (next hop self).
+  own address (next hop self). Graceful restart is off: when the session ends (BIRD killed, the box gone) the
+  router drops the routes at once instead of keeping them as stale for the restart time.
 
 Names: the peers are ``pydp_peer_N`` (N from 1, in [[bgp.peer]] order), the clusters ``pydp_c_<name>_<hash>``
 (the cluster name reduced to BIRD's symbol characters plus a short hash of the real name, so two names that reduce
@@ -88,7 +89,10 @@ def render(bgp, clusters, announced: dict | None = None) -> str:
                      f"keepalive time {max(1, bgp.hold_time // 3)};"]
         else:
             body += ["hold time 0;", "keepalive time 0;"]
-        body += ["connect retry time 1;", "connect delay time 1;", "error wait time 1, 10;"]
+        body += ["connect retry time 1;", "connect delay time 1;", "error wait time 1, 10;",
+                 # no graceful restart: a router must drop this appliance's routes as soon as the session ends,
+                 # not keep them as stale (an ECMP member that is gone has to leave the group at once)
+                 "graceful restart off;", "long lived graceful restart off;"]
         if bgp.bfd:
             body.append("bfd on;")
         if p.password:

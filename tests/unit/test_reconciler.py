@@ -301,3 +301,115 @@ def test_summary_reads_observe_clusters(region):
     apply_config(region, cfg, owned={"web"})
     s = summary(observe.clusters(region))
     assert s["web"]["owned"] is True and s["web"]["edges"]["e2"] == ("198.51.100.22", "up", 1)
+
+
+# ---- failover = "bgp": ownership and announcements (issue 15) ----
+
+BGP = """
+[bgp]
+local_as = 64512
+router_id = "198.51.100.11"
+drain_timeout = 30
+[[bgp.peer]]
+address = "198.51.100.1"
+as = 64500
+"""
+
+
+def bgp_cluster(name, ip, edges, enabled=True):
+    return cluster_text(name, ip, 1, edges, enabled=enabled).replace('mode = "cluster"\n',
+                                                                      'mode = "cluster"\nfailover = "bgp"\n')
+
+
+class BgpHarness(Harness):
+    """The harness with the appliance's drain and the data plane's freshness as inputs."""
+
+    def __init__(self, region, cfg):
+        super().__init__(region, cfg)
+        self.draining_since = None
+        self.drain_timeout = None
+        self.fresh = True
+        self.alive = True
+
+    def inputs(self) -> Inputs:
+        import dataclasses
+        inp = super().inputs()
+        dp = dataclasses.replace(inp.dataplane, alive=self.alive)
+        return dataclasses.replace(inp, dataplane=dp, dp_fresh=self.fresh, draining_since=self.draining_since,
+                                   drain_timeout=self.drain_timeout)
+
+    def announced(self) -> dict:
+        return self.rec.announcements(self.inputs())
+
+
+def test_bgp_clusters_are_owned_without_carp_and_announced_once_published(region):
+    cfg = load(BGP + bgp_cluster("web", "203.0.113.10", WEB),
+               cluster_text("db", "203.0.113.11", 7, [("d1", 31, "active"), ("d2", 32, "active")]),
+               bgp_cluster("off", "203.0.113.12", [("o1", 41, "active"), ("o2", 42, "active")], enabled=False))
+    h = BgpHarness(region, cfg)
+    # before the first publish the route is not offered: the data plane does not forward for it yet
+    assert h.announced() == {"web": (False, "not published yet"), "off": (False, "disabled")}
+    h.step()
+    live = h.live()
+    assert live["web"]["active"] and not live["db"]["active"] and not live["off"]["active"]
+    assert h.announced() == {"web": (True, "fit"), "off": (False, "disabled")}   # db is CARP's: not listed
+
+
+def test_bgp_withdraw_reasons_and_back(region):
+    cfg = load(BGP + bgp_cluster("web", "203.0.113.10", [("e1", 21, "active"), ("e2", 22, "draining")]))
+    h = BgpHarness(region, cfg)
+    h.step()
+    assert h.announced()["web"] == (True, "fit")
+    # the only active edge found down: withdrawn (the draining one does not count), still owned (flows go on)
+    h.health = {("web", "e1"): False}
+    h.step()
+    assert h.announced()["web"] == (False, "no healthy edge") and h.live()["web"]["active"]
+    h.health = {("web", "e1"): True}
+    h.step()
+    assert h.announced()["web"] == (True, "fit")
+    h.fresh = False
+    assert h.announced()["web"] == (False, "data plane stale")
+    h.fresh = True
+    h.alive = False
+    assert h.announced()["web"] == (False, "data plane down")
+    h.alive = True
+    assert h.announced()["web"] == (True, "fit")
+
+
+def test_bgp_drain_withdraws_at_once_and_lets_go_after_the_timeout(region):
+    cfg = load(BGP + bgp_cluster("web", "203.0.113.10", WEB))
+    h = BgpHarness(region, cfg)
+    h.step()
+    h.draining_since = h.now
+    assert h.step() == []                                   # withdrawn, but still owned: established flows go on
+    assert h.announced()["web"] == (False, "draining") and h.live()["web"]["active"]
+    h.now += 29.9
+    assert h.step() == [] and h.live()["web"]["active"]
+    h.now += 0.1                                            # [bgp] drain_timeout = 30 s reached: let go
+    actions = h.step()
+    assert kinds(actions) == ["Apply"] and not h.live()["web"]["active"]
+    assert h.announced()["web"] == (False, "draining")
+    h.draining_since = None                                 # undrain: owned again, then announced
+    assert h.announced()["web"] == (False, "not published yet")
+    h.step()
+    assert h.live()["web"]["active"] and h.announced()["web"] == (True, "fit")
+
+
+def test_bgp_drain_timeout_of_the_drain_itself(region):
+    cfg = load(BGP + bgp_cluster("web", "203.0.113.10", WEB))
+    h = BgpHarness(region, cfg)
+    h.step()
+    h.draining_since, h.drain_timeout = h.now, 0.0          # `pydpctl appliance drain --timeout 0`
+    h.step()
+    assert not h.live()["web"]["active"]
+
+
+def test_bgp_new_dataplane_is_not_announced_before_its_first_publish(region):
+    cfg = load(BGP + bgp_cluster("web", "203.0.113.10", WEB))
+    h = BgpHarness(region, cfg)
+    h.step()
+    assert h.announced()["web"][0]
+    h.rec.forget_dataplane()                                # the data plane restarted
+    assert h.announced()["web"] == (False, "not published yet")
+    h.step()
+    assert h.announced()["web"] == (True, "fit")
