@@ -11,7 +11,7 @@ fault tests (tests/netns/) and of perf/failover.py.
                records every datagram that reaches an edge with the MAC of the appliance that forwarded it
     with sync=True: a management link mg0 between A (192.0.2.1/24) and B (192.0.2.2/24) carries flow sync
     with count=3: a third appliance C (02:00:00:00:01:0c, TAP 198.51.100.4/24, management 192.0.2.3/24) in the same
-    CARP group, and the management addresses on a bridge br1 in sw; each appliance has the others as [sync] peers
+    CARP group (bridge port pc3), and the management addresses on a bridge br1 in sw; each appliance has the others as [sync] peers
 
 Every process and namespace is removed when the lab's context ends, also on failure.
 """
@@ -308,7 +308,8 @@ class FailoverLab(Pair):
         names = tuple(APPLIANCES)[:self.count]
         for name in names:
             ns = st.enter_context(netns(f"pydpt-{name.lower()}"))
-            bridge_host(self.sw_ns, br, ns, f"p{name.lower()}", ifname="lb0", mac=APPLIANCES[name][0])
+            port = "pc3" if name == "C" else f"p{name.lower()}"        # "pc" is the client's bridge port
+            bridge_host(self.sw_ns, br, ns, port, ifname="lb0", mac=APPLIANCES[name][0])
             a = appliance(name, ns, self.tmp / name, preempt=self.preempt, exception_pps=self.exception_pps,
                           sync=self.sync, names=names, hash_seed=self.hash_seeds.get(name))
             st.callback(a.stop)
@@ -320,7 +321,7 @@ class FailoverLab(Pair):
         elif self.sync:
             mg = bridge(self.sw_ns, "br1")
             for name, ap in self.appliances.items():
-                bridge_host(self.sw_ns, mg, ap.ns, f"m{name.lower()}", ifname="mg0", addr=f"{MGMT[name]}/24")
+                bridge_host(self.sw_ns, mg, ap.ns, f"mgmt-{name.lower()}", ifname="mg0", addr=f"{MGMT[name]}/24")
         # the bridge learns the appliances' MACs from their first frames; no other setup is needed
 
     def client_neigh(self) -> str | None:
