@@ -351,3 +351,24 @@ def test_a_peer_with_another_table_is_reported(region):
     assert metrics[("pydp_flowsync_maglev_mismatches", ())] == 1          # a counter (_total on exposition)
     lines = fs.maglev_lines(st)
     assert any(line.startswith(f"web {ours['digest']}") and "127.0.0.2:7470 MISMATCH" in line for line in lines)
+
+
+def test_active_active_refresh_sends_only_flows_with_packets_here():
+    """A peer's copy has its last-packet time renewed by every install; only a packet count that grew here since
+    the previous refresh makes a flow of an active-active cluster go out again (else flows bounce for ever)."""
+    from pydp.shm import numpy_dtype
+
+    def records(packets, base=0):
+        fl = np.zeros(len(packets), dtype=numpy_dtype("struct pydp_flow"))
+        if len(packets):
+            fl.view(np.uint8).reshape(len(packets), -1)[:, :fs.KEY_LEN] = batch(len(packets), base=base).keys
+        fl["packets"] = packets
+        return fl
+
+    w = fs.PacketWatch()
+    assert list(w.grown(records([0, 5, 7]))) == [False, True, True]      # 0: a copy installed by sync
+    assert list(w.grown(records([0, 5, 9]))) == [False, False, True]
+    both = np.concatenate([records([3], base=100), records([0, 5, 9])])    # a new flow, the others unchanged
+    assert list(w.grown(both)) == [True, False, False, False]
+    assert list(w.grown(records([1, 5, 9]))) == [True, False, False]      # the copy got packets: ECMP moved it here
+    assert list(w.grown(records([]))) == [] and list(w.grown(records([2]))) == [True]
