@@ -998,8 +998,10 @@ class FlowSync:
                 now_is = agreement(local, remote)
                 p.agreement[name] = now_is
                 if now_is != "mismatch":
-                    if was == "mismatch":
-                        self.event("maglev_agreement", cluster=name, peer=p.name, digest=local and local["digest"])
+                    if was == "mismatch" and now_is == "agree":
+                        self.event("maglev_agreement", cluster=name, peer=p.name, digest=local["digest"])
+                    elif now_is == "unknown" and remote is None:
+                        p.agreement.pop(name, None)          # the peer left (or the cluster went): nothing to say
                     continue
                 if was != "mismatch":
                     self._count(p, "maglev_mismatches")
@@ -1170,6 +1172,8 @@ class FlowSync:
 
     # ---- observability ----
     def status(self) -> dict:
+        from pydp.config import sync_peers
+
         st = self.settings
         on = bool(st is not None and st.enabled)
         ring = {"written": 0, "dropped": 0}
@@ -1182,7 +1186,7 @@ class FlowSync:
         return {
             "enabled": on,
             "listen": f"{st.listen_address}:{st.listen_port}" if on else None,
-            "peer": ", ".join(self.peers) if on and self.peers else None,
+            "peer": ", ".join(str(p) for p in sync_peers(st)) if on else None,
             "peers": peers,
             "active_active": sorted(self.active_active()) if on else [],
             "sending": {"state": self.state_out, "clusters": sorted(self.owned),
