@@ -433,10 +433,38 @@ def scan(region, owned_slots: dict[int, str], max_idle_ms: int | None) -> tuple[
     if not parts:
         return np.zeros(0, dtype=numpy_dtype("struct pydp_flow")), np.zeros(0, np.uint8)
     flows = np.concatenate(parts)
-    # a flow in several workers' tables (installed by sync into each) is sent once
-    _, first = np.unique(_flow_keys(flows), axis=0, return_index=True)
-    flows = flows[np.sort(first)]
+    # a flow in several workers' tables (installed by sync into each) is sent once, with the packets of every copy
+    _, first, inv = np.unique(_flow_keys(flows), axis=0, return_index=True, return_inverse=True)
+    total = np.bincount(inv.ravel(), weights=flows["packets"].astype(np.float64), minlength=len(first))
+    order = np.argsort(first)
+    flows = flows[first[order]]
+    flows["packets"] = np.minimum(total[order], 2**32 - 1).astype(np.uint32)
     return flows, np.full(len(flows), EV_NEW, dtype=np.uint8)
+
+
+class PacketWatch:
+    """Which flows of a scan saw packets HERE since the previous scan (their packet count grew). The refresh of an
+    active-active cluster sends only those: a copy a peer installed has its last-packet time renewed by every
+    install, so sending every recently "seen" flow would bounce each flow between the appliances for ever."""
+
+    def __init__(self):
+        self.keys = np.zeros((0, KEY_LEN), dtype=np.uint8)
+        self.packets = np.zeros(0, dtype=np.int64)
+
+    def grown(self, flows: np.ndarray) -> np.ndarray:
+        """Mask of the flows (scan()'s records) whose packets grew; remembers this scan for the next."""
+        keys = _flow_keys(flows)
+        pk = flows["packets"].astype(np.int64)
+        m = len(self.keys)
+        old = np.zeros(len(flows), dtype=np.int64)
+        if m and len(flows):
+            _, inv = np.unique(np.concatenate([self.keys, keys]), axis=0, return_inverse=True)
+            inv = inv.ravel()
+            seen = np.zeros(int(inv.max()) + 1, dtype=np.int64)
+            seen[inv[:m]] = self.packets
+            old = seen[inv[m:]]
+        self.keys, self.packets = keys.copy(), pk
+        return pk > old
 
 
 def commands(batch: Batch, clusters: dict[str, dict], counters: collections.Counter) -> np.ndarray | None:
@@ -490,7 +518,7 @@ COUNTERS = (
     "rx_auth_failures", "rx_replays", "rx_garbage", "rx_oversized", "rx_bad_version", "rx_unknown_cluster",
     "rx_protocol_errors", "rx_unknown_type", "skipped_not_owned",
     # Maglev agreement
-    "digests_sent", "digests_received", "maglev_mismatches",
+    "digests_sent", "digests_received", "maglev_mismatches", "refresh_skipped_peers",
 )
 
 # counter -> (metric name without pydp_flowsync_ and _total, help): docs/flowsync.md describes each counter
@@ -529,6 +557,8 @@ COUNTER_METRICS = {
                         "(skipped)"),
     "skipped_not_owned": ("skipped_not_owned_flows", "received flows of an active-active cluster skipped: not "
                           "owned here"),
+    "refresh_skipped_peers": ("refresh_skipped_flows", "flows of active-active clusters left out of a refresh: no "
+                              "packet here since the previous one (a peer's copy)"),
     "digests_sent": ("sent_digests", "Maglev table digests sent to peers"),
     "digests_received": ("received_digests", "Maglev table digests received from peers"),
     "maglev_mismatches": ("maglev_mismatches", "times a peer's Maglev table of a cluster started to differ from "
@@ -595,6 +625,7 @@ class FlowSync:
         self.digests: dict[str, dict] = {}    # cluster name -> maglev_digest() of the published table
         self._digest_cache: dict[int, tuple[tuple, dict]] = {}
         self.last_refresh = 0.0
+        self.watch = PacketWatch()            # the active-active clusters' refresh: flows with packets here
         self.install: collections.deque = collections.deque()   # received Batches not yet installed
         self.install_lock = threading.Lock()
         self.install_queued = 0
@@ -872,6 +903,13 @@ class FlowSync:
             if refresh and owned:
                 flows, types = scan(region, {s: n for n, s in owned.items()},
                                     int(self.settings.refresh_s * 1000) + 1000)
+                aa = np.array([s for n, s in owned.items() if n in self.active_active()], dtype=np.int64)
+                if len(aa):
+                    mine = np.isin(flows["cluster"], aa)
+                    keep = ~mine
+                    keep[mine] = self.watch.grown(flows[mine])
+                    self.counters["refresh_skipped_peers"] += int((~keep).sum())
+                    flows, types = flows[keep], types[keep]
                 refreshed = batches_of(flows, types, clusters, set(owned))
             dumps = {}
             for name in sorted(want_dump & set(owned)):
@@ -960,8 +998,10 @@ class FlowSync:
                 now_is = agreement(local, remote)
                 p.agreement[name] = now_is
                 if now_is != "mismatch":
-                    if was == "mismatch":
-                        self.event("maglev_agreement", cluster=name, peer=p.name, digest=local and local["digest"])
+                    if was == "mismatch" and now_is == "agree":
+                        self.event("maglev_agreement", cluster=name, peer=p.name, digest=local["digest"])
+                    elif now_is == "unknown" and remote is None:
+                        p.agreement.pop(name, None)          # the peer left (or the cluster went): nothing to say
                     continue
                 if was != "mismatch":
                     self._count(p, "maglev_mismatches")
@@ -1132,6 +1172,8 @@ class FlowSync:
 
     # ---- observability ----
     def status(self) -> dict:
+        from pydp.config import sync_peers
+
         st = self.settings
         on = bool(st is not None and st.enabled)
         ring = {"written": 0, "dropped": 0}
@@ -1144,7 +1186,7 @@ class FlowSync:
         return {
             "enabled": on,
             "listen": f"{st.listen_address}:{st.listen_port}" if on else None,
-            "peer": ", ".join(self.peers) if on and self.peers else None,
+            "peer": ", ".join(str(p) for p in sync_peers(st)) if on else None,
             "peers": peers,
             "active_active": sorted(self.active_active()) if on else [],
             "sending": {"state": self.state_out, "clusters": sorted(self.owned),

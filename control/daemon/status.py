@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 
-from control import carp_manager, observe, rpc
+from control import carp_manager, flowsync, observe, rpc
 from control.daemon.reconciler import ownership_source
 
 MAX_FLOWS = 4096                  # per reply: keeps a reply well under the 1 MiB frame limit
@@ -45,8 +45,16 @@ class StatusView:
                 dp["reload_requests"] = region.reload_requests
                 st = observe.stats(region)
                 shm_clusters = st["clusters"]
+            # the digest of each published Maglev table: flow sync's (with the peers' verdicts), or read here when
+            # flow sync does not run
+            maglev = d.flowsync.maglev_status()
+            if region is not None:
+                for name, sc in shm_clusters.items():
+                    if name not in maglev and sc.get("slot") is not None:
+                        dg = flowsync.maglev_digest(region, sc["slot"])
+                        if dg is not None:
+                            maglev[name] = {"digest": dg["digest"], "peers": {}}
         clusters = []
-        maglev = d.flowsync.maglev_status()
         names = [cl.name for cl in cfg.clusters] if cfg else []
         names += [n for n in shm_clusters if n not in names]
         conf = {cl.name: cl for cl in cfg.clusters} if cfg else {}
