@@ -26,7 +26,6 @@ pkgs=(libdpdk-dev dpdk-dev pkg-config cmake ninja-build gcc clang libclang-rt-14
       iproute2 iputils-ping ucarp bird2 nginx-light openssl tcpdump curl procps psmisc kmod ethtool
       systemd e2fsprogs util-linux dpdk-doc python3 python3-venv python3-dev prometheus bash-completion man-db
       chromium chromium-driver fonts-dejavu-core)     # the admin page's browser tests (tests/web, Selenium)
-pkgs+=(bird2)                                         # BGP: pydp-control drives BIRD 2; the scale-out lab's router
 missing=()
 for p in "${pkgs[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
