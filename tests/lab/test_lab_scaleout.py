@@ -10,6 +10,9 @@ connections) are printed on the terminal; speed is not asserted.
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 import time
 
 import pytest
@@ -249,3 +252,21 @@ def test_bad_bgp_section_refused_with_a_clear_error(lab, tmp_path):
     after = tmp_path / "after.toml"
     a.pydpctl("export", after)
     assert after.read_text() == text
+
+
+def test_status_shows_the_scaleout_lab(steady):
+    lab = steady
+    p = subprocess.run([sys.executable, "-P", "-m", "control.lab.cli", "status", "--name", lab.topo.name, "--json"],
+                       capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, p.stderr
+    st = json.loads(p.stdout)
+    assert st["ready"] and st["router"]["route"][T.VIP] == [s.addr for s in lab.topo.appliance_specs]
+    assert {n: s["bfd"] for n, s in st["router"]["sessions"].items()} == {f"lb{n}": "Up" for n in "ABC"}
+    for name in "ABC":
+        a = st["appliances"][name]
+        assert a["clusters"]["web"]["failover"] == "bgp" and a["clusters"]["web"]["announced"] is True
+        assert [s["state"] for s in a["bgp_sessions"]] == ["Established"]
+    text = subprocess.run([sys.executable, "-P", "-m", "control.lab.cli", "status", "--name", lab.topo.name],
+                          capture_output=True, text=True, timeout=60).stdout
+    assert f"router route {T.VIP}: ECMP via 198.51.100.2, 198.51.100.3, 198.51.100.4" in text
+    assert "bird" in st["namespaces"][lab.topo.router_ns][0]["cmd"]
