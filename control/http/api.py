@@ -370,9 +370,12 @@ S_EDGE = {"type": "object", "required": ["name", "ip"], "properties": {
     "name": S_STR, "ip": S_STR, "mac": S_STR, "weight": S_INT,
     "state": {"type": "string", "enum": ["active", "draining", "disabled"]}}}
 S_CLUSTER = {"type": "object", "required": ["name", "cluster_ip", "enabled", "mode", "dsr", "ipsec_local_termination",
-                                            "carp", "health", "edge"],
+                                            "failover", "carp", "health", "edge"],
              "properties": {"name": S_STR, "cluster_ip": S_STR, "enabled": S_BOOL,
                             "mode": {"type": "string", "enum": ["cluster", "standalone"]},
+                            "failover": {"type": "string", "enum": ["carp", "bgp"],
+                                         "description": "carp: active-passive pair; bgp: active-active, announced "
+                                                        "over BGP (docs/bgp.md)"},
                             "dsr": {"type": "string", "enum": ["l2", "ipip"]}, "ipsec_local_termination": S_BOOL,
                             "maglev_size": S_INT, "drain_timeout": {"type": "number"},
                             "carp": {"type": "object", "required": ["vhid", "passphrase_set"],
@@ -384,10 +387,11 @@ S_NEW_CLUSTER = {"type": "object", "required": ["name", "cluster_ip"], "properti
     **S_CLUSTER["properties"], "carp": {"type": "object", "description": "vhid, advbase, advskew, preempt, "
                                                                           "passphrase (write-only)"}}}
 S_ROW = {"type": "object", "required": ["name", "status", "service_edges", "cluster_ip", "ipsec_local_termination",
-                                        "mode"],
+                                        "mode", "failover"],
          "properties": {"name": S_STR, "status": {"type": "string", "enum": ["enabled", "disabled"]},
                         "service_edges": {"type": "array", "items": S_STR}, "cluster_ip": S_STR,
-                        "ipsec_local_termination": S_BOOL, "mode": {"type": "string", "enum": ["cluster", "standalone"]}}}
+                        "ipsec_local_termination": S_BOOL, "mode": {"type": "string", "enum": ["cluster", "standalone"]},
+                        "failover": {"type": "string", "enum": ["carp", "bgp"]}}}
 
 
 def _changed(result: dict | None) -> dict:
