@@ -390,7 +390,8 @@ S_ROW = {"type": "object", "required": ["name", "status", "service_edges", "clus
                                         "mode", "failover"],
          "properties": {"name": S_STR, "status": {"type": "string", "enum": ["enabled", "disabled"]},
                         "service_edges": {"type": "array", "items": S_STR}, "cluster_ip": S_STR,
-                        "ipsec_local_termination": S_BOOL, "mode": {"type": "string", "enum": ["cluster", "standalone"]},
+                        "ipsec_local_termination": S_BOOL,
+                        "mode": {"type": "string", "enum": ["cluster", "standalone"]},
                         "failover": {"type": "string", "enum": ["carp", "bgp"]}}}
 
 
