@@ -428,6 +428,9 @@ int pydp_cmd_push(struct pydp_shm *shm, uint32_t worker, const struct pydp_cmd *
  * A weight of 0 leaves that edge out. size must be prime. Returns 0, or -1 with err set. */
 int pydp_maglev_build(const char *const *names, const uint16_t *weights, uint32_t n, uint32_t size,
                       uint8_t *table, char *err);
+/* The same table with labels[i] written for edge i instead of i (the data plane's edge slots), in the same pass. */
+int pydp_maglev_build_labels(const char *const *names, const uint16_t *weights, const uint8_t *labels, uint32_t n,
+                             uint32_t size, uint8_t *table, char *err);
 int pydp_is_prime(uint32_t n);
 uint64_t pydp_hash_name(const char *name, uint64_t seed);
 
