@@ -549,12 +549,14 @@ def machine_facts() -> dict:
 
 
 def build_gen(path: str) -> None:
-    """Builds (or brings up to date: ninja is incremental) pydp-gen with CMake into path's directory."""
+    """Builds (or brings up to date: ninja is incremental) pydp-gen and pydp-bench-maglev with CMake into path's
+    directory."""
     bdir = os.path.dirname(path)
     log(f"building pydp-gen into {bdir}")
     subprocess.run(["cmake", "-S", ROOT, "-B", bdir, "-G", "Ninja", "-DCMAKE_BUILD_TYPE=Release",
                     "-DPYDP_BUILD_TESTS=OFF"], check=True, stdout=subprocess.DEVNULL)
-    subprocess.run(["cmake", "--build", bdir, "--target", "pydp-gen"], check=True, stdout=subprocess.DEVNULL)
+    subprocess.run(["cmake", "--build", bdir, "--target", "pydp-gen", "pydp-bench-maglev"], check=True,
+                   stdout=subprocess.DEVNULL)
 
 
 L3FWD_SRC = "/usr/share/dpdk/examples/l3fwd"     # Debian's dpdk-doc: DPDK's own example sources
