@@ -245,8 +245,8 @@ def snapshot(region) -> dict:
     """The counters the benchmark needs, copied out of the live shared-memory views (summed over workers)."""
     ws = region.worker_stats()
     port = ws["port"][:, 0]
-    snap = {k: int(ws[k].sum()) for k in ("polls", "idle_polls", "busy_cycles", "flow_lookups", "flow_hits",
-                                           "flow_inserts", "flow_evictions")}
+    snap = {k: int(ws[k].sum()) for k in ("polls", "idle_polls", "sleeps", "busy_cycles", "flow_lookups",
+                                           "flow_hits", "flow_inserts", "flow_evictions")}
     snap["rx_packets"] = int(port["rx_packets"].sum())
     snap["tx_packets"] = int(port["tx_packets"].sum())
     snap["drops"] = [int(x) for x in port["drops"].sum(axis=0)]

@@ -58,7 +58,7 @@ def test_smoke_run_writes_the_schema(tmp_path):
     assert sw["swaps"] == 100 and sw["generations"] == 100 and sw["sent"] > 0
     assert sw["lost"] == sw["sent"] - sw["received"]
     assert "not_active" not in sw["drops"]    # the swaps publish the clusters owned, as the data plane runs
-    assert 0 <= res["idle"]["dataplane_cpu_share"] < 1
+    assert 0 <= res["idle"]["dataplane_cpu_share"] < 1 and res["idle"]["wakeups_per_s"] >= 0
     assert res["flow_scaling"]["10000"]["pydp_mpps"] > 0
     m = res["machine"]
     assert m["cpu"] and m["cores"] >= 1 and m["dpdk"] and m["vdev"] == "net_memif"
