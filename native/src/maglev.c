@@ -9,10 +9,10 @@
  * weights. Edges take their turns in name order and the permutations depend only on the names, so the table depends
  * on the set of (name, weight) pairs, not on the order the caller lists them in.
  *
- The build runs in three phases that claim exactly the same slots (the tests check the result against a plain
+ * The build runs in three phases that claim exactly the same slots (the tests check the result against a plain
  * implementation, and the tables never change from one version to the next: load balancers must agree):
  *
- * 1. While a fifth of the table is taken, a claim usually takes the first slot it looks at: one probe at a time.
+ * 1. Until a fifth of the table is taken, a claim usually takes the first slot it looks at: one probe at a time.
  * 2. Then a claim walks past more and more taken slots (about size / free), and each step of a plain walk is a
  *    branch the CPU cannot predict: with many edges that cost more than half the build. So a claim looks at the
  *    next MG_GROUP slots of its permutation at once (positions p + j * skip mod size from a per-edge table of
@@ -42,9 +42,7 @@
 
 /* Free slots left when the build switches to sorted free lists. An entry packs the permutation index (bits 12..31)
  * and the place of the slot in the free list (bits 0..11). Stack: PYDP_MAX_EDGES * MG_TAIL * 4 bytes. */
-#ifndef MG_TAIL
 #define MG_TAIL 256
-#endif
 #define MG_SLOT_BITS 12
 #define MG_RADIX_BITS 7
 #define MG_RADIX_PASSES 3
