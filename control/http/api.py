@@ -326,6 +326,19 @@ async def history(request: web.Request) -> web.Response:
     return web.json_response(await _read(request, "history", {"limit": int(limit), "cluster": q.get("cluster")}))
 
 
+async def get_bgp(request: web.Request) -> web.Response:
+    revision = await _revision(request)
+    return web.json_response(await _read(request, "get_bgp", {}), headers={"ETag": _etag(revision)})
+
+
+async def set_bgp(request: web.Request) -> web.Response:
+    return await _change(request, "set_bgp", {"bgp": await _body(request)})
+
+
+async def remove_bgp(request: web.Request) -> web.Response:
+    return await _change(request, "remove_bgp", {})
+
+
 async def op_table(request: web.Request) -> web.Response:
     return web.json_response(ops.table())
 
@@ -460,6 +473,13 @@ ROUTES: list[Route] = [
     Route("PUT", E + "/weight", set_weight, "set an edge's weight", op="edit_edge", write=True,
           body={"type": "object", "required": ["weight"], "properties": {"weight": S_INT}},
           response=_changed(S_CLUSTER), tags=("edges",)),
+    Route("GET", API + "/bgp", get_bgp, "the [bgp] section ({} when there is none; peer passwords left out)",
+          op="get_bgp", response=S_OBJ, tags=("bgp",)),
+    Route("PATCH", API + "/bgp", set_bgp, "create or change the [bgp] section (keys given replace the stored ones; "
+                                          "peer replaces the list of peers)", op="set_bgp", write=True, body=S_OBJ,
+          response=_changed(S_OBJ), tags=("bgp",)),
+    Route("DELETE", API + "/bgp", remove_bgp, "remove the [bgp] section (no cluster may use failover bgp)",
+          op="remove_bgp", write=True, response=_changed(None), tags=("bgp",)),
     Route("GET", API + "/status", status, "the appliance: data plane, CARP state of both appliances per cluster, "
                                           "health and traffic per edge", response=S_STATUS, tags=("appliance",)),
     Route("GET", API + "/stats", stats, "the data plane's counters (503 while no data plane runs)",
