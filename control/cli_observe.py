@@ -218,10 +218,16 @@ def _print_status(s: dict) -> None:
     print()
     rows = []
     for c in s["clusters"]:
-        rows.append([c["name"], c["cluster_ip"], "enabled" if c["enabled"] else "disabled",
-                     c["carp"]["local"] if s.get("carp_known") else
-                     ("unknown (forwarding)" if c["carp"].get("forwarding") else "unknown (not forwarding)"),
-                     c["carp"]["peer"], c["carp"].get("source") or "-", human(c["packets"]), human(c["bytes"], "B")])
+        if c.get("bgp") is not None:        # failover bgp: owned or not, announced or not (no CARP peer)
+            local = ("owned" if c["active"] else "not owned") + ", " + \
+                ("announced" if c["bgp"]["announced"] else f"withdrawn ({c['bgp']['reason']})")
+            peer = "-"
+        else:
+            local = c["carp"]["local"] if s.get("carp_known") else \
+                ("unknown (forwarding)" if c["carp"].get("forwarding") else "unknown (not forwarding)")
+            peer = c["carp"]["peer"]
+        rows.append([c["name"], c["cluster_ip"], "enabled" if c["enabled"] else "disabled", local, peer,
+                     c["carp"].get("source") or "-", human(c["packets"]), human(c["bytes"], "B")])
     print(format_table(["CLUSTER", "CLUSTER IP", "STATUS", "THIS APPLIANCE", "PEER", "OWNERSHIP", "PACKETS", "BYTES"],
                        rows, right={6, 7}))
     carp = [c for c in s["clusters"] if "transitions" in c["carp"]]

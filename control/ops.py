@@ -330,7 +330,7 @@ def list_row(c: dict) -> dict:
     """One cluster as `pydpctl cluster list --json` and GET /api/v1/clusters show it."""
     return {"name": c["name"], "status": status_text(c), "service_edges": [e["name"] for e in c["edge"]],
             "cluster_ip": c["cluster_ip"], "ipsec_local_termination": c["ipsec_local_termination"],
-            "mode": c["mode"]}
+            "mode": c["mode"], "failover": c.get("failover", "carp")}
 
 
 def cluster_list(clusters: list[dict], sort: str = "name", desc: bool = False, search: str | None = None) -> list[dict]:

@@ -213,6 +213,7 @@ class BgpManager:
         structure = birdconf.render(bgp, clusters)
         if self.proc is not None and self.proc.returncode is not None:
             code = self.proc.returncode
+            self._sessions_gone(f"bird exited with status {code}")
             await self._stop_bird()
             if time.monotonic() - self.last_start < RESTART_S:
                 return                              # restarted at most once per RESTART_S
@@ -305,6 +306,14 @@ class BgpManager:
                     self.event("bgp_session_down", logging.WARNING, peer=addr, peer_as=s["as"], state=s["state"],
                                bfd=s["bfd"], error=s["last_error"])
         self.sessions = sessions
+
+    def _sessions_gone(self, why: str) -> None:
+        """BIRD is gone: every established session went with it."""
+        for addr, s in self.sessions.items():
+            if s["established"]:
+                self.changes[addr] = self.changes.get(addr, 0) + 1
+                self.event("bgp_session_down", logging.WARNING, peer=addr, peer_as=s["as"], state="engine gone",
+                           bfd=None, error=why)
 
     async def shutdown(self) -> None:
         """Withdraw every cluster, give the routers a moment to hear it, stop BIRD."""

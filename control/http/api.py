@@ -326,6 +326,19 @@ async def history(request: web.Request) -> web.Response:
     return web.json_response(await _read(request, "history", {"limit": int(limit), "cluster": q.get("cluster")}))
 
 
+async def get_bgp(request: web.Request) -> web.Response:
+    revision = await _revision(request)
+    return web.json_response(await _read(request, "get_bgp", {}), headers={"ETag": _etag(revision)})
+
+
+async def set_bgp(request: web.Request) -> web.Response:
+    return await _change(request, "set_bgp", {"bgp": await _body(request)})
+
+
+async def remove_bgp(request: web.Request) -> web.Response:
+    return await _change(request, "remove_bgp", {})
+
+
 async def op_table(request: web.Request) -> web.Response:
     return web.json_response(ops.table())
 
@@ -370,9 +383,12 @@ S_EDGE = {"type": "object", "required": ["name", "ip"], "properties": {
     "name": S_STR, "ip": S_STR, "mac": S_STR, "weight": S_INT,
     "state": {"type": "string", "enum": ["active", "draining", "disabled"]}}}
 S_CLUSTER = {"type": "object", "required": ["name", "cluster_ip", "enabled", "mode", "dsr", "ipsec_local_termination",
-                                            "carp", "health", "edge"],
+                                            "failover", "carp", "health", "edge"],
              "properties": {"name": S_STR, "cluster_ip": S_STR, "enabled": S_BOOL,
                             "mode": {"type": "string", "enum": ["cluster", "standalone"]},
+                            "failover": {"type": "string", "enum": ["carp", "bgp"],
+                                         "description": "carp: active-passive pair; bgp: active-active, announced "
+                                                        "over BGP (docs/bgp.md)"},
                             "dsr": {"type": "string", "enum": ["l2", "ipip"]}, "ipsec_local_termination": S_BOOL,
                             "maglev_size": S_INT, "drain_timeout": {"type": "number"},
                             "carp": {"type": "object", "required": ["vhid", "passphrase_set"],
@@ -384,10 +400,12 @@ S_NEW_CLUSTER = {"type": "object", "required": ["name", "cluster_ip"], "properti
     **S_CLUSTER["properties"], "carp": {"type": "object", "description": "vhid, advbase, advskew, preempt, "
                                                                           "passphrase (write-only)"}}}
 S_ROW = {"type": "object", "required": ["name", "status", "service_edges", "cluster_ip", "ipsec_local_termination",
-                                        "mode"],
+                                        "mode", "failover"],
          "properties": {"name": S_STR, "status": {"type": "string", "enum": ["enabled", "disabled"]},
                         "service_edges": {"type": "array", "items": S_STR}, "cluster_ip": S_STR,
-                        "ipsec_local_termination": S_BOOL, "mode": {"type": "string", "enum": ["cluster", "standalone"]}}}
+                        "ipsec_local_termination": S_BOOL,
+                        "mode": {"type": "string", "enum": ["cluster", "standalone"]},
+                        "failover": {"type": "string", "enum": ["carp", "bgp"]}}}
 
 
 def _changed(result: dict | None) -> dict:
@@ -455,6 +473,13 @@ ROUTES: list[Route] = [
     Route("PUT", E + "/weight", set_weight, "set an edge's weight", op="edit_edge", write=True,
           body={"type": "object", "required": ["weight"], "properties": {"weight": S_INT}},
           response=_changed(S_CLUSTER), tags=("edges",)),
+    Route("GET", API + "/bgp", get_bgp, "the [bgp] section ({} when there is none; peer passwords left out)",
+          op="get_bgp", response=S_OBJ, tags=("bgp",)),
+    Route("PATCH", API + "/bgp", set_bgp, "create or change the [bgp] section (keys given replace the stored ones; "
+                                          "peer replaces the list of peers)", op="set_bgp", write=True, body=S_OBJ,
+          response=_changed(S_OBJ), tags=("bgp",)),
+    Route("DELETE", API + "/bgp", remove_bgp, "remove the [bgp] section (no cluster may use failover bgp)",
+          op="remove_bgp", write=True, response=_changed(None), tags=("bgp",)),
     Route("GET", API + "/status", status, "the appliance: data plane, CARP state of both appliances per cluster, "
                                           "health and traffic per edge", response=S_STATUS, tags=("appliance",)),
     Route("GET", API + "/stats", stats, "the data plane's counters (503 while no data plane runs)",

@@ -33,7 +33,7 @@ def store_status(store: Store) -> dict:
     for c in store.list_clusters():
         clusters.append({
             "name": c["name"], "cluster_ip": c["cluster_ip"], "enabled": c["enabled"], "mode": c["mode"],
-            "dsr": c["dsr"], "in_store": True, "applied": False, "active": False,
+            "failover": c.get("failover", "carp"), "dsr": c["dsr"], "in_store": True, "applied": False, "active": False,
             "carp": {"local": "unknown", "peer": "unknown", "source": "none", "vhid": c["carp"].get("vhid")},
             "packets": 0, "bytes": 0,
             "edges": [{"name": e["name"], "ip": e["ip"], "mac": e["mac"] or None,

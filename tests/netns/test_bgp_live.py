@@ -197,6 +197,23 @@ def test_session_with_bfd_and_the_route_on_the_router(lab):
     assert lab["ctl"].events("bgp_session_up") and lab["ctl"].events("bgp_announce")
 
 
+def test_session_down_and_up_are_seen(lab):
+    edges(lab, True)
+    wait_announced(lab)
+    eventually(lambda: status(lab)["bgp"]["sessions"][0]["established"], 15, "the session established")
+    downs = len(lab["ctl"].events("bgp_session_down"))
+    birdc(lab["rt_ns"], lab["rt_sock"], "disable", "lb1")          # the router ends the session
+    s = eventually(lambda: (lambda st: st if not st["bgp"]["sessions"][0]["established"] else None)(status(lab)),
+                   10, "the session seen down")
+    assert s["bgp"]["sessions"][0]["state"] != "Established"
+    eventually(lambda: len(lab["ctl"].events("bgp_session_down")) > downs, 5, "bgp_session_down logged")
+    assert f'pydp_bgp_session_up{{peer="{ROUTER}"}} 0.0' in scrape(lab["lb_ns"], METRICS)
+    birdc(lab["rt_ns"], lab["rt_sock"], "enable", "lb1")
+    wait_announced(lab)
+    eventually(lambda: status(lab)["bgp"]["sessions"][0]["established"], 15, "the session established again")
+    assert status(lab)["bgp"]["sessions"][0]["changes"] >= 2
+
+
 def test_all_edges_down_withdraws_and_an_edge_back_announces(lab):
     edges(lab, True)
     wait_announced(lab)

@@ -155,9 +155,11 @@ def test_list_empty(ctl):
 def test_list_json_shape(four):
     rows = four.json("cluster", "list")
     for r in rows:
-        assert list(r) == ["name", "status", "service_edges", "cluster_ip", "ipsec_local_termination", "mode"]
+        assert list(r) == ["name", "status", "service_edges", "cluster_ip", "ipsec_local_termination", "mode",
+                         "failover"]
     assert rows[0] == {"name": "Alpha", "status": "disabled", "service_edges": ["a", "b", "c"],
-                       "cluster_ip": "2001:db8::10", "ipsec_local_termination": True, "mode": "cluster"}
+                       "cluster_ip": "2001:db8::10", "ipsec_local_termination": True, "mode": "cluster",
+                       "failover": "carp"}
     assert {r["name"]: r["status"] for r in rows} == {"Alpha": "disabled", "lab": "enabled", "vpn": "enabled",
                                                        "web": "enabled"}
     assert {r["name"]: r["mode"] for r in rows}["lab"] == "standalone"

@@ -442,7 +442,9 @@ def test_openapi_matches_the_server(app):
               "patch /api/v1/clusters/{name}/edges/{edge}": {"weight": 3},
               "put /api/v1/clusters/{name}/edges/{edge}/weight": {"weight": 4},
               "post /api/v1/session": {"user": "admin", "password": PASSWORDS["admin"]},
-              "post /api/v1/flush": {"all": True}}
+              "post /api/v1/flush": {"all": True},
+              "patch /api/v1/bgp": {"local_as": 64512, "router_id": "198.51.100.11",
+                                    "peer": [{"address": "198.51.100.1", "as": 64500}]}}
     seen = 0
     for path, method in calls:
         if path == "/api/v1/session" and method == "delete":
@@ -489,3 +491,29 @@ def test_settings_command_line_over_config_over_defaults(tmp_path):
         conf.write_text(text)
         with pytest.raises(ValueError, match=re.escape(want)):
             settings(config_path=str(conf))
+
+
+def test_bgp_section_over_http(app):
+    """GET/PATCH/DELETE /api/v1/bgp: the [bgp] section through the same operations (no passwords out; a bad
+    section refused naming the key, nothing changed)."""
+    s = app.signed_in("admin")
+    r = s.get(app.api("bgp"), timeout=10)
+    assert r.status_code == 200 and r.json() == {}
+    rev = app.revision()
+    bad = s.patch(app.api("bgp"), json={"local_as": 64512, "router_id": "198.51.100.11"},
+                  headers={"If-Match": f'"{rev}"'}, timeout=10)
+    _err(bad, 422, "invalid")
+    assert "bgp.peer" in bad.json()["error"]["message"] and app.revision() == rev
+    r = s.patch(app.api("bgp"), json={"local_as": 64512, "router_id": "198.51.100.11",
+                                      "peer": [{"address": "198.51.100.1", "as": 64500, "password": "pw"}]},
+                headers={"If-Match": f'"{rev}"'}, timeout=10)
+    assert r.status_code == 200 and r.json()["changed"], r.text
+    got = s.get(app.api("bgp"), timeout=10).json()
+    assert got["local_as"] == 64512 and "password" not in got["peer"][0] and got["peer"][0]["password_set"]
+    rev = app.revision()
+    r = s.patch(app.api("clusters/web"), json={"failover": "bgp"}, headers={"If-Match": f'"{rev}"'}, timeout=10)
+    assert r.status_code == 200 and r.json()["result"]["failover"] == "bgp", r.text
+    assert {c["name"]: c["failover"] for c in s.get(app.api("clusters"), timeout=10).json()}["web"] == "bgp"
+    rev = app.revision()
+    _err(s.delete(app.api("bgp"), headers={"If-Match": f'"{rev}"'}, timeout=10), 422, "invalid")
+    assert app.revision() == rev
