@@ -1,5 +1,9 @@
 """Flow sync: the active load balancer streams its flows to the passive one, so a takeover keeps every connection
-on the edge it started on, even when the edge set changed during the connection's life (docs/flowsync.md).
+on the edge it started on, even when the edge set changed during the connection's life (docs/flowsync.md). With
+[sync] peers it runs among N appliances: every one sends to every peer (a Peer each: its own connection, queue, rate
+bucket and counters) and accepts each configured peer; an active-active cluster (failover = "bgp") takes a peer's
+flows while it is owned here, a CARP cluster while it is not. Each side also sends the digest of each published
+Maglev table (maglev_digest) and compares the peers' with its own (agreement).
 
 Two halves run in every pydp-control, over the appliances' management addresses ([sync] in the config):
 
@@ -18,10 +22,12 @@ Two halves run in every pydp-control, over the appliances' management addresses 
 
 The wire format (one TCP connection per direction; the sender connects, the receiver listens):
 
-    receiver -> sender, once:  u32 length | msgpack {"v": 1, "t": "hello", "n": 16-byte nonce}
+    receiver -> sender, once:  u32 length | msgpack {"v": 1, "t": "hello", "n": 16-byte nonce, "c": ["digest"]}
     sender -> receiver:        u32 length | u64 seq | u8 name length | cluster name | 32-byte MAC | msgpack payload
         payload: {"v": 1, "t": "flows", "e": [edge names], "k": n x 40-byte struct pydp_flow_key, "x": n x (edge
                   index, flow state, event type)} or {"v": 1, "t": "resync"} (a full dump of the cluster follows)
+                  or {"v": 1, "t": "digest", "d": 8 bytes, "s": seed, "m": size, "e": [[edge, weight], ...]}, sent
+                  only to a receiver whose hello listed "digest" (an older one never sees it)
         MAC = HMAC-SHA256(key, label | nonce | seq | name length | name | payload)
         key = HKDF-SHA256(the cluster's CARP passphrase, salt = label, info = cluster name)
 
