@@ -575,7 +575,9 @@ COUNTER_METRICS = {
 # the counters each peer keeps as well (the totals above add them up)
 PEER_COUNTERS = ("flows_sent", "messages_sent", "send_dropped_queue", "send_dropped_slow_peer", "resyncs_sent",
                  "connects", "connect_failures", "disconnects", "accepted", "messages_received", "flows_received",
-                 "resyncs_received", "digests_sent", "digests_received", "maglev_mismatches", "rx_protocol_errors")
+                 "resyncs_received", "digests_sent", "digests_received", "maglev_mismatches",
+                 "rx_auth_failures", "rx_replays", "rx_garbage", "rx_oversized", "rx_bad_version", "rx_unknown_cluster",
+                 "rx_protocol_errors", "rx_unknown_type")
 
 
 class Peer:
@@ -1063,15 +1065,26 @@ class FlowSync:
         p.peer_in = conn
         self._count(p, "accepted")
         nonce = os.urandom(NONCE_LEN)
-        dec = Decoder(nonce, self._keys_now, self.counters)
+        refused: collections.Counter = collections.Counter()     # this connection's refusals, for both tallies
+        dec = Decoder(nonce, self._keys_now, refused)
         self.event("flowsync_peer_connected", peer=conn, configured=p.name)
+
+        def tally() -> None:
+            for k, n in refused.items():
+                self._count(p, k, n)
+            refused.clear()
+
         try:
             writer.write(encode_hello(nonce))
             while True:
                 data = await reader.read(65536)
                 if not data:
                     break
-                for msg in dec.feed(data):
+                try:
+                    msgs = dec.feed(data)
+                finally:
+                    tally()
+                for msg in msgs:
                     self._received(p, msg)
         except ProtocolError as exc:
             self._count(p, "rx_protocol_errors")

@@ -261,6 +261,10 @@ def test_accepts_every_configured_peer_and_refuses_the_others(region):
             wb.write(frames(eb, batch(10)))
             wc.write(frames(ec, batch(20, base=100)))
             await until(lambda: h.sync.counters["flows_installed"] == 30)
+            forged = bytearray(frames(ec, batch(3, base=300)))
+            forged[-1] ^= 1
+            wc.write(bytes(forged))                                  # C's bad frame: counted for C
+            await until(lambda: h.sync.counters["rx_auth_failures"] == 1)
             reader, wx = await asyncio.open_connection("127.0.0.1", port, local_addr=("127.0.0.5", 0))
             assert await reader.read(100) == b""                     # closed without a hello
             wx.close()
@@ -272,6 +276,7 @@ def test_accepts_every_configured_peer_and_refuses_the_others(region):
     st = asyncio.run(main())
     per = {p["peer"]: p["counters"] for p in st["peers"]}
     assert per["127.0.0.2:7470"]["flows_received"] == 10 and per["127.0.0.3:7470"]["flows_received"] == 20
+    assert per["127.0.0.3:7470"]["rx_auth_failures"] == 1 and per["127.0.0.2:7470"]["rx_auth_failures"] == 0
     assert st["counters"]["refused_address"] == 1 and st["receiving"]["peers"] == 2
     assert len(ring(region, 0)) == 30 and len(ring(region, 1)) == 30
     assert set(ring(region, 0)["flow"]["cluster"]) == {slots["web"]}
