@@ -225,6 +225,7 @@ class DataplaneConfig:
     lcores: str = "0-1"
     busy_poll: bool = False
     idle_sleep_max_us: int = 200
+    idle_sleep_deep_us: int = 500
     tx_drain_us: int = 100
     flow_capacity: int = 2097152
     maglev_size: int = MAGLEV_DEFAULT_SIZE
@@ -771,6 +772,7 @@ _DATAPLANE_SPEC = _spec(DataplaneConfig, {
     "lcores": _c_lcores,
     "busy_poll": _c_bool,
     "idle_sleep_max_us": _c_int(1, 100000),
+    "idle_sleep_deep_us": _c_int(0, 100000),
     "tx_drain_us": _c_int(1, 10000),
     "flow_capacity": _c_int(1024, 67108864),
     "maglev_size": _c_maglev,
@@ -1087,6 +1089,7 @@ def to_dict(cfg: ApplianceConfig, include_secrets: bool = False) -> dict[str, An
             "lcores": dp.lcores,
             "busy_poll": dp.busy_poll,
             "idle_sleep_max_us": dp.idle_sleep_max_us,
+            "idle_sleep_deep_us": dp.idle_sleep_deep_us,
             "tx_drain_us": dp.tx_drain_us,
             "flow_capacity": dp.flow_capacity,
             "maglev_size": dp.maglev_size,
