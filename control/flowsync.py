@@ -1,5 +1,9 @@
 """Flow sync: the active load balancer streams its flows to the passive one, so a takeover keeps every connection
-on the edge it started on, even when the edge set changed during the connection's life (docs/flowsync.md).
+on the edge it started on, even when the edge set changed during the connection's life (docs/flowsync.md). With
+[sync] peers it runs among N appliances: every one sends to every peer (a Peer each: its own connection, queue, rate
+bucket and counters) and accepts each configured peer; an active-active cluster (failover = "bgp") takes a peer's
+flows while it is owned here, a CARP cluster while it is not. Each side also sends the digest of each published
+Maglev table (maglev_digest) and compares the peers' with its own (agreement).
 
 Two halves run in every pydp-control, over the appliances' management addresses ([sync] in the config):
 
@@ -18,10 +22,12 @@ Two halves run in every pydp-control, over the appliances' management addresses 
 
 The wire format (one TCP connection per direction; the sender connects, the receiver listens):
 
-    receiver -> sender, once:  u32 length | msgpack {"v": 1, "t": "hello", "n": 16-byte nonce}
+    receiver -> sender, once:  u32 length | msgpack {"v": 1, "t": "hello", "n": 16-byte nonce, "c": ["digest"]}
     sender -> receiver:        u32 length | u64 seq | u8 name length | cluster name | 32-byte MAC | msgpack payload
         payload: {"v": 1, "t": "flows", "e": [edge names], "k": n x 40-byte struct pydp_flow_key, "x": n x (edge
                   index, flow state, event type)} or {"v": 1, "t": "resync"} (a full dump of the cluster follows)
+                  or {"v": 1, "t": "digest", "d": 8 bytes, "s": seed, "m": size, "e": [[edge, weight], ...]}, sent
+                  only to a receiver whose hello listed "digest" (an older one never sees it)
         MAC = HMAC-SHA256(key, label | nonce | seq | name length | name | payload)
         key = HKDF-SHA256(the cluster's CARP passphrase, salt = label, info = cluster name)
 
@@ -569,7 +575,9 @@ COUNTER_METRICS = {
 # the counters each peer keeps as well (the totals above add them up)
 PEER_COUNTERS = ("flows_sent", "messages_sent", "send_dropped_queue", "send_dropped_slow_peer", "resyncs_sent",
                  "connects", "connect_failures", "disconnects", "accepted", "messages_received", "flows_received",
-                 "resyncs_received", "digests_sent", "digests_received", "maglev_mismatches", "rx_protocol_errors")
+                 "resyncs_received", "digests_sent", "digests_received", "maglev_mismatches",
+                 "rx_auth_failures", "rx_replays", "rx_garbage", "rx_oversized", "rx_bad_version", "rx_unknown_cluster",
+                 "rx_protocol_errors", "rx_unknown_type")
 
 
 class Peer:
@@ -1057,15 +1065,26 @@ class FlowSync:
         p.peer_in = conn
         self._count(p, "accepted")
         nonce = os.urandom(NONCE_LEN)
-        dec = Decoder(nonce, self._keys_now, self.counters)
+        refused: collections.Counter = collections.Counter()     # this connection's refusals, for both tallies
+        dec = Decoder(nonce, self._keys_now, refused)
         self.event("flowsync_peer_connected", peer=conn, configured=p.name)
+
+        def tally() -> None:
+            for k, n in refused.items():
+                self._count(p, k, n)
+            refused.clear()
+
         try:
             writer.write(encode_hello(nonce))
             while True:
                 data = await reader.read(65536)
                 if not data:
                     break
-                for msg in dec.feed(data):
+                try:
+                    msgs = dec.feed(data)
+                finally:
+                    tally()
+                for msg in msgs:
                     self._received(p, msg)
         except ProtocolError as exc:
             self._count(p, "rx_protocol_errors")

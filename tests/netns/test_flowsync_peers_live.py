@@ -8,6 +8,7 @@ One story, one test (its steps depend on each other):
 3. The Maglev digests: A and B agree about web; C's table picks with another seed, so A reports the disagreement
    with C (status, `pydpctl status`, pydp_maglev_digest_mismatch{cluster,peer}, the maglev_disagreement event),
    and so does C about A and B.
+4. C's daemon dies (SIGKILL): A's connection to C goes down, and new flows through A still reach B.
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ def sync_status(ap) -> dict:
     return ap.status()["flowsync"]
 
 
-def test_flows_reach_every_peer_and_a_seed_mismatch_is_reported(lab):
+def test_flows_reach_every_peer_a_seed_mismatch_is_reported_and_a_dead_peer_holds_nobody_back(lab):
     a, b, c = (lab.appliances[n] for n in "ABC")
     a.wait_state("master", 20)
     for ap in (b, c):
@@ -111,3 +112,24 @@ def test_flows_reach_every_peer_and_a_seed_mismatch_is_reported(lab):
     assert not [e for e in a.events("maglev_disagreement") if e.get("peer") == peer("B")]
     lab.notes.append(f"  web digest {web['digest']} on A and B, {web['peers'][peer('C')]['digest']} on C "
                      f"(hash_seed 0x{C_SEED:x}): reported as a mismatch")
+
+    # 4. a dead peer holds nobody back
+    c.ctl.kill()
+
+    def a_to(name: str) -> str:
+        return next(p["sending"] for p in sync_status(a)["peers"] if p["peer"] == peer(name))
+
+    eventually(lambda: a_to("C") == "connecting", 15, lambda: f"A's connection to the dead C: {a_to('C')}")
+    t_more = time.time()
+    lab.traffic.add_flows(8, 80)
+
+    def new_flows() -> dict:
+        got = lab.traffic.edges_by_flow(t_more, via=a.mac)
+        return {s: EDGE_NAME[next(iter(e))] for s, e in got.items() if s not in original}
+
+    eventually(lambda: len(new_flows()) >= 8, 15, "8 new flows through A")
+    more = new_flows()
+    eventually(lambda: all(web_flows_of(b).get(p) == e for p, e in more.items()), 10,
+               lambda: f"B's copies of the new flows: {web_flows_of(b)} want {more}")
+    assert a_to("B") == "connected"
+    lab.notes.append(f"  C's daemon killed: A to C {a_to('C')}, 8 new flows through A reached B")

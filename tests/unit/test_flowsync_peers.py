@@ -193,13 +193,13 @@ class FakePeer:
         return {m[1]: m[2] for m in self.got if isinstance(m, tuple) and m[0] == "digest"}
 
 
-def push_events(region, slot: int, n: int, base: int = 5000) -> None:
+def push_events(region, slot: int, n: int, base: int = 5000, worker: int = 0) -> None:
     from control import observe
 
     pcfg = region.config()
     e1 = observe.clusters(region)["web"]["edges"]["e1"]
     flow = ffi.new("struct pydp_flow *")
-    events = lib.pydp_shm_events(region._shm, 0)
+    events = lib.pydp_shm_events(region._shm, worker)
     for k in batch(n, base=base).keys:
         ffi.memmove(ffi.addressof(flow, "key"), k.tobytes(), 40)
         flow.cluster, flow.cluster_uid = slot, pcfg.clusters[slot].uid
@@ -261,6 +261,10 @@ def test_accepts_every_configured_peer_and_refuses_the_others(region):
             wb.write(frames(eb, batch(10)))
             wc.write(frames(ec, batch(20, base=100)))
             await until(lambda: h.sync.counters["flows_installed"] == 30)
+            forged = bytearray(frames(ec, batch(3, base=300)))
+            forged[-1] ^= 1
+            wc.write(bytes(forged))                                  # C's bad frame: counted for C
+            await until(lambda: h.sync.counters["rx_auth_failures"] == 1)
             reader, wx = await asyncio.open_connection("127.0.0.1", port, local_addr=("127.0.0.5", 0))
             assert await reader.read(100) == b""                     # closed without a hello
             wx.close()
@@ -272,6 +276,7 @@ def test_accepts_every_configured_peer_and_refuses_the_others(region):
     st = asyncio.run(main())
     per = {p["peer"]: p["counters"] for p in st["peers"]}
     assert per["127.0.0.2:7470"]["flows_received"] == 10 and per["127.0.0.3:7470"]["flows_received"] == 20
+    assert per["127.0.0.3:7470"]["rx_auth_failures"] == 1 and per["127.0.0.2:7470"]["rx_auth_failures"] == 0
     assert st["counters"]["refused_address"] == 1 and st["receiving"]["peers"] == 2
     assert len(ring(region, 0)) == 30 and len(ring(region, 1)) == 30
     assert set(ring(region, 0)["flow"]["cluster"]) == {slots["web"]}
@@ -372,3 +377,53 @@ def test_active_active_refresh_sends_only_flows_with_packets_here():
     assert list(w.grown(both)) == [True, False, False, False]
     assert list(w.grown(records([1, 5, 9]))) == [True, False, False]      # the copy got packets: ECMP moved it here
     assert list(w.grown(records([]))) == [] and list(w.grown(records([2]))) == [True]
+
+
+def test_a_peer_that_does_not_read_loses_only_its_own_queue(region, monkeypatch):
+    """Two peers: one reads, one accepts, says hello and then never reads (its receive buffer small). Once the
+    socket to the stalled one is full, its queue is dropped and counted for it alone; the other gets every flow."""
+    monkeypatch.setattr(fs, "WRITE_BUFFER_MAX", 64 << 10)
+    slots = apply_config(region, pconfig.loads(TEXT)).slots
+    region.set_active(slots["web"], True)
+    cfg0 = pconfig.loads(TEXT)
+    stalled: list = []
+
+    async def stall(reader, writer):
+        writer.write(fs.encode_hello(NONCE))
+        stalled.append(writer)                   # keeps the connection open, reads nothing
+
+    async def main():
+        good = await FakePeer("127.0.0.2", cfg0).start()
+        lsock = socket.socket()
+        lsock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)    # inherited by the accepted socket
+        lsock.bind(("127.0.0.3", 0))
+        slow_server = await asyncio.start_server(stall, sock=lsock)
+        slow = ("127.0.0.3", lsock.getsockname()[1])
+        cfg = peers_cfg((good.host, good.port), slow, max_flows_per_s=10_000_000, batch_flows=4096)
+        async with Harness(region, cfg) as h:
+            await until(lambda: len(h.sync.peers) == 2
+                        and all(p.state_out == "connected" for p in h.sync.peers.values()))
+            slow_peer = h.sync.peers[f"{slow[0]}:{slow[1]}"]
+            sent = 0
+            for i in range(40):                  # bounded: at most 40 x 8000 flows
+                if slow_peer.counters["send_dropped_slow_peer"]:
+                    break
+                for w in range(region.nb_workers):
+                    push_events(region, slots["web"], 4000, base=100_000 + (i * 2 + w) * 4000, worker=w)
+                    sent += 4000
+                await until(lambda: h.sync.counters["events_read"] == sent)
+            await until(lambda: good.flows() == sent, 20)
+            st = h.sync.status()
+        good.server.close()
+        slow_server.close()
+        for w in stalled:
+            w.close()
+        return sent, st
+
+    sent, st = asyncio.run(main())
+    per = {p["peer"]: p["counters"] for p in st["peers"]}
+    slow_c = next(c for name, c in per.items() if name.startswith("127.0.0.3:"))
+    good_c = next(c for name, c in per.items() if name.startswith("127.0.0.2:"))
+    assert slow_c["send_dropped_slow_peer"] > 0, (sent, slow_c)
+    assert good_c["flows_sent"] == sent and good_c["send_dropped_slow_peer"] == good_c["send_dropped_queue"] == 0
+    assert st["counters"]["send_dropped_slow_peer"] == slow_c["send_dropped_slow_peer"]
