@@ -91,8 +91,10 @@ for name in "${names[@]}"; do
             "${cmd[@]}" -max_total_time="$seconds" ${runs:+-runs="$runs"} -rss_limit_mb=1024 -timeout=10 -print_final_stats=1 \
             -artifact_prefix="$out/$name/" "$out/$name/corpus" "$seeds" > "$out/$name/log" 2>&1; then
         # the last status line has the coverage: cov (edges) and ft (features) at the end
-        { grep -E "^#[0-9]+ +(DONE|pulse|NEW|REDUCE)" "$out/$name/log" | tail -1 | grep -oE "cov: [0-9]+ ft: [0-9]+";
-          grep -E "^Done|stat::new_units_added" "$out/$name/log"; } | tr '\n' ' '; echo
+        { grep -E "^#[0-9]+[[:space:]]+(DONE|pulse|NEW|REDUCE)" "$out/$name/log" | tail -1 \
+              | grep -oE "cov: [0-9]+ ft: [0-9]+"; grep -E "^Done|stat::new_units_added" "$out/$name/log"; } \
+            | tr '\n' ' ' || true
+        echo
     else
         tail -40 "$out/$name/log"
         echo "[fuzz] $name FAILED: the input is $(ls -t "$out/$name"/crash-* "$out/$name"/timeout-* \
