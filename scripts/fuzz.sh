@@ -6,7 +6,7 @@
 #   scripts/fuzz.sh --runs 100000000 --seconds 7200 parse   stop at 1e8 executions (or 2 h, what comes first)
 #   scripts/fuzz.sh --raw parse             the C harnesses without the structure-aware packet mutator
 #   scripts/fuzz.sh --minimize parse        merge build/fuzz/parse/corpus into the seeds (libFuzzer -merge=1:
-#                                           the smallest set with the same coverage) and replace the seed corpus
+#                                           the seeds stay; the fewest inputs that add coverage join them)
 # Harnesses:
 #   parse     native/tests/fuzz_parse.c     the packet parser (libFuzzer, ASan, UBSan; fuzz_mutator.h mutates
 #                                           Ethernet/VLAN/IPv4/IPv6/extension headers/L4 fields, not only bytes)
@@ -74,15 +74,22 @@ for name in "${names[@]}"; do
                 failed+=("$name"); continue
             fi
             # -P: the installed package is what runs (the source tree lacks the compiled module)
-            cmd=("$py" -P "$here/tests/fuzz/fuzz_$name.py"); seeds="$here/tests/fuzz/corpus/$name" ;;
+            cmd=("$py" -P "$here/tests/fuzz/fuzz_$name.py")
+            [ "$minimize" = 0 ] || cmd=("$here/tests/fuzz/fuzz_$name.py")      # what -merge=1 runs again
+            seeds="$here/tests/fuzz/corpus/$name" ;;
     esac
     if [ "$minimize" = 1 ]; then
-        # the smallest subset of seeds + grown corpus with the same coverage replaces the seed corpus
-        rm -rf "$out/$name/min"; mkdir -p "$out/$name/min"
-        "${cmd[@]}" -merge=1 -rss_limit_mb=2048 -timeout=10 "$out/$name/min" "$seeds" "$out/$name/corpus" \
-            > "$out/$name/merge.log" 2>&1 || { tail -20 "$out/$name/merge.log"; failed+=("$name"); continue; }
-        rm -rf "$seeds"; mkdir -p "$seeds"; cp "$out/$name/min"/* "$seeds"/
-        echo "[fuzz] $name: seeds minimized to $(ls "$seeds" | wc -l) files, $(du -sh "$seeds" | cut -f1)"
+        # libFuzzer -merge=1 into the seed directory: the seeds stay, the inputs of the run that add coverage join
+        # them (the smallest such set). The merge re-runs the harness by its path: the Python ones are executable
+        # (#!/usr/bin/env -S python3 -P), found with the venv's python first on PATH.
+        before="$(ls "$seeds" | wc -l)"
+        if PATH="$PYDP_PREFIX/bin:$PATH" "${cmd[@]}" -merge=1 -rss_limit_mb=2048 -timeout=10 "$seeds" \
+                "$out/$name/corpus" > "$out/$name/merge.log" 2>&1; then
+            echo "[fuzz] $name: $(( $(ls "$seeds" | wc -l) - before )) inputs added to the seeds," \
+                "now $(ls "$seeds" | wc -l) files, $(du -sh "$seeds" | cut -f1)"
+        else
+            tail -20 "$out/$name/merge.log"; failed+=("$name")
+        fi
         continue
     fi
     echo "[fuzz] $name: ${seconds} s${runs:+ or $runs runs}"

@@ -1,3 +1,4 @@
+#!/usr/bin/env -S python3 -P
 """Atheris harness of the config loader (pydp/config.py): the bytes of a config file give a validated
 ApplianceConfig or a ConfigError that names the problem; any other exception is a bug. A config that loads is
 written back (dumps, with secrets) and must load again to the same config.

@@ -1,3 +1,4 @@
+#!/usr/bin/env -S python3 -P
 """Atheris harness of the flow-sync receiver (control/flowsync.py) as pydp-control runs it on one connection: the
 hello decoder, then Decoder.feed on the byte stream (framing, cluster name, MAC, sequence number, msgpack
 payload, message shape) and, for every flows message, the receiver's own path to the data plane: valid_flows and

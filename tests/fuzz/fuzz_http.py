@@ -1,3 +1,4 @@
+#!/usr/bin/env -S python3 -P
 """Atheris harness of the HTTP API's inputs (control/http): one request at a time through the real aiohttp
 application of control.http.api.make_app (router, the middleware's sign-in, role, Origin and CSRF checks, the
 handlers' query, If-Match and JSON body validation, control.ops and a real Store through StoreOnlyBackend). The
