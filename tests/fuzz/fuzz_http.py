@@ -29,10 +29,10 @@ and the sign-in brake are made anew.
 """
 
 import asyncio
-import atexit
 import json
 import logging
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -50,8 +50,20 @@ with atheris.instrument_imports():
 
 logging.disable(logging.CRITICAL)      # the middleware logs what it refuses; the harness checks the responses
 
-_dir = tempfile.mkdtemp(prefix="pydp-fuzz-http-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None)
-atexit.register(shutil.rmtree, _dir, True)
+def _private_dir(kind: str, base: str) -> str:
+    """base/pydp-fuzz-KIND-PID for this process, made empty. libFuzzer ends the process with exit() from C, so no
+    atexit handler runs: the directories of processes that are gone are removed here instead."""
+    for name in os.listdir(base):
+        m = re.fullmatch(rf"pydp-fuzz-{kind}-(\d+)", name)
+        if m and not os.path.exists(f"/proc/{m[1]}"):
+            shutil.rmtree(os.path.join(base, name), True)
+    path = os.path.join(base, f"pydp-fuzz-{kind}-{os.getpid()}")
+    shutil.rmtree(path, True)
+    os.makedirs(path, 0o700)
+    return path
+
+
+_dir = _private_dir("http", "/dev/shm" if os.path.isdir("/dev/shm") else tempfile.gettempdir())
 DB = os.path.join(_dir, "pydp.db")
 TEMPLATE = os.path.join(_dir, "template.db")
 USERS = os.path.join(_dir, "http-users")
