@@ -53,6 +53,19 @@ def _die_with_parent() -> None:
     libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
 
 
+def _listening(path: str) -> bool:
+    """Something accepts connections on the UNIX socket path."""
+    import socket
+
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(1.0)
+        try:
+            sock.connect(path)
+        except OSError:
+            return False
+    return True
+
+
 class BirdError(RuntimeError):
     pass
 
@@ -109,9 +122,13 @@ class BgpManager:
         tmp = f"{path}.check{os.getpid()}"
         self._write(tmp, text)
         try:
-            proc = await asyncio.create_subprocess_exec(BIRD, "-p", "-c", tmp, stdin=asyncio.subprocess.DEVNULL,
-                                                        stdout=asyncio.subprocess.PIPE,
-                                                        stderr=asyncio.subprocess.STDOUT)
+            try:
+                proc = await asyncio.create_subprocess_exec(BIRD, "-p", "-c", tmp, stdin=asyncio.subprocess.DEVNULL,
+                                                            stdout=asyncio.subprocess.PIPE,
+                                                            stderr=asyncio.subprocess.STDOUT)
+            except FileNotFoundError:
+                raise BirdError(f"{BIRD} is not installed (Debian's bird2 package: scripts/setup.sh installs "
+                                "it)") from None
             out, _ = await asyncio.wait_for(proc.communicate(), BIRDC_TIMEOUT_S)
             if proc.returncode != 0:
                 raise BirdError("the generated BIRD configuration was refused: " + " ".join(out.decode(
@@ -122,6 +139,9 @@ class BgpManager:
 
     async def _start(self, bgp, text: str) -> None:
         self.socket = bgp.socket
+        if _listening(bgp.socket):
+            raise BirdError(f"another BIRD already answers on {bgp.socket}: give [bgp] socket (and config_path) "
+                            "paths of this appliance's own")
         await self._check_text(bgp.config_path, text)
         self._write(bgp.config_path, text)
         os.makedirs(os.path.dirname(bgp.socket), mode=0o755, exist_ok=True)

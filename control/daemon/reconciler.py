@@ -12,8 +12,8 @@ The rules (level-triggered: every call compares what should be live with what is
   its CARP instance is master, or, for failover = "bgp", unless the appliance has been draining for longer than
   [bgp] drain_timeout. Ownership is published in the same generation as the clusters.
 * A bgp cluster is announced (its route offered to the BGP peers, see ``announcements``) while the data plane is
-  alive and its heartbeat fresh, the cluster is enabled and published as owned, at least one of its edges is
-  active and not found down, and the appliance is not draining.
+  alive and its heartbeat fresh, the cluster is enabled and published as owned, at least one of its active edges
+  has been found up by its health check, and the appliance is not draining.
 * A data plane seen for the first time (new identity) gets that config at once.
 * A generation this daemon did not publish is drift (another writer: a data plane's SIGHUP without --managed, a
   tool, a bug). It is reported with what differs from what was published and the store is applied again at once.
@@ -127,7 +127,7 @@ def announcements(inp: Inputs, published_owned: frozenset) -> dict:
     """{bgp cluster: (announce, reason)}: whether this appliance offers the cluster's route to its BGP peers now,
     and why (or why not). published_owned: the clusters owned in the generation the data plane runs (a route is
     never offered before the data plane forwards for it). Reasons: "fit", "disabled", "data plane down", "data
-    plane stale", "draining", "no healthy edge", "not published yet"."""
+    plane stale", "draining", "edges not checked yet", "no healthy edge", "not published yet"."""
     cfg = inp.config
     if cfg is None:
         return {}
@@ -136,7 +136,7 @@ def announcements(inp: Inputs, published_owned: frozenset) -> dict:
     for cl in cfg.clusters:
         if not is_bgp(cl):
             continue
-        healthy = any(e.state == "active" and inp.health.get((cl.name, e.name)) is not False for e in cl.edges)
+        verdicts = [inp.health.get((cl.name, e.name)) for e in cl.edges if e.state == "active"]
         if not cl.enabled:
             why = "disabled"
         elif dp is None or not dp.alive:
@@ -145,8 +145,10 @@ def announcements(inp: Inputs, published_owned: frozenset) -> dict:
             why = "data plane stale"
         elif inp.draining_since is not None:
             why = "draining"
-        elif not healthy:
-            why = "no healthy edge"
+        elif True not in verdicts:
+            # an edge not checked yet is forwarded to, but not announced for: joining the ECMP group waits for
+            # the first verdict that an edge is up
+            why = "edges not checked yet" if None in verdicts else "no healthy edge"
         elif cl.name not in published_owned:
             why = "not published yet"
         else:

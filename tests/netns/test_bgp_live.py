@@ -250,6 +250,28 @@ def test_drain_withdraws_keeps_forwarding_and_undrain_announces(lab):
     wait_announced(lab)
 
 
+def test_bgp_changes_reconfigure_bird_without_dropping_the_session(lab):
+    edges(lab, True)
+    wait_announced(lab)
+    eventually(lambda: status(lab)["bgp"]["sessions"][0]["established"], 15, "the session established")
+    changes = status(lab)["bgp"]["sessions"][0]["changes"]
+    try:
+        pydpctl(lab, "bgp", "set", "--community", "64512:200")
+        eventually(lambda: (route(lab) or "").count("(64512,200)") == 1, 15,
+                   lambda: f"the new community on the router: {route(lab)}\n{log_tail(lab)}", interval=0.1)
+        assert "(64512,100)" not in route(lab)
+        assert lab["ctl"].events("bgp_engine_reconfigured")
+        # a refused change changes nothing: the running BIRD keeps its config
+        p = subprocess.run([sys.executable, "-P", "-m", "control.cli", "--socket", lab["ctl"].socket, "bgp", "set",
+                            "--bfd-multiplier", "0"], capture_output=True, text=True, timeout=60)
+        assert p.returncode == 1 and "bgp.bfd_multiplier" in p.stderr
+    finally:
+        pydpctl(lab, "bgp", "set", "--community", "64512:100")
+    eventually(lambda: "(64512,100)" in (route(lab) or ""), 15, "the community back")
+    s = status(lab)["bgp"]["sessions"][0]
+    assert s["established"] and s["changes"] == changes          # the session stayed up through both changes
+
+
 def test_sigterm_withdraws_first_and_a_restart_announces_again(lab):
     edges(lab, True)
     wait_announced(lab)

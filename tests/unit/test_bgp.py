@@ -301,3 +301,22 @@ def test_parse_bfd_sessions_and_version():
     assert birdc.version((DATA / "show_status.txt").read_text()) == "2.0.12"
     assert "disabled" in (DATA / "disable.txt").read_text() and "already" in (DATA / "disable_again.txt").read_text()
     assert birdc.parse_time("not a time") is None
+
+
+def test_a_socket_another_bird_answers_on_is_not_taken(tmp_path):
+    """The manager never unlinks the control socket of a BIRD that runs (another appliance's, Debian's own)."""
+    import asyncio
+    import socket
+
+    from control.bgp.manager import BgpManager, BirdError
+
+    path = str(tmp_path / "bird.ctl")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as other:
+        other.bind(path)
+        other.listen(1)
+        cfg = config.loads(BGP.replace("[bgp]", f'[bgp]\nsocket = "{path}"\nconfig_path = "{tmp_path}/bird.conf"')
+                           + WEB, require_ports=False)
+        m = BgpManager(event=lambda *a, **k: None)
+        with pytest.raises(BirdError, match="another BIRD already answers"):
+            asyncio.run(m._start(cfg.bgp, birdconf.render(cfg.bgp, cfg.clusters)))
+        assert __import__("os").path.exists(path) and m.proc is None

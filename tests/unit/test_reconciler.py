@@ -330,6 +330,8 @@ class BgpHarness(Harness):
         self.drain_timeout = None
         self.fresh = True
         self.alive = True
+        # every edge checked up (an edge not checked yet is not announced for: see the test below)
+        self.health = {(cl.name, e.name): True for cl in cfg.clusters for e in cl.edges}
 
     def inputs(self) -> Inputs:
         import dataclasses
@@ -361,9 +363,12 @@ def test_bgp_withdraw_reasons_and_back(region):
     h.step()
     assert h.announced()["web"] == (True, "fit")
     # the only active edge found down: withdrawn (the draining one does not count), still owned (flows go on)
-    h.health = {("web", "e1"): False}
+    h.health = {("web", "e1"): False, ("web", "e2"): True}
     h.step()
     assert h.announced()["web"] == (False, "no healthy edge") and h.live()["web"]["active"]
+    h.health = {("web", "e2"): True}                         # e1 not checked yet: forwarded to, not announced
+    h.step()
+    assert h.announced()["web"] == (False, "edges not checked yet")
     h.health = {("web", "e1"): True}
     h.step()
     assert h.announced()["web"] == (True, "fit")
