@@ -11,7 +11,8 @@ by equal byte counts on both ends. A connection is broken when a request fails (
 or is answered by another edge; it is not reopened.
 
 Every connection source address is one of --src (round robin), so the load balancer sees many clients.
-DIR/events.jsonl gets one line per new connection ({"t", "edge"|null, "err"}) and per long-lived connection event,
+DIR/events.jsonl gets one line per new connection ({"t", "edge"|null, "err"}), per UDP flow (--udp-every: kind
+"udp", the same keys) and per long-lived connection event,
 flushed twice a second (the demo reads it live); DIR/summary.json gets every long-lived connection at the end.
 """
 
@@ -118,6 +119,38 @@ async def new_conn(args, src: str, rec: Recorder) -> None:
     rec.write({"kind": "new", "t": t, "edge": edge, "err": err})
 
 
+class _Datagram(asyncio.DatagramProtocol):
+    def __init__(self):
+        self.answer = asyncio.get_running_loop().create_future()
+
+    def datagram_received(self, data, addr):
+        if not self.answer.done():
+            self.answer.set_result(data)
+
+    def error_received(self, exc):
+        if not self.answer.done():
+            self.answer.set_exception(exc)
+
+
+async def udp_flow(args, src: str, rec: Recorder) -> None:
+    """One UDP flow (a new source port): a datagram to the cluster IP's UDP echo; the edge names itself."""
+    t = time.time()
+    edge, err = None, None
+    tr = None
+    try:
+        tr, proto = await asyncio.get_running_loop().create_datagram_endpoint(
+            _Datagram, local_addr=(src, 0), remote_addr=(args.vip, args.udp_port))
+        tr.sendto(b"pydp-lab")
+        data = await asyncio.wait_for(proto.answer, 2)
+        edge = data.split()[1].decode()
+    except (OSError, asyncio.TimeoutError, IndexError, UnicodeDecodeError) as e:
+        err = type(e).__name__
+    finally:
+        if tr is not None:
+            tr.close()
+    rec.write({"kind": "udp", "t": t, "edge": edge, "err": err})
+
+
 async def main_async(args) -> None:
     srcs = args.src.split(",")
     rec = Recorder(os.path.join(args.out, "events.jsonl"))
@@ -132,6 +165,10 @@ async def main_async(args) -> None:
             t = asyncio.create_task(new_conn(args, srcs[n % len(srcs)], rec))
             probes.add(t)
             t.add_done_callback(probes.discard)
+            if args.udp_every and n % args.udp_every == 0:
+                u = asyncio.create_task(udp_flow(args, srcs[n % len(srcs)], rec))
+                probes.add(u)
+                u.add_done_callback(probes.discard)
             n += 1
             await asyncio.sleep(max(0.0, start + n / args.new_rate - time.monotonic()))
         else:
@@ -150,6 +187,9 @@ def main(argv=None) -> int:
     ap.add_argument("--conns", type=int, default=200, help="long-lived connections (default 200)")
     ap.add_argument("--interval", type=float, default=0.5, help="seconds between requests on a connection")
     ap.add_argument("--new-rate", type=float, default=20.0, help="new short connections per second")
+    ap.add_argument("--udp-every", type=int, default=0, metavar="N",
+                    help="with every Nth new connection also a UDP flow to the cluster IP (0: none)")
+    ap.add_argument("--udp-port", type=int, default=53)
     ap.add_argument("--out", required=True, help="directory for events.jsonl and summary.json")
     ap.add_argument("--stop", required=True, help="the run ends when this file exists")
     ap.add_argument("--max-seconds", type=float, default=900.0)
