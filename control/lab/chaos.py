@@ -242,13 +242,24 @@ class Api:
         self.opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(http.cookiejar.CookieJar()))
         self.csrf = self.call("POST", "/api/v1/session", {"user": user, "password": password})["csrf"]
 
-    def call(self, method: str, path: str, body: dict | None = None) -> dict:
-        req = urllib.request.Request(self.base + path, method=method,
-                                     data=json.dumps(body).encode() if body is not None else None,
-                                     headers={"Content-Type": "application/json",
-                                              **({"X-CSRF-Token": self.csrf} if getattr(self, "csrf", None) else {})})
+    def call(self, method: str, path: str, body: dict | None = None, etag: str | None = None) -> dict:
+        return self._open(method, path, body, etag)[0]
+
+    def _open(self, method: str, path: str, body: dict | None, etag: str | None) -> tuple[dict, str | None]:
+        headers = {"Content-Type": "application/json"}
+        if getattr(self, "csrf", None):
+            headers["X-CSRF-Token"] = self.csrf
+        if etag:
+            headers["If-Match"] = etag
+        req = urllib.request.Request(self.base + path, method=method, headers=headers,
+                                     data=json.dumps(body).encode() if body is not None else None)
         with self.opener.open(req, timeout=20) as r:
-            return json.loads(r.read() or b"{}")
+            return json.loads(r.read() or b"{}"), r.headers.get("ETag")
+
+    def change(self, cluster: str, method: str, path: str, body: dict | None = None) -> dict:
+        """A change as the admin page makes it: read the cluster, then write with its ETag in If-Match."""
+        _, etag = self._open("GET", f"/api/v1/clusters/{cluster}", None, None)
+        return self.call(method, path, body, etag)
 
 
 # ---------------------------------------------------------------- faults
@@ -461,12 +472,12 @@ class Weight(Fault):
         e = rnd.target = run.pick_edge(rnd)
         rnd.details["weight"] = w = rnd.rng.choice((2, 3, 5))
         for api in run.apis():
-            api.call("PUT", f"/api/v1/clusters/web/edges/{e.name}/weight", {"weight": w})
+            api.change("web", "PUT", f"/api/v1/clusters/web/edges/{e.name}/weight", {"weight": w})
         time.sleep(HOLD_S)
 
     def recover(self, run, rnd):
         for api in run.apis():
-            api.call("PUT", f"/api/v1/clusters/web/edges/{rnd.target.name}/weight", {"weight": 1})
+            api.change("web", "PUT", f"/api/v1/clusters/web/edges/{rnd.target.name}/weight", {"weight": 1})
 
 
 class ClusterToggle(Fault):
@@ -478,12 +489,13 @@ class ClusterToggle(Fault):
     def inject(self, run, rnd):
         rnd.details["cluster"] = c = rnd.rng.choice(self.CLUSTERS)
         for api in run.apis():
-            api.call("POST", f"/api/v1/clusters/{c}/disable")
+            api.change(c, "POST", f"/api/v1/clusters/{c}/disable")
         time.sleep(HOLD_S)
 
     def recover(self, run, rnd):
         for api in run.apis():
-            api.call("POST", f"/api/v1/clusters/{rnd.details['cluster']}/enable")
+            c = rnd.details["cluster"]
+            api.change(c, "POST", f"/api/v1/clusters/{c}/enable")
 
 
 # -- hostile traffic
@@ -616,7 +628,8 @@ class Chaos:
         for n, a in sorted(self.lab.appliances.items()):
             try:
                 st = a.status()
-                stores[n] = store_summary(rpc.call(a.ctl.socket, "list_clusters", timeout=5.0))
+                stores[n] = store_summary(rpc.call(a.ctl.socket, "store", {"op": "list_clusters", "args": {}},
+                                                         timeout=5.0))
             except (ConnectionError, OSError) as e:
                 out.append(f"appliance {n}: pydp-control not answering ({e})")
                 continue
