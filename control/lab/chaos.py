@@ -170,18 +170,25 @@ def check_counters(prev: dict[str, int], cur: dict[str, int]) -> list[str]:
 
 
 def flat_counters(stats: dict) -> dict[str, int]:
-    """The cumulative counters of control.observe.stats(): per port and per cluster (gauges left out)."""
+    """The cumulative counters of control.observe.stats(): per port, worker, cluster and edge (gauges left out).
+    A cluster's and an edge's counters belong to their slot in the region: an edge removed and added again may
+    land in another slot, which is another series."""
+    from control.observe import _PORT_COUNTERS, _WORKER_COUNTERS
+
     out = {}
     for p in stats.get("ports", []):
-        for k, v in p.items():
-            if isinstance(v, int) and (k.endswith(("packets", "bytes")) or k.startswith(("exc", "rx", "tx"))):
-                out[f"port{p.get('port', p.get('index', ''))}.{k}"] = v
-        for k, v in (p.get("drops") or {}).items():
-            out[f"port{p.get('port', p.get('index', ''))}.drops.{k}"] = v
+        out.update({f"port{p['port']}.{k}": p[k] for k in _PORT_COUNTERS if k in p})
+        out.update({f"port{p['port']}.drops.{k}": v for k, v in (p.get("drops") or {}).items()})
+    for w in stats.get("workers", []):
+        out.update({f"worker{w['worker']}.{k}": w[k] for k in _WORKER_COUNTERS if k in w})
     for name, c in stats.get("clusters", {}).items():
-        for k, v in c.items():
-            if isinstance(v, int) and (k.endswith(("packets", "bytes", "flows")) or k.startswith("drop")):
-                out[f"{name}.{k}"] = v
+        if c.get("slot") is None:
+            continue
+        out.update({f"{name}@{c['slot']}.{k}": c[k] for k in ("packets", "bytes", "drop_not_active",
+                                                              "drop_disabled", "drop_no_edge") if k in c})
+        for en, e in (c.get("edges") or {}).items():
+            out.update({f"{name}@{c['slot']}.{en}@{e['slot']}.{k}": e[k] for k in ("packets", "bytes", "new_flows")
+                        if k in e})
     return out
 
 
