@@ -96,17 +96,19 @@ def check_carp(states: dict[str, dict[str, str | None]]) -> list[str]:
 
 
 def split_broken(broken: list[dict], rounds: list[dict]) -> tuple[list[dict], list[dict]]:
-    """Broken long-lived connections, (expected, unexpected). Each is attributed to the round in whose window
-    [t0, t1) its last good request falls (it broke after that), else to the round of its break; a break is expected
-    when its edge is one the round's fault may break. rounds: [{"round", "fault", "t0", "t1", "may_break"}]."""
+    """Broken long-lived connections, (expected, unexpected). A connection broke between its last good request
+    (last_ok) and the failure (broken: at once for a reset, a request timeout later for silence): the break is
+    expected when a round overlapping that interval may break its edge, and is attributed to that round (else to the
+    first round overlapping it). rounds: [{"round", "fault", "t0", "t1", "may_break"}], windows [t0, t1)."""
     expected, unexpected = [], []
     for c in broken:
-        t = c.get("last_ok") or c.get("opened") or c.get("broken") or 0.0
-        rnd = next((r for r in rounds if r["t0"] <= t < r["t1"]), None)
-        if rnd is None:
-            rnd = next((r for r in rounds if r["t0"] <= (c.get("broken") or 0.0) < r["t1"]), None)
+        end = c.get("broken") or 0.0
+        start = c.get("last_ok") or c.get("opened") or end
+        overlap = [r for r in rounds if r["t0"] <= end and start < r["t1"]]
+        ok = [r for r in overlap if c.get("edge") in r["may_break"]]
+        rnd = (ok or overlap or [None])[0]
         row = {**c, "round": rnd["round"] if rnd else None, "fault": rnd["fault"] if rnd else None}
-        (expected if rnd is not None and c.get("edge") in rnd["may_break"] else unexpected).append(row)
+        (expected if ok else unexpected).append(row)
     return expected, unexpected
 
 
@@ -199,9 +201,11 @@ class Resources:
 
     def __init__(self) -> None:
         self.samples: dict[str, dict[int, list[tuple[int, int]]]] = {}
+        self.series: dict[str, list[list[int]]] = {}       # role: [[round, pid, rss KiB, fds], ...] (the report)
 
-    def add(self, role: str, pid: int, rss_kib: int, fds: int) -> None:
+    def add(self, role: str, pid: int, rss_kib: int, fds: int, rnd: int = 0) -> None:
         self.samples.setdefault(role, {}).setdefault(pid, []).append((rss_kib, fds))
+        self.series.setdefault(role, []).append([rnd, pid, rss_kib, fds])
 
     def growth(self) -> tuple[dict[str, int], dict[str, int]]:
         rss, fds = {}, {}
@@ -672,7 +676,7 @@ class Chaos:
                 if proc is not None and proc.poll() is None:
                     u = proc_usage(proc.pid)
                     if u:
-                        self.resources.add(f"{n}.{role}", proc.pid, *u)
+                        self.resources.add(f"{n}.{role}", proc.pid, *u, rnd=rnd.n)
             if a.dp.proc is None or a.dp.region is None:
                 continue
             key = (n, a.dp.proc.pid)
@@ -709,9 +713,13 @@ class Chaos:
         self.say(f"round {n}: {kind}" + (f" on appliance {rnd.target.name}" if fault.group in ("appliance",
                                                                                                "hostile") else ""))
         try:
-            fault.inject(self, rnd)
-        finally:
-            fault.recover(self, rnd)
+            try:
+                fault.inject(self, rnd)
+            finally:
+                fault.recover(self, rnd)
+        except BaseException:
+            rnd.t1 = time.time()
+            raise
         for i, (edge, t0, t1) in enumerate(rnd.no_new):
             rnd.no_new[i] = (edge, t0, t1 or time.time())
         bad = self.settle(rnd)
@@ -763,6 +771,9 @@ def run(topo: T.Topology, rounds: int, seed: int, json_path: Path | None, *, con
             check = load.byte_check()
             new, udp = load.new(), load.udp()
         res = finish(chaos, seed, summary, check, new, udp, time.time() - t_start)
+        if res["violations"] and json_path:
+            res["evidence_dir"] = keep_logs(lab.run_dir, json_path)
+            say(f"violations: the lab's logs are kept in {res['evidence_dir']}")
     finally:
         say("removing the lab")
         lab.down()
@@ -770,6 +781,17 @@ def run(topo: T.Topology, rounds: int, seed: int, json_path: Path | None, *, con
     if json_path:
         json_path.write_text(json.dumps(res, indent=2) + "\n")
     return res
+
+
+def keep_logs(run_dir: Path, json_path: Path) -> str:
+    """The lab's logs (daemons, data planes, nginx, clients) copied next to the report, as evidence."""
+    import shutil
+
+    dest = json_path.with_name(json_path.stem + "-logs")
+    shutil.rmtree(dest, ignore_errors=True)
+    shutil.copytree(run_dir, dest, ignore=shutil.ignore_patterns("*.sock", "*.db", "*.db-*", "tmp", "http-users"),
+                    ignore_dangling_symlinks=True)
+    return str(dest)
 
 
 def finish(chaos: Chaos, seed: int, summary: dict, check: dict, new: list, udp: list, run_s: float) -> dict:
@@ -798,4 +820,5 @@ def finish(chaos: Chaos, seed: int, summary: dict, check: dict, new: list, udp: 
                                   "byte_counts_equal": check["equal"]},
                    "new_connections": {"total": len(new), "answered": sum(1 for e in new if e["edge"])},
                    "udp_flows": {"total": len(udp), "answered": sum(1 for e in udp if e["edge"])},
-                   "kinds": chaos.kinds, "schedule": [r.kind for r in chaos.rounds]})
+                   "kinds": chaos.kinds, "schedule": [r.kind for r in chaos.rounds],
+                   "resource_samples": chaos.resources.series})

@@ -85,16 +85,18 @@ def test_carp_exactly_one_master():
     assert two == ["cluster web: 2 masters (A=master, B=master)"] and "0 masters" in none[0]
 
 
-def test_breaks_are_attributed_to_the_round_of_their_last_good_request():
+def test_breaks_are_expected_only_when_a_round_overlapping_them_may_break_their_edge():
     rounds = [{"round": 1, "fault": "edge_kill", "t0": 100.0, "t1": 120.0, "may_break": ["e2"]},
-              {"round": 2, "fault": "drain", "t0": 120.0, "t1": 140.0, "may_break": []}]
+              {"round": 2, "fault": "drain", "t0": 120.0, "t1": 140.0, "may_break": []},
+              {"round": 3, "fault": "edge_remove_add", "t0": 140.0, "t1": 160.0, "may_break": ["e1"]}]
     conns = [{"id": 1, "edge": "e2", "last_ok": 105.0, "broken": 135.0},     # a request timeout shows late
              {"id": 2, "edge": "e1", "last_ok": 110.0, "broken": 110.5},
              {"id": 3, "edge": "e2", "last_ok": 125.0, "broken": 126.0},
-             {"id": 4, "edge": "e3", "last_ok": None, "opened": None, "broken": 99.0}]    # before any round
+             {"id": 4, "edge": "e1", "last_ok": 139.8, "broken": 140.3},     # the reset came in round 3
+             {"id": 5, "edge": "e3", "last_ok": None, "opened": None, "broken": 99.0}]    # before any round
     expected, unexpected = C.split_broken(conns, rounds)
-    assert [(c["id"], c["round"]) for c in expected] == [(1, 1)]
-    assert [(c["id"], c["round"]) for c in unexpected] == [(2, 1), (3, 2), (4, None)]
+    assert [(c["id"], c["round"]) for c in expected] == [(1, 1), (4, 3)]
+    assert [(c["id"], c["round"]) for c in unexpected] == [(2, 1), (3, 2), (5, None)]
 
 
 def test_no_new_connection_inside_an_edge_window():
