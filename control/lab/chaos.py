@@ -284,7 +284,7 @@ class Round:
     details: dict = field(default_factory=dict)
     may_break: set = field(default_factory=set)
     no_new: list = field(default_factory=list)      # (edge, t0, t1); t1 None: until recovered
-    extra: list = field(default_factory=list)       # fault-specific violations (text)
+    private: dict = field(default_factory=dict)     # what a fault keeps between inject and check
     t0: float = 0.0
     t1: float = 0.0
 
@@ -519,8 +519,7 @@ class Hostile(Fault):
 
     def inject(self, run, rnd):
         a = rnd.target
-        rnd.details["master_before"] = {c: run.carp_states().get(c) for c in CARP_CLUSTERS}
-        rnd.details["transitions_before"] = {n: len(x.transitions()) for n, x in run.lab.appliances.items()}
+        rnd.private["transitions"] = {n: len(x.transitions()) for n, x in run.lab.appliances.items()}
         dst_ip = a.addr if self.mode == "arp" else T.VIP
         p = subprocess.run(["ip", "netns", "exec", run.lab.topo.client_ns, sys.executable, "-P", "-m",
                             "control.lab.hostile", "--mode", self.mode, "--dst-mac", a.mac, "--dst-ip", dst_ip,
@@ -529,12 +528,15 @@ class Hostile(Fault):
                            capture_output=True, text=True, timeout=self.seconds + 30)
         if p.returncode != 0:
             raise RuntimeError(f"control.lab.hostile --mode {self.mode}: {p.stderr[-2000:]}")
-        rnd.details["sent"] = json.loads(p.stdout.splitlines()[-1])
+        sent = json.loads(p.stdout.splitlines()[-1])
+        rnd.details["sent"] = sent["sent"]
+        if self.mode == "carp":
+            rnd.details["replayed_from"] = sent["replayed_from"]
 
     def check(self, run, rnd):
         after = {n: len(x.transitions()) for n, x in run.lab.appliances.items()}
-        if after != rnd.details["transitions_before"]:
-            return [f"CARP transitions during {self.kind}: {rnd.details['transitions_before']} -> {after}"]
+        if after != rnd.private["transitions"]:
+            return [f"CARP transitions during {self.kind}: {rnd.private['transitions']} -> {after}"]
         return []
 
 
@@ -596,6 +598,7 @@ class Chaos:
         self.resources = Resources()
         self.counters: dict[tuple[str, int], dict[str, int]] = {}
         self._apis: list[Api] | None = None
+        self.damped_until = 0.0          # monotonic time flap damping releases the last edge it holds down
 
     # -- helpers the faults use
 
@@ -610,13 +613,24 @@ class Chaos:
     def master(self):
         return self.lab.master("web")
 
+    def health(self, a, cluster: str = "web") -> dict[str, str]:
+        """Edge → "up", "down", or "damped" (down, held by flap damping, which releases it within max_suppress)."""
+        try:
+            c = next(c for c in a.status()["clusters"] if c["name"] == cluster)
+        except (ConnectionError, OSError, StopIteration):
+            return {}
+        return {e["name"]: "damped" if e["health"] == "down" and (e.get("health_check") or {}).get("damped")
+                else e["health"] for e in c["edges"]}
+
     def wait_health(self, edge: str, want: str, timeout: float = 30.0) -> float:
-        """Waits until every running appliance's health checks say `want` for the edge; returns the time."""
+        """Waits until every running appliance's health checks say `want` for the edge (for "up": or held down by
+        flap damping, which the settle step waits out); returns the time."""
         from control.lab.net import eventually
 
-        eventually(lambda: all(self.lab.edge_health(a).get(edge) == want for a in self.lab.appliances.values()),
+        ok = {want, "damped"} if want == "up" else {want, "damped"} if want == "down" else {want}
+        eventually(lambda: all(self.health(a).get(edge) in ok for a in self.lab.appliances.values()),
                    timeout, lambda: f"edge {edge} {want}: " + ", ".join(
-                       f"{a.name} {self.lab.edge_health(a)}" for a in self.lab.appliances.values()), interval=0.1)
+                       f"{a.name} {self.health(a)}" for a in self.lab.appliances.values()), interval=0.1)
         return time.time()
 
     def apis(self) -> list[Api]:
@@ -660,6 +674,11 @@ class Chaos:
                 out.append(f"appliance {n}: live config unreadable ({e})")
                 continue
             out += [f"drift {n}: {x}" for x in check_drift(stores[n], live, health, owned)]
+            for c in st["clusters"]:
+                for e in c["edges"]:
+                    hc = e.get("health_check") or {}
+                    if hc.get("damped") and hc.get("reuse_in_s") is not None:
+                        self.damped_until = max(self.damped_until, time.monotonic() + hc["reuse_in_s"])
             down = [e for (c, e), h in health.items() if c == "web" and h != "up"]
             if down:
                 out.append(f"appliance {n}: edges of web not up: {sorted(down)}")
@@ -692,11 +711,17 @@ class Chaos:
         self.say(f"  VIOLATION round {rnd.n} ({rnd.kind}): {invariant}: {evidence}")
 
     def settle(self, rnd: Round) -> list[str]:
-        """Polls observe() until it is clean or SETTLE_S passes; returns what still failed (empty: settled)."""
+        """Polls observe() until it is clean or SETTLE_S passes (or, while flap damping holds an edge down, until
+        its release plus SETTLE_S; damping bounds that by its max_suppress); returns what still failed (empty:
+        settled)."""
         deadline = time.monotonic() + SETTLE_S
+        self.damped_until = 0.0
         while True:
             bad = self.observe()
-            if not bad or time.monotonic() >= deadline:
+            if self.damped_until:
+                rnd.details["damped_s"] = max(rnd.details.get("damped_s", 0.0),
+                                              round(self.damped_until - time.monotonic(), 1))
+            if not bad or time.monotonic() >= max(deadline, self.damped_until + SETTLE_S):
                 return bad
             time.sleep(0.5)
 
