@@ -605,8 +605,9 @@ class HealthChecker:
 
     def __init__(self, on_change: OnChange | None = None, *, source: str | Iterable[str] | None = None,
                  max_concurrency: int = 64, damping: Damping | None = Damping(), probe: Probe | None = None,
-                 rng: random.Random | None = None):
+                 rng: random.Random | None = None, local_down: Callable[[], str | None] | None = None):
         self._on_change = on_change
+        self._local_down = local_down
         self._damping = damping
         self._probe = probe or run_probe
         self._rng = rng or random.Random()
@@ -720,6 +721,10 @@ class HealthChecker:
                 except Exception as exc:        # a bug in a probe must not end the checks of the edge
                     log.exception("health probe of cluster %s edge %s failed", *key)
                     res = ProbeResult(False, f"probe error: {exc!r}", loop.time() - start)
+            if not res.ok and not res.local and self._local_down is not None:
+                why = self._local_down()
+                if why:
+                    res = dataclasses.replace(res, detail=f"{res.detail} ({why})", local=True)
             e.last = res
             if res.local:
                 e.local_failures += 1           # this appliance's network is down: nothing learnt about the edge

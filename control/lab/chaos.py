@@ -248,17 +248,24 @@ def report(seed: int, rounds: int, kinds: dict[str, int], violations: list[Viola
 class Api:
     """A signed-in session on an appliance's /api/v1 (the admin user of the lab)."""
 
+    csrf: str | None = None
+
     def __init__(self, base: str, user: str, password: str):
         self.base = base.rstrip("/")
+        self.user, self.password = user, password
+        self.sign_in()
+
+    def sign_in(self) -> None:
+        self.csrf = None
         self.opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(http.cookiejar.CookieJar()))
-        self.csrf = self.call("POST", "/api/v1/session", {"user": user, "password": password})["csrf"]
+        self.csrf = self.call("POST", "/api/v1/session", {"user": self.user, "password": self.password})["csrf"]
 
     def call(self, method: str, path: str, body: dict | None = None, etag: str | None = None) -> dict:
         return self._open(method, path, body, etag)[0]
 
     def _open(self, method: str, path: str, body: dict | None, etag: str | None) -> tuple[dict, str | None]:
         headers = {"Content-Type": "application/json"}
-        if getattr(self, "csrf", None):
+        if self.csrf:
             headers["X-CSRF-Token"] = self.csrf
         if etag:
             headers["If-Match"] = etag
@@ -268,8 +275,17 @@ class Api:
             return json.loads(r.read() or b"{}"), r.headers.get("ETag")
 
     def change(self, cluster: str, method: str, path: str, body: dict | None = None) -> dict:
-        """A change as the admin page makes it: read the cluster, then write with its ETag in If-Match."""
-        _, etag = self._open("GET", f"/api/v1/clusters/{cluster}", None, None)
+        """A change as the admin page makes it: read the cluster, then write with its ETag in If-Match. A restarted
+        daemon forgot the session (401): signed in again, as a person would."""
+        import urllib.error
+
+        try:
+            _, etag = self._open("GET", f"/api/v1/clusters/{cluster}", None, None)
+        except urllib.error.HTTPError as e:
+            if e.code != 401:
+                raise
+            self.sign_in()
+            _, etag = self._open("GET", f"/api/v1/clusters/{cluster}", None, None)
         return self.call(method, path, body, etag)
 
 

@@ -300,3 +300,30 @@ def test_local_failures_are_not_counted_against_the_edge():
         await chk.close()
 
     asyncio.run(main())
+
+
+def test_failures_while_the_appliance_itself_is_down_are_not_counted():
+    """Regression (chaos run, issue 17): the appliance's own data port losing its link made every probe time out,
+    which counted as every edge flapping. The daemon tells the checker when its side is down (local_down); failed
+    probes then are not counted, successes still are."""
+    fast = dict(interval=0.03, timeout=0.02, rise=2, fall=2)
+    side = {"down": None, "ok": True}
+
+    async def probe(ip, cfg, source):
+        return ProbeResult(side["ok"], "fake", 0.001)
+
+    async def main():
+        changes = []
+        chk = HealthChecker(lambda c, e, up, why: changes.append(up), probe=probe, local_down=lambda: side["down"])
+        chk.set_targets({("web", "e1"): ("10.0.0.1", HealthConfig(type="tcp", **fast))})
+        await asyncio.to_thread(eventually, lambda: changes == [True], 5, "e1 up")
+        side.update(down="data port 0 link down", ok=False)
+        await asyncio.to_thread(eventually, lambda: chk.states()[("web", "e1")]["local_failures"] >= 5, 5,
+                                "local failures seen")
+        st = chk.states()[("web", "e1")]
+        assert changes == [True] and st["failures"] == 0 and "(data port 0 link down)" in st["last_detail"]
+        side["down"] = None                    # the link is back and the edge really fails: counted
+        await asyncio.to_thread(eventually, lambda: changes == [True, False], 5, "e1 down")
+        await chk.close()
+
+    asyncio.run(main())
