@@ -194,10 +194,14 @@ def flat_counters(stats: dict) -> dict[str, int]:
     return out
 
 
+WARMUP_ROUNDS = 3                 # a process's first rounds (imports, first roles, first resync) are its warm-up
+
+
 class Resources:
     """RSS (KiB) and open descriptors of each process role ("A.dataplane", ...) sampled after every round. A
-    restarted process is a new instance; its growth is measured from its second sample (the first round warms
-    it up) to its last, and a role's growth is the largest of its instances'."""
+    restarted process is a new instance. An instance's growth runs from its sample after WARMUP_ROUNDS rounds to
+    its last; an instance that lived through fewer rounds than that plus 2 has too short a life to tell growth
+    from warm-up and is not counted. A role's growth is the largest of its instances'."""
 
     def __init__(self) -> None:
         self.samples: dict[str, dict[int, list[tuple[int, int]]]] = {}
@@ -212,7 +216,9 @@ class Resources:
         for role, by_pid in sorted(self.samples.items()):
             rss[role], fds[role] = 0, 0
             for s in by_pid.values():
-                base = s[1] if len(s) >= 3 else s[0]
+                if len(s) < WARMUP_ROUNDS + 2:
+                    continue
+                base = s[WARMUP_ROUNDS - 1]
                 rss[role] = max(rss[role], s[-1][0] - base[0])
                 fds[role] = max(fds[role], s[-1][1] - base[1])
         return rss, fds

@@ -165,17 +165,20 @@ def test_counters_never_go_backwards():
 
 def test_resources_growth_per_instance_after_warm_up():
     r = C.Resources()
-    for rss, fds in ((50_000, 20), (60_000, 30), (61_000, 30), (62_000, 31)):      # first sample: warm-up
+    assert C.WARMUP_ROUNDS == 3
+    for rss, fds in ((50_000, 20), (60_000, 30), (61_000, 30), (61_500, 30), (62_000, 31)):   # 3 rounds warm-up
         r.add("A.control", 100, rss, fds)
-    r.add("A.control", 200, 40_000, 10)            # a restarted instance, one sample: no growth of its own
-    r.add("B.dataplane", 300, 9_000, 5)
-    r.add("B.dataplane", 300, 9_100, 5)
+    for rss in (40_000, 40_100, 40_200, 60_000):     # a restarted instance too short-lived to judge
+        r.add("A.control", 200, rss, 10)
+    for rss in (9_000, 9_000, 9_000, 9_050, 9_100):
+        r.add("B.dataplane", 300, rss, 5)
     rss, fds = r.growth()
-    assert rss == {"A.control": 2000, "B.dataplane": 100} and fds == {"A.control": 1, "B.dataplane": 0}
+    assert rss == {"A.control": 1000, "B.dataplane": 100} and fds == {"A.control": 1, "B.dataplane": 0}
     assert r.check() == []
-    r.add("A.control", 100, 62_000 + C.RSS_LIMIT_KIB, 31 + C.FD_LIMIT + 1)
-    assert r.check() == [f"A.control: RSS grew {2000 + C.RSS_LIMIT_KIB} KiB (limit {C.RSS_LIMIT_KIB})",
-                         f"A.control: {C.FD_LIMIT + 2} more open descriptors (limit {C.FD_LIMIT})"]
+    r.add("A.control", 100, 61_000 + C.RSS_LIMIT_KIB + 1, 30 + C.FD_LIMIT + 1)
+    assert r.check() == [f"A.control: RSS grew {C.RSS_LIMIT_KIB + 1} KiB (limit {C.RSS_LIMIT_KIB})",
+                         f"A.control: {C.FD_LIMIT + 1} more open descriptors (limit {C.FD_LIMIT})"]
+    assert r.series["B.dataplane"][0] == [0, 300, 9_000, 5]
 
 
 def test_proc_usage_of_this_process_and_of_none():
