@@ -219,3 +219,18 @@ def test_hostile_frames_are_well_formed():
     assert c[:6] == H.CARP_GROUP_MAC and adv.vhid == 10 and adv.advskew == 0
     with pytest.raises(codec.CarpError):
         codec.verify(adv, b"pydp-lab-carp", ["198.51.100.10"])
+
+
+def test_cli_exit_status_follows_the_violations(monkeypatch, capsys, tmp_path):
+    from control.lab import cli
+
+    res = C.report(5, 2, {"drain": 1, "edge_kill": 1}, [], 40, 3, 0, {"A.control": 10}, {"A.control": 0}, 12.0)
+    monkeypatch.setattr(C, "run", lambda *a, **k: res)
+    args = cli.build_parser().parse_args(["chaos", "--rounds", "2", "--seed", "5", "--kinds", "drain,edge_kill"])
+    assert cli.cmd_chaos(args) == 0 and "0 violations" in capsys.readouterr().out
+    res["violations"] = [C.Violation(2, "edge_kill", "no_new_to_unavailable_edge", {"events": []}).row()]
+    assert cli.cmd_chaos(args) == 1
+    out = capsys.readouterr().out
+    assert "1 violations" in out and "round 2 edge_kill: no_new_to_unavailable_edge" in out
+    with pytest.raises(ValueError, match="--rounds 0"):
+        cli.cmd_chaos(cli.build_parser().parse_args(["chaos", "--rounds", "0"]))
