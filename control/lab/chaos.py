@@ -802,9 +802,9 @@ def run(topo: T.Topology, rounds: int, seed: int, json_path: Path | None, *, con
     kinds = kinds or fault_kinds()
     t_start = time.time()
     lab = Lab(topo)
+    say(f"building the lab {topo.name!r} ({topo.edges} edges, 2 appliances), seed {seed}, {rounds} rounds")
+    lab.up(log=lambda m: say("  " + m))      # refuses a lab of that name already up; removes what it built on failure
     try:
-        say(f"building the lab {topo.name!r} ({topo.edges} edges, 2 appliances), seed {seed}, {rounds} rounds")
-        lab.up(log=lambda m: say("  " + m))
         load = Load(lab, vip=T.VIP, conns=conns, new_rate=10.0, udp_every=2).start()
         chaos = Chaos(lab, load, seed, kinds, say)
         try:
