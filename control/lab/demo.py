@@ -216,9 +216,9 @@ def run(topo: T.Topology, out: Path, json_path: Path | None, conns: int, say=pri
     out.mkdir(parents=True, exist_ok=True)
     t_start = time.time()
     lab = Lab(topo)
+    say(f"building the lab {topo.name!r} ({topo.edges} edges, 2 appliances)")
+    lab.up(log=lambda m: say("  " + m))      # refuses a lab of that name already up (and leaves it alone)
     try:
-        say(f"building the lab {topo.name!r} ({topo.edges} edges, 2 appliances)")
-        lab.up(log=lambda m: say("  " + m))
         res = story(lab, out, conns, say)
     finally:
         say("removing the lab")
