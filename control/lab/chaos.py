@@ -102,6 +102,8 @@ def split_broken(broken: list[dict], rounds: list[dict]) -> tuple[list[dict], li
     first round overlapping it). rounds: [{"round", "fault", "t0", "t1", "may_break"}], windows [t0, t1)."""
     expected, unexpected = [], []
     for c in broken:
+        if c.get("edge") is None:
+            continue                    # never established (a failed connect): not a broken connection
         end = c.get("broken") or 0.0
         start = c.get("last_ok") or c.get("opened") or end
         overlap = [r for r in rounds if r["t0"] <= end and start < r["t1"]]
@@ -805,7 +807,7 @@ def run(topo: T.Topology, rounds: int, seed: int, json_path: Path | None, *, con
     say(f"building the lab {topo.name!r} ({topo.edges} edges, 2 appliances), seed {seed}, {rounds} rounds")
     lab.up(log=lambda m: say("  " + m))      # refuses a lab of that name already up; removes what it built on failure
     try:
-        load = Load(lab, vip=T.VIP, conns=conns, new_rate=10.0, udp_every=2).start()
+        load = Load(lab, vip=T.VIP, conns=conns, new_rate=10.0, udp_every=2, reopen=True).start()
         chaos = Chaos(lab, load, seed, kinds, say)
         try:
             chaos.run(rounds)
@@ -852,7 +854,8 @@ def finish(chaos: Chaos, seed: int, summary: dict, check: dict, new: list, udp: 
         if (c["round"], c["id"]) not in seen:
             r = next((x for x in chaos.rounds if x.n == c["round"]), last)
             chaos.violate(r, "no_unexpected_break", {"connection": c})
-    for row in check["rows"]:
+    rows = [r for r in check["rows"] if r["edge"] is not None]      # answered at least once
+    for row in rows:
         if row["broken"] is None and not row["equal"]:
             chaos.violate(last, "byte_counts_equal", {"connection": row})
     for x in chaos.resources.check():
@@ -861,10 +864,12 @@ def finish(chaos: Chaos, seed: int, summary: dict, check: dict, new: list, udp: 
     counts: dict[str, int] = {}
     for r in chaos.rounds:
         counts[r.kind] = counts.get(r.kind, 0) + 1
-    return report(seed, len(chaos.rounds), counts, chaos.violations, len(summary["conns"]) + len(new),
+    return report(seed, len(chaos.rounds), counts, chaos.violations, len(rows) + len(new),
                   len(expected), len(unexpected), rss, fds, run_s,
-                  {"long_lived": {"total": len(summary["conns"]), "survived": check["survived"],
-                                  "byte_counts_equal": check["equal"]},
+                  {"long_lived": {"total": len(rows), "survived": sum(r["equal"] and r["broken"] is None
+                                                                      for r in rows),
+                                  "byte_counts_equal": sum(r["equal"] for r in rows),
+                                  "never_answered": len(check["rows"]) - len(rows)},
                    "new_connections": {"total": len(new), "answered": sum(1 for e in new if e["edge"])},
                    "udp_flows": {"total": len(udp), "answered": sum(1 for e in udp if e["edge"])},
                    "kinds": chaos.kinds, "schedule": [r.kind for r in chaos.rounds],

@@ -8,7 +8,7 @@ Why keep-alive connections: each one is a single TCP connection pinned to one ed
 request on it is one line in that edge's nginx access log with the bytes nginx sent ($bytes_sent). The client counts
 the bytes it read per connection, so a connection that survived (a takeover, an edge-set change, a drain) is proved
 by equal byte counts on both ends. A connection is broken when a request fails (reset, EOF, 30 s without an answer)
-or is answered by another edge; it is not reopened.
+or is answered by another edge; it is not reopened (with --reopen, a new connection, with a new id, takes its place).
 
 Every connection source address is one of --src (round robin), so the load balancer sees many clients.
 DIR/events.jsonl gets one line per new connection ({"t", "edge"|null, "err"}), per UDP flow (--udp-every: kind
@@ -67,6 +67,7 @@ class Conn:
         self.broken: float | None = None
         self.err: str | None = None
         self.last_ok: float | None = None
+        self.delay = (i % 50) * 0.04                     # spread the first opening over 2 s
 
     def row(self) -> dict:
         return {"id": self.i, "src": self.src, "port": self.port, "edge": self.edge, "bytes": self.bytes,
@@ -75,7 +76,7 @@ class Conn:
 
 
 async def long_conn(c: Conn, args, rec: Recorder, stop: asyncio.Event) -> None:
-    await asyncio.sleep((c.i % 50) * 0.04)                 # spread the opening over 2 s
+    await asyncio.sleep(c.delay)
     try:
         r, w = await asyncio.wait_for(asyncio.open_connection(args.vip, 80, local_addr=(c.src, 0)), 10)
     except (OSError, asyncio.TimeoutError) as e:
@@ -156,7 +157,24 @@ async def main_async(args) -> None:
     rec = Recorder(os.path.join(args.out, "events.jsonl"))
     stop = asyncio.Event()
     conns = [Conn(i, srcs[i % len(srcs)]) for i in range(args.conns)]
-    tasks = [asyncio.create_task(long_conn(c, args, rec, stop)) for c in conns]
+
+    async def slot(c: Conn) -> None:
+        """One long-lived connection, and with --reopen its successors: a broken one is replaced (a new id) a
+        second later, so the pool stays full through a long run."""
+        while True:
+            await long_conn(c, args, rec, stop)
+            if not args.reopen or stop.is_set():
+                return
+            try:
+                await asyncio.wait_for(stop.wait(), 1.0)
+                return
+            except asyncio.TimeoutError:
+                pass
+            c = Conn(len(conns), c.src)
+            c.delay = 0.0
+            conns.append(c)
+
+    tasks = [asyncio.create_task(slot(c)) for c in conns]
     probes: set[asyncio.Task] = set()
     start = time.monotonic()
     n = 0
@@ -187,6 +205,8 @@ def main(argv=None) -> int:
     ap.add_argument("--conns", type=int, default=200, help="long-lived connections (default 200)")
     ap.add_argument("--interval", type=float, default=0.5, help="seconds between requests on a connection")
     ap.add_argument("--new-rate", type=float, default=20.0, help="new short connections per second")
+    ap.add_argument("--reopen", action="store_true",
+                    help="replace a broken long-lived connection by a new one (a long run keeps its pool full)")
     ap.add_argument("--udp-every", type=int, default=0, metavar="N",
                     help="with every Nth new connection also a UDP flow to the cluster IP (0: none)")
     ap.add_argument("--udp-port", type=int, default=53)

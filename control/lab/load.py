@@ -15,7 +15,7 @@ from control.lab.net import eventually, terminate
 
 class Load:
     def __init__(self, lab, *, vip: str, conns: int = 200, interval: float = 0.5, new_rate: float = 20.0,
-                 v6: bool = False, udp_every: int = 0):
+                 v6: bool = False, udp_every: int = 0, reopen: bool = False):
         self.lab = lab
         self.dir = lab.run_dir / f"load-{uuid.uuid4().hex[:6]}"
         self.dir.mkdir(parents=True)
@@ -23,7 +23,7 @@ class Load:
         srcs = lab.topo.client_ips6() if v6 else lab.topo.client_ips()
         self.argv = ["ip", "netns", "exec", lab.topo.client_ns, sys.executable, "-P", "-m", "control.lab.client",
                      "--vip", vip, "--src", ",".join(srcs), "--conns", str(conns), "--interval", str(interval),
-                     "--new-rate", str(new_rate), "--udp-every", str(udp_every), "--out", str(self.dir), "--stop", str(self.stop_file)]
+                     "--new-rate", str(new_rate), "--udp-every", str(udp_every), *(["--reopen"] if reopen else []), "--out", str(self.dir), "--stop", str(self.stop_file)]
         self.conns = conns
         self.proc: subprocess.Popen | None = None
         self.summary: dict | None = None

@@ -93,7 +93,8 @@ def test_breaks_are_expected_only_when_a_round_overlapping_them_may_break_their_
              {"id": 2, "edge": "e1", "last_ok": 110.0, "broken": 110.5},
              {"id": 3, "edge": "e2", "last_ok": 125.0, "broken": 126.0},
              {"id": 4, "edge": "e1", "last_ok": 139.8, "broken": 140.3},     # the reset came in round 3
-             {"id": 5, "edge": "e3", "last_ok": None, "opened": None, "broken": 99.0}]    # before any round
+             {"id": 5, "edge": "e3", "last_ok": None, "opened": None, "broken": 99.0},    # before any round
+             {"id": 6, "edge": None, "last_ok": None, "broken": 130.0, "err": "connect: TimeoutError()"}]
     expected, unexpected = C.split_broken(conns, rounds)
     assert [(c["id"], c["round"]) for c in expected] == [(1, 1), (4, 3)]
     assert [(c["id"], c["round"]) for c in unexpected] == [(2, 1), (3, 2), (5, None)]
