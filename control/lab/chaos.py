@@ -795,7 +795,7 @@ class Chaos:
 
 
 def run(topo: T.Topology, rounds: int, seed: int, json_path: Path | None, *, conns: int = 100,
-        kinds: list[str] | None = None, say=print) -> dict:
+        kinds: list[str] | None = None, rss_limit_kib: int = RSS_LIMIT_KIB, say=print) -> dict:
     """Builds the lab, runs the chaos rounds, removes the lab; returns the report (also written to json_path).
     A fault that cannot be injected or recovered (the lab itself failing) ends the run as a violation."""
     from control.lab.lab import Lab
@@ -819,7 +819,7 @@ def run(topo: T.Topology, rounds: int, seed: int, json_path: Path | None, *, con
             summary = load.stop()
             check = load.byte_check()
             new, udp = load.new(), load.udp()
-        res = finish(chaos, seed, summary, check, new, udp, time.time() - t_start)
+        res = finish(chaos, seed, summary, check, new, udp, time.time() - t_start, rss_limit_kib)
         if res["violations"] and json_path:
             res["evidence_dir"] = keep_logs(lab.run_dir, json_path)
             say(f"violations: the lab's logs are kept in {res['evidence_dir']}")
@@ -843,7 +843,8 @@ def keep_logs(run_dir: Path, json_path: Path) -> str:
     return str(dest)
 
 
-def finish(chaos: Chaos, seed: int, summary: dict, check: dict, new: list, udp: list, run_s: float) -> dict:
+def finish(chaos: Chaos, seed: int, summary: dict, check: dict, new: list, udp: list, run_s: float,
+           rss_limit_kib: int = RSS_LIMIT_KIB) -> dict:
     """The end-of-run checks (every break by round, also those that took the client's request timeout to show;
     byte counts of the connections that lived; resource growth) and the report."""
     broken = [c for c in summary["conns"] if c["broken"] is not None]
@@ -858,7 +859,7 @@ def finish(chaos: Chaos, seed: int, summary: dict, check: dict, new: list, udp: 
     for row in rows:
         if row["broken"] is None and not row["equal"]:
             chaos.violate(last, "byte_counts_equal", {"connection": row})
-    for x in chaos.resources.check():
+    for x in chaos.resources.check(rss_limit_kib):
         chaos.violate(last, "resources_bounded", {"what": x})
     rss, fds = chaos.resources.growth()
     counts: dict[str, int] = {}
@@ -873,4 +874,5 @@ def finish(chaos: Chaos, seed: int, summary: dict, check: dict, new: list, udp: 
                    "new_connections": {"total": len(new), "answered": sum(1 for e in new if e["edge"])},
                    "udp_flows": {"total": len(udp), "answered": sum(1 for e in udp if e["edge"])},
                    "kinds": chaos.kinds, "schedule": [r.kind for r in chaos.rounds],
+                   "limits": {"rss_growth_kib": rss_limit_kib, "fd_growth": FD_LIMIT},
                    "resource_samples": chaos.resources.series})

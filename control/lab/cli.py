@@ -96,7 +96,8 @@ def cmd_chaos(args) -> int:
     if args.rounds < 1:
         raise ValueError(f"--rounds {args.rounds}: at least 1")
     res = chaos.run(T.Topology(args.name, args.edges, args.clients), args.rounds, args.seed,
-                    Path(args.json) if args.json else None, conns=args.conns, kinds=kinds)
+                    Path(args.json) if args.json else None, conns=args.conns, kinds=kinds,
+                    rss_limit_kib=args.rss_limit_kib)
     c = res["connections"]
     print(f"[pydp-lab] chaos: seed {res['seed']}, {res['rounds']} rounds, {len(res['violations'])} violations; "
           f"connections opened {c['opened']}, broken as expected {c['broken_expected']}, unexpectedly "
@@ -141,6 +142,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--edges", type=int, default=3, help="service edges, 2..15 (default 3)")
     p.add_argument("--clients", type=int, default=32, help="client source addresses, 1..250 (default 32)")
     p.add_argument("--conns", type=int, default=100, help="long-lived client connections (default 100)")
+    p.add_argument("--rss-limit-kib", type=int, default=5120, metavar="KIB",
+                   help="largest RSS growth of a process that is not a violation (default 5120: 5 MiB)")
     add("down", cmd_down, "remove every trace of the lab").add_argument("--json", action="store_true")
     add("status", cmd_status, "show what runs").add_argument("--json", action="store_true")
     return ap

@@ -19,6 +19,7 @@ pytestmark = [pytest.mark.dpdk, pytest.mark.netns]
 SEED = 17
 KINDS = ["dataplane_kill", "daemon_sigterm", "edge_kill", "drain", "weight_change", "mgmt_link_cut",
          "carp_bad_adverts", "syn_flood"]
+RSS_LIMIT = 20 * 1024
 
 
 def test_short_chaos_run_holds_every_invariant(tmp_path, request):
@@ -26,7 +27,9 @@ def test_short_chaos_run_holds_every_invariant(tmp_path, request):
     js = tmp_path / "chaos.json"
     p = subprocess.run([sys.executable, "-P", "-m", "control.lab.cli", "chaos", "--name", name, "--rounds",
                         str(len(KINDS)), "--seed", str(SEED), "--kinds", ",".join(KINDS), "--conns", "60",
-                        "--json", str(js)], capture_output=True, text=True, timeout=600)
+                        # a short run cannot tell warm-up from growth: it only catches a gross leak; the 5 MiB
+                        # target is the long run's (docs/lab.md)
+                        "--rss-limit-kib", str(RSS_LIMIT), "--json", str(js)], capture_output=True, text=True, timeout=600)
     assert_clean(name)
     res = json.loads(js.read_text())
     report(request, f"chaos: {res['rounds']} rounds in {res['run_s']} s, {len(res['violations'])} violations, "
@@ -45,6 +48,6 @@ def test_short_chaos_run_holds_every_invariant(tmp_path, request):
     assert res["long_lived"]["survived"] == res["long_lived"]["total"] - c["broken_expected"]
     assert res["new_connections"]["answered"] > 0 and res["udp_flows"]["answered"] > 0
     assert set(res["rss_growth_kib"]) == {"A.dataplane", "A.control", "B.dataplane", "B.control"}
-    assert all(v < chaos.RSS_LIMIT_KIB for v in res["rss_growth_kib"].values())
+    assert all(v < RSS_LIMIT for v in res["rss_growth_kib"].values())
     assert all(v <= chaos.FD_LIMIT for v in res["fd_growth"].values())
     assert "0 violations" in p.stdout
