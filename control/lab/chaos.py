@@ -91,7 +91,8 @@ def check_carp(states: dict[str, dict[str, str | None]]) -> list[str]:
     for cluster, by in sorted(states.items()):
         masters = sorted(a for a, s in by.items() if s == "master")
         if len(masters) != 1:
-            out.append(f"cluster {cluster}: {len(masters)} masters ({', '.join(f'{a}={s}' for a, s in sorted(by.items()))})")
+            states = ", ".join(f"{a}={s}" for a, s in sorted(by.items()))
+            out.append(f"cluster {cluster}: {len(masters)} masters ({states})")
     return out
 
 

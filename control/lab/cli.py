@@ -167,7 +167,8 @@ def main(argv=None) -> int:
         sys.stderr.close()
         return 0
     except KeyboardInterrupt:
-        print("pydp-lab: interrupted (the lab was removed)" if args.command in ("demo", "chaos") else "pydp-lab: interrupted",
+        print("pydp-lab: interrupted (the lab was removed)" if args.command in ("demo", "chaos")
+              else "pydp-lab: interrupted",
               file=sys.stderr)
         return 130
 

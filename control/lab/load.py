@@ -23,7 +23,8 @@ class Load:
         srcs = lab.topo.client_ips6() if v6 else lab.topo.client_ips()
         self.argv = ["ip", "netns", "exec", lab.topo.client_ns, sys.executable, "-P", "-m", "control.lab.client",
                      "--vip", vip, "--src", ",".join(srcs), "--conns", str(conns), "--interval", str(interval),
-                     "--new-rate", str(new_rate), "--udp-every", str(udp_every), *(["--reopen"] if reopen else []), "--out", str(self.dir), "--stop", str(self.stop_file)]
+                     "--new-rate", str(new_rate), "--udp-every", str(udp_every), *(["--reopen"] if reopen else []),
+                     "--out", str(self.dir), "--stop", str(self.stop_file)]
         self.conns = conns
         self.proc: subprocess.Popen | None = None
         self.summary: dict | None = None

@@ -29,7 +29,8 @@ def test_short_chaos_run_holds_every_invariant(tmp_path, request):
                         str(len(KINDS)), "--seed", str(SEED), "--kinds", ",".join(KINDS), "--conns", "60",
                         # a short run cannot tell warm-up from growth: it only catches a gross leak; the 5 MiB
                         # target is the long run's (docs/lab.md)
-                        "--rss-limit-kib", str(RSS_LIMIT), "--json", str(js)], capture_output=True, text=True, timeout=600)
+                        "--rss-limit-kib", str(RSS_LIMIT), "--json", str(js)],
+                       capture_output=True, text=True, timeout=600)
     assert_clean(name)
     res = json.loads(js.read_text())
     report(request, f"chaos: {res['rounds']} rounds in {res['run_s']} s, {len(res['violations'])} violations, "
