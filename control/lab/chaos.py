@@ -704,6 +704,13 @@ class Chaos:
                     hc = e.get("health_check") or {}
                     if hc.get("damped") and hc.get("reuse_in_s") is not None:
                         self.damped_until = max(self.damped_until, time.monotonic() + hc["reuse_in_s"])
+            # the pair is redundant again only when no appliance is demoted: its data plane and link are up, its
+            # edges are, and (flowsync) a restarted one has the peer's flows installed; a fault before that is a
+            # double fault (the next round would take the master away from a peer that does not know its flows)
+            demoted = {c["name"]: c["carp"].get("demote_reasons") for c in st["clusters"]
+                       if c["name"] in CARP_CLUSTERS and c["carp"].get("demote_reasons")}
+            if demoted:
+                out.append(f"appliance {n}: CARP demoted {demoted}")
             down = [e for (c, e), h in health.items() if c == "web" and h != "up"]
             if down:
                 out.append(f"appliance {n}: edges of web not up: {sorted(down)}")
