@@ -37,6 +37,7 @@ FD_LIMIT = 8                      # open descriptors a process may gain over a r
 SETTLE_S = 45.0                   # after a fault's recovery, the lab must satisfy every invariant within this
 HOLD_S = 3.0                      # how long a fault lasts before it is recovered
 NEW_GRACE_S = 0.5                 # a change is live this long after pydpctl/the API returned
+TRAFFIC_S = 10.0                  # after settling, new connections must be answered within this
 
 CARP_CLUSTERS = ("web", "web6", "ipsec")      # clusters with CARP on both appliances (off is disabled)
 
@@ -757,6 +758,15 @@ class Chaos:
                 return bad
             time.sleep(0.5)
 
+    def wait_answered(self, since: float, timeout: float, want: int = 3) -> bool:
+        """At least `want` new connections started after `since` answered, within `timeout` seconds."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if sum(1 for e in self.load.new(since) if e["edge"]) >= want:
+                return True
+            time.sleep(0.3)
+        return False
+
     def round_windows(self) -> list[dict]:
         return [{"round": r.n, "fault": r.kind, "t0": r.t0, "t1": r.t1, "may_break": sorted(r.may_break)}
                 for r in self.rounds]
@@ -780,10 +790,16 @@ class Chaos:
         for i, (edge, t0, t1) in enumerate(rnd.no_new):
             rnd.no_new[i] = (edge, t0, t1 or time.time())
         bad = self.settle(rnd)
+        t_settled = time.time()
         time.sleep(1.0)                      # every long-lived connection makes a request on the settled lab
-        rnd.t1 = time.time()
         if bad:
             self.violate(rnd, "settled_within_bound", {"seconds": SETTLE_S, "still": bad})
+        # traffic flows: new connections started after the settle are answered (a lab that looks settled but
+        # black-holes the cluster IP, e.g. the clients' ARP pointing at a backup, fails here)
+        if not self.wait_answered(t_settled, TRAFFIC_S):
+            self.violate(rnd, "traffic_flows", {"seconds": TRAFFIC_S,
+                                                "new_since_settled": self.load.new(t_settled)[-10:]})
+        rnd.t1 = time.time()
         for x in fault.check(self, rnd):
             self.violate(rnd, "fault_specific", {"what": x})
         hits = check_no_new(self.load.new(rnd.t0, rnd.t1) + self.load.udp(rnd.t0, rnd.t1), rnd.no_new)
