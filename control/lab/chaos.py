@@ -712,6 +712,11 @@ class Chaos:
                        if c["name"] in CARP_CLUSTERS and c["carp"].get("demote_reasons")}
             if demoted:
                 out.append(f"appliance {n}: CARP demoted {demoted}")
+            fs = st.get("flowsync") or {}
+            if fs.get("enabled") and (fs["sending"]["state"] != "connected" or not fs["receiving"]["peer"]):
+                # flow sync down one way: the peer would take over without this appliance's flows
+                out.append(f"appliance {n}: flow sync not up both ways (sending {fs['sending']['state']}, "
+                           f"receiving from {fs['receiving']['peer']})")
             down = [e for (c, e), h in health.items() if c == "web" and h != "up"]
             if down:
                 out.append(f"appliance {n}: edges of web not up: {sorted(down)}")
