@@ -245,8 +245,8 @@ def snapshot(region) -> dict:
     """The counters the benchmark needs, copied out of the live shared-memory views (summed over workers)."""
     ws = region.worker_stats()
     port = ws["port"][:, 0]
-    snap = {k: int(ws[k].sum()) for k in ("polls", "idle_polls", "busy_cycles", "flow_lookups", "flow_hits",
-                                           "flow_inserts", "flow_evictions")}
+    snap = {k: int(ws[k].sum()) for k in ("polls", "idle_polls", "sleeps", "busy_cycles", "flow_lookups",
+                                           "flow_hits", "flow_inserts", "flow_evictions")}
     snap["rx_packets"] = int(port["rx_packets"].sum())
     snap["tx_packets"] = int(port["tx_packets"].sum())
     snap["drops"] = [int(x) for x in port["drops"].sum(axis=0)]
@@ -549,12 +549,14 @@ def machine_facts() -> dict:
 
 
 def build_gen(path: str) -> None:
-    """Builds (or brings up to date: ninja is incremental) pydp-gen with CMake into path's directory."""
+    """Builds (or brings up to date: ninja is incremental) pydp-gen and pydp-bench-maglev with CMake into path's
+    directory."""
     bdir = os.path.dirname(path)
     log(f"building pydp-gen into {bdir}")
     subprocess.run(["cmake", "-S", ROOT, "-B", bdir, "-G", "Ninja", "-DCMAKE_BUILD_TYPE=Release",
                     "-DPYDP_BUILD_TESTS=OFF"], check=True, stdout=subprocess.DEVNULL)
-    subprocess.run(["cmake", "--build", bdir, "--target", "pydp-gen"], check=True, stdout=subprocess.DEVNULL)
+    subprocess.run(["cmake", "--build", bdir, "--target", "pydp-gen", "pydp-bench-maglev"], check=True,
+                   stdout=subprocess.DEVNULL)
 
 
 L3FWD_SRC = "/usr/share/dpdk/examples/l3fwd"     # Debian's dpdk-doc: DPDK's own example sources

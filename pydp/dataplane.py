@@ -153,6 +153,7 @@ class Dataplane:
         p.rx_desc, p.tx_desc, p.nb_mbufs, p.burst = dp.rx_desc, dp.tx_desc, dp.mbufs, dp.burst
         p.busy_poll = 1 if self.busy_poll else 0
         p.idle_sleep_max_us = dp.idle_sleep_max_us
+        p.idle_sleep_deep_us = dp.idle_sleep_deep_us
         p.tx_drain_us = dp.tx_drain_us
         p.exc_pps, p.exc_prio_pps = dp.exception_pps, dp.exception_priority_pps
         p.promiscuous = 1 if any(port.promiscuous for port in cfg.ports) else 0

@@ -33,6 +33,7 @@ extern "C" {
 #define PYDP_MAGLEV_DEFAULT_SIZE 65537
 #define PYDP_MAGLEV_MAX_SIZE 655373
 #define PYDP_MAGLEV_NONE 255
+#define PYDP_IDLE_DEEP_AFTER_MS 100   /* a worker idle this long backs off to idle_sleep_deep_us */
 #define PYDP_FLOW_WAYS 8
 #define PYDP_FLOW_SIG_SYN 2        /* bit of a way's signature: the flow is half-open (state TCP_SYN) */
 #define PYDP_FLOW_PKTS_FOLD 256    /* a way's hot packet counter folds into the flow's packets at this count */
@@ -428,6 +429,9 @@ int pydp_cmd_push(struct pydp_shm *shm, uint32_t worker, const struct pydp_cmd *
  * A weight of 0 leaves that edge out. size must be prime. Returns 0, or -1 with err set. */
 int pydp_maglev_build(const char *const *names, const uint16_t *weights, uint32_t n, uint32_t size,
                       uint8_t *table, char *err);
+/* The same table with labels[i] written for edge i instead of i (the data plane's edge slots), in the same pass. */
+int pydp_maglev_build_labels(const char *const *names, const uint16_t *weights, const uint8_t *labels, uint32_t n,
+                             uint32_t size, uint8_t *table, char *err);
 int pydp_is_prime(uint32_t n);
 uint64_t pydp_hash_name(const char *name, uint64_t seed);
 
@@ -517,6 +521,7 @@ struct pydp_dp_params {
     uint32_t burst;
     uint32_t busy_poll;          /* 1 = never sleep when idle */
     uint32_t idle_sleep_max_us;  /* back-off ceiling */
+    uint32_t idle_sleep_deep_us; /* the ceiling after PYDP_IDLE_DEEP_AFTER_MS without a packet (<= max: none) */
     uint32_t tx_drain_us;
     uint32_t exc_pps;            /* exception path, bulk class, per worker */
     uint32_t exc_prio_pps;       /* exception path, priority class (ARP, CARP, ND), per worker */

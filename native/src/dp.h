@@ -85,7 +85,7 @@ void dp_port_close(uint16_t port_id);
 /* exception.c */
 void dp_bucket_init(struct dp_bucket *b, uint64_t pps, uint64_t hz);
 void dp_exc_send(struct dp_worker *w, uint32_t pi, struct rte_mbuf *m, int prio);
-void dp_exc_poll(struct dp_worker *w);
+uint32_t dp_exc_poll(struct dp_worker *w);   /* frames moved from the TAPs */
 
 /* worker.c */
 int dp_worker_main(void *arg);

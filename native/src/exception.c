@@ -62,10 +62,10 @@ void dp_exc_send(struct dp_worker *w, uint32_t pi, struct rte_mbuf *m, int prio)
 
 /* Worker 0 only: frames from the kernel (on any exception queue: a multi-queue TAP spreads them) go out of the
  * data port on worker 0's TX queue. */
-void dp_exc_poll(struct dp_worker *w)
+uint32_t dp_exc_poll(struct dp_worker *w)
 {
     struct rte_mbuf *pkts[DP_MAX_BURST];
-    uint32_t pi, q, i;
+    uint32_t pi, q, i, got = 0;
 
     for (pi = 0; pi < dp.p.nb_ports; pi++) {
         if (dp.ports[pi].exc_id == DP_NO_PORT)
@@ -76,8 +76,10 @@ void dp_exc_poll(struct dp_worker *w)
             if (n == 0)
                 continue;
             w->stats->port[pi].exc_from_kernel += n;
+            got += n;
             for (i = 0; i < n; i++)
                 dp_txq_put(&w->tx[pi], pkts[i], dp.p.burst);
         }
     }
+    return got;
 }

@@ -481,7 +481,7 @@ int pydp_config_rebuild(struct pydp_shm *shm, struct pydp_config *slot, uint32_t
     uint8_t slot_of[PYDP_MAX_EDGES];
     uint8_t *table;
     struct pydp_cluster *c;
-    uint32_t e, n = 0, i;
+    uint32_t e, n = 0;
 
     if (cluster >= PYDP_MAX_CLUSTERS) {
         shm_err(err, "cluster index %u out of range", cluster);
@@ -513,12 +513,9 @@ int pydp_config_rebuild(struct pydp_shm *shm, struct pydp_config *slot, uint32_t
     if (n == 0) {
         memset(table, PYDP_MAGLEV_NONE, c->maglev_size);
     } else {
-        if (pydp_maglev_build(names, weights, n, c->maglev_size, table, err) != 0)
+        /* the workers want edge slots, not positions in names[]: the builder writes them */
+        if (pydp_maglev_build_labels(names, weights, slot_of, n, c->maglev_size, table, err) != 0)
             return -1;
-        /* the builder gives positions in names[]; the workers want edge slots */
-        for (i = 0; i < c->maglev_size; i++)
-            if (table[i] != PYDP_MAGLEV_NONE)
-                table[i] = slot_of[table[i]];
     }
     c->table_version = shm_next_table_version(shm);
     return 0;

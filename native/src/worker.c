@@ -324,7 +324,13 @@ int dp_worker_loop(struct dp_worker *w, uint32_t stop_after_idle)
     struct rte_mbuf *pkts[DP_MAX_BURST];
     const uint32_t burst = dp.p.burst;
     const uint32_t nb_ports = dp.p.nb_ports;
-    uint64_t sleep_us = 0, start;
+    /* the back-off ceiling: idle_sleep_max_us, and idle_sleep_deep_us once nothing came for
+     * PYDP_IDLE_DEEP_AFTER_MS (an idle data plane then wakes less often, a burst after a short pause still finds
+     * it at the short ceiling) */
+    const uint64_t shallow_us = dp.p.idle_sleep_max_us ? dp.p.idle_sleep_max_us : 1;
+    const uint64_t deep_us = dp.p.idle_sleep_deep_us > shallow_us ? dp.p.idle_sleep_deep_us : shallow_us;
+    const uint64_t deep_after = dp.tsc_per_ms * PYDP_IDLE_DEEP_AFTER_MS;
+    uint64_t sleep_us = 0, start, last_busy;
     uint32_t idle = 0;
     int was_busy = 0;
 
@@ -333,6 +339,7 @@ int dp_worker_loop(struct dp_worker *w, uint32_t stop_after_idle)
     w->state->lcore = w->lcore;
     w->state->online = 1;
     start = rte_rdtsc();
+    last_busy = start;
     w->last_drain = start;
     while (likely(!dp.quit)) {
         /* One TSC read per iteration: it ends the previous iteration (busy_cycles) and starts this one. In some
@@ -358,8 +365,8 @@ int dp_worker_loop(struct dp_worker *w, uint32_t stop_after_idle)
                 ps->rx_bytes += rte_pktmbuf_pkt_len(pkts[i]);
             wrk_burst(w, pi, pkts, n, now);
         }
-        if (w->id == 0)
-            dp_exc_poll(w);
+        if (w->id == 0 && dp_exc_poll(w) != 0)
+            last_busy = tsc;            /* the kernel's frames (ARP, BGP) keep the back-off short too */
         if (unlikely(w->cmds->head != w->cmds->tail))
             wrk_run_cmds(w);
 
@@ -376,6 +383,7 @@ int dp_worker_loop(struct dp_worker *w, uint32_t stop_after_idle)
         if (got) {
             idle = 0;
             sleep_us = 0;
+            last_busy = tsc;
             continue;
         }
         w->stats->idle_polls++;
@@ -388,8 +396,8 @@ int dp_worker_loop(struct dp_worker *w, uint32_t stop_after_idle)
         }
         /* exponential back-off up to the ceiling; the quiescent point above is already published */
         sleep_us = sleep_us ? sleep_us * 2 : 1;
-        if (sleep_us > dp.p.idle_sleep_max_us)
-            sleep_us = dp.p.idle_sleep_max_us;
+        if (sleep_us > shallow_us)
+            sleep_us = tsc - last_busy > deep_after ? RTE_MIN(sleep_us, deep_us) : shallow_us;
         w->stats->sleeps++;
         rte_delay_us_sleep((unsigned int)sleep_us);
     }

@@ -294,6 +294,36 @@ test_reference(void)
     printf("maglev: %u random tables equal the plain implementation's\n", runs);
 }
 
+/* pydp_maglev_build_labels (what the shared-memory publish uses): the same table with each edge's label. */
+static void
+test_labels(void)
+{
+    char buf[PYDP_MAX_EDGES][PYDP_NAME_LEN];
+    const char *names[PYDP_MAX_EDGES];
+    uint16_t w[PYDP_MAX_EDGES];
+    uint8_t labels[PYDP_MAX_EDGES];
+    char err[PYDP_ERR_LEN];
+    uint32_t n, i, bad;
+
+    for (n = 1; n <= PYDP_MAX_EDGES; n++) {
+        tm_fixed_names(buf, names, n);   /* not random: the other tests' random draws stay as they were */
+        for (i = 0; i < n; i++) {
+            w[i] = (uint16_t)(1 + i % 3);
+            labels[i] = (uint8_t)(PYDP_MAX_EDGES - 1 - i);
+        }
+        CHECK_EQ(pydp_maglev_build(names, w, n, 65537, tm_a, NULL), 0);
+        CHECK_EQ(pydp_maglev_build_labels(names, w, labels, n, 65537, tm_b, NULL), 0);
+        for (bad = 0, i = 0; i < 65537; i++)
+            bad += tm_b[i] != labels[tm_a[i]];
+        CHECK_EQ(bad, 0);
+    }
+    labels[2] = PYDP_MAGLEV_NONE;
+    memset(tm_b, 0xaa, 17);
+    CHECK_EQ(pydp_maglev_build_labels(names, NULL, labels, 3, 17, tm_b, err), -1);
+    CHECK(strstr(err, "label") != NULL);
+    CHECK_EQ(tm_b[0], 0xaa);
+}
+
 static void
 test_determinism_and_order(void)
 {
@@ -531,6 +561,7 @@ main(void)
     test_errors();
     test_no_weight();
     test_reference();
+    test_labels();
     test_determinism_and_order();
     test_equal_weights();
     test_weights();

@@ -9,9 +9,14 @@
  * inserts every flow; the timed passes are hits (and the inserts of flows evicted from over-full buckets). The
  * millisecond clock advances every 7008 packets (about 7 Mpps).
  *
- *   pydp-bench-verdict [FLOWS [CAPACITY [REPEATS]]]      (defaults 1000000 2097152 7)
+ *   pydp-bench-verdict [FLOWS [CAPACITY [REPEATS [stages]]]]      (defaults 1000000 2097152 7)
  *
- * Prints cycles per packet (TSC) of every pass and the minimum. Not a test: speed is never asserted.
+ * Prints cycles per packet (TSC) of every pass and the minimum. With "stages" it then times the classify stage's
+ * parts alone over the same packets (the minimum over REPEATS passes each): the cluster-IP lookup
+ * (pydp_config_lookup_vip), the flow hash and signature, and the whole of pydp_verdict_classify; then pydp_parse of
+ * 4096 distinct 64-byte UDP/IPv4 frames and of 4096 78-byte UDP/IPv6 frames (as perf/trex's udp_flows and ipv6
+ * profiles send them), each followed by the hash and signature of the key it built. Not a test: speed is never
+ * asserted.
  */
 #include <stdint.h>
 #include <stdio.h>
@@ -33,6 +38,64 @@ bv_die(const char *what, const char *err)
 {
     fprintf(stderr, "bench_verdict: %s: %s\n", what, err);
     exit(2);
+}
+
+#define BV_FRAMES 4096
+
+/* pydp_parse (+ hash and signature of the key) over BV_FRAMES distinct UDP frames of each family. */
+static void
+bv_parse_stages(uint32_t reps, uint64_t *sink)
+{
+    static uint8_t f4[BV_FRAMES][64], f6[BV_FRAMES][78];
+    static const char *what[4] = { "parse UDP/IPv4", "parse UDP/IPv6", "parse + hash + signature UDP/IPv4",
+                                   "parse + hash + signature UDP/IPv6" };
+    double st[4] = { 1e30, 1e30, 1e30, 1e30 };
+    struct pydp_pkt_info x;
+    uint32_t i, r, s;
+
+    for (i = 0; i < BV_FRAMES; i++) {
+        uint8_t *e = f4[i], *ip = e + 14, *u = ip + 20;
+
+        e[12] = 0x08;                                   /* IPv4: 198.18.x.y -> 198.51.100.10, UDP 1024+ -> 80 */
+        ip[0] = 0x45;
+        ip[3] = 50;                                     /* total length 50: 64-byte frame */
+        ip[8] = 64;
+        ip[9] = 17;
+        ip[12] = 198, ip[13] = 18, ip[14] = (uint8_t)(i >> 8), ip[15] = (uint8_t)i;
+        ip[16] = 198, ip[17] = 51, ip[18] = 100, ip[19] = 10;
+        u[0] = 4, u[1] = (uint8_t)i, u[3] = 80, u[5] = 30;
+        e = f6[i], ip = e + 14, u = ip + 40;
+        e[12] = 0x86, e[13] = 0xdd;                     /* IPv6: 2001:db8:1::x -> 2001:db8::10 */
+        ip[0] = 0x60;
+        ip[5] = 24;                                     /* payload 24: 78-byte frame */
+        ip[6] = 17;
+        ip[7] = 64;
+        ip[8] = 0x20, ip[9] = 0x01, ip[10] = 0x0d, ip[11] = 0xb8, ip[13] = 1;
+        ip[22] = (uint8_t)(i >> 8), ip[23] = (uint8_t)i;
+        ip[24] = 0x20, ip[25] = 0x01, ip[26] = 0x0d, ip[27] = 0xb8, ip[39] = 0x10;
+        u[0] = 4, u[1] = (uint8_t)i, u[3] = 80, u[5] = 24;
+    }
+    for (r = 0; r < reps; r++) {
+        for (s = 0; s < 4; s++) {
+            uint64_t t0 = __rdtsc();
+            double c;
+
+            for (i = 0; i < BV_FRAMES; i++) {
+                if (s % 2 == 0)
+                    *sink += (uint64_t)pydp_parse(f4[i], 64, &x);
+                else
+                    *sink += (uint64_t)pydp_parse(f6[i], 78, &x);
+                if (s >= 2)
+                    *sink += pydp_flow_hash(&x.key, 0x5eed) ^ pydp_flow_sig(&x.key);
+                *sink += x.key.sport;
+            }
+            c = (double)(__rdtsc() - t0) / BV_FRAMES;
+            if (c < st[s])
+                st[s] = c;
+        }
+    }
+    for (s = 0; s < 4; s++)
+        printf("stage %s: best %.1f cycles/packet\n", what[s], st[s]);
 }
 
 int
@@ -197,6 +260,35 @@ main(int argc, char **argv)
     printf("flows %u, capacity %u (layout %u): best %.1f cycles/packet; hits %llu, inserts %llu, evicted %llu\n",
            flows, cap, (unsigned)PYDP_LAYOUT_VERSION, best, (unsigned long long)hits,
            (unsigned long long)inserts, (unsigned long long)t->evicted);
+    if (argc > 4 && strcmp(argv[4], "stages") == 0) {
+        static const char *what[3] = { "cluster-IP lookup", "flow hash + signature", "classify (all of it)" };
+        double st[3] = { 1e30, 1e30, 1e30 };
+        uint64_t sink = 0;
+        uint32_t s;
+
+        for (r = 0; r < reps; r++) {
+            for (s = 0; s < 3; s++) {
+                uint64_t t0 = __rdtsc();
+
+                for (i = 0; i < flows; i++) {
+                    struct pydp_pkt_info x = pk[i];
+
+                    if (s == 0)
+                        sink += (uint64_t)pydp_config_lookup_vip(cfg, x.family, x.dst);
+                    else if (s == 1)
+                        sink += pydp_flow_hash(&x.key, cfg->hash_seed) ^ pydp_flow_sig(&x.key);
+                    else
+                        sink += pydp_verdict_classify(cfg, &x, &v[0]) + v[0].hash;
+                }
+                if ((double)(__rdtsc() - t0) / flows < st[s])
+                    st[s] = (double)(__rdtsc() - t0) / flows;
+            }
+        }
+        for (s = 0; s < 3; s++)
+            printf("stage %s: best %.1f cycles/packet\n", what[s], st[s]);
+        bv_parse_stages(reps, &sink);
+        printf("(sink %llu)\n", (unsigned long long)sink);
+    }
     pydp_shm_close(&shm);
     free(pk);
     return 0;

@@ -47,12 +47,18 @@ def test_smoke_run_writes_the_schema(tmp_path):
                                                                                    rel=0.01)
     assert set(res["maglev_build_ms"]) == {f"{n}@{s}" for n in range(2, 17) for s in (65537, 655373)}
     assert all(v > 0 for v in res["maglev_build_ms"].values())
+    assert set(res["maglev_build_ms_median"]) == set(res["maglev_build_ms"])
+    assert all(res["maglev_build_ms_median"][k] >= v for k, v in res["maglev_build_ms"].items())
+    # the C build alone (pydp-bench-maglev, built with pydp-gen): every point built the same table every time
+    mb = res["maglev_bench"]["points"]
+    assert set(mb) == {"2@65537", "16@65537", "2@655373", "16@655373"}
+    assert all(0 < p["cpu_ms_min"] <= p["cpu_ms_median"] and len(p["checksum"]) == 16 for p in mb.values())
     assert isinstance(res["swap_lost_packets"], int) and res["swap_lost_packets"] >= 0
     sw = res["swap"]
     assert sw["swaps"] == 100 and sw["generations"] == 100 and sw["sent"] > 0
     assert sw["lost"] == sw["sent"] - sw["received"]
     assert "not_active" not in sw["drops"]    # the swaps publish the clusters owned, as the data plane runs
-    assert 0 <= res["idle"]["dataplane_cpu_share"] < 1
+    assert 0 <= res["idle"]["dataplane_cpu_share"] < 1 and res["idle"]["wakeups_per_s"] >= 0
     assert res["flow_scaling"]["10000"]["pydp_mpps"] > 0
     m = res["machine"]
     assert m["cpu"] and m["cores"] >= 1 and m["dpdk"] and m["vdev"] == "net_memif"

@@ -155,6 +155,8 @@ BAD = [
     ("dataplane.busy_poll", "true", "dataplane.busy_poll", "boolean"),
     ("dataplane.idle_sleep_max_us", 0, "dataplane.idle_sleep_max_us", "between 1 and 100000"),
     ("dataplane.idle_sleep_max_us", 100001, "dataplane.idle_sleep_max_us", "between"),
+    ("dataplane.idle_sleep_deep_us", -1, "dataplane.idle_sleep_deep_us", "between 0 and 100000"),
+    ("dataplane.idle_sleep_deep_us", 100001, "dataplane.idle_sleep_deep_us", "between"),
     ("dataplane.tx_drain_us", 10001, "dataplane.tx_drain_us", "between 1 and 10000"),
     ("dataplane.flow_capacity", 1023, "dataplane.flow_capacity", "between 1024 and 67108864"),
     ("dataplane.flow_capacity", 67108865, "dataplane.flow_capacity", "between"),
@@ -603,7 +605,7 @@ def test_round_trip_all_non_defaults(tmp_path):
     key = tmp_path / "k"
     key.write_text("kk\n")
     doc = ipip_doc()
-    doc["dataplane"].update(lcores="2,4-6", busy_poll=True, idle_sleep_max_us=7, tx_drain_us=9, flow_capacity=4096,
+    doc["dataplane"].update(lcores="2,4-6", busy_poll=True, idle_sleep_max_us=7, idle_sleep_deep_us=0, tx_drain_us=9, flow_capacity=4096,
                             maglev_size=17, hash_seed=0, shm_path="/run/pydp/shm", hugepages=False, memory_mb=64,
                             eal_args=["--in-memory"], burst=1, rx_desc=64, tx_desc=16384, mbufs=1023,
                             exception_pps=1, exception_priority_pps=10000000,
