@@ -713,10 +713,13 @@ class Chaos:
             if demoted:
                 out.append(f"appliance {n}: CARP demoted {demoted}")
             fs = st.get("flowsync") or {}
-            if fs.get("enabled") and (fs["sending"]["state"] != "connected" or not fs["receiving"]["peer"]):
+            peers = fs.get("peers") or [{"peer": fs.get("peer"), "sending": fs.get("sending", {}).get("state"),
+                                         "receiving": fs.get("receiving", {}).get("peer")}]
+            down = [p for p in peers if p["sending"] != "connected" or not p["receiving"]]
+            if fs.get("enabled") and down:
                 # flow sync down one way: the peer would take over without this appliance's flows
-                out.append(f"appliance {n}: flow sync not up both ways (sending {fs['sending']['state']}, "
-                           f"receiving from {fs['receiving']['peer']})")
+                out.append(f"appliance {n}: flow sync not up both ways: " + ", ".join(
+                    f"{p['peer']} sending {p['sending']}, receiving from {p['receiving']}" for p in down))
             down = [e for (c, e), h in health.items() if c == "web" and h != "up"]
             if down:
                 out.append(f"appliance {n}: edges of web not up: {sorted(down)}")
