@@ -62,6 +62,20 @@ class ProbeResult:
     ok: bool
     detail: str             # "HTTP 200", "connection refused", "no echo reply in 1 s", ...
     latency_s: float        # time the probe took (to the answer, or to the failure)
+    local: bool = False     # failed on this appliance's side (no route or source address): says nothing of the edge
+
+
+# A probe that fails with one of these never left this appliance: its network is down (the data plane and its TAP
+# restarting, the source address not yet back), not the edge. Such a result is not counted against the edge (no
+# failure towards fall, no flap for damping): an appliance restarting its own data plane must not leave every edge
+# with a flap penalty that holds it down for a minute at its next blip. EHOSTUNREACH (no ARP answer from the edge)
+# is the edge's and still counts.
+LOCAL_ERRNOS = frozenset({errno.ENETUNREACH, errno.ENETDOWN, errno.EADDRNOTAVAIL, errno.ENODEV})
+
+
+def _failed(detail: str, t0: float, exc: OSError | None = None) -> ProbeResult:
+    return ProbeResult(False, detail, time.monotonic() - t0,
+                       local=exc is not None and exc.errno in LOCAL_ERRNOS)
 
 
 def _addr(ip) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
@@ -116,7 +130,7 @@ async def tcp_connect(ip, port: int, source=None, *, timeout: float = 1.0) -> Pr
     except TimeoutError:
         return ProbeResult(False, f"tcp {where}: no answer in {timeout:g} s", time.monotonic() - t0)
     except OSError as exc:
-        return ProbeResult(False, f"tcp {where}: {_oserror(exc)}", time.monotonic() - t0)
+        return _failed(f"tcp {where}: {_oserror(exc)}", t0, exc)
     latency = time.monotonic() - t0
     _reset_close(sock)
     return ProbeResult(True, f"tcp {where}: connected", latency)
@@ -263,7 +277,7 @@ async def http_get(ip, port: int, path: str = "/", host: str = "", expect_status
     except ssl.SSLError as exc:
         return ProbeResult(False, f"{where}: TLS: {exc.reason or exc}", time.monotonic() - t0)
     except OSError as exc:
-        return ProbeResult(False, f"{where}: {_oserror(exc)}", time.monotonic() - t0)
+        return _failed(f"{where}: {_oserror(exc)}", t0, exc)
     except (_BadResponse, ValueError, asyncio.LimitOverrunError, asyncio.IncompleteReadError) as exc:
         return ProbeResult(False, f"{where}: bad response: {exc}", time.monotonic() - t0)
     finally:
@@ -347,7 +361,7 @@ async def icmp_echo(ip, source=None, *, timeout: float = 1.0) -> ProbeResult:
         except TimeoutError:
             return ProbeResult(False, f"{where}: no echo reply in {timeout:g} s", time.monotonic() - t0)
         except OSError as exc:
-            return ProbeResult(False, f"{where}: {_oserror(exc)}", time.monotonic() - t0)
+            return _failed(f"{where}: {_oserror(exc)}", t0, exc)
         latency = time.monotonic() - t0
         return ProbeResult(True, f"{where}: echo reply seq {seq} ({'raw' if raw else 'ping'} socket)", latency)
     except OSError as exc:
@@ -574,6 +588,7 @@ class _Edge:
     health: EdgeHealth
     task: asyncio.Task | None = None
     last: ProbeResult | None = None
+    local_failures: int = 0          # probes that failed on this appliance's side (not counted against the edge)
 
 
 class HealthChecker:
@@ -590,8 +605,9 @@ class HealthChecker:
 
     def __init__(self, on_change: OnChange | None = None, *, source: str | Iterable[str] | None = None,
                  max_concurrency: int = 64, damping: Damping | None = Damping(), probe: Probe | None = None,
-                 rng: random.Random | None = None):
+                 rng: random.Random | None = None, local_down: Callable[[], str | None] | None = None):
         self._on_change = on_change
+        self._local_down = local_down
         self._damping = damping
         self._probe = probe or run_probe
         self._rng = rng or random.Random()
@@ -667,7 +683,10 @@ class HealthChecker:
         for key, e in self._edges.items():
             s = e.health.snapshot(now)
             s.update(ip=e.ip, type=e.cfg.type, interval=e.cfg.interval,
-                     last_latency_s=None if e.last is None else round(e.last.latency_s, 6))
+                     last_latency_s=None if e.last is None else round(e.last.latency_s, 6),
+                     local_failures=e.local_failures)
+            if e.last is not None and e.last.local:
+                s["last_detail"] = f"not counted (this appliance's side): {e.last.detail}"
             out[key] = s
         return out
 
@@ -702,8 +721,15 @@ class HealthChecker:
                 except Exception as exc:        # a bug in a probe must not end the checks of the edge
                     log.exception("health probe of cluster %s edge %s failed", *key)
                     res = ProbeResult(False, f"probe error: {exc!r}", loop.time() - start)
+            if not res.ok and not res.local and self._local_down is not None:
+                why = self._local_down()
+                if why:
+                    res = dataclasses.replace(res, detail=f"{res.detail} ({why})", local=True)
             e.last = res
-            await self._report_async(key, e.health.observe(res.ok, loop.time(), res.detail))
+            if res.local:
+                e.local_failures += 1           # this appliance's network is down: nothing learnt about the edge
+            else:
+                await self._report_async(key, e.health.observe(res.ok, loop.time(), res.detail))
             next_at = start + cfg.interval * self._rng.uniform(1 - JITTER, 1 + JITTER)
             while (now := loop.time()) < next_at:
                 release = e.health.reuse_at(now)

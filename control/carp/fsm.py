@@ -16,8 +16,9 @@ States and the rules (OpenBSD ip_carp.c and ucarp carp.c; see docs/carp.md for t
 * MASTER sends an advertisement every interval. MASTER -> BACKUP on an advertisement from a less demoted
   master, or an equally demoted one advertising a shorter interval, or the same interval and (mode "openbsd")
   always / (mode "ucarp") a lower source address in ucarp's order. Any other advertisement heard as MASTER
-  means two masters: SplitBrain is reported, a gratuitous ARP reasserts us, and the peer yields by the same
-  rules when it hears our next advertisement.
+  means two masters: SplitBrain is reported, a gratuitous ARP reasserts us (now and again two intervals later:
+  the other master's own announcement may race ours), and the peer yields by the same rules when it hears our
+  next advertisement.
 * Shutdown: a MASTER bows out (one advertisement with advbase 255, advskew 255) and releases the address;
   the machine returns to INIT, where everything but Start (or Resume) is ignored.
 """
@@ -410,10 +411,16 @@ class Machine:
         if yields:
             return self._to_backup(ev.now, why)
         self.stats["split_brain"] += 1
-        return [SplitBrain(ev.src, f"another master {peer} is active while we are MASTER (advbase "
-                                   f"{s.advbase}, advskew {s.advskew}, demote {self.demote}); it ranks below "
-                                   "us and will yield"),
-                SendGratuitous()]
+        out: list[Action] = [SplitBrain(ev.src, f"another master {peer} is active while we are MASTER (advbase "
+                                                f"{s.advbase}, advskew {s.advskew}, demote {self.demote}); it ranks "
+                                                "below us and will yield"),
+                             SendGratuitous()]
+        # The other master announces the address too (a master recovering from demotion advertises, then sends
+        # its gratuitous ARP): its announcement can land after ours, and when it yields at our next advertisement
+        # the segment would be left pointing at a backup until the entries age. Announce again later, as after a
+        # takeover (found by the chaos run: a data-port link flap on the master, traffic lost ~30 s).
+        self._set(out, "garp2", ev.now + GARP2_ADVERTS * s.interval)
+        return out
 
     def _timer(self, ev: TimerExpired) -> list[Action]:
         if ev.name not in TIMERS:

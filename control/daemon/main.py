@@ -361,6 +361,18 @@ class Daemon:
                         for name, c in observe.clusters(region).items() if c["enabled"]}
         return reasons, edges_up
 
+    def health_local_down(self) -> str | None:
+        """Why this appliance cannot probe its edges right now (its data plane gone or stale, a data port's link
+        down), else None: a failed probe then says nothing about the edge and is not counted (control.health)."""
+        with self.holder.use() as region:
+            if region is None:
+                return "no data plane"
+            h = region.hdr
+            if observe.now_ms() - int(h.heartbeat_ms) > carp_manager.HEARTBEAT_DEMOTE_MS:
+                return "data plane not running"
+            down = [p for p in range(h.nb_ports) if not h.ports[p].link_up]
+            return f"data port {down[0]} link down" if down else None
+
     # ---- health checks ----
     def _wake_health(self) -> None:
         """The store's config was read again (any thread): the health checks' targets follow at once."""
@@ -803,7 +815,7 @@ class Daemon:
               ops=sorted(ops.OPS), http=self.http_server.url if self.http_server else None)
         await first
         self.health_wake = asyncio.Event()
-        self.checker = HealthChecker(self._on_health)
+        self.checker = HealthChecker(self._on_health, local_down=self.health_local_down)
         tasks = [asyncio.create_task(c) for c in (self.watch_dataplane(), self.watch_store(), self.resolve_macs(),
                                                   self.watch_health(), self.flowsync.run(),
                                                   self.watch_flows(), self.feed_watchdog())]

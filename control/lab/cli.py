@@ -18,6 +18,7 @@ EPILOG = """examples:
   pydp-lab up --scale-out 3              # the scale-out lab, left running
   pydp-lab status                        # namespaces, processes, CARP state and edge health
   ip netns exec pydplab-lbA pydpctl --socket /run/pydp-lab/pydplab/lbA/ctl-*.sock status
+  pydp-lab chaos --rounds 50 --seed 7 --json chaos.json   # faults under traffic, invariants checked each round
   pydp-lab down                          # remove every trace (also after a crash)
 """
 
@@ -105,6 +106,25 @@ def cmd_demo(args) -> int:
     return 0 if res.get("takeover_s") is not None else 1
 
 
+def cmd_chaos(args) -> int:
+    from control.lab import chaos
+
+    kinds = chaos.parse_kinds(args.kinds, args.scale_out)     # refuses --scale-out before building anything
+    if args.rounds < 1:
+        raise ValueError(f"--rounds {args.rounds}: at least 1")
+    res = chaos.run(T.Topology(args.name, args.edges, args.clients), args.rounds, args.seed,
+                    Path(args.json) if args.json else None, conns=args.conns, kinds=kinds,
+                    rss_limit_kib=args.rss_limit_kib)
+    c = res["connections"]
+    print(f"[pydp-lab] chaos: seed {res['seed']}, {res['rounds']} rounds, {len(res['violations'])} violations; "
+          f"connections opened {c['opened']}, broken as expected {c['broken_expected']}, unexpectedly "
+          f"{c['broken_unexpected']}; RSS growth KiB {res['rss_growth_kib']}; fd growth {res['fd_growth']}; "
+          f"{res['run_s']} s" + (f"; JSON: {args.json}" if args.json else ""))
+    for v in res["violations"]:
+        print(f"  round {v['round']} {v['fault']}: {v['invariant']}: {json.dumps(v['evidence'])[:400]}")
+    return 1 if res["violations"] else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="pydp-lab", description=__doc__ + " Needs root.", epilog=EPILOG,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -130,12 +150,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", metavar="DIR", default="pydp-lab-demo",
                    help="report, plot (edge-share.png) and captures (default ./pydp-lab-demo)")
     p.add_argument("--conns", type=int, default=200, help="long-lived client connections (default 200)")
+    p = add("chaos", cmd_chaos, "build the lab, inject seeded faults under traffic, check invariants, remove it")
+    p.add_argument("--rounds", type=int, default=20, help="fault rounds (default 20)")
+    p.add_argument("--seed", type=int, default=1, help="the schedule's seed: the same seed replays the same faults "
+                                                        "(default 1)")
+    p.add_argument("--kinds", metavar="K1,K2", help="only these fault kinds (default all); see docs/lab.md")
+    p.add_argument("--scale-out", type=int, default=0, metavar="K",
+                   help="scaled-out lab with K appliances (refused until the lab has a scale-out mode)")
+    p.add_argument("--json", metavar="FILE", help="write the report (JSON) here")
+    p.add_argument("--edges", type=int, default=3, help="service edges, 2..15 (default 3)")
+    p.add_argument("--clients", type=int, default=32, help="client source addresses, 1..250 (default 32)")
+    p.add_argument("--conns", type=int, default=100, help="long-lived client connections (default 100)")
+    p.add_argument("--rss-limit-kib", type=int, default=5120, metavar="KIB",
+                   help="largest RSS growth of a process that is not a violation (default 5120: 5 MiB)")
     add("down", cmd_down, "remove every trace of the lab").add_argument("--json", action="store_true")
     add("status", cmd_status, "show what runs").add_argument("--json", action="store_true")
     return ap
 
 
 def main(argv=None) -> int:
+    from control.lab.chaos import ScaleOutUnavailable
     from control.lab.lab import LabError
 
     args = build_parser().parse_args(argv)
@@ -145,14 +179,15 @@ def main(argv=None) -> int:
 
             require_root()
         return args.func(args)
-    except (LabError, ValueError) as e:
+    except (LabError, ValueError, ScaleOutUnavailable) as e:
         print(f"pydp-lab: {e}", file=sys.stderr)
         return 2
     except BrokenPipeError:                   # `pydp-lab status | head`
         sys.stderr.close()
         return 0
     except KeyboardInterrupt:
-        print("pydp-lab: interrupted (the lab was removed)" if args.command == "demo" else "pydp-lab: interrupted",
+        print("pydp-lab: interrupted (the lab was removed)" if args.command in ("demo", "chaos")
+              else "pydp-lab: interrupted",
               file=sys.stderr)
         return 130
 

@@ -8,10 +8,11 @@ Why keep-alive connections: each one is a single TCP connection pinned to one ed
 request on it is one line in that edge's nginx access log with the bytes nginx sent ($bytes_sent). The client counts
 the bytes it read per connection, so a connection that survived (a takeover, an edge-set change, a drain) is proved
 by equal byte counts on both ends. A connection is broken when a request fails (reset, EOF, 30 s without an answer)
-or is answered by another edge; it is not reopened.
+or is answered by another edge; it is not reopened (with --reopen, a new connection, with a new id, takes its place).
 
 Every connection source address is one of --src (round robin), so the load balancer sees many clients.
-DIR/events.jsonl gets one line per new connection ({"t", "edge"|null, "err", "src", "sport", "connect_s"}) and per long-lived connection event,
+DIR/events.jsonl gets one line per new connection ({"t", "edge"|null, "err", "src", "sport", "connect_s"}), per UDP flow
+(--udp-every: kind "udp", keys "t", "edge", "err") and per long-lived connection event,
 flushed twice a second (the demo reads it live); DIR/summary.json gets every long-lived connection at the end.
 """
 
@@ -66,6 +67,7 @@ class Conn:
         self.broken: float | None = None
         self.err: str | None = None
         self.last_ok: float | None = None
+        self.delay = (i % 50) * 0.04                     # spread the first opening over 2 s
 
     def row(self) -> dict:
         return {"id": self.i, "src": self.src, "port": self.port, "edge": self.edge, "bytes": self.bytes,
@@ -74,7 +76,7 @@ class Conn:
 
 
 async def long_conn(c: Conn, args, rec: Recorder, stop: asyncio.Event) -> None:
-    await asyncio.sleep((c.i % 50) * 0.04)                 # spread the opening over 2 s
+    await asyncio.sleep(c.delay)
     try:
         r, w = await asyncio.wait_for(asyncio.open_connection(args.vip, 80, local_addr=(c.src, 0)), 10)
     except (OSError, asyncio.TimeoutError) as e:
@@ -120,12 +122,61 @@ async def new_conn(args, src: str, rec: Recorder) -> None:
     rec.write({"kind": "new", "t": t, "edge": edge, "err": err, "src": src, "sport": sport, "connect_s": connect_s})
 
 
+class _Datagram(asyncio.DatagramProtocol):
+    def __init__(self):
+        self.answer = asyncio.get_running_loop().create_future()
+
+    def datagram_received(self, data, addr):
+        if not self.answer.done():
+            self.answer.set_result(data)
+
+    def error_received(self, exc):
+        if not self.answer.done():
+            self.answer.set_exception(exc)
+
+
+async def udp_flow(args, src: str, rec: Recorder) -> None:
+    """One UDP flow (a new source port): a datagram to the cluster IP's UDP echo; the edge names itself."""
+    t = time.time()
+    edge, err = None, None
+    tr = None
+    try:
+        tr, proto = await asyncio.get_running_loop().create_datagram_endpoint(
+            _Datagram, local_addr=(src, 0), remote_addr=(args.vip, args.udp_port))
+        tr.sendto(b"pydp-lab")
+        data = await asyncio.wait_for(proto.answer, 2)
+        edge = data.split()[1].decode()
+    except (OSError, asyncio.TimeoutError, IndexError, UnicodeDecodeError) as e:
+        err = type(e).__name__
+    finally:
+        if tr is not None:
+            tr.close()
+    rec.write({"kind": "udp", "t": t, "edge": edge, "err": err})
+
+
 async def main_async(args) -> None:
     srcs = args.src.split(",")
     rec = Recorder(os.path.join(args.out, "events.jsonl"))
     stop = asyncio.Event()
     conns = [Conn(i, srcs[i % len(srcs)]) for i in range(args.conns)]
-    tasks = [asyncio.create_task(long_conn(c, args, rec, stop)) for c in conns]
+
+    async def slot(c: Conn) -> None:
+        """One long-lived connection, and with --reopen its successors: a broken one is replaced (a new id) a
+        second later, so the pool stays full through a long run."""
+        while True:
+            await long_conn(c, args, rec, stop)
+            if not args.reopen or stop.is_set():
+                return
+            try:
+                await asyncio.wait_for(stop.wait(), 1.0)
+                return
+            except asyncio.TimeoutError:
+                pass
+            c = Conn(len(conns), c.src)
+            c.delay = 0.0
+            conns.append(c)
+
+    tasks = [asyncio.create_task(slot(c)) for c in conns]
     probes: set[asyncio.Task] = set()
     start = time.monotonic()
     n = 0
@@ -134,6 +185,10 @@ async def main_async(args) -> None:
             t = asyncio.create_task(new_conn(args, srcs[n % len(srcs)], rec))
             probes.add(t)
             t.add_done_callback(probes.discard)
+            if args.udp_every and n % args.udp_every == 0:
+                u = asyncio.create_task(udp_flow(args, srcs[n % len(srcs)], rec))
+                probes.add(u)
+                u.add_done_callback(probes.discard)
             n += 1
             await asyncio.sleep(max(0.0, start + n / args.new_rate - time.monotonic()))
         else:
@@ -152,6 +207,11 @@ def main(argv=None) -> int:
     ap.add_argument("--conns", type=int, default=200, help="long-lived connections (default 200)")
     ap.add_argument("--interval", type=float, default=0.5, help="seconds between requests on a connection")
     ap.add_argument("--new-rate", type=float, default=20.0, help="new short connections per second")
+    ap.add_argument("--reopen", action="store_true",
+                    help="replace a broken long-lived connection by a new one (a long run keeps its pool full)")
+    ap.add_argument("--udp-every", type=int, default=0, metavar="N",
+                    help="with every Nth new connection also a UDP flow to the cluster IP (0: none)")
+    ap.add_argument("--udp-port", type=int, default=53)
     ap.add_argument("--out", required=True, help="directory for events.jsonl and summary.json")
     ap.add_argument("--stop", required=True, help="the run ends when this file exists")
     ap.add_argument("--max-seconds", type=float, default=900.0)

@@ -230,13 +230,13 @@ def run(topo: T.Topology, out: Path, json_path: Path | None, conns: int, say=pri
     out.mkdir(parents=True, exist_ok=True)
     t_start = time.time()
     lab = Lab(topo)
+    if topo.scale_out:
+        say(f"building the scale-out lab {topo.name!r} ({topo.edges} edges, {topo.scale_out} appliances "
+            "behind a BGP/ECMP router)")
+    else:
+        say(f"building the lab {topo.name!r} ({topo.edges} edges, 2 appliances)")
+    lab.up(log=lambda m: say("  " + m))      # refuses a lab of that name already up (and leaves it alone)
     try:
-        if topo.scale_out:
-            say(f"building the scale-out lab {topo.name!r} ({topo.edges} edges, {topo.scale_out} appliances "
-                "behind a BGP/ECMP router)")
-        else:
-            say(f"building the lab {topo.name!r} ({topo.edges} edges, 2 appliances)")
-        lab.up(log=lambda m: say("  " + m))
         res = scaleout_story(lab, out, conns, say) if topo.scale_out else story(lab, out, conns, say)
     finally:
         say("removing the lab")

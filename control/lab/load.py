@@ -15,7 +15,7 @@ from control.lab.net import eventually, terminate
 
 class Load:
     def __init__(self, lab, *, vip: str, conns: int = 200, interval: float = 0.5, new_rate: float = 20.0,
-                 v6: bool = False):
+                 v6: bool = False, udp_every: int = 0, reopen: bool = False):
         self.lab = lab
         self.dir = lab.run_dir / f"load-{uuid.uuid4().hex[:6]}"
         self.dir.mkdir(parents=True)
@@ -23,7 +23,8 @@ class Load:
         srcs = lab.topo.client_ips6() if v6 else lab.topo.client_ips()
         self.argv = ["ip", "netns", "exec", lab.topo.client_ns, sys.executable, "-P", "-m", "control.lab.client",
                      "--vip", vip, "--src", ",".join(srcs), "--conns", str(conns), "--interval", str(interval),
-                     "--new-rate", str(new_rate), "--out", str(self.dir), "--stop", str(self.stop_file)]
+                     "--new-rate", str(new_rate), "--udp-every", str(udp_every), *(["--reopen"] if reopen else []),
+                     "--out", str(self.dir), "--stop", str(self.stop_file)]
         self.conns = conns
         self.proc: subprocess.Popen | None = None
         self.summary: dict | None = None
@@ -79,6 +80,10 @@ class Load:
     def new(self, t0: float = 0.0, t1: float = float("inf")) -> list[dict]:
         """New short connections started in [t0, t1)."""
         return [e for e in self.events("new") if t0 <= e["t"] < t1]
+
+    def udp(self, t0: float = 0.0, t1: float = float("inf")) -> list[dict]:
+        """UDP flows (udp_every) started in [t0, t1): the edge that answered, or the error."""
+        return [e for e in self.events("udp") if t0 <= e["t"] < t1]
 
     def share(self, t0: float = 0.0, t1: float = float("inf")) -> dict[str, float]:
         """Edge → fraction of the new connections started in [t0, t1) that it answered (failures not counted)."""

@@ -24,7 +24,7 @@ def lab_cli(*args, timeout: float = 120, **kw) -> subprocess.CompletedProcess:
                           timeout=timeout, **kw)
 
 
-def test_up_status_down_leaves_nothing():
+def test_up_status_down_leaves_nothing(tmp_path):
     name = lab_name()
     try:
         p = lab_cli("up", "--name", name, "--edges", "2", "--clients", "4")
@@ -45,6 +45,10 @@ def test_up_status_down_leaves_nothing():
             assert requests.get(url + "api/v1/status", timeout=10).status_code == 401
         again = lab_cli("up", "--name", name)
         assert again.returncode == 2 and "already up" in again.stderr
+        # demo and chaos refuse the name too, and leave the running lab alone (they used to remove it)
+        for cmd in (["demo", "--out", str(tmp_path / "demo")], ["chaos", "--rounds", "1"]):
+            again = lab_cli(*cmd, "--name", name)
+            assert again.returncode == 2 and "already up" in again.stderr, again.stdout + again.stderr
         st = lab_cli("status", "--name", name, "--json")
         assert st.returncode == 0, st.stderr
         s = json.loads(st.stdout)

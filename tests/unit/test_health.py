@@ -261,3 +261,69 @@ def test_checker_spreads_first_checks():
         assert len(offs) == 20 and offs[-1] - offs[0] > 0.2 and offs[-1] <= 0.55
 
     asyncio.run(main())
+
+
+def test_local_failures_are_not_counted_against_the_edge():
+    """Regression (chaos run, issue 17): an appliance whose own data plane restarted (its TAP gone: ENETUNREACH)
+    counted that as every edge failing, down then up; the flap penalty then held a healthy edge down for a minute
+    after its next short outage. A probe that never left the appliance is not counted."""
+    import errno as E
+
+    from control.health import LOCAL_ERRNOS, tcp_connect
+
+    # a source address this host does not have: the probe fails here, locally, before any packet
+    r = asyncio.run(tcp_connect("127.0.0.1", 9, source="192.0.2.77", timeout=1.0))
+    assert not r.ok and r.local and "EADDRNOTAVAIL" in r.detail
+    assert E.ENETUNREACH in LOCAL_ERRNOS and E.EHOSTUNREACH not in LOCAL_ERRNOS
+
+    fast = dict(interval=0.03, timeout=0.02, rise=2, fall=2)
+    mode = {"now": "up"}
+
+    async def probe(ip, cfg, source):
+        if mode["now"] == "local":
+            return ProbeResult(False, "tcp 10.0.0.1:80: network is unreachable (ENETUNREACH)", 0.001, local=True)
+        return ProbeResult(mode["now"] == "up", f"fake {mode['now']}", 0.001)
+
+    async def main():
+        changes = []
+        chk = HealthChecker(lambda c, e, up, why: changes.append(up), probe=probe)
+        chk.set_targets({("web", "e1"): ("10.0.0.1", HealthConfig(type="tcp", **fast))})
+        await asyncio.to_thread(eventually, lambda: changes == [True], 5, "e1 up")
+        mode["now"] = "local"
+        await asyncio.to_thread(eventually, lambda: chk.states()[("web", "e1")]["local_failures"] >= 5, 5,
+                                "local failures seen")
+        st = chk.states()[("web", "e1")]
+        assert changes == [True] and st["state"] == "up" and st["failures"] == 0 and st["penalty"] == 0
+        assert st["last_detail"].startswith("not counted")
+        mode["now"] = "down"                   # a real failure still takes it down
+        await asyncio.to_thread(eventually, lambda: changes == [True, False], 5, "e1 down")
+        await chk.close()
+
+    asyncio.run(main())
+
+
+def test_failures_while_the_appliance_itself_is_down_are_not_counted():
+    """Regression (chaos run, issue 17): the appliance's own data port losing its link made every probe time out,
+    which counted as every edge flapping. The daemon tells the checker when its side is down (local_down); failed
+    probes then are not counted, successes still are."""
+    fast = dict(interval=0.03, timeout=0.02, rise=2, fall=2)
+    side = {"down": None, "ok": True}
+
+    async def probe(ip, cfg, source):
+        return ProbeResult(side["ok"], "fake", 0.001)
+
+    async def main():
+        changes = []
+        chk = HealthChecker(lambda c, e, up, why: changes.append(up), probe=probe, local_down=lambda: side["down"])
+        chk.set_targets({("web", "e1"): ("10.0.0.1", HealthConfig(type="tcp", **fast))})
+        await asyncio.to_thread(eventually, lambda: changes == [True], 5, "e1 up")
+        side.update(down="data port 0 link down", ok=False)
+        await asyncio.to_thread(eventually, lambda: chk.states()[("web", "e1")]["local_failures"] >= 5, 5,
+                                "local failures seen")
+        st = chk.states()[("web", "e1")]
+        assert changes == [True] and st["failures"] == 0 and "(data port 0 link down)" in st["last_detail"]
+        side["down"] = None                    # the link is back and the edge really fails: counted
+        await asyncio.to_thread(eventually, lambda: changes == [True, False], 5, "e1 down")
+        await chk.close()
+
+    asyncio.run(main())
