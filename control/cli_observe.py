@@ -207,8 +207,10 @@ def _print_status(s: dict) -> None:
         print(f"flows:      {ft['live']} live of {ft['capacity']} ({ft['occupancy_pct']:.1f}%), "
               f"{ft['evicted']} evicted" + _alarm_text(ft))
     if (s.get("flowsync") or {}).get("enabled"):
-        from control.flowsync import summary
+        from control.flowsync import maglev_lines, summary
         print(f"flow sync:  {summary(s['flowsync'])}")
+        for i, line in enumerate(maglev_lines(s["flowsync"])):
+            print(f"{'maglev:' if i == 0 else '':<12}{line}")
     _print_bgp(s)
     if not s["clusters"]:
         print("\nno clusters")

@@ -326,15 +326,29 @@ class ClusterConfig:
     edges: list[EdgeConfig] = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class SyncPeer:
+    """One flow-sync peer: its management address and its listen_port."""
+    address: ipaddress.IPv4Address | ipaddress.IPv6Address
+    port: int = 7470
+
+    def __str__(self) -> str:
+        return f"[{self.address}]:{self.port}" if self.address.version == 6 else f"{self.address}:{self.port}"
+
+
+MAX_SYNC_PEERS = 15                     # a scale-out of 16 appliances: each has at most 15 peers
+
+
 @dataclass
 class SyncConfig:
-    """[sync]: flow sync with the peer appliance (docs/flowsync.md)."""
+    """[sync]: flow sync with the peer appliances (docs/flowsync.md)."""
     enabled: bool = False
     listen_address: ipaddress.IPv4Address | ipaddress.IPv6Address = field(
         default_factory=lambda: ipaddress.IPv4Address("0.0.0.0"))
     listen_port: int = 7470
     peer_address: ipaddress.IPv4Address | ipaddress.IPv6Address | None = None
     peer_port: int = 7470
+    peers: list[SyncPeer] = field(default_factory=list)   # N appliances; peer_address/peer_port = one peer
     batch_flows: int = 256              # flows per message at most
     batch_ms: int = 100                 # a message leaves at the latest this long after its first flow
     max_flows_per_s: int = 50000        # sending rate bound (events, refresh and resync together)
@@ -563,6 +577,54 @@ def _c_any_ip(v: Any) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
 
 def _c_opt_unicast_ip(v: Any) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
     return None if v == "" else _c_unicast_ip(v)
+
+
+def _c_sync_peer(v: Any) -> SyncPeer:
+    """"addr" or "addr:port" ("[v6addr]:port" for an IPv6 address with a port)."""
+    _c_str(v)
+    host, port = v, 7470
+    m = re.fullmatch(r"\[([^\]]*)\](?::(.*))?", v)
+    if m:
+        host, p = m.group(1), m.group(2)
+        if p is None:
+            raise _Bad(f"{v!r}: write [address]:port, or the IPv6 address without brackets")
+    elif v.count(":") == 1:
+        host, p = v.split(":")
+    else:
+        p = None
+    if p is not None:
+        if not p.isdigit() or not 1 <= int(p) <= 65535:
+            raise _Bad(f"{v!r}: port {p!r} is not 1..65535")
+        port = int(p)
+    try:
+        ip = _c_unicast_ip(host)
+    except _Bad as e:
+        raise _Bad(f"{v!r}: {e}") from None
+    return SyncPeer(ip, port)
+
+
+def _c_sync_peers(v: Any) -> list[SyncPeer]:
+    if not isinstance(v, list):
+        raise _Bad(f"must be an array of \"address\" or \"address:port\" strings, {_got(v)}")
+    if len(v) > MAX_SYNC_PEERS:
+        raise _Bad(f"at most {MAX_SYNC_PEERS} peers, got {len(v)}")
+    out: list[SyncPeer] = []
+    for i, item in enumerate(v):
+        try:
+            peer = _c_sync_peer(item)
+        except _Bad as e:
+            raise _Bad(f"item {i}: {e}") from None
+        if any(p.address == peer.address for p in out):
+            raise _Bad(f"item {i}: {peer.address} is listed twice (one appliance is one peer)")
+        out.append(peer)
+    return out
+
+
+def sync_peers(sy: SyncConfig) -> list[SyncPeer]:
+    """The flow-sync peers of a [sync] section: peers, or the one peer of peer_address/peer_port."""
+    if sy.peers:
+        return list(sy.peers)
+    return [SyncPeer(sy.peer_address, sy.peer_port)] if sy.peer_address is not None else []
 
 
 def _c_prefix(version: int) -> Conv:
@@ -857,6 +919,7 @@ _SYNC_SPEC = _spec(SyncConfig, {
     "listen_port": _c_int(1, 65535),
     "peer_address": _c_opt_unicast_ip,
     "peer_port": _c_int(1, 65535),
+    "peers": _c_sync_peers,
     "batch_flows": _c_int(1, 4096),
     "batch_ms": _c_int(1, 10000),
     "max_flows_per_s": _c_int(1, 10000000),
@@ -1062,9 +1125,15 @@ def _check_sync(ctx: _Ctx, cfg: ApplianceConfig) -> None:
     sy = cfg.sync
     if not sy.enabled:
         return
-    if _ok(sy.peer_address) and sy.peer_address is None:
-        ctx.err("sync.peer_address", "required when flow sync is enabled (the peer appliance's management "
-                                     "address)")
+    if _ok(sy.peers) and _ok(sy.peer_address):
+        if sy.peers and sy.peer_address is not None:
+            ctx.err("sync.peers", "give either peers (any number of appliances) or peer_address (one), not both")
+        elif not sy.peers and sy.peer_address is None:
+            ctx.err("sync.peer_address", "required when flow sync is enabled (the peer appliance's management "
+                                         "address), or sync.peers for several appliances")
+        for i, p in enumerate(sy.peers):
+            if p.address == sy.listen_address and p.port == sy.listen_port:
+                ctx.err("sync.peers", f"item {i} ({p}) is this appliance's own listen_address and listen_port")
     t = cfg.dataplane.timeouts
     shortest = min((getattr(t, k), k) for k in ("tcp_established", "udp", "other") if _ok(getattr(t, k)))
     if _ok(sy.refresh_s) and sy.refresh_s >= shortest[0]:
@@ -1188,6 +1257,7 @@ def to_dict(cfg: ApplianceConfig, include_secrets: bool = False) -> dict[str, An
     out["sync"] = {
         "enabled": sy.enabled, "listen_address": str(sy.listen_address), "listen_port": sy.listen_port,
         "peer_address": str(sy.peer_address) if sy.peer_address is not None else "", "peer_port": sy.peer_port,
+        "peers": [str(p) for p in sy.peers],
         "batch_flows": sy.batch_flows, "batch_ms": sy.batch_ms, "max_flows_per_s": sy.max_flows_per_s,
         "queue_flows": sy.queue_flows, "refresh_s": _seconds(float(sy.refresh_s)),
     }

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 
-from control import carp_manager, observe, rpc
+from control import carp_manager, flowsync, observe, rpc
 from control.daemon.reconciler import ownership_source
 
 MAX_FLOWS = 4096                  # per reply: keeps a reply well under the 1 MiB frame limit
@@ -45,6 +45,15 @@ class StatusView:
                 dp["reload_requests"] = region.reload_requests
                 st = observe.stats(region)
                 shm_clusters = st["clusters"]
+            # the digest of each published Maglev table: flow sync's (with the peers' verdicts), or read here when
+            # flow sync does not run
+            maglev = d.flowsync.maglev_status()
+            if region is not None:
+                for name, sc in shm_clusters.items():
+                    if name not in maglev and sc.get("slot") is not None:
+                        dg = flowsync.maglev_digest(region, sc["slot"])
+                        if dg is not None:
+                            maglev[name] = {"digest": dg["digest"], "peers": {}}
         clusters = []
         names = [cl.name for cl in cfg.clusters] if cfg else []
         names += [n for n in shm_clusters if n not in names]
@@ -112,6 +121,9 @@ class StatusView:
                     "new_flows": se["new_flows"] if se else 0,
                     "drain": d.drains.row(name, ename) if ce is not None and ce.state == "draining" else None,
                 })
+            mg = maglev.get(name)                 # flow sync's view of the published table (control.flowsync)
+            row["maglev_digest"] = mg["digest"] if mg else None
+            row["maglev_peers"] = mg["peers"] if mg else {}
             clusters.append(row)
         rec = d.reconciler.status()
         return {

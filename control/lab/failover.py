@@ -10,6 +10,8 @@ fault tests (tests/netns/) and of perf/failover.py.
       └─ pe ── eth0 in the edge namespace: the edges' MACs are static on this bridge port, and a sniffer there
                records every datagram that reaches an edge with the MAC of the appliance that forwarded it
     with sync=True: a management link mg0 between A (192.0.2.1/24) and B (192.0.2.2/24) carries flow sync
+    with count=3: a third appliance C (02:00:00:00:01:0c, TAP 198.51.100.4/24, management 192.0.2.3/24) in the same
+    CARP group (bridge port pc3), and the management addresses on a bridge br1 in sw; each appliance has the others as [sync] peers
 
 Every process and namespace is removed when the lab's context ends, also on failure.
 """
@@ -33,12 +35,13 @@ PASSPHRASE = "s3cret-carp-Pa55"          # 16 bytes; tests grep for it where it 
 CLIENT_IP = "198.51.100.99"
 EDGES = {"e1": ("198.51.100.21", "02:00:00:00:02:01"), "e2": ("198.51.100.22", "02:00:00:00:02:02")}
 SPARE_EDGES = {"e3": ("198.51.100.23", "02:00:00:00:02:03")}    # not configured: tests add it to change the set
-MGMT = {"A": "192.0.2.1", "B": "192.0.2.2"}                      # management addresses (flow sync)
+MGMT = {"A": "192.0.2.1", "B": "192.0.2.2", "C": "192.0.2.3"}    # management addresses (flow sync)
 SYNC_PORT = 7470
 APPLIANCES = {
     # name: (data port MAC, TAP address, advskew, metrics port)
     "A": ("02:00:00:00:01:0a", "198.51.100.2", 0, 19481),
     "B": ("02:00:00:00:01:0b", "198.51.100.3", 100, 19482),
+    "C": ("02:00:00:00:01:0c", "198.51.100.4", 200, 19483),       # only with count=3
 }
 ADVBASE = 1
 MAGIC = b"PYDPFO"
@@ -48,17 +51,22 @@ def interval(advskew: int) -> float:
     return ADVBASE + advskew / 256
 
 
-def sync_text(name: str) -> str:
-    """[sync] of appliance `name`: listen on its management address, the other appliance as the peer."""
-    peer = next(n for n in MGMT if n != name)
-    return (f'[sync]\nenabled = true\nlisten_address = "{MGMT[name]}"\nlisten_port = {SYNC_PORT}\n'
-            f'peer_address = "{MGMT[peer]}"\npeer_port = {SYNC_PORT}\nrefresh_s = 5\n')
+def sync_text(name: str, names: tuple[str, ...] = ("A", "B")) -> str:
+    """[sync] of appliance `name` among `names`: listen on its management address, the others as the peers (the
+    pair's peer_address for two, peers for more)."""
+    others = [n for n in names if n != name]
+    head = f'[sync]\nenabled = true\nlisten_address = "{MGMT[name]}"\nlisten_port = {SYNC_PORT}\nrefresh_s = 5\n'
+    if len(others) == 1:
+        return head + f'peer_address = "{MGMT[others[0]]}"\npeer_port = {SYNC_PORT}\n'
+    return head + "peers = [" + ", ".join(f'"{MGMT[n]}:{SYNC_PORT}"' for n in others) + "]\n"
 
 
-def appliance_text(advskew: int, preempt: bool = True, exception_pps: int = 20000) -> str:
+def appliance_text(advskew: int, preempt: bool = True, exception_pps: int = 20000,
+                   hash_seed: int | None = None) -> str:
+    seed = f"hash_seed = {hash_seed}\n" if hash_seed is not None else ""
     text = f"""
 [dataplane]
-lcores = "0-1"
+{seed}lcores = "0-1"
 flow_capacity = 16384
 hugepages = true
 memory_mb = 256
@@ -86,10 +94,10 @@ type = "none"                     # the lab's edges serve nothing: always up
 
 
 def appliance(name: str, ns: str, workdir: Path, *, preempt: bool = True, exception_pps: int = 20000,
-              sync: bool = False) -> Appliance:
-    """Appliance A or B of this topology, with its store imported (and flow sync on the management link)."""
+              sync: bool = False, names: tuple[str, ...] = ("A", "B"), hash_seed: int | None = None) -> Appliance:
+    """Appliance A, B (or C) of this topology, with its store imported (and flow sync on the management link)."""
     mac, addr, advskew, metrics_port = APPLIANCES[name]
-    text = appliance_text(advskew, preempt, exception_pps) + (sync_text(name) if sync else "")
+    text = appliance_text(advskew, preempt, exception_pps, hash_seed) + (sync_text(name, names) if sync else "")
     return Appliance(name, ns, workdir, text, mac=mac, addr=addr, advskew=advskew,
                      metrics=f"127.0.0.1:{metrics_port}", cluster="web", vip=VIP)
 
@@ -263,7 +271,12 @@ class Traffic:
 class FailoverLab(Pair):
     """The whole topology (see the module docstring). Use as a context manager."""
 
-    def __init__(self, tmp: Path, *, preempt: bool = True, exception_pps: int = 20000, sync: bool = False):
+    def __init__(self, tmp: Path, *, preempt: bool = True, exception_pps: int = 20000, sync: bool = False,
+                 count: int = 2, hash_seeds: dict[str, int] | None = None):
+        if count not in (2, 3):
+            raise ValueError(f"count must be 2 or 3, got {count}")
+        self.count = count
+        self.hash_seeds = hash_seeds or {}     # by appliance name: another [dataplane] hash_seed than the default
         self.tmp = tmp
         self.preempt = preempt
         self.exception_pps = exception_pps
@@ -292,17 +305,23 @@ class FailoverLab(Pair):
         bridge_host(self.sw_ns, br, self.edge_ns, "pe")
         for _, mac in (*EDGES.values(), *SPARE_EDGES.values()):
             run("bridge", "-n", self.sw_ns, "fdb", "add", mac, "dev", "pe", "master", "static")
-        for name in APPLIANCES:
+        names = tuple(APPLIANCES)[:self.count]
+        for name in names:
             ns = st.enter_context(netns(f"pydpt-{name.lower()}"))
-            bridge_host(self.sw_ns, br, ns, f"p{name.lower()}", ifname="lb0", mac=APPLIANCES[name][0])
+            port = "pc3" if name == "C" else f"p{name.lower()}"        # "pc" is the client's bridge port
+            bridge_host(self.sw_ns, br, ns, port, ifname="lb0", mac=APPLIANCES[name][0])
             a = appliance(name, ns, self.tmp / name, preempt=self.preempt, exception_pps=self.exception_pps,
-                          sync=self.sync)
+                          sync=self.sync, names=names, hash_seed=self.hash_seeds.get(name))
             st.callback(a.stop)
             self.appliances[name] = a
-        if self.sync:
+        if self.sync and self.count == 2:
             veth(self.a.ns, "mg0", "mg0", self.b.ns)
             for name, ap in self.appliances.items():
                 ns_run(ap.ns, "ip", "addr", "add", f"{MGMT[name]}/24", "dev", "mg0")
+        elif self.sync:
+            mg = bridge(self.sw_ns, "br1")
+            for name, ap in self.appliances.items():
+                bridge_host(self.sw_ns, mg, ap.ns, f"mgmt-{name.lower()}", ifname="mg0", addr=f"{MGMT[name]}/24")
         # the bridge learns the appliances' MACs from their first frames; no other setup is needed
 
     def client_neigh(self) -> str | None:

@@ -14,6 +14,8 @@
  * new flow on an edge that is not up, a flow pinned outside its cluster, a cluster forwarded that is disabled or
  * owned by the peer, a verdict flow that is another flow, a rewrite that leaves the frame or
  * writes a wrong outer header.
+ * The custom mutator (fuzz_mutator.h) knows this framing: it changes one field of one frame, adds the next packet
+ * of a flow (other TCP flags), drops a frame or changes the clock; -DPYDP_FUZZ_RAW leaves libFuzzer's bytes only.
  *
  *   scripts/fuzz.sh classify           (builds with -fsanitize=fuzzer,address,undefined and runs it)
  */
@@ -25,6 +27,8 @@
 
 #include "pydp.h"
 #include "pydp_verdict.h"
+#define FZM_CLASSIFY                    /* fuzz_mutator.h mutates one frame of the input, adds or removes one */
+#include "fuzz_mutator.h"
 
 #define FZ_MAGLEV 251           /* prime: small tables keep an iteration cheap */
 #define FZ_FLOWS 256

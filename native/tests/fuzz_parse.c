@@ -5,12 +5,15 @@
  *         -o /tmp/fuzz_parse && /tmp/fuzz_parse -max_total_time=30 native/tests/corpus/parse
  *
  * Besides memory safety (the sanitizers), it checks the parser's output invariants and aborts on a violation.
+ * Inputs are mutated by fuzz_mutator.h (layer-aware: Ethernet, VLAN, IPv4/IPv6, extension headers, L4, ICMP
+ * quotes) as well as by libFuzzer's byte mutations; -DPYDP_FUZZ_RAW leaves only the latter.
  */
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "pydp.h"
+#include "fuzz_mutator.h"
 
 static int
 fz_zero(const uint8_t *p, size_t n)

@@ -1,3 +1,4 @@
+#!/usr/bin/env -S python3 -P
 """Atheris (libFuzzer for CPython) harness of the CARP codec: whatever arrives on the wire, the receive path
 (accept_ipv4 / accept_ipv6: parse, decode, vhid, HMAC) either accepts an advertisement or raises CarpError with
 a reason it counts. Any other exception, or a count that disagrees with the outcome, is a bug.

@@ -1,3 +1,4 @@
+#!/usr/bin/env -S python3 -P
 """Atheris harness of the config loader (pydp/config.py): the bytes of a config file give a validated
 ApplianceConfig or a ConfigError that names the problem; any other exception is a bug. A config that loads is
 written back (dumps, with secrets) and must load again to the same config.
@@ -5,12 +6,12 @@ written back (dumps, with secrets) and must load again to the same config.
     scripts/fuzz.sh config
     python -P tests/fuzz/fuzz_config.py -runs=1 tests/fuzz/corpus/config/*
 
-The file is written to a private temporary directory (removed at exit) and read with config.load, the data
+The file is written to a private temporary directory (the next run removes it) and read with config.load, the data
 plane's own path (UTF-8 check included).
 """
 
-import atexit
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -20,8 +21,20 @@ import atheris
 with atheris.instrument_imports():
     from pydp import config
 
-_dir = tempfile.mkdtemp(prefix="pydp-fuzz-config-")
-atexit.register(shutil.rmtree, _dir, True)
+def _private_dir(kind: str, base: str) -> str:
+    """base/pydp-fuzz-KIND-PID for this process, made empty. libFuzzer ends the process with exit() from C, so no
+    atexit handler runs: the directories of processes that are gone are removed here instead."""
+    for name in os.listdir(base):
+        m = re.fullmatch(rf"pydp-fuzz-{kind}-(\d+)", name)
+        if m and not os.path.exists(f"/proc/{m[1]}"):
+            shutil.rmtree(os.path.join(base, name), True)
+    path = os.path.join(base, f"pydp-fuzz-{kind}-{os.getpid()}")
+    shutil.rmtree(path, True)
+    os.makedirs(path, 0o700)
+    return path
+
+
+_dir = _private_dir("config", tempfile.gettempdir())
 PATH = os.path.join(_dir, "appliance.toml")
 
 

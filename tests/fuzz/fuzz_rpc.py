@@ -1,3 +1,4 @@
+#!/usr/bin/env -S python3 -P
 """Atheris harness of the RPC frame decoder (control/rpc.py) as the server runs it on one frame's payload:
 decode (msgpack, no extension types), validate_request against the daemon's method names, and the error reply
 that goes back. Whatever the bytes, the outcome is a valid request or an RpcError with a known type, and the

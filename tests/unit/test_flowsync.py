@@ -433,6 +433,10 @@ def test_sender_batches_under_the_rate_bound_and_resyncs_on_connect(region):
         return elapsed, counters
 
     elapsed, c = asyncio.run(main())
+    digests = {m[1]: m[2] for m in got if isinstance(m, tuple) and m[0] == "digest"}
+    got[:] = [m for m in got if not (isinstance(m, tuple) and m[0] == "digest")]
+    assert set(digests) == {"web", "dns"}                     # the receiver's hello listed "digest"
+    assert digests["web"] == fs.maglev_digest(region, slot)   # the table as published, seed and edges with it
     assert got[0] == ("resync", "web")
     flows = [m for m in got if not isinstance(m, tuple)]
     assert all(len(m) <= 50 for m in flows) and all(m.cluster == "web" for m in flows)
