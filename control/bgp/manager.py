@@ -42,6 +42,7 @@ BIRDC = os.environ.get("PYDP_BIRDC", "birdc")
 ROUND_S = 0.2
 POLL_S = 0.5
 RESTART_S = 1.0
+ERROR_PAUSE_S = 1.0             # after a failed round (BIRD refused a config, birdc failed) the next one waits this
 START_WAIT_S = 10.0
 BIRDC_TIMEOUT_S = 5.0
 PR_SET_PDEATHSIG = 1
@@ -205,16 +206,23 @@ class BgpManager:
     async def run(self, get_cfg: Callable[[], Any], decisions: Callable[[], dict], stop: asyncio.Event) -> None:
         try:
             while not stop.is_set():
+                pause = 0.0
                 try:
                     await self.round(get_cfg(), decisions())
+                    self.error = None
                 except asyncio.CancelledError:
                     raise
                 except BirdError as exc:
                     if str(exc) != self.error:
                         self.event("bgp_engine_error", logging.ERROR, error=str(exc))
                     self.error = str(exc)
+                    pause = ERROR_PAUSE_S
                 except Exception:
                     log.exception("bgp round")
+                    pause = ERROR_PAUSE_S
+                if pause:
+                    with contextlib.suppress(asyncio.TimeoutError):
+                        await asyncio.wait_for(stop.wait(), pause)     # not a busy loop while BIRD fails
                 self.wake.clear()
                 with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(self.wake.wait(), ROUND_S)

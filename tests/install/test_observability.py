@@ -24,7 +24,7 @@ def promtool(*args: str) -> subprocess.CompletedProcess:
 
 def test_rules_check():
     proc = promtool("check", "rules", ALERTS.name)
-    assert proc.returncode == 0 and "SUCCESS: 12 rules found" in proc.stdout, proc.stdout + proc.stderr
+    assert proc.returncode == 0 and "SUCCESS: 14 rules found" in proc.stdout, proc.stdout + proc.stderr
 
 
 def test_rules_unit_tests():
@@ -52,7 +52,7 @@ def test_dashboard_shape():
         if p["type"] != "row":
             assert p["targets"] and all(t["expr"] and t["refId"] for t in p["targets"]), p["title"]
             assert 0 <= p["gridPos"]["x"] and p["gridPos"]["x"] + p["gridPos"]["w"] <= 24
-    assert len(dashboard_exprs()) >= 30 and len(alert_exprs()) == 12
+    assert len(dashboard_exprs()) >= 30 and len(alert_exprs()) == 14
 
 
 def test_every_name_is_documented():
