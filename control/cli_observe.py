@@ -14,7 +14,7 @@ import sys
 import time
 from typing import Any, Callable, Sequence
 
-from control import flows, rpc
+from control import flows, observe, rpc
 from control.tables import format_table
 from pydp.config import DataplaneConfig
 
@@ -496,6 +496,15 @@ def _print_stats(s: dict, r: dict | None) -> None:
     if drops:
         print()
         print(format_table(["PORT", "DROP REASON", "COUNT"], [[a, b, human(c)] for a, b, c in drops], right={2}))
+    rows = []
+    for p in s["ports"]:
+        if not p.get("exception") or "exc_carp" not in p:
+            continue
+        for cls, c in observe.exception_classes(p).items():
+            rows.append([p["name"] or str(p["port"]), cls, human(c["to_kernel"]), human(c["dropped"])])
+    if rows:
+        print()
+        print(format_table(["PORT", "EXCEPTION CLASS", "TO KERNEL", "DROPPED"], rows, right={2, 3}))
     rc = (r or {}).get("clusters", {})
     rows = []
     for name, c in s["clusters"].items():

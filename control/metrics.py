@@ -125,6 +125,10 @@ def _ports(st):
     link = GaugeMetricFamily("pydp_port_link_up", "1 if the port's link is up", labels=["port"])
     drops = CounterMetricFamily("pydp_port_dropped_packets", "frames received on the port and dropped, by reason",
                                 labels=["port", "reason"])
+    exc = CounterMetricFamily("pydp_port_exception_class_packets",
+                              "exception path per class (bulk, arp, carp, control): frames handed to the kernel "
+                              "(result=kernel) and dropped over the class's rate (result=dropped)",
+                              labels=["port", "class", "result"])
     for p in st["ports"]:
         name = p["name"] or str(p["port"])
         for k, fam in fams.items():
@@ -132,9 +136,13 @@ def _ports(st):
         link.add_metric([name], 1 if p["link_up"] else 0)
         for reason, n in p["drops"].items():
             drops.add_metric([name, reason], n)
+        for cls, c in observe.exception_classes(p).items():
+            exc.add_metric([name, cls, "kernel"], c["to_kernel"])
+            exc.add_metric([name, cls, "dropped"], c["dropped"])
     yield from fams.values()
     yield link
     yield drops
+    yield exc
 
 
 def _clusters(st):

@@ -36,8 +36,8 @@ FLOW_STATES = {lib.PYDP_FLOW_EMPTY: "new", lib.PYDP_FLOW_TCP_SYN: "syn", lib.PYD
 PROTOCOLS = {1: "icmp", 6: "tcp", 17: "udp", 47: "gre", 50: "esp", 51: "ah", 58: "icmpv6", 132: "sctp"}
 DSR_NAMES = {lib.PYDP_DSR_L2: "l2", lib.PYDP_DSR_IPIP: "ipip"}
 
-_PORT_COUNTERS = ("rx_packets", "rx_bytes", "tx_packets", "tx_bytes", "exc_to_kernel", "exc_prio",
-                  "exc_from_kernel")
+_PORT_COUNTERS = ("rx_packets", "rx_bytes", "tx_packets", "tx_bytes", "exc_to_kernel", "exc_arp",
+                  "exc_carp", "exc_control", "exc_from_kernel")
 _WORKER_COUNTERS = ("polls", "idle_polls", "sleeps", "busy_cycles", "flow_lookups", "flow_hits", "flow_inserts",
                     "flow_evictions", "flow_rehashed", "cls_tcp", "cls_udp", "cls_icmp", "cls_fragment",
                     "cls_icmp_error", "cls_ipsec", "cls_ipv6", "cls_other", "config_swaps", "cmds", "flow_flushed",
@@ -169,7 +169,8 @@ def stats(region: Region, appliance=None) -> dict:
     ports = []
     for p in range(h.nb_ports):
         pst = ws["port"][:, p]
-        row = {"port": p, "name": _s(h.ports[p].name), "link_up": bool(h.ports[p].link_up)}
+        row = {"port": p, "name": _s(h.ports[p].name), "exception": _s(h.ports[p].exc_name) or None,
+               "link_up": bool(h.ports[p].link_up)}
         for k in _PORT_COUNTERS:
             row[k] = int(pst[k].sum())
         drops = pst["drops"].sum(axis=0)
@@ -418,3 +419,18 @@ def flows(region: Region, cluster: str | None = None, edge: str | None = None, c
           limit: int = 1000) -> list[dict]:
     """The live flows matching the filters (see find_flows), at most limit."""
     return find_flows(region, cluster=cluster, edge=edge, client=client, limit=limit)[0]
+
+
+EXCEPTION_CLASSES = ("bulk", "arp", "carp", "control")
+
+
+def exception_classes(port: dict) -> dict:
+    """A port's exception path per class (the data plane's enum pydp_exc_class): frames handed to the kernel and
+    frames dropped over the class's rate. bulk is what the other classes leave of exc_to_kernel."""
+    arp, carp, control = port["exc_arp"], port["exc_carp"], port["exc_control"]
+    to_kernel = {"bulk": max(0, port["exc_to_kernel"] - arp - carp - control), "arp": arp, "carp": carp,
+                 "control": control}
+    d = port["drops"]
+    dropped = {"bulk": d.get("exc_ratelimit", 0), "arp": d.get("exc_arp_ratelimit", 0),
+               "carp": d.get("exc_carp_ratelimit", 0), "control": d.get("exc_control_ratelimit", 0)}
+    return {k: {"to_kernel": to_kernel[k], "dropped": dropped[k]} for k in EXCEPTION_CLASSES}

@@ -241,7 +241,9 @@ class DataplaneConfig:
     tx_desc: int = 1024
     mbufs: int = 16383
     exception_pps: int = 20000
-    exception_priority_pps: int = 5000
+    exception_priority_pps: int = 5000      # the ARP / IPv6 neighbour discovery class
+    exception_carp_pps: int = 1000
+    exception_control_pps: int = 5000       # BGP, BFD to the appliance
     timeouts: Timeouts = field(default_factory=Timeouts)
     ipip: IpipConfig = field(default_factory=IpipConfig)
 
@@ -862,6 +864,8 @@ _DATAPLANE_SPEC = _spec(DataplaneConfig, {
     "mbufs": _c_int(1023, 1048575),
     "exception_pps": _c_int(1, 10000000),
     "exception_priority_pps": _c_int(1, 10000000),
+    "exception_carp_pps": _c_int(1, 10000000),
+    "exception_control_pps": _c_int(1, 10000000),
     "timeouts": _SUB,
     "ipip": _SUB,
 })
@@ -1244,6 +1248,8 @@ def to_dict(cfg: ApplianceConfig, include_secrets: bool = False) -> dict[str, An
             "mbufs": dp.mbufs,
             "exception_pps": dp.exception_pps,
             "exception_priority_pps": dp.exception_priority_pps,
+            "exception_carp_pps": dp.exception_carp_pps,
+            "exception_control_pps": dp.exception_control_pps,
             "timeouts": {k: _seconds(getattr(t, k)) for k in ("tcp_syn", "tcp_established", "tcp_fin", "udp",
                                                                   "other")},
             "ipip": {"source4": str(dp.ipip.source4), "source6": str(dp.ipip.source6),

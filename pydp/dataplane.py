@@ -156,6 +156,7 @@ class Dataplane:
         p.idle_sleep_deep_us = dp.idle_sleep_deep_us
         p.tx_drain_us = dp.tx_drain_us
         p.exc_pps, p.exc_prio_pps = dp.exception_pps, dp.exception_priority_pps
+        p.exc_carp_pps, p.exc_control_pps = dp.exception_carp_pps, dp.exception_control_pps
         p.promiscuous = 1 if any(port.promiscuous for port in cfg.ports) else 0
         p.pcap_mode = 1 if self.pcap is not None else 0
         handle = lib.pydp_dp_setup(p)

@@ -154,7 +154,7 @@ class Appliance:
         port = st["ports"][0]
         web = st["clusters"][self.cluster]
         return {"rx": port["rx_packets"], "tx": port["tx_packets"], "exc": port["exc_to_kernel"],
-                "exc_prio": port["exc_prio"], "drops": dict(port["drops"]), "web_packets": web["packets"],
+                "exc_arp": port["exc_arp"], "exc_carp": port["exc_carp"], "drops": dict(port["drops"]), "web_packets": web["packets"],
                 "web_not_active": web["drop_not_active"]}
 
     def wait_state(self, want: str, timeout: float) -> float:

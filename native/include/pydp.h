@@ -22,7 +22,7 @@ extern "C" {
 /* cdef-begin */
 
 #define PYDP_SHM_MAGIC 0x314d534850445950
-#define PYDP_LAYOUT_VERSION 4
+#define PYDP_LAYOUT_VERSION 5
 
 #define PYDP_MAX_CLUSTERS 64
 #define PYDP_MAX_EDGES 16
@@ -77,6 +77,16 @@ enum pydp_class {
     PYDP_CLS_EXC_PRIO = 3    /* ARP, CARP/VRRP (proto 112), IPv6 neighbour discovery: exception path, priority */
 };
 
+/* Classes of the exception path (pydp_exc_class): each has its own token bucket per worker, its own counter
+ * of frames handed to the kernel and its own drop reason, so a flood of one class cannot use another's budget. */
+enum pydp_exc_class {
+    PYDP_EXC_BULK = 0,       /* everything else: ICMP, other traffic to the appliance, non-IP (best effort) */
+    PYDP_EXC_ARP = 1,        /* ARP, IPv6 neighbour discovery (GARP, neighbour resolution) */
+    PYDP_EXC_CARP = 2,       /* CARP/VRRP (IP protocol / next header 112) with TTL / hop limit 255 */
+    PYDP_EXC_CONTROL = 3,    /* routing control to the appliance: BGP (TCP 179), BFD (UDP 3784, 4784) */
+    PYDP_EXC__COUNT = 4
+};
+
 /* Flags of struct pydp_pkt_info. */
 #define PYDP_PF_FRAGMENT 1       /* IPv4 fragment or IPv6 fragment header: key has no ports */
 #define PYDP_PF_ICMP_ERROR 2     /* ICMP/ICMPv6 error: key rebuilt from the embedded header (reversed) */
@@ -91,14 +101,16 @@ enum pydp_drop {
     PYDP_DROP_DISABLED = 2,      /* cluster disabled */
     PYDP_DROP_NO_EDGE = 3,       /* no edge up in the cluster */
     PYDP_DROP_EXC_RATELIMIT = 4, /* exception-path bulk class over its rate */
-    PYDP_DROP_EXC_PRIO_RATELIMIT = 5, /* exception-path priority class over its rate */
+    PYDP_DROP_EXC_ARP_RATELIMIT = 5, /* exception-path ARP/ND class over its rate */
     PYDP_DROP_EXC_NONE = 6,      /* exception traffic but no exception port */
     PYDP_DROP_EXC_TX = 7,        /* exception port queue full */
     PYDP_DROP_TX = 8,            /* data port queue full */
     PYDP_DROP_NO_HEADROOM = 9,   /* IP-in-IP: no room for the outer header */
     PYDP_DROP_FAMILY = 10,       /* IP-in-IP: edge of the other address family */
     PYDP_DROP_LOOP = 11,         /* a frame from our own MAC (our transmission seen again) */
-    PYDP_DROP__COUNT = 12
+    PYDP_DROP_EXC_CARP_RATELIMIT = 12,    /* exception-path CARP class over its rate */
+    PYDP_DROP_EXC_CONTROL_RATELIMIT = 13, /* exception-path control class (BGP, BFD) over its rate */
+    PYDP_DROP__COUNT = 14
 };
 #define PYDP_DROP_SLOTS 16
 
@@ -216,10 +228,12 @@ struct pydp_port_stats {
     uint64_t tx_bytes;
     uint64_t exc_to_kernel;      /* frames handed to the exception port */
     uint64_t exc_from_kernel;    /* frames from the exception port sent out of this port */
-    uint64_t exc_prio;           /* of exc_to_kernel: priority class (ARP, CARP, ND) */
-    uint64_t pad0;
+    uint64_t exc_arp;            /* of exc_to_kernel: ARP/ND class */
+    uint64_t exc_carp;           /* of exc_to_kernel: CARP class */
+    uint64_t exc_control;        /* of exc_to_kernel: control class (BGP, BFD) */
+    uint64_t pad0[7];
     uint64_t drops[16];          /* enum pydp_drop */
-};                                /* 192 bytes */
+};                                /* 256 bytes */
 
 struct pydp_worker_stats {
     uint64_t polls;              /* poll-loop iterations */
@@ -245,7 +259,7 @@ struct pydp_worker_stats {
     uint64_t flow_flushed;       /* flows cleared by flush commands (pydpctl flows flush, drain timeout) */
     uint64_t pad0[11];
     struct pydp_port_stats port[4];
-};                                /* 256 + 768 = 1024 bytes */
+};                                /* 256 + 1024 = 1280 bytes */
 
 struct pydp_edge_stats {
     uint64_t packets;
@@ -453,9 +467,11 @@ struct pydp_pkt_info {
     uint8_t  tcp_flags;          /* of the packet itself (not of an embedded header) */
     uint8_t  l4_proto;           /* outer L4 protocol after extension headers */
     uint8_t  family;
-    uint8_t  pad0;
+    uint8_t  ttl;                /* IPv4 TTL / IPv6 hop limit of the outer header (0 if not IP) */
 };
 int pydp_parse(const uint8_t *frame, uint32_t len, struct pydp_pkt_info *info);
+/* The exception-path class (enum pydp_exc_class) of a frame parsed by pydp_parse that goes to the kernel. */
+int pydp_exc_class(const struct pydp_pkt_info *info);
 
 /* flow table (flow.c); the table memory is caller-provided */
 uint64_t pydp_flow_table_bytes(uint32_t capacity);
@@ -524,7 +540,9 @@ struct pydp_dp_params {
     uint32_t idle_sleep_deep_us; /* the ceiling after PYDP_IDLE_DEEP_AFTER_MS without a packet (<= max: none) */
     uint32_t tx_drain_us;
     uint32_t exc_pps;            /* exception path, bulk class, per worker */
-    uint32_t exc_prio_pps;       /* exception path, priority class (ARP, CARP, ND), per worker */
+    uint32_t exc_prio_pps;       /* exception path, ARP/ND class, per worker */
+    uint32_t exc_carp_pps;       /* exception path, CARP class, per worker */
+    uint32_t exc_control_pps;    /* exception path, control class (BGP, BFD), per worker */
     uint32_t promiscuous;
     uint32_t pcap_mode;          /* run to completion on the calling thread, stop when the input is drained */
 };

@@ -122,8 +122,11 @@ static int dp_workers_init(void)
         w->events = pydp_shm_events(&dp.shm, wi);
         w->state = &h->workers[wi];
         w->drain_tsc = dp.tsc_hz / 1000000 * (dp.p.tx_drain_us ? dp.p.tx_drain_us : 100);
-        dp_bucket_init(&w->exc_bulk, dp.p.exc_pps ? dp.p.exc_pps : 1, dp.tsc_hz);
-        dp_bucket_init(&w->exc_prio, dp.p.exc_prio_pps ? dp.p.exc_prio_pps : 1, dp.tsc_hz);
+        dp_bucket_init(&w->exc_bucket[PYDP_EXC_BULK], dp.p.exc_pps ? dp.p.exc_pps : 1, dp.tsc_hz);
+        dp_bucket_init(&w->exc_bucket[PYDP_EXC_ARP], dp.p.exc_prio_pps ? dp.p.exc_prio_pps : 1, dp.tsc_hz);
+        dp_bucket_init(&w->exc_bucket[PYDP_EXC_CARP], dp.p.exc_carp_pps ? dp.p.exc_carp_pps : 1, dp.tsc_hz);
+        dp_bucket_init(&w->exc_bucket[PYDP_EXC_CONTROL], dp.p.exc_control_pps ? dp.p.exc_control_pps : 1,
+                       dp.tsc_hz);
         for (pi = 0; pi < dp.p.nb_ports; pi++) {
             dp_txq_init(&w->tx[pi], dp.ports[pi].port_id, (uint16_t)wi, &w->stats->port[pi], 0);
             dp_txq_init(&w->exc_tx[pi], dp.ports[pi].exc_id, (uint16_t)wi, &w->stats->port[pi], 1);

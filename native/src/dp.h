@@ -50,8 +50,7 @@ struct dp_worker {
     uint64_t gen;
     const struct pydp_config *cfg;
     const uint8_t *maglev;                 /* base of the current slot's tables */
-    struct dp_bucket exc_bulk;
-    struct dp_bucket exc_prio;
+    struct dp_bucket exc_bucket[PYDP_EXC__COUNT];  /* enum pydp_exc_class */
     uint64_t drain_tsc;
     uint64_t last_drain;
     struct dp_txq tx[PYDP_MAX_PORTS];
@@ -84,7 +83,7 @@ void dp_port_close(uint16_t port_id);
 
 /* exception.c */
 void dp_bucket_init(struct dp_bucket *b, uint64_t pps, uint64_t hz);
-void dp_exc_send(struct dp_worker *w, uint32_t pi, struct rte_mbuf *m, int prio);
+void dp_exc_send(struct dp_worker *w, uint32_t pi, struct rte_mbuf *m, int klass);  /* enum pydp_exc_class */
 uint32_t dp_exc_poll(struct dp_worker *w);   /* frames moved from the TAPs */
 
 /* worker.c */

@@ -1,7 +1,8 @@
 /*
  * exception.c - the exception path: frames that are not for a cluster IP go to a kernel interface (TAP), and
- * what the kernel sends there goes out of the data port. Two token buckets per worker keep a flood from starving
- * the workers or crowding out CARP: the priority class (ARP, CARP, ND) has its own budget.
+ * what the kernel sends there goes out of the data port. A token bucket per class and worker (enum
+ * pydp_exc_class: best effort, ARP/ND, CARP, BGP/BFD control) keeps a flood from starving the workers and a flood
+ * of one class (an ARP or ICMP storm) from using the budget of another (CARP adverts, routing sessions).
  */
 #include <rte_cycles.h>
 #include <rte_ethdev.h>
@@ -38,7 +39,14 @@ static inline int exc_take(struct dp_bucket *b)
     return 1;
 }
 
-void dp_exc_send(struct dp_worker *w, uint32_t pi, struct rte_mbuf *m, int prio)
+static const uint8_t exc_drop_reason[PYDP_EXC__COUNT] = {
+    [PYDP_EXC_BULK] = PYDP_DROP_EXC_RATELIMIT,
+    [PYDP_EXC_ARP] = PYDP_DROP_EXC_ARP_RATELIMIT,
+    [PYDP_EXC_CARP] = PYDP_DROP_EXC_CARP_RATELIMIT,
+    [PYDP_EXC_CONTROL] = PYDP_DROP_EXC_CONTROL_RATELIMIT,
+};
+
+void dp_exc_send(struct dp_worker *w, uint32_t pi, struct rte_mbuf *m, int klass)
 {
     struct pydp_port_stats *ps = &w->stats->port[pi];
 
@@ -46,15 +54,22 @@ void dp_exc_send(struct dp_worker *w, uint32_t pi, struct rte_mbuf *m, int prio)
         dp_drop(ps, m, PYDP_DROP_EXC_NONE);
         return;
     }
-    if (prio) {
-        if (!exc_take(&w->exc_prio)) {
-            dp_drop(ps, m, PYDP_DROP_EXC_PRIO_RATELIMIT);
-            return;
-        }
-        ps->exc_prio++;
-    } else if (!exc_take(&w->exc_bulk)) {
-        dp_drop(ps, m, PYDP_DROP_EXC_RATELIMIT);
+    if (!exc_take(&w->exc_bucket[klass])) {
+        dp_drop(ps, m, exc_drop_reason[klass]);
         return;
+    }
+    switch (klass) {
+    case PYDP_EXC_ARP:
+        ps->exc_arp++;
+        break;
+    case PYDP_EXC_CARP:
+        ps->exc_carp++;
+        break;
+    case PYDP_EXC_CONTROL:
+        ps->exc_control++;
+        break;
+    default:
+        break;
     }
     ps->exc_to_kernel++;
     dp_txq_put(&w->exc_tx[pi], m, dp.p.burst);

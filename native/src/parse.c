@@ -277,6 +277,7 @@ prs_ipv4(const uint8_t *f, uint32_t len, struct pydp_pkt_info *info)
 
     info->family = PYDP_AF_INET;
     info->l3_len = (uint16_t)tot;
+    info->ttl = ip[8];
     proto = ip[9];
     info->l4_proto = proto;
     info->key.family = PYDP_AF_INET;
@@ -313,6 +314,7 @@ prs_ipv6(const uint8_t *f, uint32_t len, struct pydp_pkt_info *info)
 
     info->family = PYDP_AF_INET6;
     info->l3_len = (uint16_t)tot;
+    info->ttl = ip[7];
     info->key.family = PYDP_AF_INET6;
     memcpy(info->key.src, ip + 8, 16);
     memcpy(info->key.dst, ip + 24, 16);
@@ -361,4 +363,38 @@ pydp_parse(const uint8_t *frame, uint32_t len, struct pydp_pkt_info *info)
 
     info->klass = (uint8_t)klass;
     return klass;
+}
+
+/* a port number as pydp_parse stores it (network order) */
+static inline uint16_t
+prs_port(uint16_t port)
+{
+    const uint8_t b[2] = { (uint8_t)(port >> 8), (uint8_t)port };
+
+    return prs_raw16(b);
+}
+
+/* The exception-path class. CARP (like VRRP) is only valid with TTL / hop limit 255 (it never crosses a router),
+ * so an advert with any other TTL, forged from off the link, falls to the best-effort class and cannot use the
+ * CARP budget. BGP is TCP 179 either way (we may be the client or the server); BFD control is UDP to 3784
+ * (single hop) or 4784 (multihop). ICMP errors carry the quoted packet's ports: they stay best effort. */
+int
+pydp_exc_class(const struct pydp_pkt_info *info)
+{
+    if (info->ethertype == PRS_ETYPE_ARP || (info->flags & PYDP_PF_ND))
+        return PYDP_EXC_ARP;
+    if (info->family == PYDP_AF_NONE)
+        return PYDP_EXC_BULK;
+    if (info->l4_proto == PRS_PROTO_CARP)
+        return info->ttl == 255 ? PYDP_EXC_CARP : PYDP_EXC_BULK;
+    if (info->flags & (PYDP_PF_FRAGMENT | PYDP_PF_ICMP_ERROR))
+        return PYDP_EXC_BULK;
+    if (info->l4_proto == PRS_PROTO_TCP) {
+        if (info->key.sport == prs_port(179) || info->key.dport == prs_port(179))
+            return PYDP_EXC_CONTROL;
+    } else if (info->l4_proto == PRS_PROTO_UDP) {
+        if (info->key.dport == prs_port(3784) || info->key.dport == prs_port(4784))
+            return PYDP_EXC_CONTROL;
+    }
+    return PYDP_EXC_BULK;
 }

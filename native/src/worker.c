@@ -96,11 +96,9 @@ struct wrk_pkt {
     struct rte_mbuf *m;
     struct pydp_pkt_info info;      /* info.key becomes the hashed key (IPSec local termination folds it) */
     struct pydp_verdict v;          /* cluster and hash from the classify stage, edge from the pick */
-    uint8_t exc;                    /* for the exception path: WRK_EXC_BULK or WRK_EXC_PRIO */
+    uint8_t exc;                    /* 1 = not IP for a cluster: straight to the exception path */
 };
 
-#define WRK_EXC_BULK 1
-#define WRK_EXC_PRIO 2
 #define WRK_WAYS_AHEAD 6            /* forward packet i while the flows of packet i + 6 are being fetched */
 
 /* A flow event for flow sync: one flag test when sync is off (the header line is read-mostly and cached). */
@@ -160,7 +158,7 @@ static inline int wrk_parse(struct dp_worker *w, uint32_t pi, struct rte_mbuf *m
         return 0;
     }
     /* exception frames stay in the burst so the exception path keeps the order they arrived in */
-    p->exc = cls == PYDP_CLS_IP ? 0 : (cls == PYDP_CLS_EXC_PRIO ? WRK_EXC_PRIO : WRK_EXC_BULK);
+    p->exc = cls != PYDP_CLS_IP;
     p->m = m;
     return 1;
 }
@@ -172,14 +170,14 @@ static inline int wrk_classify(struct dp_worker *w, uint32_t pi, struct wrk_pkt 
     struct pydp_port_stats *ps = &w->stats->port[pi];
 
     if (unlikely(p->exc)) {
-        dp_exc_send(w, pi, p->m, p->exc == WRK_EXC_PRIO);
+        dp_exc_send(w, pi, p->m, pydp_exc_class(&p->info));
         return 0;
     }
     switch (pydp_verdict_classify(w->cfg, &p->info, &p->v)) {
     case PYDP_ACT_FORWARD:
         break;
     case PYDP_ACT_EXCEPTION:
-        dp_exc_send(w, pi, p->m, 0);
+        dp_exc_send(w, pi, p->m, pydp_exc_class(&p->info));
         return 0;
     case PYDP_ACT_DROP_DISABLED:
         w->cstats[p->v.cluster].drop_disabled++;

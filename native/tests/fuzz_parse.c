@@ -45,7 +45,7 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         abort();
     if (len < 14 && klass != PYDP_CLS_MALFORMED)
         abort();
-    if (info.key.pad0 != 0 || info.pad0 != 0)
+    if (info.key.pad0 != 0)
         abort();
     if (klass == PYDP_CLS_IP) {
         if (info.family != PYDP_AF_INET && info.family != PYDP_AF_INET6)

@@ -445,7 +445,7 @@ test_ipv4_tcp_udp(void)
     CHECK_EQ(in.l4_proto, 6);
     CHECK_EQ(in.flags, 0);
     CHECK_EQ(in.tcp_flags, 0x02);
-    CHECK_EQ(in.pad0, 0);
+    CHECK_EQ(in.ttl, 64);
     CHECK(key_is(&in, PYDP_AF_INET, CLI4, VIP4, 40000, 443, 6));
     CHECK(dst_is(&in, PYDP_AF_INET, VIP4));
     /* ports stay in network order */
@@ -825,7 +825,7 @@ test_ipv6_basic(void)
     CHECK_EQ(in.l4_proto, 6);
     CHECK_EQ(in.flags, 0);
     CHECK_EQ(in.tcp_flags, 0x02);
-    CHECK_EQ(in.pad0, 0);
+    CHECK_EQ(in.ttl, 64);
     CHECK(key_is(&in, PYDP_AF_INET6, CLI6, VIP6, 40000, 443, 6));
     CHECK(dst_is(&in, PYDP_AF_INET6, VIP6));
     mk_tcp6(&t, CLI6, VIP6, 40000, 443, 0x12);
@@ -1257,7 +1257,7 @@ test_random(void)
         counts[k]++;
         if (k == PYDP_CLS_IP &&
             ((in.family != PYDP_AF_INET && in.family != PYDP_AF_INET6) || in.key.family != in.family ||
-             (uint32_t)in.l3_off + in.l3_len > len || in.key.pad0 != 0 || in.pad0 != 0))
+             (uint32_t)in.l3_off + in.l3_len > len || in.key.pad0 != 0))
             bad++;
     }
     CHECK_EQ(bad, 0);
@@ -1266,6 +1266,87 @@ test_random(void)
     CHECK(counts[PYDP_CLS_IP] > 1000);
     CHECK(counts[PYDP_CLS_EXC] > 0);
     CHECK(counts[PYDP_CLS_EXC_PRIO] > 0);
+}
+
+/* ---- the exception-path class (pydp_exc_class) ---- */
+
+static int
+exc_class(struct tb *t)
+{
+    struct pydp_pkt_info in;
+
+    parse(t, &in);
+    return pydp_exc_class(&in);
+}
+
+static void
+test_exc_class(void)
+{
+    struct pydp_pkt_info in;
+    struct tb t;
+    uint32_t n;
+
+    /* ARP and IPv6 neighbour discovery: the ARP class */
+    tb_reset(&t);
+    tb_eth(&t, 0x0806);
+    tb_data(&t, 28);
+    CHECK_EQ(exc_class(&t), PYDP_EXC_ARP);
+    for (n = 133; n <= 137; n++) {
+        mk_icmp6(&t, (uint8_t)n, 0, 0);
+        CHECK_EQ(exc_class(&t), PYDP_EXC_ARP);
+    }
+
+    /* CARP / VRRP with TTL (hop limit) 255: the CARP class; any other TTL was forged off the link: best effort */
+    mk_raw4(&t, 112, 0, 36);
+    CHECK_EQ(exc_class(&t), PYDP_EXC_BULK);          /* the builder's TTL is 64 */
+    t.b[14 + 8] = 255;
+    CHECK_EQ(parse(&t, &in), PYDP_CLS_EXC_PRIO);
+    CHECK_EQ(in.ttl, 255);
+    CHECK_EQ(pydp_exc_class(&in), PYDP_EXC_CARP);
+    t.b[14 + 8] = 254;
+    CHECK_EQ(exc_class(&t), PYDP_EXC_BULK);
+    mk_raw6(&t, 112, 12);
+    CHECK_EQ(exc_class(&t), PYDP_EXC_BULK);
+    t.b[14 + 7] = 255;
+    CHECK_EQ(exc_class(&t), PYDP_EXC_CARP);
+
+    /* BGP either way, BFD control (single hop, multihop): the control class */
+    mk_tcp4(&t, CLI4, VIP4, 40000, 179, 0x02);
+    CHECK_EQ(exc_class(&t), PYDP_EXC_CONTROL);
+    mk_tcp4(&t, CLI4, VIP4, 179, 40000, 0x12);
+    CHECK_EQ(exc_class(&t), PYDP_EXC_CONTROL);
+    mk_tcp6(&t, CLI6, VIP6, 40000, 179, 0x10);
+    CHECK_EQ(exc_class(&t), PYDP_EXC_CONTROL);
+    mk_udp4(&t, CLI4, VIP4, 49152, 3784);
+    CHECK_EQ(exc_class(&t), PYDP_EXC_CONTROL);
+    mk_udp6(&t, CLI6, VIP6, 49152, 4784);
+    CHECK_EQ(exc_class(&t), PYDP_EXC_CONTROL);
+
+    /* not control: UDP from port 3784 or to 179, TCP to 3784, other ports, a fragment, an ICMP error quoting BGP */
+    mk_udp4(&t, CLI4, VIP4, 3784, 49152);
+    CHECK_EQ(exc_class(&t), PYDP_EXC_BULK);
+    mk_udp4(&t, CLI4, VIP4, 49152, 179);
+    CHECK_EQ(exc_class(&t), PYDP_EXC_BULK);
+    mk_tcp4(&t, CLI4, VIP4, 40000, 3784, 0x02);
+    CHECK_EQ(exc_class(&t), PYDP_EXC_BULK);
+    mk_tcp4(&t, CLI4, VIP4, 40000, 22, 0x02);
+    CHECK_EQ(exc_class(&t), PYDP_EXC_BULK);
+    mk_raw4(&t, 6, 0x2000, 20);
+    CHECK_EQ(exc_class(&t), PYDP_EXC_BULK);
+    mk_icmp4_err(&t, 3, 4, 6, 0, 179, 40000, 8);
+    CHECK_EQ(exc_class(&t), PYDP_EXC_BULK);
+
+    /* ICMP echo, other protocols, non-IP (LLDP): best effort */
+    mk_icmp4(&t, 8, 0, 1);
+    CHECK_EQ(exc_class(&t), PYDP_EXC_BULK);
+    mk_icmp6(&t, 128, 0, 1);
+    CHECK_EQ(exc_class(&t), PYDP_EXC_BULK);
+    mk_raw4(&t, 47, 0, 24);
+    CHECK_EQ(exc_class(&t), PYDP_EXC_BULK);
+    tb_reset(&t);
+    tb_eth(&t, 0x88cc);
+    tb_data(&t, 46);
+    CHECK_EQ(exc_class(&t), PYDP_EXC_BULK);
 }
 
 int
@@ -1281,5 +1362,6 @@ main(void)
     test_ipv6_icmp();
     test_ipv6_malformed();
     test_random();
+    test_exc_class();
     return check_report("parse");
 }

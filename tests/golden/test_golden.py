@@ -303,7 +303,7 @@ def test_exception_flood_is_bounded_and_carp_gets_through(tmp_path):
     res = run_pcap(tmp_path, text, frames)
     s = res.summary
     assert sum(1 for f in res.exc if f == carp) == 50, "a CARP advert was crowded out"
-    assert s["drops"].get("exc_prio_ratelimit", 0) == 0
+    assert s["drops"].get("exc_carp_ratelimit", 0) == 0
     bulk_passed = len(res.exc) - 50
     assert bulk_passed < 500, f"{bulk_passed} bulk frames passed a 1000 pps budget in a burst"
     assert s["drops"]["exc_ratelimit"] == 5000 - bulk_passed

@@ -6,7 +6,7 @@ master and asserts the outcome of one fault:
   traffic; a restarted data plane recovers: A undemotes and (preempt) takes the traffic back;
 - the link of A's data port goes down: B takes over; A is demoted ("link") while it is down; link up recovers;
 - a flood on A's exception path while A is master: A stays master (no flap), the flood is cut by the bulk
-  class's rate limit and counted in exc_ratelimit, CARP (priority class) is never dropped.
+  class's rate limit and counted in exc_ratelimit, CARP (its own class) is never dropped.
 """
 
 from __future__ import annotations
@@ -119,5 +119,5 @@ def test_c_exception_flood_on_the_master(lab):
     assert a.state() == "master" and b.state() == "backup"
     dropped = after["drops"]["exc_ratelimit"] - before["drops"]["exc_ratelimit"]
     assert dropped >= 0.3 * int(sent), f"only {dropped} of {sent} flood frames were rate-limited"
-    assert after["drops"]["exc_prio_ratelimit"] == before["drops"]["exc_prio_ratelimit"]
+    assert after["drops"]["exc_carp_ratelimit"] == before["drops"]["exc_carp_ratelimit"]
     assert_flows_through(lab, a, b)

@@ -181,7 +181,7 @@ def test_c_restart_without_preempt_backup_stays(lab):
 
 def test_d_flood_on_the_exception_path_does_not_flap(lab):
     """20k pps of UDP to A's own address (the bulk exception class) for 5 s while A is backup: A must keep hearing
-    B's advertisements (priority class), so nobody changes state."""
+    B's advertisements (the CARP class), so nobody changes state."""
     a, b = lab.a, lab.b
     b_master_a_backup(lab)
     ta, tb = len(a.transitions()), len(b.transitions())
@@ -195,11 +195,11 @@ def test_d_flood_on_the_exception_path_does_not_flap(lab):
     assert a.state() == "backup" and b.state() == "master"
     assert int(sent) >= 50000, f"the flood sent only {sent} frames in {secs}s"
     assert after["rx"] - before["rx"] >= 0.8 * int(sent)
-    prio = after["exc_prio"] - before["exc_prio"]
+    prio = after["exc_carp"] - before["exc_carp"]
     got = a.carp()["adverts_received"] - heard
     assert got >= int(6.5 / B_INTERVAL) - 1, f"A heard only {got} of B's advertisements"
-    assert prio >= got                      # they came through the priority class
-    assert after["drops"]["exc_prio_ratelimit"] == before["drops"]["exc_prio_ratelimit"]
+    assert prio >= got                      # they came through the CARP class
+    assert after["drops"]["exc_carp_ratelimit"] == before["drops"]["exc_carp_ratelimit"]
     lab.timings.append((f"flood: {int(sent) / float(secs):,.0f} pps for {secs}s, adverts heard {got}, no flap",
                         float(secs), 5.0))
     assert_flows_through(lab, b, a, 1.0)

@@ -163,6 +163,38 @@ def test_metrics_collector(region):
     assert samples[("pydp_flow_table_live_flows", (("worker", "1"),))] == 1
     assert samples[("pydp_flow_table_capacity_flows", (("worker", "0"),))] == 1024
 
+
+def test_exception_classes_in_stats_and_metrics(region):
+    """The per-class exception counters the data plane writes come out per class in stats and in the metrics:
+    bulk is what the other classes leave of exc_to_kernel, drops by the class's drop reason."""
+    ws = region.worker_stats()
+    names = region.drop_names()
+    for w, (arp, carp, ctl, bulk) in enumerate([(10, 3, 2, 100), (5, 1, 0, 50)]):
+        port = ws["port"][w][0]
+        port["exc_arp"], port["exc_carp"], port["exc_control"] = arp, carp, ctl
+        port["exc_to_kernel"] = arp + carp + ctl + bulk
+        port["drops"][names.index("exc_arp_ratelimit")] = 1000 * (w + 1)
+        port["drops"][names.index("exc_ratelimit")] = 7
+        port["drops"][names.index("exc_carp_ratelimit")] = 0
+        port["drops"][names.index("exc_control_ratelimit")] = 4
+    st = observe.stats(region)
+    classes = observe.exception_classes(st["ports"][0])
+    assert classes == {"bulk": {"to_kernel": 150, "dropped": 14}, "arp": {"to_kernel": 15, "dropped": 3000},
+                       "carp": {"to_kernel": 4, "dropped": 0}, "control": {"to_kernel": 2, "dropped": 8}}
+
+    @contextlib.contextmanager
+    def source():
+        yield region
+
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+               for f in metrics.Collector(source).collect() for s in f.samples}
+    port = st["ports"][0]["name"] or "0"
+    key = "pydp_port_exception_class_packets_total"
+    assert samples[(key, (("class", "carp"), ("port", port), ("result", "kernel")))] == 4
+    assert samples[(key, (("class", "arp"), ("port", port), ("result", "dropped")))] == 3000
+    assert samples[(key, (("class", "bulk"), ("port", port), ("result", "kernel")))] == 150
+    assert samples[("pydp_port_dropped_packets_total", (("port", port), ("reason", "exc_carp_ratelimit")))] == 0
+
     @contextlib.contextmanager
     def nothing():
         yield None
