@@ -287,6 +287,70 @@ def test_garbage_never_crashes_and_is_accounted(tmp_path):
     assert res.out and res.out[-1][12:] == good[12:], "the good frame after the garbage was forwarded"
 
 
+def test_arp_and_icmp_floods_do_not_starve_carp_or_bgp(tmp_path):
+    """Issue 17: a broadcast ARP storm and an ICMP flood, each 10x over its class's budget, with forged CARP (TTL
+    64: not from the link) among them. Every real CARP advert (TTL 255, IPv4 and IPv6) and every BGP/BFD packet to
+    the appliance reaches the kernel; the ARP storm is cut and counted in the ARP class, the ICMP flood and the
+    forged CARP in the bulk class, nothing in the CARP or control classes."""
+    text = config_text().replace("flow_capacity = 65536",
+                                 "flow_capacity = 65536\nexception_pps = 1000\nexception_priority_pps = 1000")
+    carp4 = bytes(Ether(dst="01:00:5e:00:00:12") / IP(src="198.51.100.3", dst="224.0.0.18", proto=112, ttl=255)
+                  / Raw(bytes(36)))
+    carp6 = bytes(Ether(dst="33:33:00:00:00:12") / IPv6(src="fe80::3", dst="ff02::12", nh=112, hlim=255)
+                  / Raw(bytes(36)))
+    forged = bytes(Ether(dst="01:00:5e:00:00:12") / IP(src="203.0.113.66", dst="224.0.0.18", proto=112, ttl=64)
+                   / Raw(bytes(36)))
+    bgp = [eth(IP(src="198.51.100.9", dst=APPLIANCE) / TCP(sport=179, dport=40000 + i, flags="A")) for i in range(20)]
+    bgp += [eth(IP(src="198.51.100.9", dst=APPLIANCE) / TCP(sport=40000 + i, dport=179, flags="S")) for i in range(20)]
+    bfd = [eth(IP(src="198.51.100.9", dst=APPLIANCE) / UDP(sport=49152 + i, dport=3784) / Raw(bytes(24)))
+           for i in range(20)]
+    control = bgp + bfd
+    frames = []
+    for i in range(20000):
+        if i % 2 == 0:
+            frames.append(bytes(Ether(dst="ff:ff:ff:ff:ff:ff", src="02:00:00:00:07:01")
+                                / ARP(op=1, psrc=f"198.51.100.{i % 200 + 10}", pdst=APPLIANCE)))
+        else:
+            frames.append(eth(IP(src=f"203.0.113.{i % 250 + 1}", dst=APPLIANCE) / ICMP(type=8, id=i % 65536)))
+        if i % 10 == 0:
+            frames.append(forged)
+        if i % 400 == 0:            # 50 adverts: in the CARP class's burst (the pcap run takes milliseconds)
+            frames.append(carp4 if i % 800 == 0 else carp6)
+        if i % 333 == 0:
+            frames.append(control[(i // 333) % len(control)])
+    res = run_pcap(tmp_path, text, frames)
+    s = res.summary
+    assert sum(1 for f in res.exc if f in (carp4, carp6)) == 50, "a CARP advert was crowded out"
+    assert s["exc_carp"] == 50
+    sent_control = sum(1 for f in frames if f in control)
+    assert sum(1 for f in res.exc if f in control) == sent_control and s["exc_control"] == sent_control
+    d = s["drops"]
+    assert d.get("exc_carp_ratelimit", 0) == 0 and d.get("exc_control_ratelimit", 0) == 0
+    arp_passed = sum(1 for f in res.exc if f[12:14] == b"\x08\x06")
+    assert s["exc_arp"] == arp_passed and arp_passed < 500, f"{arp_passed} ARP frames passed a 1000 pps budget"
+    assert d["exc_arp_ratelimit"] == 10000 - arp_passed
+    forged_passed = sum(1 for f in res.exc if f == forged)
+    icmp_passed = len(res.exc) - arp_passed - 50 - sent_control - forged_passed
+    assert d["exc_ratelimit"] == 10000 + 2000 - icmp_passed - forged_passed
+    assert s["exc_to_kernel"] == len(res.exc)
+
+
+def test_a_forged_carp_flood_is_bounded(tmp_path):
+    """A flood of TTL-255 CARP (the data plane cannot tell forged from real: the HMAC is the CARP instance's
+    job) is cut to exception_carp_pps and counted in exc_carp_ratelimit; the other classes keep their budgets."""
+    text = config_text().replace("flow_capacity = 65536", "flow_capacity = 65536\nexception_carp_pps = 300")
+    carp = bytes(Ether(dst="01:00:5e:00:00:12") / IP(src="198.51.100.66", dst="224.0.0.18", proto=112, ttl=255)
+                 / Raw(bytes(36)))
+    arp = bytes(Ether(dst="ff:ff:ff:ff:ff:ff", src="02:00:00:00:07:01") / ARP(op=1, psrc="198.51.100.7",
+                                                                             pdst=APPLIANCE))
+    frames = [carp] * 5000 + [arp] * 10
+    res = run_pcap(tmp_path, text, frames)
+    s = res.summary
+    assert 0 < s["exc_carp"] < 300, f"{s['exc_carp']} forged adverts passed a 300 pps budget"
+    assert s["drops"]["exc_carp_ratelimit"] == 5000 - s["exc_carp"]
+    assert s["exc_arp"] == 10 and s["drops"].get("exc_arp_ratelimit", 0) == 0
+
+
 def test_exception_flood_is_bounded_and_carp_gets_through(tmp_path):
     """5000 frames for the appliance, 50 CARP adverts among them, 200 client packets: the bulk class is cut to its
     budget, every CARP advert reaches the kernel, every client packet is forwarded."""

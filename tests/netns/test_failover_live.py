@@ -205,6 +205,42 @@ def test_d_flood_on_the_exception_path_does_not_flap(lab):
     assert_flows_through(lab, b, a, 1.0)
 
 
+def test_d2_arp_and_icmp_flood_at_both_does_not_flap(lab):
+    """Issue 17: the chaos run's ARP/ICMP flood (control/lab/hostile.py: broadcast ARP requests, which reach both
+    appliances, and ICMP echo to the backup) at 30k pps for 4 s. ARP has its own class and CARP its own, so the
+    backup keeps hearing the master: no transition on either side, no CARP advert dropped, the ARP frames counted
+    in the ARP class (handed to the kernel or dropped as exc_arp_ratelimit)."""
+    a, b = lab.a, lab.b
+    ta, tb = len(a.transitions()), len(b.transitions())
+    before = {ap.name: ap.counters() for ap in (a, b)}
+    heard = b.carp()["adverts_received"]
+    p = subprocess.run(["ip", "netns", "exec", lab.client_ns, sys.executable, "-m", "control.lab.hostile",
+                        "--mode", "arp", "--iface", "eth0", "--dst-mac", b.mac, "--dst-ip", b.addr,
+                        "--pps", "30000", "--seconds", "4"], capture_output=True, text=True, timeout=30)
+    assert p.returncode == 0, p.stderr[-2000:]
+    out = json.loads(p.stdout.strip().splitlines()[-1])
+    time.sleep(1.5)           # bounded on purpose: the data plane drains the flood's queue, CARP keeps going
+    after = {ap.name: ap.counters() for ap in (a, b)}
+    assert len(a.transitions()) == ta and len(b.transitions()) == tb, "CARP flapped under the ARP/ICMP flood"
+    assert a.state() == "master" and b.state() == "backup"
+    arp_sent = out["sent"] // 2
+    got = b.carp()["adverts_received"] - heard
+    assert got >= int(5.5 / B_INTERVAL) - 1, f"B heard only {got} of A's advertisements"
+    for ap in (a, b):
+        x, y = before[ap.name], after[ap.name]
+        assert y["drops"]["exc_carp_ratelimit"] == x["drops"]["exc_carp_ratelimit"], ap.name
+        arp = (y["exc_arp"] - x["exc_arp"]) + (y["drops"]["exc_arp_ratelimit"] - x["drops"]["exc_arp_ratelimit"])
+        assert arp >= 0.8 * arp_sent, f"{ap.name}: only {arp} of {arp_sent} ARP frames in the ARP class"
+    xb, yb = before[b.name], after[b.name]
+    assert yb["exc_carp"] - xb["exc_carp"] >= got
+    arp_dropped = {ap.name: after[ap.name]["drops"]["exc_arp_ratelimit"] - before[ap.name]["drops"]["exc_arp_ratelimit"]
+                   for ap in (a, b)}
+    icmp_dropped = yb["drops"]["exc_ratelimit"] - xb["drops"]["exc_ratelimit"]
+    lab.timings.append((f"ARP/ICMP flood {out['sent'] / out['seconds']:,.0f} pps: ARP dropped {arp_dropped}, "
+                        f"ICMP dropped {icmp_dropped}, adverts heard {got}, no flap", out["seconds"], 4.0))
+    assert_flows_through(lab, a, b)
+
+
 def test_e_restart_with_preempt_takes_back(lab):
     a, b = lab.a, lab.b
     b_master_a_backup(lab)
