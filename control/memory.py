@@ -28,7 +28,7 @@ TOP = 15                         # allocation sites in a report
 
 _libc = None
 _lock = threading.Lock()
-_last: tracemalloc.Snapshot | None = None
+_last: dict[str, tuple[int, int]] | None = None     # the previous report's {line: (bytes, blocks)}
 
 
 def _glibc():
@@ -98,19 +98,26 @@ def report(top: int = TOP) -> dict:
                  "file_kib": st.get("RssFile", 0), "shmem_kib": st.get("RssShmem", 0),
                  "peak_kib": st.get("VmHWM", 0), "threads": sorted(t.name for t in threading.enumerate())}
     if tracemalloc.is_tracing():
+        snap = tracemalloc.take_snapshot().filter_traces((
+            tracemalloc.Filter(False, tracemalloc.__file__),
+            tracemalloc.Filter(False, "<frozen importlib._bootstrap*>")))
+        # only the totals by source line are kept for the next report, not the snapshot (all the traces: many MiB)
+        now = {f"{s.traceback[0].filename}:{s.traceback[0].lineno}": (s.size, s.count)
+               for s in snap.statistics("lineno")}
+        del snap
         with _lock:
-            snap = tracemalloc.take_snapshot().filter_traces((
-                tracemalloc.Filter(False, tracemalloc.__file__),
-                tracemalloc.Filter(False, "<frozen importlib._bootstrap*>")))
-            prev, _last = _last, snap
+            prev, _last = _last, now
         cur, peak = tracemalloc.get_traced_memory()
         out["traced_kib"], out["traced_peak_kib"] = cur // 1024, peak // 1024
-        stats = snap.compare_to(prev, "lineno") if prev is not None else snap.statistics("lineno")
-        growth = []
-        for s in stats[:top]:
-            fr = s.traceback[0]
-            growth.append({"where": f"{fr.filename}:{fr.lineno}", "kib": round(s.size / 1024, 1),
-                           "diff_kib": round(getattr(s, "size_diff", s.size) / 1024, 1),
-                           "blocks": s.count, "diff_blocks": getattr(s, "count_diff", s.count)})
-        out["growth"] = growth
+        prev = prev or {}
+        rows = []
+        for where in now.keys() | prev.keys():
+            size, count = now.get(where, (0, 0))
+            psize, pcount = prev.get(where, (0, 0))
+            rows.append((abs(size - psize), size, count, size - psize, count - pcount, where))
+        rows.sort(reverse=True)
+        out["growth"] = [{"where": where, "kib": round(size / 1024, 1), "diff_kib": round(dsize / 1024, 1),
+                          "blocks": count, "diff_blocks": dcount}
+                         for _, size, count, dsize, dcount, where in rows[:top]]
+        trim()                   # the snapshot's pages (it was big) back to the kernel
     return out
