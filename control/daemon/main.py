@@ -86,6 +86,10 @@ second. `kill -HUP` of a managed data plane (systemctl reload) asks this daemon 
 
 Stop with SIGTERM or SIGINT: bgp clusters are withdrawn and BIRD stopped, CARP masters bow out and release their
 cluster IPs, the socket is removed, the data plane keeps forwarding on its last tables.
+
+Memory: SIGUSR2 logs the event memory (RSS and its parts, threads); PYDP_TRACEMALLOC=N in the environment at
+start adds the Python source lines whose allocations grew most since the last report (tracemalloc, N frames).
+malloc runs with 2 arenas and a fixed mmap threshold unless MALLOC_ARENA_MAX / MALLOC_MMAP_THRESHOLD_ are set.
 """
 
 
