@@ -57,6 +57,8 @@ from typing import Any, Callable, Iterable
 import msgpack
 import numpy as np
 
+from control import memory
+
 log = logging.getLogger("pydp.control.flowsync")
 
 VERSION = 1
@@ -923,6 +925,9 @@ class FlowSync:
             for name in sorted(want_dump & set(owned)):
                 flows, types = scan(region, {owned[name]: name}, None)
                 dumps[name] = batches_of(flows, types, clusters, {name})
+            if dumps:
+                del flows, types
+                memory.trim()            # the full scans' temporaries: their free pages back to the kernel
             return events, refreshed, dumps, taken
 
     def _digests(self, region, clusters: dict[str, dict]) -> dict[str, dict]:

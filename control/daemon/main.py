@@ -52,7 +52,7 @@ import sys
 import time
 from typing import Any
 
-from control import carp_manager, flows, flowsync, observe, ops, rpc
+from control import carp_manager, flows, flowsync, memory, observe, ops, rpc
 from control.bgp.manager import BgpManager
 from control import store as store_mod
 from control.daemon.health_state import HealthState, targets_of
@@ -69,6 +69,7 @@ log = logging.getLogger("pydp.control")
 DEFAULT_METRICS = "127.0.0.1:9469"
 DP_POLL_S = 0.5                   # data plane watch and drift check: a foreign generation is repaired within 1 s
 STORE_POLL_S = 1.0
+TRIM_EVERY_S = 30.0              # malloc_trim cadence (control.memory)
 HEALTH_SYNC_S = 0.5               # the health checks' targets follow the store at least this often
 HEALTH_SOURCE_S = 5.0             # the probes' source address (the appliance's own on the TAP) is looked up again
 
@@ -85,6 +86,10 @@ second. `kill -HUP` of a managed data plane (systemctl reload) asks this daemon 
 
 Stop with SIGTERM or SIGINT: bgp clusters are withdrawn and BIRD stopped, CARP masters bow out and release their
 cluster IPs, the socket is removed, the data plane keeps forwarding on its last tables.
+
+Memory: SIGUSR2 logs the event memory (RSS and its parts, threads); PYDP_TRACEMALLOC=N in the environment at
+start adds the Python source lines whose allocations grew most since the last report (tracemalloc, N frames).
+malloc runs with 2 arenas and a fixed mmap threshold unless MALLOC_ARENA_MAX / MALLOC_MMAP_THRESHOLD_ are set.
 """
 
 
@@ -738,6 +743,23 @@ class Daemon:
             await asyncio.sleep(watchdog.interval / 2)
             watchdog.tick()
 
+    async def trim_memory(self) -> None:
+        """malloc_trim every TRIM_EVERY_S (on the default executor): the free pages that flow-table scans,
+        resyncs and takeovers leave in the malloc arenas go back to the kernel (control.memory)."""
+        while True:
+            await asyncio.sleep(TRIM_EVERY_S)
+            await self.loop.run_in_executor(None, memory.trim)
+
+    def _memory_report(self) -> None:
+        """SIGUSR2: the event "memory" (RSS and its parts, threads, and with PYDP_TRACEMALLOC the Python
+        allocation sites that grew most since the last report), computed off the loop."""
+        def done(fut) -> None:
+            if fut.exception() is not None:
+                log.error("memory report failed", exc_info=fut.exception())
+            else:
+                event("memory", **fut.result())
+        self.loop.run_in_executor(None, memory.report).add_done_callback(done)
+
     def _dataplane_pid(self) -> int:
         """The attached data plane's pid (for its process metrics); a pid that names no process yields none."""
         with self.holder.use() as region:
@@ -809,6 +831,7 @@ class Daemon:
                 return 1
         for s in (signal.SIGTERM, signal.SIGINT):
             self.loop.add_signal_handler(s, self.stop_event.set)
+        self.loop.add_signal_handler(signal.SIGUSR2, self._memory_report)
         event("daemon_started", pid=os.getpid(), socket=self.socket_path, db=self.db, shm=self.shm,
               metrics=f"{self.metrics_addr[0]}:{self.metrics_addr[1]}" if self.metrics_addr else None,
               own_all=self.own_all, carp_src=self.carp_src, carp_src6=self.carp_src6, revision=self.revision,
@@ -818,7 +841,7 @@ class Daemon:
         self.checker = HealthChecker(self._on_health, local_down=self.health_local_down)
         tasks = [asyncio.create_task(c) for c in (self.watch_dataplane(), self.watch_store(), self.resolve_macs(),
                                                   self.watch_health(), self.flowsync.run(),
-                                                  self.watch_flows(), self.feed_watchdog())]
+                                                  self.watch_flows(), self.feed_watchdog(), self.trim_memory())]
         # systemd (Type=notify): serving now, the socket listens and a running data plane has the config
         service.notify("READY=1", f"STATUS=serving {self.socket_path}")
         carp_stop = asyncio.Event()
@@ -950,6 +973,11 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> int:
     args = parse_args(argv)
     setup_logging(args.log_format, getattr(logging, args.log_level.upper()), program="pydp-control")
+    # before any thread: few malloc arenas, a fixed mmap threshold (control.memory); PYDP_TRACEMALLOC=N traces
+    tuned = memory.tune()
+    traced = memory.start_tracing()
+    if tuned or traced:
+        log.debug("malloc %s, tracemalloc frames %d", tuned, traced)
     if args.log_level == "info":
         # the driver's own lines repeat the daemon's carp_* events; its warnings (send errors, split brain) stay
         logging.getLogger("pydp.carp").setLevel(logging.WARNING)

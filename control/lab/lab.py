@@ -62,9 +62,7 @@ class Edge:
         lab, s = self.lab, self.spec
         self.dir.mkdir(parents=True, exist_ok=True)
         (self.dir / "tmp").mkdir(exist_ok=True)
-        run("ip", "netns", "add", self.ns)
-        lab.record("namespaces", self.ns)
-        ns_run(self.ns, "ip", "link", "set", "lo", "up")
+        lab._namespace(self.ns)
         bridge_host(lab.topo.sw_ns, "br0", self.ns, s.name, mac=s.mac, addr=f"{s.ip}/24")
         full_checksums(self.ns, "eth0")
         enable_ipv6(self.ns, "eth0", [f"{s.ip6}/64"])
@@ -189,15 +187,27 @@ class Lab(Pair):
         self.save()
         return self
 
+    def _namespace(self, ns: str) -> None:
+        """A new namespace of the lab (recorded for down), its loopback up."""
+        run("ip", "netns", "add", ns)
+        self.record("namespaces", ns)
+        ns_run(ns, "ip", "link", "set", "lo", "up")
+
+    def _appliance_ns(self, spec) -> str:
+        """An appliance's namespace with its data port lb0 on the segment's bridge, the kernel deaf on it."""
+        ns = spec.ns(self.topo.name)
+        self._namespace(ns)
+        bridge_host(self.topo.sw_ns, "br0", ns, f"p{spec.name}", ifname="lb0", mac=spec.mac)
+        kernel_ignores(ns, "lb0")
+        return ns
+
     def _build(self, log) -> None:
         topo = self.topo
         if topo.scale_out:
             return self._build_scaleout(log)
         log(f"switch {topo.sw_ns}: bridge br0")
         for ns in (topo.sw_ns, topo.client_ns):
-            run("ip", "netns", "add", ns)
-            self.record("namespaces", ns)
-            ns_run(ns, "ip", "link", "set", "lo", "up")
+            self._namespace(ns)
         bridge(topo.sw_ns)
         log(f"clients {topo.client_ns}: {topo.clients} IPv4 and {topo.clients} IPv6 addresses")
         bridge_host(topo.sw_ns, "br0", topo.client_ns, "pc", mac="02:00:00:00:03:01")
@@ -210,12 +220,7 @@ class Lab(Pair):
             self.add_edge_ns(spec)
         web_args = self._admin_pages(log)
         for spec in T.APPLIANCES:
-            ns = spec.ns(topo.name)
-            run("ip", "netns", "add", ns)
-            self.record("namespaces", ns)
-            ns_run(ns, "ip", "link", "set", "lo", "up")
-            bridge_host(topo.sw_ns, "br0", ns, f"p{spec.name}", ifname="lb0", mac=spec.mac)
-            kernel_ignores(ns, "lb0")
+            ns = self._appliance_ns(spec)
             a = Appliance(spec.name, ns, self.run_dir / f"lb{spec.name}", topo.appliance_text(spec), mac=spec.mac,
                           addr=spec.addr, addr6=spec.addr6, advskew=spec.advskew, metrics="127.0.0.1:9470",
                           cluster="web", vip=T.VIP, shm=topo.shm(spec.name),
@@ -246,9 +251,7 @@ class Lab(Pair):
         specs = topo.appliance_specs
         log(f"switch {topo.sw_ns}: bridges br0 (segment) and br1 (management)")
         for ns in (topo.sw_ns, topo.router_ns, topo.client_ns):
-            run("ip", "netns", "add", ns)
-            self.record("namespaces", ns)
-            ns_run(ns, "ip", "link", "set", "lo", "up")
+            self._namespace(ns)
         bridge(topo.sw_ns)
         bridge(topo.sw_ns, "br1")
         log(f"router {topo.router_ns}: {T.ROUTER_ADDR} on the segment, {T.CLIENT_GW} to the clients, ECMP with "
@@ -269,12 +272,7 @@ class Lab(Pair):
             self.add_edge_ns(spec)
         web_args = self._admin_pages(log)
         for spec in specs:
-            ns = spec.ns(topo.name)
-            run("ip", "netns", "add", ns)
-            self.record("namespaces", ns)
-            ns_run(ns, "ip", "link", "set", "lo", "up")
-            bridge_host(topo.sw_ns, "br0", ns, f"p{spec.name}", ifname="lb0", mac=spec.mac)
-            kernel_ignores(ns, "lb0")
+            ns = self._appliance_ns(spec)
             bridge_host(topo.sw_ns, "br1", ns, f"m{spec.name}", ifname="mg0", addr=f"{spec.mgmt}/24")
             workdir = self.run_dir / f"lb{spec.name}"
             workdir.mkdir(parents=True, exist_ok=True)

@@ -57,6 +57,20 @@ DRAIN_TIMEOUT = 10.0            # [bgp] drain_timeout of the scale-out appliance
 NAME_RE = re.compile(r"^[a-z][a-z0-9]{0,15}$")
 
 
+# The data plane part of every lab appliance's file: two lcores, a small flow table, one af_packet port.
+APPLIANCE_DATAPLANE = """[dataplane]
+lcores = "0-1"
+flow_capacity = 16384
+hugepages = true
+memory_mb = 160
+mbufs = 4095
+[[port]]
+name = "p0"
+device = "net_af_packet0,iface=lb0"
+tap = "pydp-p0"
+"""
+
+
 @dataclass(frozen=True)
 class ApplianceSpec:
     name: str            # "A" or "B"
@@ -163,17 +177,7 @@ class Topology:
 
         v4 = [(e.name, e.ip, e.mac) for e in self.edge_specs]
         v6 = [(e.name, e.ip6, e.mac) for e in self.edge_specs]
-        text = """[dataplane]
-lcores = "0-1"
-flow_capacity = 16384
-hugepages = true
-memory_mb = 160
-mbufs = 4095
-[[port]]
-name = "p0"
-device = "net_af_packet0,iface=lb0"
-tap = "pydp-p0"
-"""
+        text = APPLIANCE_DATAPLANE
         text += cluster("web", VIP, 10, v4)
         text += cluster("web6", VIP6, 16, v6)
         text += cluster("ipsec", VIP_IPSEC, 11, v4, "ipsec_local_termination = true\n")
@@ -193,17 +197,7 @@ tap = "pydp-p0"
         router with BFD, [sync] with every other appliance. BIRD's config and socket live in its run directory."""
         health = (f'type = "http"\nport = {HTTP_PORT}\npath = "{HEALTH_PATH}"\nexpect_body = "ok"\n'
                   + "".join(f"{k} = {v}\n" for k, v in HEALTH.items()))
-        text = """[dataplane]
-lcores = "0-1"
-flow_capacity = 16384
-hugepages = true
-memory_mb = 160
-mbufs = 4095
-[[port]]
-name = "p0"
-device = "net_af_packet0,iface=lb0"
-tap = "pydp-p0"
-"""
+        text = APPLIANCE_DATAPLANE
         text += (f'[bgp]\nengine = "bird"\nlocal_as = {APPLIANCE_AS}\nrouter_id = "{a.addr}"\n'
                  f'hold_time = {HOLD_TIME}\nbfd = true\nbfd_interval_ms = {BFD_INTERVAL_MS}\n'
                  f'bfd_multiplier = {BFD_MULTIPLIER}\ndrain_timeout = {DRAIN_TIMEOUT}\n'

@@ -11,30 +11,20 @@ plane's own path (UTF-8 check included).
 """
 
 import os
-import re
-import shutil
 import sys
 import tempfile
 
 import atheris
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))   # -P leaves the harness's folder out
+from fuzzdirs import private_dir  # noqa: E402
+
 with atheris.instrument_imports():
     from pydp import config
 
-def _private_dir(kind: str, base: str) -> str:
-    """base/pydp-fuzz-KIND-PID for this process, made empty. libFuzzer ends the process with exit() from C, so no
-    atexit handler runs: the directories of processes that are gone are removed here instead."""
-    for name in os.listdir(base):
-        m = re.fullmatch(rf"pydp-fuzz-{kind}-(\d+)", name)
-        if m and not os.path.exists(f"/proc/{m[1]}"):
-            shutil.rmtree(os.path.join(base, name), True)
-    path = os.path.join(base, f"pydp-fuzz-{kind}-{os.getpid()}")
-    shutil.rmtree(path, True)
-    os.makedirs(path, 0o700)
-    return path
 
 
-_dir = _private_dir("config", tempfile.gettempdir())
+_dir = private_dir("config", tempfile.gettempdir())
 PATH = os.path.join(_dir, "appliance.toml")
 
 

@@ -32,12 +32,14 @@ import asyncio
 import json
 import logging
 import os
-import re
 import shutil
 import sys
 import tempfile
 
 import atheris
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))   # -P leaves the harness's folder out
+from fuzzdirs import private_dir  # noqa: E402
 from aiohttp import streams, web
 from aiohttp.test_utils import make_mocked_request
 from multidict import CIMultiDict
@@ -50,20 +52,9 @@ with atheris.instrument_imports():
 
 logging.disable(logging.CRITICAL)      # the middleware logs what it refuses; the harness checks the responses
 
-def _private_dir(kind: str, base: str) -> str:
-    """base/pydp-fuzz-KIND-PID for this process, made empty. libFuzzer ends the process with exit() from C, so no
-    atexit handler runs: the directories of processes that are gone are removed here instead."""
-    for name in os.listdir(base):
-        m = re.fullmatch(rf"pydp-fuzz-{kind}-(\d+)", name)
-        if m and not os.path.exists(f"/proc/{m[1]}"):
-            shutil.rmtree(os.path.join(base, name), True)
-    path = os.path.join(base, f"pydp-fuzz-{kind}-{os.getpid()}")
-    shutil.rmtree(path, True)
-    os.makedirs(path, 0o700)
-    return path
 
 
-_dir = _private_dir("http", "/dev/shm" if os.path.isdir("/dev/shm") else tempfile.gettempdir())
+_dir = private_dir("http", "/dev/shm" if os.path.isdir("/dev/shm") else tempfile.gettempdir())
 DB = os.path.join(_dir, "pydp.db")
 TEMPLATE = os.path.join(_dir, "template.db")
 USERS = os.path.join(_dir, "http-users")

@@ -448,3 +448,43 @@ def test_sender_batches_under_the_rate_bound_and_resyncs_on_connect(region):
     # 1000 flows at 2000/s with a 0.2 s burst: at least (1000 - 400) / 2000 s
     assert elapsed >= 0.25, f"1000 flows in {elapsed:.3f} s: above the rate bound"
     assert c["events_read"] == 1000 and c["resyncs_sent"] == 1 and c["flows_sent"] == 1030
+
+
+def test_a_connection_leaves_nothing_behind_when_it_ends(region, monkeypatch):
+    """Reconnections (every takeover and restart of the peer) must not pile up decoders, buffers, tasks or peers:
+    after 20 connect/send/close cycles no Decoder is alive, one Peer stands for the peer and no task is left."""
+    import gc
+    import weakref
+
+    cfg = sync_cfg()
+    made: list = []
+
+    class Tracked(fs.Decoder):
+        def __init__(self, *a, **kw):
+            super().__init__(*a, **kw)
+            made.append(weakref.ref(self))
+
+    monkeypatch.setattr(fs, "Decoder", Tracked)
+
+    async def main():
+        async with Harness(region, cfg) as h:
+            await until(lambda: h.sync.server is not None)
+            tasks = len(asyncio.all_tasks())
+            for i in range(20):
+                r, w, nonce = await connect(cfg.sync.listen_port)
+                enc = fs.Encoder(nonce, fs.keys_of(cfg))
+                w.write(enc.frame("web", {"v": 1, "t": "resync"}) + frames(enc, batch(5, base=i * 5))
+                        + b"\0\0\x10")                  # and a frame cut short: its bytes wait in the buffer
+                await until(lambda: h.sync.counters["resyncs_received"] == i + 1)
+                w.close()
+                await w.wait_closed()
+                await until(lambda: h.sync.peer_in is None)
+            await until(lambda: h.sync.counters["flows_received"] == 100)
+            gc.collect()
+            return tasks, len(asyncio.all_tasks()), list(h.sync.peers.values())
+
+    before, after, peers = asyncio.run(main())
+    gc.collect()
+    assert len(made) == 20 and all(ref() is None for ref in made), "a Decoder outlived its connection"
+    assert after <= before, "tasks left by the connections"
+    assert len(peers) == 1 and peers[0].inbound is None and peers[0].digests == {}
