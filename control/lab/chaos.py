@@ -596,6 +596,8 @@ class Hostile(Fault):
     def inject(self, run, rnd):
         a = rnd.target
         rnd.private["transitions"] = {n: len(x.transitions()) for n, x in run.lab.appliances.items()}
+        if run.scaled:
+            rnd.private["bgp_changes"] = run.bgp_changes()
         dst_ip = a.addr if self.mode == "arp" else T.VIP
         # scale-out: the clients are behind the router, whose ECMP spreads the flood over every appliance
         dst_mac = T.ROUTER_CLIENT_MAC if run.scaled else a.mac
@@ -615,6 +617,9 @@ class Hostile(Fault):
         after = {n: len(x.transitions()) for n, x in run.lab.appliances.items()}
         if after != rnd.private["transitions"]:
             return [f"CARP transitions during {self.kind}: {rnd.private['transitions']} -> {after}"]
+        if run.scaled and run.bgp_changes() != rnd.private["bgp_changes"]:
+            # the BGP and BFD packets share the exception path with the flood: no session may drop for it
+            return [f"BGP session changes during {self.kind}: {rnd.private['bgp_changes']} -> {run.bgp_changes()}"]
         return []
 
 
@@ -642,12 +647,27 @@ class ApplianceKill(Fault):
     have them from flow sync: no connection may break."""
     kind, group, carp, scale_out = "appliance_kill", "appliance", False, True
 
+    WITHDRAWN_S = 10.0            # BFD (3 x 100 ms) or the closed session: the router drops it well within this
+
     def inject(self, run, rnd):
         rnd.details["killed"] = run.lab.kill_appliance(rnd.target)
-        time.sleep(HOLD_S)
+        rnd.private["want"] = [x for x in run.addrs() if x != run.addr_of(rnd.target)]
+        deadline = time.monotonic() + self.WITHDRAWN_S
+        while time.monotonic() < deadline and run.lab.router.nexthops(T.VIP) != rnd.private["want"]:
+            time.sleep(0.05)
+        rnd.private["hops"] = run.lab.router.nexthops(T.VIP)
+        if rnd.private["hops"] == rnd.private["want"]:
+            rnd.details["withdrawn_s"] = round(time.time() - rnd.details["killed"], 2)
+        time.sleep(max(0.0, HOLD_S - (time.time() - rnd.details["killed"])))
 
     def recover(self, run, rnd):
         run.lab.restart_appliance(rnd.target)
+
+    def check(self, run, rnd):
+        if rnd.private.get("hops") != rnd.private.get("want"):
+            return [f"appliance {rnd.target.name} killed: the router's route to {T.VIP} still via "
+                    f"{rnd.private.get('hops')} after {self.WITHDRAWN_S} s, want {rnd.private.get('want')}"]
+        return []
 
 
 class RouterRestart(Fault):
@@ -803,6 +823,16 @@ class Chaos:
         if self.scaled:
             return {}
         return {c: {n: a.state(c) for n, a in sorted(self.lab.appliances.items())} for c in CARP_CLUSTERS}
+
+    def bgp_changes(self) -> dict[str, int | None]:
+        """Scale-out: each appliance's count of BGP session state changes (None: its daemon does not answer)."""
+        out = {}
+        for n, a in sorted(self.lab.appliances.items()):
+            try:
+                out[n] = sum(x.get("changes", 0) for x in (a.status().get("bgp") or {}).get("sessions", []))
+            except (ConnectionError, OSError):
+                out[n] = None
+        return out
 
     def router_view(self) -> tuple[list[str], list[str]]:
         """Scale-out: the next hops of the router's route to the cluster IP, as BIRD has it (`birdc show route
