@@ -1056,8 +1056,12 @@ def run(topo: T.Topology, rounds: int, seed: int, json_path: Path | None, *, con
             new, udp = load.new(), load.udp()
         res = finish(chaos, seed, summary, check, new, udp, time.time() - t_start, rss_limit_kib)
         if res["violations"] and json_path:
-            res["evidence_dir"] = keep_logs(lab.run_dir, json_path)
-            say(f"violations: the lab's logs are kept in {res['evidence_dir']}")
+            try:
+                res["evidence_dir"] = keep_logs(lab.run_dir, json_path)
+                say(f"violations: the lab's logs are kept in {res['evidence_dir']}")
+            except OSError as e:              # the report matters more than the copy of the logs
+                res["evidence_dir"] = None
+                say(f"violations: the lab's logs could not be kept: {e}")
     finally:
         say("removing the lab")
         lab.down()
@@ -1071,10 +1075,26 @@ def keep_logs(run_dir: Path, json_path: Path) -> str:
     """The lab's logs (daemons, data planes, nginx, clients) copied next to the report, as evidence."""
     import shutil
 
+    import stat
+
     dest = json_path.with_name(json_path.stem + "-logs")
     shutil.rmtree(dest, ignore_errors=True)
-    shutil.copytree(run_dir, dest, ignore=shutil.ignore_patterns("*.sock", "*.db", "*.db-*", "tmp", "http-users"),
-                    ignore_dangling_symlinks=True)
+    skip = shutil.ignore_patterns("*.db", "*.db-*", "tmp", "http-users")
+
+    def ignore(path: str, names: list[str]) -> set[str]:
+        # sockets (the daemons' *.sock, BIRD's *.ctl), FIFOs and devices cannot be copied: only files and folders
+        out = set(skip(path, names))
+        for n in names:
+            try:
+                mode = os.lstat(os.path.join(path, n)).st_mode
+            except OSError:
+                out.add(n)
+                continue
+            if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode) or stat.S_ISLNK(mode)):
+                out.add(n)
+        return out
+
+    shutil.copytree(run_dir, dest, ignore=ignore, ignore_dangling_symlinks=True)
     return str(dest)
 
 

@@ -302,3 +302,25 @@ def test_check_maglev_wants_every_peer_to_agree():
     out = C.check_maglev({"A": agree, "B": {"web": {"192.0.2.1:7470": {"digest": "cd", "agreement": "mismatch"}}}})
     assert out == ["appliance B: cluster web: maglev {'192.0.2.1:7470': 'mismatch'}"]
     assert C.check_maglev({"A": {"web": {}}}) == ["appliance A: cluster web: no maglev peers"]
+
+
+def test_keep_logs_copies_files_and_skips_sockets(tmp_path):
+    # a scale-out run with violations lost its report: BIRD's control sockets (bird.ctl) could not be copied
+    import socket
+
+    run = tmp_path / "run"
+    (run / "lbA").mkdir(parents=True)
+    (run / "lbA" / "control.log").write_text("log\n")
+    (run / "lbA" / "pydp.db").write_text("db")
+    socks = []
+    for name in ("lbA/bird.ctl", "lbA/ctl-1.sock"):
+        s = socket.socket(socket.AF_UNIX)
+        s.bind(str(run / name))
+        socks.append(s)
+    try:
+        dest = C.keep_logs(run, tmp_path / "chaos.json")
+    finally:
+        for s in socks:
+            s.close()
+    assert dest == str(tmp_path / "chaos-logs")
+    assert sorted(p.name for p in (tmp_path / "chaos-logs" / "lbA").iterdir()) == ["control.log"]
