@@ -12,8 +12,10 @@ Pieces, each testable on its own (tests/unit/test_chaos.py):
 * the invariant checks, plain functions of observations (states, events, store and live config, samples);
 * report(): the JSON document.
 
-Fault kinds of the scaled-out lab (an appliance killed, the router restarted, a BGP session reset) belong in the
-same table once `pydp-lab up --scale-out` exists; until then --scale-out is refused (ScaleOutUnavailable).
+With --scale-out K the lab is the scale-out one (`pydp-lab up --scale-out K`: K appliances announcing cluster web
+over BGP to an ECMP router, flow sync among them, no CARP): the kinds are those of FAULTS that apply to it (scale_out)
+plus its own (an appliance killed, the router restarted, a BGP session reset, an appliance drained), and the
+invariants are checked for every appliance (announce, the router's route, Maglev agreement) instead of CARP's.
 """
 
 from __future__ import annotations
@@ -40,10 +42,6 @@ NEW_GRACE_S = 0.5                 # a change is live this long after pydpctl/the
 TRAFFIC_S = 10.0                  # after settling, new connections must be answered within this
 
 CARP_CLUSTERS = ("web", "web6", "ipsec")      # clusters with CARP on both appliances (off is disabled)
-
-
-class ScaleOutUnavailable(Exception):
-    """--scale-out asked for, but this lab cannot scale out yet."""
 
 
 # ---------------------------------------------------------------- the schedule
@@ -167,6 +165,51 @@ def check_edge_sets(stores: dict[str, dict], clusters=CARP_CLUSTERS) -> list[str
         sets = {a: stores[a].get(c, {}).get("edges") for a in names}
         if len({json.dumps(v, sort_keys=True) for v in sets.values()}) > 1:
             out.append(f"cluster {c}: " + "; ".join(f"{a}: {sets[a]}" for a in names))
+    return out
+
+
+def bird_routes(text: str) -> dict[str, list[str]]:
+    """`birdc show route all` (or `show route`) → {prefix: sorted next hops}: each route's "via X on dev" lines,
+    those of its continuation lines (ECMP, other paths) included."""
+    out: dict[str, set] = {}
+    prefix = None
+    for line in text.splitlines():
+        f = line.split()
+        if not f:
+            continue
+        if not line[0].isspace() and "/" in f[0] and f[0][0].isdigit():
+            prefix = f[0]
+            out.setdefault(prefix, set())
+        if prefix and "via" in f and f.index("via") + 1 < len(f):
+            out[prefix].add(f[f.index("via") + 1])
+    return {p: sorted(h, key=lambda a: tuple(int(x) for x in a.split(".")) if a.count(".") == 3 else (999, a))
+            for p, h in out.items()}
+
+
+def check_routes(announced: dict[str, bool], addrs: dict[str, str], bird: list[str], kernel: list[str]) -> list[str]:
+    """Scale-out: every appliance announces (announced: {appliance: its status says cluster web announced}), and the
+    router's BIRD route (bird: next hops) and kernel route (kernel) to the cluster IP list exactly the appliances
+    that announce. addrs: {appliance: its address, the next hop}."""
+    out = [f"appliance {a}: not announcing" for a, on in sorted(announced.items()) if not on]
+    want = sorted((addrs[a] for a, on in announced.items() if on), key=lambda a: tuple(int(x) for x in a.split(".")))
+    if bird != want:
+        out.append(f"router BIRD route via {bird}, announced by {want}")
+    if kernel != want:
+        out.append(f"router kernel route via {kernel}, announced by {want}")
+    return out
+
+
+def check_maglev(peers: dict[str, dict[str, dict]]) -> list[str]:
+    """Scale-out: every appliance agrees with every peer on the Maglev digest of each cluster. peers: {appliance:
+    {cluster: its status' maglev_peers ({peer: {digest, agreement}})}}; every peer row must say "agree"."""
+    out = []
+    for a, by in sorted(peers.items()):
+        for c, rows in sorted(by.items()):
+            bad = {p: r.get("agreement") for p, r in sorted((rows or {}).items()) if r.get("agreement") != "agree"}
+            if bad:
+                out.append(f"appliance {a}: cluster {c}: maglev {bad}")
+            elif not rows:
+                out.append(f"appliance {a}: cluster {c}: no maglev peers")
     return out
 
 
@@ -321,7 +364,8 @@ class Fault:
 
     kind = ""
     group = ""
-    scale_out = False
+    carp = True                   # a fault of the CARP pair's lab
+    scale_out = False             # a fault of the scale-out lab (--scale-out)
 
     def inject(self, run: "Chaos", rnd: Round) -> None:
         raise NotImplementedError
@@ -386,6 +430,7 @@ class DaemonTerm(Fault):
 
 class DataplaneHup(Fault):
     kind, group = "dataplane_sighup", "appliance"
+    scale_out = True
 
     def inject(self, run, rnd):
         rnd.target.dp.proc.send_signal(signal.SIGHUP)
@@ -416,6 +461,7 @@ class DataLinkFlap(Fault):
 
 class EdgeKill(Fault):
     kind, group = "edge_kill", "edge"
+    scale_out = True
 
     def inject(self, run, rnd):
         e = rnd.target = run.pick_edge(rnd)
@@ -433,6 +479,7 @@ class EdgeKill(Fault):
 
 class EdgeLinkFlap(Fault):
     kind, group = "edge_link_flap", "edge"
+    scale_out = True
 
     def inject(self, run, rnd):
         e = rnd.target = run.pick_edge(rnd)
@@ -466,6 +513,7 @@ class MgmtCut(Fault):
 class Drain(Fault):
     """pydpctl edge drain on both appliances, then undrain: the edge keeps its connections and gets no new ones."""
     kind, group = "drain", "config"
+    scale_out = True
 
     def inject(self, run, rnd):
         e = rnd.target = run.pick_edge(rnd)
@@ -484,6 +532,7 @@ class EdgeRemoveAdd(Fault):
     """pydpctl edge remove on both appliances, then add it back: its connections may break, it takes no new ones
     while removed."""
     kind, group = "edge_remove_add", "config"
+    scale_out = True
 
     def inject(self, run, rnd):
         e = rnd.target = run.pick_edge(rnd)
@@ -504,6 +553,7 @@ class EdgeRemoveAdd(Fault):
 class Weight(Fault):
     """An edge's weight changed through the HTTP API (PUT .../weight) on both appliances, then set back."""
     kind, group = "weight_change", "config"
+    scale_out = True
 
     def inject(self, run, rnd):
         e = rnd.target = run.pick_edge(rnd)
@@ -546,9 +596,13 @@ class Hostile(Fault):
     def inject(self, run, rnd):
         a = rnd.target
         rnd.private["transitions"] = {n: len(x.transitions()) for n, x in run.lab.appliances.items()}
+        if run.scaled:
+            rnd.private["bgp_changes"] = run.bgp_changes()
         dst_ip = a.addr if self.mode == "arp" else T.VIP
+        # scale-out: the clients are behind the router, whose ECMP spreads the flood over every appliance
+        dst_mac = T.ROUTER_CLIENT_MAC if run.scaled else a.mac
         p = subprocess.run(["ip", "netns", "exec", run.lab.topo.client_ns, sys.executable, "-P", "-m",
-                            "control.lab.hostile", "--mode", self.mode, "--dst-mac", a.mac, "--dst-ip", dst_ip,
+                            "control.lab.hostile", "--mode", self.mode, "--dst-mac", dst_mac, "--dst-ip", dst_ip,
                             "--src-ip", run.lab.topo.client_ips()[0], "--pps", str(self.pps), "--seconds",
                             str(self.seconds), "--seed", str(rnd.rng.getrandbits(32))],
                            capture_output=True, text=True, timeout=self.seconds + 30)
@@ -563,6 +617,9 @@ class Hostile(Fault):
         after = {n: len(x.transitions()) for n, x in run.lab.appliances.items()}
         if after != rnd.private["transitions"]:
             return [f"CARP transitions during {self.kind}: {rnd.private['transitions']} -> {after}"]
+        if run.scaled and run.bgp_changes() != rnd.private["bgp_changes"]:
+            # the BGP and BFD packets share the exception path with the flood: no session may drop for it
+            return [f"BGP session changes during {self.kind}: {rnd.private['bgp_changes']} -> {run.bgp_changes()}"]
         return []
 
 
@@ -579,24 +636,113 @@ class ExceptionFlood(Hostile):
 class SynFlood(Hostile):
     """SYNs to the cluster IP from random sources: new flows, none of them completing."""
     kind, mode, pps = "syn_flood", "syn", 2000.0
+    scale_out = True
+
+
+# -- the scale-out lab: appliances, the router, BGP
+
+class ApplianceKill(Fault):
+    """Every process of one appliance SIGKILLed at once (data plane, pydp-control, its BIRD), as a power loss, then
+    started again as the lab does it. BFD takes its route away; the router rehashes its flows onto the others, which
+    have them from flow sync: no connection may break."""
+    kind, group, carp, scale_out = "appliance_kill", "appliance", False, True
+
+    WITHDRAWN_S = 10.0            # BFD (3 x 100 ms) or the closed session: the router drops it well within this
+
+    def inject(self, run, rnd):
+        rnd.details["killed"] = run.lab.kill_appliance(rnd.target)
+        rnd.private["want"] = [x for x in run.addrs() if x != run.addr_of(rnd.target)]
+        deadline = time.monotonic() + self.WITHDRAWN_S
+        while time.monotonic() < deadline and run.lab.router.nexthops(T.VIP) != rnd.private["want"]:
+            time.sleep(0.05)
+        rnd.private["hops"] = run.lab.router.nexthops(T.VIP)
+        if rnd.private["hops"] == rnd.private["want"]:
+            rnd.details["withdrawn_s"] = round(time.time() - rnd.details["killed"], 2)
+        time.sleep(max(0.0, HOLD_S - (time.time() - rnd.details["killed"])))
+
+    def recover(self, run, rnd):
+        run.lab.restart_appliance(rnd.target)
+
+    def check(self, run, rnd):
+        if rnd.private.get("hops") != rnd.private.get("want"):
+            return [f"appliance {rnd.target.name} killed: the router's route to {T.VIP} still via "
+                    f"{rnd.private.get('hops')} after {self.WITHDRAWN_S} s, want {rnd.private.get('want')}"]
+        return []
+
+
+class RouterRestart(Fault):
+    """The router's BIRD SIGKILLed and started again: every session comes back, the route over every appliance
+    too."""
+    kind, group, carp, scale_out = "router_restart", "router", False, True
+
+    def inject(self, run, rnd):
+        rnd.details["killed"] = run.lab.router.kill()
+        time.sleep(1.0)
+
+    def recover(self, run, rnd):
+        run.lab.record("pids", run.lab.router.start())
+
+
+class BgpSessionReset(Fault):
+    """One BGP session restarted with `birdc restart`, on the router's side or on the appliance's (drawn)."""
+    kind, group, carp, scale_out = "bgp_session_reset", "appliance", False, True
+
+    def inject(self, run, rnd):
+        a = rnd.target
+        rnd.details["side"] = side = rnd.rng.choice(("router", "appliance"))
+        if side == "router":
+            p = run.lab.router.birdc("restart", f"lb{a.name}")
+        else:
+            sock = str(a.workdir / "bird.ctl")
+            p = subprocess.run(["birdc", "-s", sock, "restart", "pydp_peer_1"], capture_output=True, text=True,
+                               timeout=10)
+        if p.returncode != 0 or "restarted" not in p.stdout:
+            raise RuntimeError(f"birdc restart on the {side} for appliance {a.name}: {p.stdout}{p.stderr}")
+        time.sleep(1.0)
+
+
+class ApplianceDrain(Fault):
+    """`pydpctl appliance drain` on one appliance, then undrain: the router must drop it from the route (checked),
+    and its established flows go on (through it until the route goes, then through the others)."""
+    kind, group, carp, scale_out = "appliance_drain", "appliance", False, True
+    TIMEOUT_S = 60
+
+    def inject(self, run, rnd):
+        a = rnd.target
+        a.pydpctl("appliance", "drain", "--timeout", str(self.TIMEOUT_S))
+        others = [x for x in run.addrs() if x != run.addr_of(a)]
+        deadline = time.monotonic() + 15.0
+        while time.monotonic() < deadline and run.lab.router.nexthops(T.VIP) != others:
+            time.sleep(0.1)
+        rnd.private["hops_drained"] = run.lab.router.nexthops(T.VIP)
+        rnd.private["want"] = others
+        time.sleep(HOLD_S)
+
+    def recover(self, run, rnd):
+        rnd.target.pydpctl("appliance", "undrain")
+
+    def check(self, run, rnd):
+        if rnd.private.get("hops_drained") != rnd.private.get("want"):
+            return [f"appliance {rnd.target.name} drained: the router's route to {T.VIP} is via "
+                    f"{rnd.private.get('hops_drained')}, want {rnd.private.get('want')} within 15 s"]
+        return []
 
 
 FAULTS: dict[str, Fault] = {f.kind: f for f in (
     DataplaneKill(), DaemonKill(), BothKill(), DaemonTerm(), DataplaneHup(), DaemonRestart(), DataLinkFlap(),
     EdgeKill(), EdgeLinkFlap(), MgmtCut(), Drain(), EdgeRemoveAdd(), Weight(), ClusterToggle(),
-    CarpHostile(), ExceptionFlood(), SynFlood())}
+    CarpHostile(), ExceptionFlood(), SynFlood(), ApplianceKill(), RouterRestart(), BgpSessionReset(),
+    ApplianceDrain())}
 
-# the scaled-out lab's faults (an appliance killed, the router restarted, a BGP session reset) join FAULTS with
-# scale_out = True once `pydp-lab up --scale-out` exists
-SCALE_OUT_KINDS = ("appliance_kill", "router_restart", "bgp_session_reset")
+# the faults only the scale-out lab has
+SCALE_OUT_KINDS = ("appliance_drain", "appliance_kill", "bgp_session_reset", "router_restart")
 
 
 def fault_kinds(scale_out: int = 0) -> list[str]:
+    """The fault kinds of the CARP pair's lab, or (scale_out: K appliances) of the scale-out lab."""
     if scale_out:
-        raise ScaleOutUnavailable(
-            "--scale-out: this lab has no scale-out mode yet (pydp-lab up --scale-out with BIRD and BGP announce); "
-            f"its faults ({', '.join(SCALE_OUT_KINDS)}) cannot be injected. Run without --scale-out (CARP mode)")
-    return sorted(k for k, f in FAULTS.items() if not f.scale_out)
+        return sorted(k for k, f in FAULTS.items() if f.scale_out)
+    return sorted(k for k, f in FAULTS.items() if f.carp)
 
 
 def parse_kinds(text: str | None, scale_out: int = 0) -> list[str]:
@@ -625,6 +771,14 @@ class Chaos:
         self.counters: dict[tuple[str, int], dict[str, int]] = {}
         self._apis: list[Api] | None = None
         self.damped_until = 0.0          # monotonic time flap damping releases the last edge it holds down
+        self.scaled = bool(getattr(lab.topo, "scale_out", 0))     # the scale-out lab: BGP, no CARP
+
+    def addrs(self) -> list[str]:
+        """Scale-out: every appliance's address (the router's next hop for it), in order."""
+        return [s.addr for s in self.lab.topo.appliance_specs]
+
+    def addr_of(self, a) -> str:
+        return next(s.addr for s in self.lab.topo.appliance_specs if s.name == a.name)
 
     # -- helpers the faults use
 
@@ -637,7 +791,7 @@ class Chaos:
         return self.lab.edges[rnd.rng.choice(names)]
 
     def master(self):
-        return self.lab.master("web")
+        return None if self.scaled else self.lab.master("web")
 
     def health(self, a, cluster: str = "web") -> dict[str, str]:
         """Edge → "up", "down", or "damped" (down, held by flap damping, which releases it within max_suppress)."""
@@ -666,7 +820,25 @@ class Chaos:
         return self._apis
 
     def carp_states(self) -> dict[str, dict[str, str | None]]:
+        if self.scaled:
+            return {}
         return {c: {n: a.state(c) for n, a in sorted(self.lab.appliances.items())} for c in CARP_CLUSTERS}
+
+    def bgp_changes(self) -> dict[str, int | None]:
+        """Scale-out: each appliance's count of BGP session state changes (None: its daemon does not answer)."""
+        out = {}
+        for n, a in sorted(self.lab.appliances.items()):
+            try:
+                out[n] = sum(x.get("changes", 0) for x in (a.status().get("bgp") or {}).get("sessions", []))
+            except (ConnectionError, OSError):
+                out[n] = None
+        return out
+
+    def router_view(self) -> tuple[list[str], list[str]]:
+        """Scale-out: the next hops of the router's route to the cluster IP, as BIRD has it (`birdc show route
+        all`) and as the kernel has it (ECMP)."""
+        p = self.lab.router.birdc("show", "route", "all")
+        return bird_routes(p.stdout).get(f"{T.VIP}/32", []), self.lab.router.nexthops(T.VIP)
 
     # -- observation and the invariants
 
@@ -676,6 +848,8 @@ class Chaos:
 
         out = [f"carp: {x}" for x in check_carp(self.carp_states())]
         stores = {}
+        announced: dict[str, bool] = {}
+        maglev: dict[str, dict] = {}
         for n, a in sorted(self.lab.appliances.items()):
             try:
                 st = a.status()
@@ -692,8 +866,24 @@ class Chaos:
                 out.append(f"appliance {n}: live config behind the store (revision {d['revision']}, applied "
                            f"{d['applied_revision']}, drift {d['drift']})")
             health = {(c["name"], e["name"]): e["health"] for c in st["clusters"] for e in c["edges"]}
-            owned = {c["name"]: c["carp"]["local"] == "master" for c in st["clusters"]
-                     if c["name"] in CARP_CLUSTERS and stores[n].get(c["name"], {}).get("enabled")}
+            if self.scaled:
+                # a bgp cluster is owned while the data plane lives and the appliance is not past its drain timeout
+                expired = bool((st.get("drain") or {}).get("expired"))
+                owned = {c["name"]: not expired for c in st["clusters"] if c.get("failover") == "bgp"
+                         and stores[n].get(c["name"], {}).get("enabled")}
+                bgp = st.get("bgp") or {}
+                announced[n] = bool(((bgp.get("clusters") or {}).get("web") or {}).get("announced"))
+                if (st.get("drain") or {}).get("draining"):
+                    out.append(f"appliance {n}: draining")
+                down = [x for x in bgp.get("sessions", []) if not x.get("established")]
+                if down or not bgp.get("running"):
+                    out.append(f"appliance {n}: BGP not up (running {bgp.get('running')}, sessions "
+                               f"{[(x.get('peer'), x.get('state'), x.get('bfd')) for x in bgp.get('sessions', [])]})")
+                maglev[n] = {c["name"]: c.get("maglev_peers") or {} for c in st["clusters"]
+                             if c.get("failover") == "bgp" and stores[n].get(c["name"], {}).get("enabled")}
+            else:
+                owned = {c["name"]: c["carp"]["local"] == "master" for c in st["clusters"]
+                         if c["name"] in CARP_CLUSTERS and stores[n].get(c["name"], {}).get("enabled")}
             try:
                 live = observe.clusters(a.dp.region)
             except Exception as e:               # a region being replaced
@@ -709,7 +899,7 @@ class Chaos:
             # edges are, and (flowsync) a restarted one has the peer's flows installed; a fault before that is a
             # double fault (the next round would take the master away from a peer that does not know its flows)
             demoted = {c["name"]: c["carp"].get("demote_reasons") for c in st["clusters"]
-                       if c["name"] in CARP_CLUSTERS and c["carp"].get("demote_reasons")}
+                       if c["name"] in CARP_CLUSTERS and (c.get("carp") or {}).get("demote_reasons")}
             if demoted:
                 out.append(f"appliance {n}: CARP demoted {demoted}")
             fs = st.get("flowsync") or {}
@@ -724,7 +914,13 @@ class Chaos:
             if down:
                 out.append(f"appliance {n}: edges of web not up: {sorted(down)}")
         if len(stores) == len(self.lab.appliances):
-            out += [f"edge sets: {x}" for x in check_edge_sets(stores)]
+            out += [f"edge sets: {x}" for x in check_edge_sets(stores, ("web",) if self.scaled else CARP_CLUSTERS)]
+        if self.scaled:
+            addrs = {s.name: s.addr for s in self.lab.topo.appliance_specs}
+            bird, kernel = self.router_view()
+            out += [f"route: {x}" for x in check_routes({n: announced.get(n, False) for n in addrs}, addrs, bird,
+                                                        kernel)]
+            out += [f"maglev: {x}" for x in check_maglev(maglev)]
         return out
 
     def sample(self, rnd: Round) -> None:
@@ -783,7 +979,11 @@ class Chaos:
         fault = FAULTS[kind]
         rnd = Round(n, kind, round_rng(self.seed, n))
         rnd.t0 = time.time()
-        rnd.target = self.master() or self.lab.a
+        if self.scaled:          # no master: the appliance hit is drawn (from the round's own generator)
+            rnd.target = self.lab.appliances[random.Random(f"pydp-chaos-target:{self.seed}:{n}").choice(
+                sorted(self.lab.appliances))]
+        else:
+            rnd.target = self.master() or self.lab.a
         self.rounds.append(rnd)
         self.say(f"round {n}: {kind}" + (f" on appliance {rnd.target.name}" if fault.group in ("appliance",
                                                                                                "hostile") else ""))
@@ -833,10 +1033,13 @@ def run(topo: T.Topology, rounds: int, seed: int, json_path: Path | None, *, con
     from control.lab.lab import Lab
     from control.lab.load import Load
 
-    kinds = kinds or fault_kinds()
     t_start = time.time()
     lab = Lab(topo)
-    say(f"building the lab {topo.name!r} ({topo.edges} edges, 2 appliances), seed {seed}, {rounds} rounds")
+    kinds = kinds or fault_kinds(topo.scale_out)
+    n = topo.scale_out or 2
+    say(f"building the lab {topo.name!r} ({topo.edges} edges, {n} appliances"
+        + (" announcing over BGP to an ECMP router" if topo.scale_out else ", CARP") + f"), seed {seed}, "
+        f"{rounds} rounds")
     lab.up(log=lambda m: say("  " + m))      # refuses a lab of that name already up; removes what it built on failure
     try:
         load = Load(lab, vip=T.VIP, conns=conns, new_rate=10.0, udp_every=2, reopen=True).start()
@@ -853,8 +1056,12 @@ def run(topo: T.Topology, rounds: int, seed: int, json_path: Path | None, *, con
             new, udp = load.new(), load.udp()
         res = finish(chaos, seed, summary, check, new, udp, time.time() - t_start, rss_limit_kib)
         if res["violations"] and json_path:
-            res["evidence_dir"] = keep_logs(lab.run_dir, json_path)
-            say(f"violations: the lab's logs are kept in {res['evidence_dir']}")
+            try:
+                res["evidence_dir"] = keep_logs(lab.run_dir, json_path)
+                say(f"violations: the lab's logs are kept in {res['evidence_dir']}")
+            except OSError as e:              # the report matters more than the copy of the logs
+                res["evidence_dir"] = None
+                say(f"violations: the lab's logs could not be kept: {e}")
     finally:
         say("removing the lab")
         lab.down()
@@ -868,10 +1075,26 @@ def keep_logs(run_dir: Path, json_path: Path) -> str:
     """The lab's logs (daemons, data planes, nginx, clients) copied next to the report, as evidence."""
     import shutil
 
+    import stat
+
     dest = json_path.with_name(json_path.stem + "-logs")
     shutil.rmtree(dest, ignore_errors=True)
-    shutil.copytree(run_dir, dest, ignore=shutil.ignore_patterns("*.sock", "*.db", "*.db-*", "tmp", "http-users"),
-                    ignore_dangling_symlinks=True)
+    skip = shutil.ignore_patterns("*.db", "*.db-*", "tmp", "http-users")
+
+    def ignore(path: str, names: list[str]) -> set[str]:
+        # sockets (the daemons' *.sock, BIRD's *.ctl), FIFOs and devices cannot be copied: only files and folders
+        out = set(skip(path, names))
+        for n in names:
+            try:
+                mode = os.lstat(os.path.join(path, n)).st_mode
+            except OSError:
+                out.add(n)
+                continue
+            if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode) or stat.S_ISLNK(mode)):
+                out.add(n)
+        return out
+
+    shutil.copytree(run_dir, dest, ignore=ignore, ignore_dangling_symlinks=True)
     return str(dest)
 
 

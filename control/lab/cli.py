@@ -19,6 +19,7 @@ EPILOG = """examples:
   pydp-lab status                        # namespaces, processes, CARP state and edge health
   ip netns exec pydplab-lbA pydpctl --socket /run/pydp-lab/pydplab/lbA/ctl-*.sock status
   pydp-lab chaos --rounds 50 --seed 7 --json chaos.json   # faults under traffic, invariants checked each round
+  pydp-lab chaos --rounds 30 --seed 7 --scale-out 3 --json chaos.json   # the same on the scale-out (BGP) lab
   pydp-lab down                          # remove every trace (also after a crash)
 """
 
@@ -109,10 +110,11 @@ def cmd_demo(args) -> int:
 def cmd_chaos(args) -> int:
     from control.lab import chaos
 
-    kinds = chaos.parse_kinds(args.kinds, args.scale_out)     # refuses --scale-out before building anything
+    kinds = chaos.parse_kinds(args.kinds, args.scale_out)     # checked before building anything
     if args.rounds < 1:
         raise ValueError(f"--rounds {args.rounds}: at least 1")
-    res = chaos.run(T.Topology(args.name, args.edges, args.clients), args.rounds, args.seed,
+    topo = T.Topology(args.name, args.edges, args.clients, args.scale_out)     # refuses a bad --scale-out
+    res = chaos.run(topo, args.rounds, args.seed,
                     Path(args.json) if args.json else None, conns=args.conns, kinds=kinds,
                     rss_limit_kib=args.rss_limit_kib)
     c = res["connections"]
@@ -156,7 +158,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                         "(default 1)")
     p.add_argument("--kinds", metavar="K1,K2", help="only these fault kinds (default all); see docs/lab.md")
     p.add_argument("--scale-out", type=int, default=0, metavar="K",
-                   help="scaled-out lab with K appliances (refused until the lab has a scale-out mode)")
+                   help="the scale-out lab with K appliances (2..4) behind a BGP/ECMP router: its own fault kinds "
+                        "(appliance_kill, router_restart, bgp_session_reset, appliance_drain, ...) and invariants")
     p.add_argument("--json", metavar="FILE", help="write the report (JSON) here")
     p.add_argument("--edges", type=int, default=3, help="service edges, 2..15 (default 3)")
     p.add_argument("--clients", type=int, default=32, help="client source addresses, 1..250 (default 32)")
@@ -169,7 +172,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    from control.lab.chaos import ScaleOutUnavailable
     from control.lab.lab import LabError
 
     args = build_parser().parse_args(argv)
@@ -179,7 +181,7 @@ def main(argv=None) -> int:
 
             require_root()
         return args.func(args)
-    except (LabError, ValueError, ScaleOutUnavailable) as e:
+    except (LabError, ValueError) as e:
         print(f"pydp-lab: {e}", file=sys.stderr)
         return 2
     except BrokenPipeError:                   # `pydp-lab status | head`

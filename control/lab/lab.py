@@ -258,7 +258,7 @@ class Lab(Pair):
             "the L4 hash (fib_multipath_hash_policy=1)")
         bridge_host(topo.sw_ns, "br0", topo.router_ns, "pr", mac=T.ROUTER_MAC, addr=f"{T.ROUTER_ADDR}/24")
         full_checksums(topo.router_ns, "eth0")          # its BGP and BFD packets reach the appliances via af_packet
-        veth(topo.router_ns, "eth1", "eth0", topo.client_ns, mac_a="02:00:00:00:04:02", mac_b="02:00:00:00:03:01")
+        veth(topo.router_ns, "eth1", "eth0", topo.client_ns, mac_a=T.ROUTER_CLIENT_MAC, mac_b="02:00:00:00:03:01")
         run("ip", "-n", topo.router_ns, "addr", "add", f"{T.CLIENT_GW}/24", "dev", "eth1")
         ns_run(topo.router_ns, "sysctl", "-qw", "net.ipv4.ip_forward=1", "net.ipv4.fib_multipath_hash_policy=1",
                "net.ipv4.conf.all.rp_filter=0", "net.ipv4.conf.default.rp_filter=0")

@@ -49,6 +49,7 @@ ROUTER_AS = 64500               # the scale-out lab's upstream router (control/l
 APPLIANCE_AS = 64512            # every appliance: the same AS, so the router's BGP paths are equal (ECMP)
 ROUTER_ADDR = "198.51.100.1"    # the router on the segment: BGP peer of the appliances, the edges' gateway
 ROUTER_MAC = "02:00:00:00:04:01"
+ROUTER_CLIENT_MAC = "02:00:00:00:04:02"   # the router's port towards the clients (eth1)
 CLIENT_GW = "203.0.113.1"       # the router on the clients' link
 BFD_INTERVAL_MS = 100
 BFD_MULTIPLIER = 3

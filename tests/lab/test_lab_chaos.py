@@ -1,7 +1,8 @@
 """`pydp-lab chaos` on the virtual lab: a short run with a fixed seed whose rounds cover the fault groups (the
 active appliance, an edge, the management link, configuration through pydpctl and the HTTP API, hostile traffic)
-ends with every invariant held, the JSON report complete and replayable, and nothing left behind. (The long run:
-docs/lab.md.)"""
+ends with every invariant held, the JSON report complete and replayable, and nothing left behind; so does a short
+run on the scale-out lab (--scale-out 3: BGP to an ECMP router, flow sync among the appliances) whose rounds cover
+its own kinds. (The long runs: docs/lab.md.)"""
 
 from __future__ import annotations
 
@@ -50,5 +51,38 @@ def test_short_chaos_run_holds_every_invariant(tmp_path, request):
     assert res["new_connections"]["answered"] > 0 and res["udp_flows"]["answered"] > 0
     assert set(res["rss_growth_kib"]) == {"A.dataplane", "A.control", "B.dataplane", "B.control"}
     assert all(v < RSS_LIMIT for v in res["rss_growth_kib"].values())
+    assert all(v <= chaos.FD_LIMIT for v in res["fd_growth"].values())
+    assert "0 violations" in p.stdout
+
+
+SCALE_OUT = 3
+SCALE_OUT_KINDS = ["appliance_kill", "router_restart", "bgp_session_reset", "appliance_drain", "edge_kill",
+                   "weight_change", "syn_flood"]
+
+
+def test_short_scale_out_chaos_run_holds_every_invariant(tmp_path, request):
+    name = lab_name()
+    js = tmp_path / "chaos.json"
+    p = subprocess.run([sys.executable, "-P", "-m", "control.lab.cli", "chaos", "--name", name, "--scale-out",
+                        str(SCALE_OUT), "--rounds", str(len(SCALE_OUT_KINDS)), "--seed", str(SEED), "--kinds",
+                        ",".join(SCALE_OUT_KINDS), "--conns", "60", "--rss-limit-kib", str(RSS_LIMIT),
+                        "--json", str(js)], capture_output=True, text=True, timeout=600)
+    assert_clean(name)
+    res = json.loads(js.read_text())
+    report(request, f"chaos --scale-out {SCALE_OUT}: {res['rounds']} rounds in {res['run_s']} s, "
+                    f"{len(res['violations'])} violations, connections {res['connections']}, "
+                    f"long-lived {res['long_lived']}, RSS growth KiB {res['rss_growth_kib']}")
+    assert p.returncode == 0 and res["violations"] == [], p.stdout[-4000:] + p.stderr[-3000:]
+    assert {"seed", "rounds", "faults", "violations", "connections", "rss_growth_kib", "fd_growth",
+            "run_s"} <= set(res)
+    assert res["schedule"] == chaos.schedule(SEED, len(SCALE_OUT_KINDS), SCALE_OUT_KINDS)
+    assert res["faults"] == {k: 1 for k in SCALE_OUT_KINDS}
+    c = res["connections"]
+    # an appliance killed, the router restarted, a session reset, an appliance drained: no connection breaks
+    # (flow sync); only the killed edge's may
+    assert c["broken_unexpected"] == 0 and c["opened"] > 60
+    assert res["long_lived"]["survived"] == res["long_lived"]["total"] - c["broken_expected"]
+    assert res["new_connections"]["answered"] > 0
+    assert set(res["rss_growth_kib"]) == {f"{a}.{r}" for a in "ABC" for r in ("dataplane", "control")}
     assert all(v <= chaos.FD_LIMIT for v in res["fd_growth"].values())
     assert "0 violations" in p.stdout

@@ -46,7 +46,8 @@ def test_fault_table_has_the_issue_kinds():
     groups = {}
     for k, f in C.FAULTS.items():
         assert f.kind == k and f.group
-        groups.setdefault(f.group, set()).add(k)
+        if f.carp:
+            groups.setdefault(f.group, set()).add(k)
     assert groups["appliance"] == {"dataplane_kill", "daemon_kill", "both_kill", "daemon_sigterm",
                                    "dataplane_sighup", "daemon_restart", "data_link_flap"}
     assert groups["edge"] == {"edge_kill", "edge_link_flap"} and groups["mgmt"] == {"mgmt_link_cut"}
@@ -54,20 +55,40 @@ def test_fault_table_has_the_issue_kinds():
     assert groups["hostile"] == {"carp_bad_adverts", "arp_icmp_flood", "syn_flood"}
 
 
-def test_kinds_option_and_scale_out_refusal():
+SCALE_OUT = ["appliance_drain", "appliance_kill", "bgp_session_reset", "dataplane_sighup", "drain", "edge_kill",
+             "edge_link_flap", "edge_remove_add", "router_restart", "syn_flood", "weight_change"]
+
+
+def test_scale_out_kinds_are_its_own_plus_those_of_the_pair_that_apply():
+    assert C.fault_kinds(3) == SCALE_OUT
+    assert set(C.SCALE_OUT_KINDS) <= set(SCALE_OUT) and not set(C.SCALE_OUT_KINDS) & set(KINDS)
+    # CARP's own checks have no place behind a BGP router
+    assert not {"carp_bad_adverts", "arp_icmp_flood", "mgmt_link_cut", "cluster_toggle"} & set(SCALE_OUT)
+    plan = C.schedule(5, 2 * len(SCALE_OUT), SCALE_OUT)
+    assert sorted(plan[:len(SCALE_OUT)]) == SCALE_OUT and plan == C.schedule(5, 2 * len(SCALE_OUT), SCALE_OUT)
+
+
+def test_kinds_option_per_mode():
     assert C.parse_kinds(None) == KINDS
     assert C.parse_kinds("drain, syn_flood,drain") == ["drain", "syn_flood"]
     with pytest.raises(ValueError, match="unknown fault kind.*nope"):
         C.parse_kinds("drain,nope")
-    with pytest.raises(C.ScaleOutUnavailable, match="no scale-out mode"):
-        C.parse_kinds(None, scale_out=4)
+    assert C.parse_kinds(None, scale_out=4) == SCALE_OUT
+    assert C.parse_kinds("router_restart,appliance_kill", scale_out=2) == ["appliance_kill", "router_restart"]
+    with pytest.raises(ValueError, match="carp_bad_adverts"):          # no CARP in the scale-out lab
+        C.parse_kinds("carp_bad_adverts", scale_out=3)
+    with pytest.raises(ValueError, match="router_restart"):            # no router in the pair's lab
+        C.parse_kinds("router_restart")
 
 
-def test_cli_refuses_scale_out_and_bad_kinds_clearly():
+def test_cli_refuses_bad_scale_out_and_bad_kinds_clearly():
     from control.lab import cli
 
-    args = cli.build_parser().parse_args(["chaos", "--scale-out", "3"])
-    with pytest.raises(C.ScaleOutUnavailable):
+    args = cli.build_parser().parse_args(["chaos", "--scale-out", "9"])
+    with pytest.raises(ValueError, match="scale-out 9"):
+        cli.cmd_chaos(args)
+    args = cli.build_parser().parse_args(["chaos", "--scale-out", "3", "--kinds", "carp_bad_adverts"])
+    with pytest.raises(ValueError, match="carp_bad_adverts"):
         cli.cmd_chaos(args)
     args = cli.build_parser().parse_args(["chaos", "--kinds", "meteor"])
     with pytest.raises(ValueError, match="meteor"):
@@ -235,3 +256,71 @@ def test_cli_exit_status_follows_the_violations(monkeypatch, capsys, tmp_path):
     assert "1 violations" in out and "round 2 edge_kill: no_new_to_unavailable_edge" in out
     with pytest.raises(ValueError, match="--rounds 0"):
         cli.cmd_chaos(cli.build_parser().parse_args(["chaos", "--rounds", "0"]))
+
+
+# ---- scale-out invariants
+
+BIRD_ROUTES = """Table master4:
+198.51.100.10/32     unicast [lbA 05:20:01.123] * (100) [AS64512i]
+	via 198.51.100.2 on eth0
+	Type: BGP univ
+	BGP.origin: IGP
+	BGP.as_path: 64512
+	BGP.next_hop: 198.51.100.2
+                     unicast [lbC 05:20:02.456] (100) [AS64512i]
+	via 198.51.100.4 on eth0
+	Type: BGP univ
+                     unicast [lbB 05:20:01.789] (100) [AS64512i]
+	via 198.51.100.3 on eth0
+198.51.100.99/32     unicast [lbA 05:20:01.123] * (100) [AS64512i]
+	via 198.51.100.2 on eth0
+"""
+
+
+def test_bird_routes_lists_every_path_of_a_prefix():
+    r = C.bird_routes(BIRD_ROUTES)
+    assert r["198.51.100.10/32"] == ["198.51.100.2", "198.51.100.3", "198.51.100.4"]
+    assert r["198.51.100.99/32"] == ["198.51.100.2"]
+    assert C.bird_routes("Table master4:\n") == {}
+
+
+def test_check_routes_wants_every_announcing_appliance_and_no_other():
+    addrs = {"A": "198.51.100.2", "B": "198.51.100.3", "C": "198.51.100.4"}
+    all3 = ["198.51.100.2", "198.51.100.3", "198.51.100.4"]
+    assert C.check_routes({"A": True, "B": True, "C": True}, addrs, all3, all3) == []
+    out = C.check_routes({"A": True, "B": False, "C": True}, addrs, all3, all3)
+    assert "appliance B: not announcing" in out and any("BIRD route" in x for x in out)
+    assert any("kernel route" in x for x in out)
+    # BIRD has it, the kernel lost a next hop (or the other way round)
+    out = C.check_routes({"A": True, "B": True, "C": True}, addrs, all3, all3[:2])
+    assert out == [f"router kernel route via {all3[:2]}, announced by {all3}"]
+
+
+def test_check_maglev_wants_every_peer_to_agree():
+    agree = {"web": {"192.0.2.2:7470": {"digest": "ab", "agreement": "agree"}}}
+    assert C.check_maglev({"A": agree, "B": agree}) == []
+    out = C.check_maglev({"A": agree, "B": {"web": {"192.0.2.1:7470": {"digest": "cd", "agreement": "mismatch"}}}})
+    assert out == ["appliance B: cluster web: maglev {'192.0.2.1:7470': 'mismatch'}"]
+    assert C.check_maglev({"A": {"web": {}}}) == ["appliance A: cluster web: no maglev peers"]
+
+
+def test_keep_logs_copies_files_and_skips_sockets(tmp_path):
+    # a scale-out run with violations lost its report: BIRD's control sockets (bird.ctl) could not be copied
+    import socket
+
+    run = tmp_path / "run"
+    (run / "lbA").mkdir(parents=True)
+    (run / "lbA" / "control.log").write_text("log\n")
+    (run / "lbA" / "pydp.db").write_text("db")
+    socks = []
+    for name in ("lbA/bird.ctl", "lbA/ctl-1.sock"):
+        s = socket.socket(socket.AF_UNIX)
+        s.bind(str(run / name))
+        socks.append(s)
+    try:
+        dest = C.keep_logs(run, tmp_path / "chaos.json")
+    finally:
+        for s in socks:
+            s.close()
+    assert dest == str(tmp_path / "chaos-logs")
+    assert sorted(p.name for p in (tmp_path / "chaos-logs" / "lbA").iterdir()) == ["control.log"]
