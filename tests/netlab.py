@@ -144,6 +144,18 @@ def leftovers(name: str) -> dict:
             "run_dir": [str(RUN_ROOT / name)] if (RUN_ROOT / name).exists() else []}
 
 
+def running_lab(topo):
+    """A module fixture's body: the lab of this topology up, yielded, then removed and checked clean."""
+    from control.lab.lab import Lab
+    lab = Lab(topo)
+    try:
+        lab.up()
+        yield lab
+    finally:
+        lab.down()
+        assert_clean(topo.name)
+
+
 def assert_clean(name: str) -> None:
     """Nothing of lab `name` is left on the machine."""
     left = leftovers(name)

@@ -5,18 +5,11 @@ from __future__ import annotations
 
 import pytest
 
-from control.lab.lab import Lab
 from control.lab.topology import Topology
-from netlab import assert_clean, lab_name
+from netlab import lab_name, running_lab
 
 
 @pytest.fixture(scope="module")
 def lab():
     """A lab with three edges and 32 client addresses, removed (and checked clean) at the end of the module."""
-    lab = Lab(Topology(lab_name(), edges=3, clients=32))
-    try:
-        lab.up()
-        yield lab
-    finally:
-        lab.down()
-        assert_clean(lab.topo.name)
+    yield from running_lab(Topology(lab_name(), edges=3, clients=32))

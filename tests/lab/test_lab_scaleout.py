@@ -22,7 +22,7 @@ from control.lab.appliance import pydpctl
 from control.lab.demo import LB_PORT, REPLIES_V4, SYNS, Capture, ecmp_hops, lb_syns
 from control.lab.lab import Lab
 from control.lab.load import Load
-from netlab import assert_clean, eventually, lab_name, report
+from netlab import eventually, lab_name, report, running_lab
 
 pytestmark = [pytest.mark.dpdk, pytest.mark.netns]
 
@@ -32,13 +32,7 @@ SPREAD_TOLERANCE = 0.15          # each appliance's share of new connections wit
 
 @pytest.fixture(scope="module")
 def lab():
-    lab = Lab(T.Topology(lab_name(), edges=3, clients=64, scale_out=N))
-    try:
-        lab.up()
-        yield lab
-    finally:
-        lab.down()
-        assert_clean(lab.topo.name)
+    yield from running_lab(T.Topology(lab_name(), edges=3, clients=64, scale_out=N))
 
 
 @pytest.fixture
