@@ -480,6 +480,14 @@ struct pydp_flow *pydp_flow_lookup(struct pydp_flow_table *t, const struct pydp_
                                    uint32_t now_ms, const struct pydp_config *cfg);
 struct pydp_flow *pydp_flow_insert(struct pydp_flow_table *t, const struct pydp_flow_key *key, uint32_t hash,
                                    uint32_t now_ms, const struct pydp_config *cfg, int *evicted);
+/* the fast path's insert: a new flow written whole (key, pin, the state from its first packet, one packet) in one
+ * pass, sig = pydp_flow_sig(key); the record is written with non-temporal stores, so the writer calls
+ * pydp_flow_fence() before other processes may rely on the records (the worker: once per burst) */
+struct pydp_flow *pydp_flow_open(struct pydp_flow_table *t, const struct pydp_flow_key *key, uint32_t hash,
+                                 uint32_t sig, uint32_t now_ms, const struct pydp_config *cfg, uint16_t cluster,
+                                 uint16_t cluster_uid, uint8_t edge, uint16_t edge_uid, uint8_t tcp_flags,
+                                 int *evicted);
+void pydp_flow_fence(void);
 /* the fast path: a lookup decided on the signature alone (sig = pydp_flow_sig(key)), no cold read */
 struct pydp_flow *pydp_flow_lookup_sig(struct pydp_flow_table *t, uint32_t hash, uint32_t sig, uint32_t now_ms,
                                        const struct pydp_config *cfg);
@@ -488,9 +496,11 @@ struct pydp_flow_way *pydp_flow_way_of(const struct pydp_flow_table *t, const st
 /* pins a flow to an edge: the hot way and the cold record */
 void pydp_flow_pin(struct pydp_flow_table *t, struct pydp_flow *f, uint16_t cluster, uint16_t cluster_uid,
                    uint8_t edge, uint16_t edge_uid);
-/* pipelined lookups over a burst: prefetch every bucket's hot lines, then (no match) the way an insert takes */
+/* pipelined lookups over a burst: prefetch every bucket's hot lines, then the cold record of a packet that will
+ * read it (a TCP state change confirms the key) */
 void pydp_flow_prefetch_bucket(const struct pydp_flow_table *t, uint32_t hash);
-void pydp_flow_prefetch_ways(const struct pydp_flow_table *t, uint32_t hash, uint32_t sig);
+void pydp_flow_prefetch_record(const struct pydp_flow_table *t, uint32_t hash, uint32_t sig, uint8_t proto,
+                               uint8_t tcp_flags);
 /* a packet of an existing flow: the state from the packet, the time, the packet count. pydp_flow_touch reads the
  * key's protocol from the flow and counts exactly; pydp_flow_hit (the fast path) takes the packet's key and reads
  * the cold record only to confirm it before a state change: returns 0, 1 when the state changed, -1 when the key
@@ -498,8 +508,6 @@ void pydp_flow_prefetch_ways(const struct pydp_flow_table *t, uint32_t hash, uin
 void pydp_flow_touch(struct pydp_flow_table *t, struct pydp_flow *f, uint8_t tcp_flags, uint32_t now_ms);
 int pydp_flow_hit(struct pydp_flow_table *t, struct pydp_flow *f, const struct pydp_flow_key *key,
                   uint8_t tcp_flags, uint32_t now_ms);
-/* the first packet of a flow just inserted: the touch of a new flow, with the key's protocol given, not read back */
-void pydp_flow_start(struct pydp_flow_table *t, struct pydp_flow *f, uint8_t proto, uint8_t tcp_flags);
 uint32_t pydp_flow_packets(const struct pydp_flow_table *t, const struct pydp_flow *f);
 uint32_t pydp_flow_timeout(const struct pydp_config *cfg, uint8_t state);
 uint32_t pydp_flow_last_ms(const struct pydp_flow_table *t, const struct pydp_flow *f);

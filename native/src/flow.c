@@ -69,6 +69,9 @@
 #ifdef __SSE2__
 #include <emmintrin.h>
 #endif
+#ifdef __SSE4_1__
+#include <smmintrin.h>
+#endif
 
 #include "pydp.h"
 
@@ -304,6 +307,82 @@ flw_fold_pkts(struct pydp_flow_bucket *b, unsigned w)
     b->way[w].pkts = 0;
 }
 
+/* The least recently used way of a full bucket, among its half-open ways if it has any (SYN-first eviction: a
+ * flood of SYNs from random sources only pushes out its own kind, so established flows survive it however rarely
+ * they send), ties to the lowest way. From line 0 alone, and without a branch on the data: the ages of a bucket
+ * are as random as its flows, and a scan that branches on each comparison mispredicts several times an insert. */
+static inline unsigned
+flw_lru(const struct pydp_flow_bucket *b, uint32_t now)
+{
+#ifdef __SSE4_1__
+    const __m128i synbit = _mm_set1_epi32(PYDP_FLOW_SIG_SYN);
+    const __m128i n = _mm_set1_epi32((int)now);
+    const __m128i lo = _mm_set1_epi32(INT32_MIN);
+    __m128i s0 = _mm_loadu_si128((const __m128i *)(const void *)&b->sig[0]);
+    __m128i s1 = _mm_loadu_si128((const __m128i *)(const void *)&b->sig[4]);
+    __m128i a0 = _mm_sub_epi32(n, _mm_loadu_si128((const __m128i *)(const void *)&b->last_ms[0]));
+    __m128i a1 = _mm_sub_epi32(n, _mm_loadu_si128((const __m128i *)(const void *)&b->last_ms[4]));
+    __m128i c0 = _mm_cmpeq_epi32(_mm_and_si128(s0, synbit), synbit);
+    __m128i c1 = _mm_cmpeq_epi32(_mm_and_si128(s1, synbit), synbit);
+    __m128i all = _mm_cmpeq_epi32(_mm_or_si128(c0, c1), _mm_setzero_si128());
+    __m128i m;
+    unsigned eq;
+
+    /* no half-open way: every way is a candidate (all = ~0 in every lane only when no lane of c0 | c1 is set) */
+    all = _mm_and_si128(all, _mm_shuffle_epi32(all, 0x4e));
+    all = _mm_and_si128(all, _mm_shuffle_epi32(all, 0xb1));
+    c0 = _mm_or_si128(c0, all);
+    c1 = _mm_or_si128(c1, all);
+    a0 = _mm_or_si128(_mm_and_si128(c0, a0), _mm_andnot_si128(c0, lo));
+    a1 = _mm_or_si128(_mm_and_si128(c1, a1), _mm_andnot_si128(c1, lo));
+    m = _mm_max_epi32(a0, a1);
+    m = _mm_max_epi32(m, _mm_shuffle_epi32(m, 0x4e));
+    m = _mm_max_epi32(m, _mm_shuffle_epi32(m, 0xb1));
+    eq = (unsigned)_mm_movemask_ps(_mm_castsi128_ps(_mm_and_si128(_mm_cmpeq_epi32(a0, m), c0))) |
+         ((unsigned)_mm_movemask_ps(_mm_castsi128_ps(_mm_and_si128(_mm_cmpeq_epi32(a1, m), c1))) << 4);
+    return (unsigned)__builtin_ctz(eq);
+#else
+    unsigned cand = flw_match_syn(b), i, lru;
+    int32_t oldest;
+
+    if (cand == 0)
+        cand = (1u << PYDP_FLOW_WAYS) - 1;
+    lru = (unsigned)__builtin_ctz(cand);
+    oldest = flw_age(now, b->last_ms[lru]);
+    for (i = lru + 1; i < PYDP_FLOW_WAYS; i++) {
+        int32_t age = flw_age(now, b->last_ms[i]);
+
+        if (((cand >> i) & 1) && age > oldest) {
+            oldest = age;
+            lru = i;
+        }
+    }
+    return lru;
+#endif
+}
+
+/* The ways of b that may have expired: age above the shortest timeout (most often none). */
+static inline unsigned
+flw_maybe_expired(const struct pydp_flow_bucket *b, uint32_t now, uint32_t tmin)
+{
+    int32_t t = tmin > (uint32_t)INT32_MAX ? INT32_MAX : (int32_t)tmin;
+#ifdef __SSE2__
+    const __m128i n = _mm_set1_epi32((int)now);
+    const __m128i tv = _mm_set1_epi32(t);
+    __m128i a0 = _mm_sub_epi32(n, _mm_loadu_si128((const __m128i *)(const void *)&b->last_ms[0]));
+    __m128i a1 = _mm_sub_epi32(n, _mm_loadu_si128((const __m128i *)(const void *)&b->last_ms[4]));
+
+    return (unsigned)_mm_movemask_ps(_mm_castsi128_ps(_mm_cmpgt_epi32(a0, tv))) |
+           ((unsigned)_mm_movemask_ps(_mm_castsi128_ps(_mm_cmpgt_epi32(a1, tv))) << 4);
+#else
+    unsigned m = 0, i;
+
+    for (i = 0; i < PYDP_FLOW_WAYS; i++)
+        m |= (unsigned)(flw_age(now, b->last_ms[i]) > t) << i;
+    return m;
+#endif
+}
+
 uint64_t
 pydp_flow_table_bytes(uint32_t capacity)
 {
@@ -352,31 +431,26 @@ pydp_flow_prefetch_bucket(const struct pydp_flow_table *t, uint32_t hash)
     __builtin_prefetch(&b->way[0], 1, 3);
 }
 
-/* Second stage of a pipelined lookup, with the hot lines in cache: when no way matches, the packet will open a
- * flow, so fetch the cold line pydp_flow_insert will most likely write (the first empty way, else the least
- * recently used), so the insert does not wait for memory. A hit needs nothing more. */
+/* Second stage of a pipelined lookup, with the hot lines in cache: fetch the cold record when the packet will read
+ * it, that is when it matches a way whose state its TCP flags change (the state change first confirms the full
+ * key). A hit that changes nothing reads no record, and a new flow writes its record whole without reading it
+ * (flw_write). */
 void
-pydp_flow_prefetch_ways(const struct pydp_flow_table *t, uint32_t hash, uint32_t sig)
+pydp_flow_prefetch_record(const struct pydp_flow_table *t, uint32_t hash, uint32_t sig, uint8_t proto,
+                          uint8_t tcp_flags)
 {
-    const struct pydp_flow_bucket *b = flw_bucket(t, hash);
-    unsigned empty, cand, i, lru;
+    const struct pydp_flow_bucket *b;
+    unsigned m, w;
 
-    if (flw_match_sig(b, sig) != 0)
+    if (proto != FLW_PROTO_TCP)
         return;
-    empty = flw_match_empty(b);
-    if (empty != 0) {
-        lru = (unsigned)__builtin_ctz(empty);
-    } else {
-        /* as the insert: the least recently used half-open way, else the least recently used way */
-        cand = flw_match_syn(b);
-        if (cand == 0)
-            cand = (1u << PYDP_FLOW_WAYS) - 1;
-        lru = (unsigned)__builtin_ctz(cand);
-        for (i = lru + 1; i < PYDP_FLOW_WAYS; i++)
-            if (((cand >> i) & 1) && (int32_t)(b->last_ms[i] - b->last_ms[lru]) < 0)
-                lru = i;
-    }
-    __builtin_prefetch(&b->flows[lru], 1, 3);
+    b = flw_bucket(t, hash);
+    m = flw_match_sig(b, sig);
+    if (m == 0)
+        return;
+    w = (unsigned)__builtin_ctz(m);
+    if (flw_tcp_next(b->way[w].state, tcp_flags) != b->way[w].state)
+        __builtin_prefetch(&b->flows[w], 0, 3);
 }
 
 /* An expired way found by a lookup: reclaimed. */
@@ -462,74 +536,140 @@ pydp_flow_pin(struct pydp_flow_table *t, struct pydp_flow *f, uint16_t cluster, 
     f->edge_uid = edge_uid;
 }
 
+/* The way a new flow of bucket b takes: the first empty way, else the first expired one, else the least recently
+ * used (half-open first). The way is unpublished (signature 0) before it is rewritten. */
+static inline unsigned
+flw_take_way(struct pydp_flow_table *t, struct pydp_flow_bucket *b, uint32_t now_ms, const struct pydp_config *cfg,
+             int *evicted)
+{
+    unsigned empty = flw_match_empty(b);
+    unsigned w;
+
+    *evicted = 0;
+    if (__builtin_expect(empty != 0, 1)) {
+        t->live++;
+        return (unsigned)__builtin_ctz(empty);
+    }
+    {
+        uint32_t tmin, tmax;
+        unsigned old;
+
+        flw_timeout_range(cfg, &tmin, &tmax);
+        old = flw_maybe_expired(b, now_ms, tmin);
+        w = PYDP_FLOW_WAYS;
+        while (__builtin_expect(old != 0, 0)) {
+            unsigned i = (unsigned)__builtin_ctz(old);
+
+            old &= old - 1;
+            if (flw_way_expired(b, i, now_ms, cfg, tmin, tmax)) {
+                w = i;
+                break;
+            }
+        }
+        if (w < PYDP_FLOW_WAYS) {
+            t->expired++;
+        } else {
+            w = flw_lru(b, now_ms);
+            *evicted = 1;
+            t->evicted++;
+        }
+    }
+    flw_unpublish(b, w);
+    return w;
+}
+
+/*
+ * Writes a new flow into way w of b and publishes it: the cold record, the hot way, the time, then the signature
+ * (with the half-open bit for state TCP_SYN).
+ *
+ * The record is written whole, in place, as four 16-byte non-temporal stores: a new flow's line is almost never
+ * in the cache (the way it replaces was chosen for being old), and a normal store would first read the line
+ * from memory only to overwrite all 64 bytes of it. In a SYN flood that read, on top of the two hot lines, was
+ * what kept the memory system from overlapping more inserts. (Building the record on the stack and copying it
+ * would also read 16-byte words back from narrower stores: a store-forwarding failure that waits for every older
+ * store to leave the store buffer.) The worker calls pydp_flow_fence() before it leaves a burst, so another
+ * process never sees a published signature whose record is older than the burst; the worker itself always sees
+ * its own stores.
+ */
+static inline void
+flw_write(struct pydp_flow_bucket *b, unsigned w, const struct pydp_flow_key *key, uint32_t hash, uint32_t sig,
+          uint32_t now_ms, const struct pydp_flow_way *h, uint8_t pkts)
+{
+    struct pydp_flow *f = &b->flows[w];
+#ifdef __SSE2__
+    const uint8_t *k = (const uint8_t *)key;
+    __m128i x0 = _mm_loadu_si128((const __m128i *)(const void *)k);
+    __m128i x1 = _mm_loadu_si128((const __m128i *)(const void *)(k + 16));
+    __m128i x2 = _mm_set_epi64x((long long)(((uint64_t)now_ms << 32) | hash), (long long)flw_load64(k + 32));
+    /* packets 0; cluster, cluster_uid; edge_uid, edge, state; sig */
+    __m128i x3 = _mm_set_epi32((int)sig,
+                               (int)((uint32_t)h->edge_uid | ((uint32_t)h->edge << 16) | ((uint32_t)h->state << 24)),
+                               (int)((uint32_t)h->cluster | ((uint32_t)h->cluster_uid << 16)), 0);
+
+    _Static_assert(offsetof(struct pydp_flow, hash) == 40 && offsetof(struct pydp_flow, created_ms) == 44 &&
+                   offsetof(struct pydp_flow, packets) == 48 && offsetof(struct pydp_flow, cluster) == 52 &&
+                   offsetof(struct pydp_flow, cluster_uid) == 54 && offsetof(struct pydp_flow, edge_uid) == 56 &&
+                   offsetof(struct pydp_flow, edge) == 58 && offsetof(struct pydp_flow, state) == 59 &&
+                   offsetof(struct pydp_flow, sig) == 60, "the record's layout as flw_write stores it");
+    _mm_stream_si128((__m128i *)(void *)f, x0);
+    _mm_stream_si128((__m128i *)(void *)((uint8_t *)f + 16), x1);
+    _mm_stream_si128((__m128i *)(void *)((uint8_t *)f + 32), x2);
+    _mm_stream_si128((__m128i *)(void *)((uint8_t *)f + 48), x3);
+#else
+    memcpy(&f->key, key, sizeof(f->key));
+    f->hash = hash;
+    f->created_ms = now_ms;
+    f->packets = 0;
+    f->cluster = h->cluster;
+    f->cluster_uid = h->cluster_uid;
+    f->edge_uid = h->edge_uid;
+    f->edge = h->edge;
+    f->state = h->state;
+    f->sig = sig;
+#endif
+    b->way[w] = *h;
+    b->way[w].pkts = pkts;
+    b->last_ms[w] = now_ms;
+    flw_publish(b, w, h->state == PYDP_FLOW_TCP_SYN ? sig | PYDP_FLOW_SIG_SYN : sig);
+}
+
+void
+pydp_flow_fence(void)
+{
+#ifdef __SSE2__
+    _mm_sfence();
+#endif
+}
+
 struct pydp_flow *
 pydp_flow_insert(struct pydp_flow_table *t, const struct pydp_flow_key *key, uint32_t hash, uint32_t now_ms,
                  const struct pydp_config *cfg, int *evicted)
 {
     struct pydp_flow_bucket *b = flw_bucket(t, hash);
-    unsigned empty = flw_match_empty(b);
-    unsigned w;
-    int ev = 0;
-    uint32_t sig;
-    struct pydp_flow nf;
+    struct pydp_flow_way h = { .state = PYDP_FLOW_OTHER };
+    int ev;
+    unsigned w = flw_take_way(t, b, now_ms, cfg, &ev);
 
-    if (__builtin_expect(empty != 0, 1)) {
-        w = (unsigned)__builtin_ctz(empty);
-        t->live++;
-    } else {
-        /* full bucket: the first expired way, else the least recently used one */
-        uint32_t tmin, tmax;
-        unsigned syn = flw_match_syn(b);
-        unsigned i, lru = 0, found = PYDP_FLOW_WAYS;
-        int32_t oldest = INT32_MIN;
-        unsigned lru_syn = PYDP_FLOW_WAYS;      /* SYN-first eviction: a half-open flow goes before any other */
-        int32_t oldest_syn = INT32_MIN;
-
-        flw_timeout_range(cfg, &tmin, &tmax);
-        for (i = 0; i < PYDP_FLOW_WAYS; i++) {
-            int32_t age = flw_age(now_ms, b->last_ms[i]);
-
-            if (flw_way_expired(b, i, now_ms, cfg, tmin, tmax)) {
-                found = i;
-                break;
-            }
-            if (age > oldest) {
-                oldest = age;
-                lru = i;
-            }
-            if (((syn >> i) & 1) && age > oldest_syn) {     /* from the signature: no flow line read */
-                oldest_syn = age;
-                lru_syn = i;
-            }
-        }
-        if (found < PYDP_FLOW_WAYS) {
-            w = found;
-            t->expired++;
-        } else {
-            /* SYN-first: a flood of SYNs from random sources only pushes out its own kind, so established
-             * flows survive it however rarely they send; LRU decides among flows of one kind */
-            w = lru_syn < PYDP_FLOW_WAYS ? lru_syn : lru;
-            ev = 1;
-            t->evicted++;
-        }
-        flw_unpublish(b, w);
-    }
-
-    sig = flw_sig(pydp_flow_sig(key));
-    memset(&nf, 0, sizeof(nf));
-    nf.key = *key;
-    nf.hash = hash;
-    nf.created_ms = now_ms;
-    nf.state = PYDP_FLOW_OTHER;
-    nf.sig = sig;
-    b->flows[w] = nf;
-    memset(&b->way[w], 0, sizeof(b->way[w]));
-    b->way[w].state = PYDP_FLOW_OTHER;
-    b->last_ms[w] = now_ms;
-    flw_publish(b, w, sig);
-
+    flw_write(b, w, key, hash, flw_sig(pydp_flow_sig(key)), now_ms, &h, 0);
+    pydp_flow_fence();
     if (evicted != NULL)
         *evicted = ev;
+    return &b->flows[w];
+}
+
+struct pydp_flow *
+pydp_flow_open(struct pydp_flow_table *t, const struct pydp_flow_key *key, uint32_t hash, uint32_t sig,
+               uint32_t now_ms, const struct pydp_config *cfg, uint16_t cluster, uint16_t cluster_uid, uint8_t edge,
+               uint16_t edge_uid, uint8_t tcp_flags, int *evicted)
+{
+    struct pydp_flow_bucket *b = flw_bucket(t, hash);
+    struct pydp_flow_way h = {
+        .cluster_uid = cluster_uid, .edge_uid = edge_uid, .cluster = (uint8_t)cluster, .edge = edge,
+        .state = flw_next_state(key->proto, PYDP_FLOW_EMPTY, tcp_flags),
+    };
+    unsigned w = flw_take_way(t, b, now_ms, cfg, evicted);
+
+    flw_write(b, w, key, hash, flw_sig(sig), now_ms, &h, 1);
     return &b->flows[w];
 }
 
@@ -579,17 +719,6 @@ pydp_flow_touch(struct pydp_flow_table *t, struct pydp_flow *f, uint8_t tcp_flag
     f->packets++;
     if (st != b->way[w].state || st != f->state)
         flw_set_state(b, w, f, st);
-}
-
-void
-pydp_flow_start(struct pydp_flow_table *t, struct pydp_flow *f, uint8_t proto, uint8_t tcp_flags)
-{
-    unsigned w;
-    struct pydp_flow_bucket *b = flw_bucket_of(t, f, &w);
-    uint8_t st = flw_next_state(proto, PYDP_FLOW_EMPTY, tcp_flags);
-
-    b->way[w].pkts = 1;                 /* the insert wrote 0 and last_ms: nothing here reads the flow line */
-    flw_set_state(b, w, f, st);
 }
 
 uint32_t

@@ -105,9 +105,8 @@ pydp_verdict_pick(const struct pydp_config *cfg, const uint8_t *table, struct py
     /* Fragments hash on addresses only and ICMP errors belong to a flow: neither opens one. */
     if (info->flags & (PYDP_PF_FRAGMENT | PYDP_PF_ICMP_ERROR))
         return slot;
-    f = pydp_flow_insert(t, &info->key, v->hash, now_ms, cfg, &evicted);
-    pydp_flow_pin(t, f, v->cluster, c->uid, (uint8_t)slot, c->edges[slot].uid);
-    pydp_flow_start(t, f, info->key.proto, info->tcp_flags);   /* no read-back of the new line */
+    f = pydp_flow_open(t, &info->key, v->hash, v->sig, now_ms, cfg, v->cluster, c->uid, (uint8_t)slot,
+                       c->edges[slot].uid, info->tcp_flags, &evicted);
     v->flow = f;
     v->what |= PYDP_VW_INSERT | (evicted ? PYDP_VW_EVICTED : 0);
     return slot;

@@ -99,7 +99,7 @@ struct wrk_pkt {
     uint8_t exc;                    /* 1 = not IP for a cluster: straight to the exception path */
 };
 
-#define WRK_WAYS_AHEAD 6            /* forward packet i while the flows of packet i + 6 are being fetched */
+#define WRK_WAYS_AHEAD 6            /* forward packet i while the record packet i + 6 will read is being fetched */
 
 /* A flow event for flow sync: one flag test when sync is off (the header line is read-mostly and cached). */
 static inline void wrk_event(struct dp_worker *w, uint8_t type, const struct pydp_flow *f, uint32_t now)
@@ -265,13 +265,16 @@ static void wrk_burst(struct dp_worker *w, uint32_t pi, struct rte_mbuf **pkts, 
         }
     }
     for (i = 0; i < nk && i < WRK_WAYS_AHEAD; i++)
-        pydp_flow_prefetch_ways(w->flows, v[i].v.hash, v[i].v.sig);
+        pydp_flow_prefetch_record(w->flows, v[i].v.hash, v[i].v.sig, v[i].info.key.proto, v[i].info.tcp_flags);
     for (i = 0; i < nk; i++) {
-        if (i + WRK_WAYS_AHEAD < nk)
-            pydp_flow_prefetch_ways(w->flows, v[i + WRK_WAYS_AHEAD].v.hash,
-                                    v[i + WRK_WAYS_AHEAD].v.sig);
+        if (i + WRK_WAYS_AHEAD < nk) {
+            const struct wrk_pkt *a = &v[i + WRK_WAYS_AHEAD];
+
+            pydp_flow_prefetch_record(w->flows, a->v.hash, a->v.sig, a->info.key.proto, a->info.tcp_flags);
+        }
         wrk_forward(w, pi, &v[i], now);
     }
+    pydp_flow_fence();      /* new flows' records (non-temporal stores) before anything else of this burst */
 }
 
 static void wrk_run_cmds(struct dp_worker *w)

@@ -567,37 +567,65 @@ test_sig_syn_bit(void)
     free(t);
 }
 
-/* pydp_flow_start (the worker's new-flow path, no read-back) leaves a flow exactly as EMPTY + pydp_flow_touch does,
- * for every protocol and first-packet flags. */
+/* pydp_flow_open (the worker's new-flow path: one pass, the record in non-temporal stores) leaves a flow exactly as
+ * insert + pin + EMPTY + pydp_flow_touch does, for every protocol and first-packet flags, in an empty and in a
+ * full bucket (where both evict the same way). */
 static void
-test_flow_start(void)
+test_flow_open(void)
 {
     static const uint8_t protos[] = { 6, 17, 1, 50 };
     static const uint8_t flags[] = { 0, TH_SYN, TH_SYN | TH_ACK, TH_ACK, TH_FIN | TH_ACK, TH_RST };
     struct pydp_config cfg = tst_cfg();
     struct pydp_flow_table *a = tst_table(64), *b = tst_table(64);
-    unsigned pi, fi;
+    unsigned pi, fi, round;
     uint32_t n = 0;
 
-    for (pi = 0; pi < sizeof(protos); pi++) {
-        for (fi = 0; fi < sizeof(flags); fi++, n++) {
-            struct pydp_flow_key k = tst_key4(0x0c000000u + n, (uint16_t)(5000 + n), 443, protos[pi]);
-            uint32_t h = pydp_flow_hash(&k, cfg.hash_seed);
-            struct pydp_flow *fa = tst_new_flow(a, &k, h, 100 + n, &cfg, flags[fi], 0, 0, NULL);
-            struct pydp_flow *fb = pydp_flow_insert(b, &k, h, 100 + n, &cfg, NULL);
-            const struct pydp_flow_bucket *ba = (const struct pydp_flow_bucket *)(a + 1) + (h & a->mask);
-            const struct pydp_flow_bucket *bb = (const struct pydp_flow_bucket *)(b + 1) + (h & b->mask);
+    for (round = 0; round < 3; round++) {
+        for (pi = 0; pi < sizeof(protos); pi++) {
+            for (fi = 0; fi < sizeof(flags); fi++, n++) {
+                struct pydp_flow_key k = tst_key4(0x0c000000u + n, (uint16_t)(5000 + n), 443, protos[pi]);
+                uint32_t h = pydp_flow_hash(&k, cfg.hash_seed);
+                uint32_t now = 100 + n;
+                uint16_t cl = (uint16_t)(n % 3), cuid = (uint16_t)(700 + n), euid = (uint16_t)(900 + n);
+                uint8_t ed = (uint8_t)(n % 5);
+                int eva = -1, evb = -1;
+                struct pydp_flow *fa = tst_new_flow(a, &k, h, now, &cfg, flags[fi], cl, ed, &eva);
+                struct pydp_flow *fb;
+                const struct pydp_flow_bucket *ba = (const struct pydp_flow_bucket *)(a + 1) + (h & a->mask);
+                const struct pydp_flow_bucket *bb = (const struct pydp_flow_bucket *)(b + 1) + (h & b->mask);
+                unsigned wa, wb;
 
-            fb->cluster = 0;
-            fb->edge = 0;
-            pydp_flow_start(b, fb, protos[pi], flags[fi]);
-            CHECK_EQ(fb->state, fa->state);
-            CHECK_EQ(pydp_flow_packets(b, fb), pydp_flow_packets(a, fa));
-            CHECK_EQ(fb - bb->flows, fa - ba->flows);
-            CHECK_EQ(bb->sig[fb - bb->flows], ba->sig[fa - ba->flows]);
-            CHECK_EQ(bb->last_ms[fb - bb->flows], ba->last_ms[fa - ba->flows]);
+                pydp_flow_pin(a, fa, cl, cuid, ed, euid);
+                fb = pydp_flow_open(b, &k, h, pydp_flow_sig(&k), now, &cfg, cl, cuid, ed, euid, flags[fi], &evb);
+                pydp_flow_fence();
+                wa = (unsigned)(fa - ba->flows);
+                wb = (unsigned)(fb - bb->flows);
+                CHECK_EQ(wb, wa);
+                CHECK_EQ(evb, eva);
+                CHECK(memcmp(&fb->key, &k, sizeof(k)) == 0);
+                CHECK_EQ(fb->hash, h);
+                CHECK_EQ(fb->created_ms, now);
+                CHECK_EQ(fb->sig, fa->sig);
+                CHECK_EQ(fb->state, fa->state);
+                CHECK_EQ(fb->cluster, cl);
+                CHECK_EQ(fb->cluster_uid, cuid);
+                CHECK_EQ(fb->edge, ed);
+                CHECK_EQ(fb->edge_uid, euid);
+                CHECK_EQ(bb->way[wb].cluster, ba->way[wa].cluster);
+                CHECK_EQ(bb->way[wb].cluster_uid, ba->way[wa].cluster_uid);
+                CHECK_EQ(bb->way[wb].edge, ba->way[wa].edge);
+                CHECK_EQ(bb->way[wb].edge_uid, ba->way[wa].edge_uid);
+                CHECK_EQ(bb->way[wb].state, ba->way[wa].state);
+                CHECK_EQ(pydp_flow_packets(b, fb), pydp_flow_packets(a, fa));
+                CHECK_EQ(bb->sig[wb], ba->sig[wa]);
+                CHECK_EQ(bb->last_ms[wb], ba->last_ms[wa]);
+                CHECK(pydp_flow_lookup(b, &k, h, now, &cfg) == fb);
+            }
         }
     }
+    CHECK(a->evicted > 0);          /* 72 flows in 64 entries: the later rounds evicted in both tables alike */
+    CHECK_EQ(b->evicted, a->evicted);
+    CHECK_EQ(b->live, a->live);
     free(a);
     free(b);
 }
@@ -939,7 +967,7 @@ main(void)
     test_lru();
     test_syn_first_eviction();
     test_sig_syn_bit();
-    test_flow_start();
+    test_flow_open();
     test_flush();
     test_counters();
     test_bulk();

@@ -201,11 +201,16 @@ main(int argc, char **argv)
                 pydp_verdict_classify(cfg, &nburst[k], &nv[k]);
                 pydp_flow_prefetch_bucket(t, nv[k].hash);
             }
+#ifndef BV_NOWAYS
             for (k = 0; k < nb && k < BV_AHEAD; k++)
-                pydp_flow_prefetch_ways(t, v[k].hash, v[k].sig);
+                pydp_flow_prefetch_record(t, v[k].hash, v[k].sig, burst[k].key.proto, burst[k].tcp_flags);
+#endif
             for (k = 0; k < nb; k++) {
+#ifndef BV_NOWAYS
                 if (k + BV_AHEAD < nb)
-                    pydp_flow_prefetch_ways(t, v[k + BV_AHEAD].hash, v[k + BV_AHEAD].sig);
+                    pydp_flow_prefetch_record(t, v[k + BV_AHEAD].hash, v[k + BV_AHEAD].sig, burst[k + BV_AHEAD].key.proto,
+                                              burst[k + BV_AHEAD].tcp_flags);
+#endif
                 pydp_verdict_pick(cfg, maglev, t, &burst[k], now, &v[k]);
                 hits += (v[k].what & PYDP_VW_HIT) != 0;
                 inserts += (v[k].what & PYDP_VW_INSERT) != 0;
@@ -228,22 +233,16 @@ main(int argc, char **argv)
                 pydp_flow_prefetch_bucket(t, v[k].hash);
             }
             for (k = 0; k < nb && k < BV_AHEAD; k++)
-#if PYDP_LAYOUT_VERSION >= 4
-                pydp_flow_prefetch_ways(t, v[k].hash, v[k].sig);
-#else
-                pydp_flow_prefetch_ways(t, v[k].hash);
-#endif
+                pydp_flow_prefetch_record(t, v[k].hash, v[k].sig, burst[k].key.proto, burst[k].tcp_flags);
             for (k = 0; k < nb; k++) {
                 if (k + BV_AHEAD < nb)
-#if PYDP_LAYOUT_VERSION >= 4
-                    pydp_flow_prefetch_ways(t, v[k + BV_AHEAD].hash, v[k + BV_AHEAD].sig);
-#else
-                    pydp_flow_prefetch_ways(t, v[k + BV_AHEAD].hash);
-#endif
+                    pydp_flow_prefetch_record(t, v[k + BV_AHEAD].hash, v[k + BV_AHEAD].sig, burst[k + BV_AHEAD].key.proto,
+                                              burst[k + BV_AHEAD].tcp_flags);
                 pydp_verdict_pick(cfg, maglev, t, &burst[k], now, &v[k]);
                 hits += (v[k].what & PYDP_VW_HIT) != 0;
                 inserts += (v[k].what & PYDP_VW_INSERT) != 0;
             }
+            pydp_flow_fence();
             n += nb;
             if ((i / BV_BURST) % 219 == 218)    /* the clock: about 7000 packets per millisecond (7 Mpps) */
                 now++;
