@@ -236,7 +236,7 @@ class DataplaneConfig:
     hugepages: bool = True
     memory_mb: int = 512
     eal_args: list[str] = field(default_factory=list)
-    burst: int = 32
+    burst: int = 64
     rx_desc: int = 1024
     tx_desc: int = 1024
     mbufs: int = 16383

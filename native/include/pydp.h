@@ -488,6 +488,12 @@ struct pydp_flow *pydp_flow_open(struct pydp_flow_table *t, const struct pydp_fl
                                  uint16_t cluster_uid, uint8_t edge, uint16_t edge_uid, uint8_t tcp_flags,
                                  int *evicted);
 void pydp_flow_fence(void);
+/* the fast path's lookup and hit by position (bucket, way): pydp_flow_find returns the way (or -1) and sets *bucket;
+ * pydp_flow_hit_at is pydp_flow_hit for that way */
+int pydp_flow_find(struct pydp_flow_table *t, uint32_t hash, uint32_t sig, uint32_t now_ms,
+                   const struct pydp_config *cfg, struct pydp_flow_bucket **bucket);
+int pydp_flow_hit_at(struct pydp_flow_table *t, struct pydp_flow_bucket *b, unsigned w,
+                     const struct pydp_flow_key *key, uint8_t tcp_flags, uint32_t now_ms);
 /* the fast path: a lookup decided on the signature alone (sig = pydp_flow_sig(key)), no cold read */
 struct pydp_flow *pydp_flow_lookup_sig(struct pydp_flow_table *t, uint32_t hash, uint32_t sig, uint32_t now_ms,
                                        const struct pydp_config *cfg);

@@ -462,22 +462,33 @@ flw_reclaim(struct pydp_flow_table *t, struct pydp_flow_bucket *b, unsigned w)
     t->expired++;
 }
 
-struct pydp_flow *
-pydp_flow_lookup_sig(struct pydp_flow_table *t, uint32_t hash, uint32_t sig, uint32_t now_ms,
-                     const struct pydp_config *cfg)
+int
+pydp_flow_find(struct pydp_flow_table *t, uint32_t hash, uint32_t sig, uint32_t now_ms, const struct pydp_config *cfg,
+               struct pydp_flow_bucket **bucket)
 {
     struct pydp_flow_bucket *b = flw_bucket(t, hash);
     unsigned m = flw_match_sig(b, sig), w;
 
+    *bucket = b;
     if (m == 0)
-        return NULL;
+        return -1;
     w = (unsigned)__builtin_ctz(m);         /* at most one way holds a signature */
     if (__builtin_expect(flw_expired_age(flw_age(now_ms, b->last_ms[w]),
                                          pydp_flow_timeout(cfg, b->way[w].state)), 0)) {
         flw_reclaim(t, b, w);
-        return NULL;
+        return -1;
     }
-    return &b->flows[w];
+    return (int)w;
+}
+
+struct pydp_flow *
+pydp_flow_lookup_sig(struct pydp_flow_table *t, uint32_t hash, uint32_t sig, uint32_t now_ms,
+                     const struct pydp_config *cfg)
+{
+    struct pydp_flow_bucket *b;
+    int w = pydp_flow_find(t, hash, sig, now_ms, cfg, &b);
+
+    return w < 0 ? NULL : &b->flows[w];
 }
 
 struct pydp_flow *
@@ -685,26 +696,34 @@ flw_count(struct pydp_flow_bucket *b, unsigned w, uint32_t now_ms)
 }
 
 int
-pydp_flow_hit(struct pydp_flow_table *t, struct pydp_flow *f, const struct pydp_flow_key *key, uint8_t tcp_flags,
-              uint32_t now_ms)
+pydp_flow_hit_at(struct pydp_flow_table *t, struct pydp_flow_bucket *b, unsigned w, const struct pydp_flow_key *key,
+                 uint8_t tcp_flags, uint32_t now_ms)
 {
-    unsigned w;
-    struct pydp_flow_bucket *b = flw_bucket_of(t, f, &w);
     uint8_t st = b->way[w].state;
     uint8_t next = flw_next_state(key->proto, st, tcp_flags);
 
     if (__builtin_expect(next != st, 0)) {
         /* a change of the stored flow: only for its own key */
-        if (!flw_key_eq(&f->key, key)) {
+        if (!flw_key_eq(&b->flows[w].key, key)) {
             t->false_matches++;
             return -1;
         }
         flw_count(b, w, now_ms);
-        flw_set_state(b, w, f, next);
+        flw_set_state(b, w, &b->flows[w], next);
         return 1;
     }
     flw_count(b, w, now_ms);
     return 0;
+}
+
+int
+pydp_flow_hit(struct pydp_flow_table *t, struct pydp_flow *f, const struct pydp_flow_key *key, uint8_t tcp_flags,
+              uint32_t now_ms)
+{
+    unsigned w;
+    struct pydp_flow_bucket *b = flw_bucket_of(t, f, &w);
+
+    return pydp_flow_hit_at(t, b, w, key, tcp_flags, now_ms);
 }
 
 void

@@ -58,15 +58,18 @@ pydp_verdict_pick(const struct pydp_config *cfg, const uint8_t *table, struct py
                   const struct pydp_pkt_info *info, uint32_t now_ms, struct pydp_verdict *v)
 {
     const struct pydp_cluster *c = &cfg->clusters[v->cluster];
+    struct pydp_flow_bucket *b;
     struct pydp_flow *f;
     struct pydp_flow_way *h;
     uint32_t slot;
     int evicted = 0;
+    int w;
 
     v->what = PYDP_VW_LOOKUP;
-    f = pydp_flow_lookup_sig(t, v->hash, v->sig, now_ms, cfg);
-    if (f != NULL) {
-        h = pydp_flow_way_of(t, f);
+    w = pydp_flow_find(t, v->hash, v->sig, now_ms, cfg, &b);
+    if (w >= 0) {
+        f = &b->flows[w];
+        h = &b->way[w];
         if (__builtin_expect(h->cluster == v->cluster && h->cluster_uid == c->uid && vd_edge_usable(c, h), 1)) {
             slot = h->edge;
         } else {
@@ -82,7 +85,7 @@ pydp_verdict_pick(const struct pydp_config *cfg, const uint8_t *table, struct py
             v->what |= PYDP_VW_REHASHED;
         }
         if (!(info->flags & PYDP_PF_ICMP_ERROR)) {
-            int r = pydp_flow_hit(t, f, &info->key, info->tcp_flags, now_ms);
+            int r = pydp_flow_hit_at(t, b, (unsigned)w, &info->key, info->tcp_flags, now_ms);
 
             if (__builtin_expect(r != 0, 0)) {
                 if (r < 0)

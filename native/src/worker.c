@@ -99,6 +99,7 @@ struct wrk_pkt {
     uint8_t exc;                    /* 1 = not IP for a cluster: straight to the exception path */
 };
 
+#define WRK_STAGE 32                /* packets per pass of the burst pipeline */
 #define WRK_WAYS_AHEAD 6            /* forward packet i while the record packet i + 6 will read is being fetched */
 
 /* A flow event for flow sync: one flag test when sync is off (the header line is read-mostly and cached). */
@@ -247,7 +248,7 @@ static inline void wrk_forward(struct dp_worker *w, uint32_t pi, struct wrk_pkt 
  * keeps a table of millions of flows from costing two memory round trips per packet. */
 static void wrk_burst(struct dp_worker *w, uint32_t pi, struct rte_mbuf **pkts, uint16_t n, uint32_t now)
 {
-    struct wrk_pkt v[DP_MAX_BURST];
+    struct wrk_pkt v[WRK_STAGE];
     uint32_t i, nv = 0, nk = 0;
 
     for (i = 0; i < n && i < WRK_PREFETCH_AHEAD; i++)
@@ -364,7 +365,10 @@ int dp_worker_loop(struct dp_worker *w, uint32_t stop_after_idle)
             ps->rx_packets += n;
             for (i = 0; i < n; i++)
                 ps->rx_bytes += rte_pktmbuf_pkt_len(pkts[i]);
-            wrk_burst(w, pi, pkts, n, now);
+            /* the pipeline runs over at most WRK_STAGE packets at a time: a larger burst amortises the poll,
+             * a longer pipeline would only queue more prefetches than the memory system has room for */
+            for (i = 0; i < n; i += WRK_STAGE)
+                wrk_burst(w, pi, pkts + i, (uint16_t)RTE_MIN((uint32_t)n - i, WRK_STAGE), now);
         }
         if (w->id == 0 && dp_exc_poll(w) != 0)
             last_busy = tsc;            /* the kernel's frames (ARP, BGP) keep the back-off short too */
