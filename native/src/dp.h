@@ -20,6 +20,7 @@ struct dp_txq {
     uint16_t pad;
     struct pydp_port_stats *stats;  /* where sent and dropped frames are counted */
     int is_exc;
+    uint64_t bytes;                 /* of the frames queued (counted when they are put, not re-read at send) */
     struct rte_mbuf *pkts[DP_MAX_BURST];
 };
 
@@ -91,11 +92,18 @@ int dp_worker_main(void *arg);
 int dp_worker_loop(struct dp_worker *w, uint32_t stop_after_idle);
 void dp_txq_flush(struct dp_txq *q);
 
-static inline void dp_txq_put(struct dp_txq *q, struct rte_mbuf *m, uint32_t burst)
+/* Queues m (len = its packet length) for sending; a full queue is sent at once. */
+static inline void dp_txq_put_len(struct dp_txq *q, struct rte_mbuf *m, uint32_t len, uint32_t burst)
 {
+    q->bytes += len;
     q->pkts[q->len++] = m;
     if (unlikely(q->len >= burst))
         dp_txq_flush(q);
+}
+
+static inline void dp_txq_put(struct dp_txq *q, struct rte_mbuf *m, uint32_t burst)
+{
+    dp_txq_put_len(q, m, rte_pktmbuf_pkt_len(m), burst);
 }
 
 static inline void dp_drop(struct pydp_port_stats *ps, struct rte_mbuf *m, enum pydp_drop why)

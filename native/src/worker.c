@@ -19,14 +19,16 @@
 void dp_txq_flush(struct dp_txq *q)
 {
     uint16_t sent, i;
-    uint64_t bytes = 0;
+    uint64_t bytes = q->bytes;
 
     if (q->len == 0)
         return;
     sent = rte_eth_tx_burst(q->port, q->queue, q->pkts, q->len);
+    if (unlikely(sent < q->len))
+        for (i = sent; i < q->len; i++)
+            bytes -= rte_pktmbuf_pkt_len(q->pkts[i]);
+    q->bytes = 0;
     if (!q->is_exc) {
-        for (i = 0; i < sent; i++)
-            bytes += rte_pktmbuf_pkt_len(q->pkts[i]);
         q->stats->tx_packets += sent;
         q->stats->tx_bytes += bytes;
     }
@@ -99,6 +101,17 @@ struct wrk_pkt {
     uint8_t exc;                    /* 1 = not IP for a cluster: straight to the exception path */
 };
 
+/* What one pass of the pipeline counts, added to the shared counters once at its end: a counter in shared memory
+ * costs a load and a store per packet, and a pass has several of them per packet. */
+struct wrk_tally {
+    uint64_t rx_bytes;
+    uint32_t hits;
+    uint32_t lookups;
+    uint32_t cl_packets;            /* forwarded packets and bytes of cluster cl (the cluster of most packets) */
+    uint64_t cl_bytes;
+    uint16_t cl;
+};
+
 #define WRK_STAGE 32                /* packets per pass of the burst pipeline */
 #define WRK_WAYS_AHEAD 6            /* forward packet i while the record packet i + 6 will read is being fetched */
 
@@ -111,7 +124,7 @@ static inline void wrk_event(struct dp_worker *w, uint8_t type, const struct pyd
 
 /* The edge of a classified packet (pydp_verdict_pick, the DPDK-free core), then what it asks the worker to count
  * and report. Returns PYDP_MAGLEV_NONE when the cluster has no edge up. */
-static inline uint32_t wrk_choose_edge(struct dp_worker *w, struct wrk_pkt *p, uint32_t now)
+static inline uint32_t wrk_choose_edge(struct dp_worker *w, struct wrk_tally *t, struct wrk_pkt *p, uint32_t now)
 {
     struct pydp_worker_stats *s = w->stats;
     struct pydp_verdict *v = &p->v;
@@ -119,9 +132,8 @@ static inline uint32_t wrk_choose_edge(struct dp_worker *w, struct wrk_pkt *p, u
     uint32_t slot = pydp_verdict_pick(w->cfg, table, w->flows, &p->info, now, v);
     uint8_t what = v->what;
 
-    s->flow_lookups++;
-    if (what & PYDP_VW_HIT) {
-        s->flow_hits++;
+    if (likely(what & PYDP_VW_HIT)) {
+        t->hits++;
         if (unlikely(what & (PYDP_VW_REHASHED | PYDP_VW_END))) {
             if (what & PYDP_VW_REHASHED) {
                 s->flow_rehashed++;
@@ -195,7 +207,8 @@ static inline int wrk_classify(struct dp_worker *w, uint32_t pi, struct wrk_pkt 
 }
 
 /* Stage 4: flow table, Maglev, rewrite, TX. */
-static inline void wrk_forward(struct dp_worker *w, uint32_t pi, struct wrk_pkt *p, uint32_t now)
+static inline void wrk_forward(struct dp_worker *w, struct wrk_tally *t, uint32_t pi, struct wrk_pkt *p,
+                               uint32_t now)
 {
     struct pydp_port_stats *ps = &w->stats->port[pi];
     const struct pydp_config *cfg = w->cfg;
@@ -205,7 +218,8 @@ static inline void wrk_forward(struct dp_worker *w, uint32_t pi, struct wrk_pkt 
     const struct pydp_edge *e;
     uint32_t slot, len;
 
-    slot = wrk_choose_edge(w, p, now);
+    t->lookups++;
+    slot = wrk_choose_edge(w, t, p, now);
     if (unlikely(slot == PYDP_MAGLEV_NONE)) {
         cs->drop_no_edge++;
         dp_drop(ps, m, PYDP_DROP_NO_EDGE);
@@ -236,11 +250,16 @@ static inline void wrk_forward(struct dp_worker *w, uint32_t pi, struct wrk_pkt 
         pydp_dsr_encap(out, family, src, e->addr, p->info.l3_len, cfg->gateway_mac, dp.ports[pi].mac.addr_bytes);
     }
     len = rte_pktmbuf_pkt_len(m);
-    cs->packets++;
-    cs->bytes += len;
+    if (likely(p->v.cluster == t->cl)) {
+        t->cl_packets++;
+        t->cl_bytes += len;
+    } else {
+        cs->packets++;
+        cs->bytes += len;
+    }
     cs->edges[slot].packets++;
     cs->edges[slot].bytes += len;
-    dp_txq_put(&w->tx[pi], m, dp.p.burst);
+    dp_txq_put_len(&w->tx[pi], m, len, dp.p.burst);
 }
 
 /* One received burst through the pipeline: parse; classify, hash and prefetch buckets; prefetch the matching
@@ -249,6 +268,7 @@ static inline void wrk_forward(struct dp_worker *w, uint32_t pi, struct wrk_pkt 
 static void wrk_burst(struct dp_worker *w, uint32_t pi, struct rte_mbuf **pkts, uint16_t n, uint32_t now)
 {
     struct wrk_pkt v[WRK_STAGE];
+    struct wrk_tally t = { .cl = UINT16_MAX };
     uint32_t i, nv = 0, nk = 0;
 
     for (i = 0; i < n && i < WRK_PREFETCH_AHEAD; i++)
@@ -256,8 +276,10 @@ static void wrk_burst(struct dp_worker *w, uint32_t pi, struct rte_mbuf **pkts, 
     for (i = 0; i < n; i++) {
         if (i + WRK_PREFETCH_AHEAD < n)
             rte_prefetch0(rte_pktmbuf_mtod(pkts[i + WRK_PREFETCH_AHEAD], void *));
+        t.rx_bytes += rte_pktmbuf_pkt_len(pkts[i]);
         nv += (uint32_t)wrk_parse(w, pi, pkts[i], &v[nv]);
     }
+    w->stats->port[pi].rx_bytes += t.rx_bytes;
     for (i = 0; i < nv; i++) {
         if (wrk_classify(w, pi, &v[i])) {
             if (nk != i)
@@ -265,6 +287,9 @@ static void wrk_burst(struct dp_worker *w, uint32_t pi, struct rte_mbuf **pkts, 
             nk++;
         }
     }
+    if (nk == 0)
+        return;
+    t.cl = v[0].v.cluster;
     for (i = 0; i < nk && i < WRK_WAYS_AHEAD; i++)
         pydp_flow_prefetch_record(w->flows, v[i].v.hash, v[i].v.sig, v[i].info.key.proto, v[i].info.tcp_flags);
     for (i = 0; i < nk; i++) {
@@ -273,9 +298,13 @@ static void wrk_burst(struct dp_worker *w, uint32_t pi, struct rte_mbuf **pkts, 
 
             pydp_flow_prefetch_record(w->flows, a->v.hash, a->v.sig, a->info.key.proto, a->info.tcp_flags);
         }
-        wrk_forward(w, pi, &v[i], now);
+        wrk_forward(w, &t, pi, &v[i], now);
     }
     pydp_flow_fence();      /* new flows' records (non-temporal stores) before anything else of this burst */
+    w->stats->flow_lookups += t.lookups;
+    w->stats->flow_hits += t.hits;
+    w->cstats[t.cl].packets += t.cl_packets;
+    w->cstats[t.cl].bytes += t.cl_bytes;
 }
 
 static void wrk_run_cmds(struct dp_worker *w)
@@ -362,9 +391,7 @@ int dp_worker_loop(struct dp_worker *w, uint32_t stop_after_idle)
             if (n == 0)
                 continue;
             got += n;
-            ps->rx_packets += n;
-            for (i = 0; i < n; i++)
-                ps->rx_bytes += rte_pktmbuf_pkt_len(pkts[i]);
+            ps->rx_packets += n;            /* rx_bytes: counted by the pipeline */
             /* the pipeline runs over at most WRK_STAGE packets at a time: a larger burst amortises the poll,
              * a longer pipeline would only queue more prefetches than the memory system has room for */
             for (i = 0; i < n; i += WRK_STAGE)
