@@ -53,6 +53,10 @@ struct pydp_verdict {
 /* Stage 1. info->key is folded in place for IPSec local termination (the hashed key). Returns v->action:
  * FORWARD means "go on to pydp_verdict_pick" (v->cluster and v->hash set). */
 int pydp_verdict_classify(const struct pydp_config *cfg, struct pydp_pkt_info *info, struct pydp_verdict *v);
+/* The same with the cluster-IP lookup done by the caller: ci = pydp_config_lookup_vip(cfg, info->family, info->dst)
+ * (the worker reuses the previous packet's when the destination is the same). */
+int pydp_verdict_classify_at(const struct pydp_config *cfg, int ci, struct pydp_pkt_info *info,
+                             struct pydp_verdict *v);
 
 /* Stage 2, for a packet classify passed. table is the cluster's Maglev table (maglev_max slots). Returns the edge
  * slot (also v->edge), or PYDP_MAGLEV_NONE with v->action = PYDP_ACT_DROP_NO_EDGE. */

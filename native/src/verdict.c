@@ -12,8 +12,13 @@
 int
 pydp_verdict_classify(const struct pydp_config *cfg, struct pydp_pkt_info *info, struct pydp_verdict *v)
 {
+    return pydp_verdict_classify_at(cfg, pydp_config_lookup_vip(cfg, info->family, info->dst), info, v);
+}
+
+int
+pydp_verdict_classify_at(const struct pydp_config *cfg, int ci, struct pydp_pkt_info *info, struct pydp_verdict *v)
+{
     const struct pydp_cluster *c;
-    int ci = pydp_config_lookup_vip(cfg, info->family, info->dst);
 
     v->flow = NULL;
     v->edge = PYDP_MAGLEV_NONE;

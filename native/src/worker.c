@@ -8,6 +8,7 @@
 #include <rte_ethdev.h>
 #include <rte_lcore.h>
 #include <rte_prefetch.h>
+#include <rte_vect.h>
 
 #include "dp.h"
 #include "pydp_verdict.h"
@@ -73,24 +74,31 @@ static inline void wrk_load_config(struct dp_worker *w)
     w->stats->config_swaps++;
 }
 
-static inline void wrk_count_class(struct pydp_worker_stats *s, const struct pydp_pkt_info *info)
+/* Counts n packets of the class of info. */
+static inline void wrk_count_class(struct pydp_worker_stats *s, const struct pydp_pkt_info *info, uint64_t n)
 {
     if (info->family == PYDP_AF_INET6)
-        s->cls_ipv6++;
+        s->cls_ipv6 += n;
     if (info->flags & PYDP_PF_FRAGMENT)
-        s->cls_fragment++;
+        s->cls_fragment += n;
     else if (info->flags & PYDP_PF_ICMP_ERROR)
-        s->cls_icmp_error++;
+        s->cls_icmp_error += n;
     else if (info->flags & PYDP_PF_IPSEC)
-        s->cls_ipsec++;
+        s->cls_ipsec += n;
     else if (info->key.proto == IPPROTO_TCP)
-        s->cls_tcp++;
+        s->cls_tcp += n;
     else if (info->key.proto == IPPROTO_UDP)
-        s->cls_udp++;
+        s->cls_udp += n;
     else if (info->key.proto == IPPROTO_ICMP || info->key.proto == IPPROTO_ICMPV6)
-        s->cls_icmp++;
+        s->cls_icmp += n;
     else
-        s->cls_other++;
+        s->cls_other += n;
+}
+
+/* What decides a packet's class (wrk_count_class): packets with the same one are counted as a run. */
+static inline uint32_t wrk_class_of(const struct pydp_pkt_info *info)
+{
+    return (uint32_t)info->family << 16 | (uint32_t)info->flags << 8 | info->key.proto;
 }
 
 /* A packet between the stages of the burst pipeline. */
@@ -110,6 +118,12 @@ struct wrk_tally {
     uint32_t cl_packets;            /* forwarded packets and bytes of cluster cl (the cluster of most packets) */
     uint64_t cl_bytes;
     uint16_t cl;
+    uint8_t vip_family;             /* the last cluster-IP lookup: family, destination, result */
+    int vip_ci;
+    __m128i vip_dst;
+    uint32_t cls;                   /* the class (wrk_class_of) of the current run of packets, and its length */
+    uint32_t cls_run;
+    struct pydp_pkt_info cls_info;
 };
 
 #define WRK_STAGE 32                /* packets per pass of the burst pipeline */
@@ -178,15 +192,28 @@ static inline int wrk_parse(struct dp_worker *w, uint32_t pi, struct rte_mbuf *m
 
 /* Stage 2: the cluster IP, enabled, ownership, the flow hash (pydp_verdict_classify), and a prefetch of the
  * flow-table bucket. Returns 1 when the packet goes on to the next stages. */
-static inline int wrk_classify(struct dp_worker *w, uint32_t pi, struct wrk_pkt *p)
+static inline int wrk_classify(struct dp_worker *w, struct wrk_tally *t, uint32_t pi, struct wrk_pkt *p)
 {
     struct pydp_port_stats *ps = &w->stats->port[pi];
+    __m128i dst;
+    int ci;
 
     if (unlikely(p->exc)) {
         dp_exc_send(w, pi, p->m, pydp_exc_class(&p->info));
         return 0;
     }
-    switch (pydp_verdict_classify(w->cfg, &p->info, &p->v)) {
+    /* the cluster IP: most packets of a pass go to the previous packet's */
+    dst = _mm_loadu_si128((const __m128i *)(const void *)p->info.dst);
+    if (likely(p->info.family == t->vip_family &&
+               _mm_movemask_epi8(_mm_cmpeq_epi8(dst, t->vip_dst)) == 0xffff)) {
+        ci = t->vip_ci;
+    } else {
+        ci = pydp_config_lookup_vip(w->cfg, p->info.family, p->info.dst);
+        t->vip_family = p->info.family;
+        t->vip_dst = dst;
+        t->vip_ci = ci;
+    }
+    switch (pydp_verdict_classify_at(w->cfg, ci, &p->info, &p->v)) {
     case PYDP_ACT_FORWARD:
         break;
     case PYDP_ACT_EXCEPTION:
@@ -201,7 +228,14 @@ static inline int wrk_classify(struct dp_worker *w, uint32_t pi, struct wrk_pkt 
         dp_drop(ps, p->m, PYDP_DROP_NOT_ACTIVE);
         return 0;
     }
-    wrk_count_class(w->stats, &p->info);
+    if (unlikely(wrk_class_of(&p->info) != t->cls)) {
+        if (t->cls_run != 0)
+            wrk_count_class(w->stats, &t->cls_info, t->cls_run);
+        t->cls = wrk_class_of(&p->info);
+        t->cls_info = p->info;
+        t->cls_run = 0;
+    }
+    t->cls_run++;
     pydp_flow_prefetch_bucket(w->flows, p->v.hash);
     return 1;
 }
@@ -268,7 +302,7 @@ static inline void wrk_forward(struct dp_worker *w, struct wrk_tally *t, uint32_
 static void wrk_burst(struct dp_worker *w, uint32_t pi, struct rte_mbuf **pkts, uint16_t n, uint32_t now)
 {
     struct wrk_pkt v[WRK_STAGE];
-    struct wrk_tally t = { .cl = UINT16_MAX };
+    struct wrk_tally t = { .cl = UINT16_MAX, .vip_family = 0xff, .cls = UINT32_MAX };
     uint32_t i, nv = 0, nk = 0;
 
     for (i = 0; i < n && i < WRK_PREFETCH_AHEAD; i++)
@@ -281,12 +315,14 @@ static void wrk_burst(struct dp_worker *w, uint32_t pi, struct rte_mbuf **pkts, 
     }
     w->stats->port[pi].rx_bytes += t.rx_bytes;
     for (i = 0; i < nv; i++) {
-        if (wrk_classify(w, pi, &v[i])) {
+        if (wrk_classify(w, &t, pi, &v[i])) {
             if (nk != i)
                 v[nk] = v[i];
             nk++;
         }
     }
+    if (t.cls_run != 0)
+        wrk_count_class(w->stats, &t.cls_info, t.cls_run);
     if (nk == 0)
         return;
     t.cl = v[0].v.cluster;
