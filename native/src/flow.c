@@ -408,18 +408,21 @@ pydp_flow_table_init(struct pydp_flow_table *t, uint32_t capacity)
 uint32_t
 pydp_flow_timeout(const struct pydp_config *cfg, uint8_t state)
 {
-    switch (state) {
-    case PYDP_FLOW_TCP_SYN:
-        return cfg->tcp_syn_timeout_ms;
-    case PYDP_FLOW_TCP_EST:
-        return cfg->tcp_est_timeout_ms;
-    case PYDP_FLOW_TCP_FIN:
-        return cfg->tcp_fin_timeout_ms;
-    case PYDP_FLOW_UDP:
-        return cfg->udp_timeout_ms;
-    default:
-        return cfg->other_timeout_ms;
-    }
+    /* the five timeouts are consecutive in state order (SYN, EST, FIN, UDP, OTHER): a load, not a branch per
+     * state; EMPTY and anything unknown take OTHER's */
+    const uint32_t *t = &cfg->tcp_syn_timeout_ms;
+    uint32_t i = (uint32_t)state - PYDP_FLOW_TCP_SYN;
+
+    _Static_assert(offsetof(struct pydp_config, tcp_est_timeout_ms) == offsetof(struct pydp_config,
+                   tcp_syn_timeout_ms) + 4 && offsetof(struct pydp_config, tcp_fin_timeout_ms) ==
+                   offsetof(struct pydp_config, tcp_syn_timeout_ms) + 8 && offsetof(struct pydp_config,
+                   udp_timeout_ms) == offsetof(struct pydp_config, tcp_syn_timeout_ms) + 12 &&
+                   offsetof(struct pydp_config, other_timeout_ms) == offsetof(struct pydp_config,
+                   tcp_syn_timeout_ms) + 16, "the timeouts in state order");
+    _Static_assert(PYDP_FLOW_TCP_EST == PYDP_FLOW_TCP_SYN + 1 && PYDP_FLOW_TCP_FIN == PYDP_FLOW_TCP_SYN + 2 &&
+                   PYDP_FLOW_UDP == PYDP_FLOW_TCP_SYN + 3 && PYDP_FLOW_OTHER == PYDP_FLOW_TCP_SYN + 4,
+                   "the states in timeout order");
+    return t[i < 5 ? i : 4];
 }
 
 void
