@@ -10,8 +10,10 @@
  *
  * An established hit reads lines 0 and 1 only: both addresses follow from the hash, so the worker fetches them
  * together (one aligned 128-byte pair) before it looks, instead of the signature line and then, dependent on it,
- * the flow's line. The cold record is written when a flow opens, is re-pinned or changes state, and read by
- * inserts (none: they write it), by confirmations, flow sync, flush and `pydpctl flows`.
+ * the flow's line. The cold record is written when a flow opens (whole, with non-temporal stores: see
+ * flw_write), is re-pinned or changes state, and read by confirmations, flow sync, flush and `pydpctl flows`.
+ * The worker prefetches it only for a packet that will read it: a hit whose TCP flags change the flow's state
+ * (pydp_flow_prefetch_record).
  *
  * Signatures: a way holds sig = pydp_flow_sig(key) | 1 (0 means "empty way"), bit 1 = PYDP_FLOW_SIG_SYN, set
  * while the flow is half-open (state TCP_SYN), so an insert into a full bucket finds the half-open ways from
@@ -41,14 +43,15 @@
  *
  * Per-packet use by the owning worker (native/src/verdict.c):
  *
- *     f = pydp_flow_lookup_sig(t, hash, sig, now, cfg);
- *     if (f != NULL) {
- *         pydp_flow_hit(t, f, &key, tcp_flags, now);      <- time, count, the next state (key confirmed first)
+ *     w = pydp_flow_find(t, hash, sig, now, cfg, &b);
+ *     if (w >= 0) {
+ *         pydp_flow_hit_at(t, b, w, &key, tcp_flags, now);     <- time, count, the next state (key confirmed first)
  *     } else {
- *         f = pydp_flow_insert(t, &key, hash, now, cfg, &evicted);
- *         pydp_flow_pin(t, f, cluster, cluster_uid, edge, edge_uid);
- *         pydp_flow_start(t, f, key.proto, tcp_flags);  <- the initial state from this first packet
+ *         f = pydp_flow_open(t, &key, hash, sig, now, cfg,      <- the whole flow in one pass: key, pin, the state
+ *                            cluster, cluster_uid, edge, edge_uid,    from this first packet, one packet
+ *                            tcp_flags, &evicted);
  *     }
+ *     ... pydp_flow_fence() once per burst
  *
  * TCP states are tracked from the client side only (DSR: the replies do not come through us):
  *     EMPTY --SYN without ACK--> SYN         EMPTY --anything else--> EST
@@ -60,7 +63,10 @@
  * visible with a non-zero signature and a half-written flow: a way being reused is first unpublished (sig = 0),
  * then the flow, its hot way and last_ms are written, then the signature is published last (release store; a
  * compiler barrier on x86). A reader should copy sig, then the flow, then re-read sig and keep the copy only if
- * both reads agree, are non-zero and match the record's sig (half-open bit aside).
+ * both reads agree, are non-zero and match the record's sig (half-open bit aside). The one exception is the
+ * fast path's new record (pydp_flow_open): its non-temporal stores may become visible to other cores after the
+ * signature, until the worker's fence at the end of the burst (a few microseconds); a reader in that window sees
+ * the previous record, whose sig does not match, and drops the copy as above.
  */
 #include <stdint.h>
 #include <stddef.h>

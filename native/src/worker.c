@@ -115,6 +115,7 @@ struct wrk_tally {
     uint64_t rx_bytes;
     uint32_t hits;
     uint32_t lookups;
+    uint32_t inserts;
     uint32_t cl_packets;            /* forwarded packets and bytes of cluster cl (the cluster of most packets) */
     uint64_t cl_bytes;
     uint16_t cl;
@@ -157,6 +158,7 @@ static inline uint32_t wrk_choose_edge(struct dp_worker *w, struct wrk_tally *t,
                 wrk_event(w, PYDP_EV_END, v->flow, now);
         }
     } else if (what & PYDP_VW_INSERT) {
+        t->inserts++;
         s->flow_inserts++;
         s->flow_evictions += (what & PYDP_VW_EVICTED) ? 1 : 0;
         w->cstats[v->cluster].edges[slot].new_flows++;
@@ -336,7 +338,8 @@ static void wrk_burst(struct dp_worker *w, uint32_t pi, struct rte_mbuf **pkts, 
         }
         wrk_forward(w, &t, pi, &v[i], now);
     }
-    pydp_flow_fence();      /* new flows' records (non-temporal stores) before anything else of this burst */
+    if (t.inserts != 0)
+        pydp_flow_fence();  /* new flows' records (non-temporal stores) before anything else of this burst */
     w->stats->flow_lookups += t.lookups;
     w->stats->flow_hits += t.hits;
     w->cstats[t.cl].packets += t.cl_packets;
