@@ -62,5 +62,6 @@ def test_smoke_run_writes_the_schema(tmp_path):
     assert res["flow_scaling"]["10000"]["pydp_mpps"] > 0
     m = res["machine"]
     assert m["cpu"] and m["cores"] >= 1 and m["dpdk"] and m["vdev"] == "net_memif"
+    assert res["method"]["burst"] == 64
     assert {p.name for p in plots.iterdir()} == {"mpps_vs_flows.png", "ratio_per_profile.png"}
     assert "profile" in done.stdout and "table swaps" in done.stdout and "l3fwd-EM peer" in done.stdout

@@ -27,3 +27,18 @@ def test_bad_arguments_are_refused():
     done = subprocess.run(RUN + ["--quick", "--gen-cpu", "1", "--fwd-cpu", "1"], capture_output=True, text=True,
                           timeout=60)
     assert done.returncode == 2 and "must differ" in done.stderr
+
+
+def test_burst_out_of_range_is_refused():
+    done = subprocess.run(RUN + ["--quick", "--burst", "300"], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and "--burst must be 1..256" in done.stderr
+
+
+def test_pydp_config_takes_the_burst():
+    sys.path.insert(0, str(PERF))
+    try:
+        import engine
+    finally:
+        sys.path.remove(str(PERF))
+    cfg = engine.pydp_config("/tmp/x.sock", "/dev/hugepages/x", "0@0,1@1", 4096, burst=48)
+    assert "\nburst = 48\n" in cfg
