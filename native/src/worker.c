@@ -328,13 +328,15 @@ static void wrk_burst(struct dp_worker *w, uint32_t pi, struct rte_mbuf **pkts, 
     if (nk == 0)
         return;
     t.cl = v[0].v.cluster;
+    /* only TCP packets can change a flow's state (and read its record): the others skip the stage */
     for (i = 0; i < nk && i < WRK_WAYS_AHEAD; i++)
-        pydp_flow_prefetch_record(w->flows, v[i].v.hash, v[i].v.sig, v[i].info.key.proto, v[i].info.tcp_flags);
+        if (v[i].info.key.proto == IPPROTO_TCP)
+            pydp_flow_prefetch_record(w->flows, v[i].v.hash, v[i].v.sig, IPPROTO_TCP, v[i].info.tcp_flags);
     for (i = 0; i < nk; i++) {
-        if (i + WRK_WAYS_AHEAD < nk) {
+        if (i + WRK_WAYS_AHEAD < nk && v[i + WRK_WAYS_AHEAD].info.key.proto == IPPROTO_TCP) {
             const struct wrk_pkt *a = &v[i + WRK_WAYS_AHEAD];
 
-            pydp_flow_prefetch_record(w->flows, a->v.hash, a->v.sig, a->info.key.proto, a->info.tcp_flags);
+            pydp_flow_prefetch_record(w->flows, a->v.hash, a->v.sig, IPPROTO_TCP, a->info.tcp_flags);
         }
         wrk_forward(w, &t, pi, &v[i], now);
     }
