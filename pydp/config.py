@@ -227,7 +227,7 @@ class DataplaneConfig:
     lcores: str = "0-1"
     busy_poll: bool = False
     idle_sleep_max_us: int = 200
-    idle_sleep_deep_us: int = 500
+    idle_sleep_deep_us: int = 1000
     tx_drain_us: int = 100
     flow_capacity: int = 2097152
     maglev_size: int = MAGLEV_DEFAULT_SIZE
