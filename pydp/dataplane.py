@@ -208,7 +208,9 @@ class Dataplane:
         drops = port["drops"].sum(axis=0)
         out = {
             "rx_packets": int(port["rx_packets"].sum()),
+            "rx_bytes": int(port["rx_bytes"].sum()),
             "tx_packets": int(port["tx_packets"].sum()),
+            "tx_bytes": int(port["tx_bytes"].sum()),
             "exc_to_kernel": int(port["exc_to_kernel"].sum()),
             "exc_arp": int(port["exc_arp"].sum()),
             "exc_carp": int(port["exc_carp"].sum()),
@@ -216,6 +218,8 @@ class Dataplane:
             "drops": {name: int(drops[i]) for i, name in enumerate(r.drop_names()) if drops[i]},
             "flows": {k: int(ws[f"flow_{k}"].sum()) for k in ("lookups", "hits", "inserts", "evictions",
                                                                "rehashed")},
+            "classes": {k: int(ws[f"cls_{k}"].sum()) for k in ("tcp", "udp", "icmp", "fragment", "icmp_error",
+                                                                 "ipsec", "other", "ipv6")},
             "flow_table": r.flow_tables(),
             "ports": [{"name": ffi.string(r.hdr.ports[i].name).decode(),
                        "mac": ":".join(f"{b:02x}" for b in bytes(r.hdr.ports[i].mac))}
@@ -231,8 +235,10 @@ class Dataplane:
                 if cfg_slot.edges[e].state != lib.PYDP_EDGE_EMPTY:
                     name = ffi.string(cfg_slot.edges[e].name).decode()
                     edges[name] = {"packets": int(cs[:, i]["edges"]["packets"][:, e].sum()),
+                                   "bytes": int(cs[:, i]["edges"]["bytes"][:, e].sum()),
                                    "new_flows": int(cs[:, i]["edges"]["new_flows"][:, e].sum())}
-            out["clusters"][c.name] = {"packets": int(cs[:, i]["packets"].sum()), "edges": edges,
+            out["clusters"][c.name] = {"packets": int(cs[:, i]["packets"].sum()),
+                                       "bytes": int(cs[:, i]["bytes"].sum()), "edges": edges,
                                        "drop_not_active": int(cs[:, i]["drop_not_active"].sum()),
                                        "drop_disabled": int(cs[:, i]["drop_disabled"].sum()),
                                        "drop_no_edge": int(cs[:, i]["drop_no_edge"].sum())}

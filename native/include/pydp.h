@@ -488,15 +488,14 @@ struct pydp_flow *pydp_flow_open(struct pydp_flow_table *t, const struct pydp_fl
                                  uint16_t cluster_uid, uint8_t edge, uint16_t edge_uid, uint8_t tcp_flags,
                                  int *evicted);
 void pydp_flow_fence(void);
-/* the fast path's lookup and hit by position (bucket, way): pydp_flow_find returns the way (or -1) and sets *bucket;
- * pydp_flow_hit_at is pydp_flow_hit for that way */
+/* the fast path's lookup and hit by position (bucket, way), decided on the signature alone (sig =
+ * pydp_flow_sig(key)): pydp_flow_find returns the way (or -1) and sets *bucket; pydp_flow_hit_at takes the
+ * packet's key and reads the cold record only to confirm it before a state change: it returns 0, 1 when the state
+ * changed, -1 when the key did not match (a false signature match: the flow is left alone) */
 int pydp_flow_find(struct pydp_flow_table *t, uint32_t hash, uint32_t sig, uint32_t now_ms,
                    const struct pydp_config *cfg, struct pydp_flow_bucket **bucket);
 int pydp_flow_hit_at(struct pydp_flow_table *t, struct pydp_flow_bucket *b, unsigned w,
                      const struct pydp_flow_key *key, uint8_t tcp_flags, uint32_t now_ms);
-/* the fast path: a lookup decided on the signature alone (sig = pydp_flow_sig(key)), no cold read */
-struct pydp_flow *pydp_flow_lookup_sig(struct pydp_flow_table *t, uint32_t hash, uint32_t sig, uint32_t now_ms,
-                                       const struct pydp_config *cfg);
 int pydp_flow_confirm(const struct pydp_flow *f, const struct pydp_flow_key *key);
 struct pydp_flow_way *pydp_flow_way_of(const struct pydp_flow_table *t, const struct pydp_flow *f);
 /* pins a flow to an edge: the hot way and the cold record */
@@ -507,13 +506,9 @@ void pydp_flow_pin(struct pydp_flow_table *t, struct pydp_flow *f, uint16_t clus
 void pydp_flow_prefetch_bucket(const struct pydp_flow_table *t, uint32_t hash);
 void pydp_flow_prefetch_record(const struct pydp_flow_table *t, uint32_t hash, uint32_t sig, uint8_t proto,
                                uint8_t tcp_flags);
-/* a packet of an existing flow: the state from the packet, the time, the packet count. pydp_flow_touch reads the
- * key's protocol from the flow and counts exactly; pydp_flow_hit (the fast path) takes the packet's key and reads
- * the cold record only to confirm it before a state change: returns 0, 1 when the state changed, -1 when the key
- * did not match (a false signature match: the flow is left alone) */
+/* a packet of an existing flow (the control plane's and tests' form): the state from the packet, the time, the
+ * packet count, with the key's protocol read from the flow */
 void pydp_flow_touch(struct pydp_flow_table *t, struct pydp_flow *f, uint8_t tcp_flags, uint32_t now_ms);
-int pydp_flow_hit(struct pydp_flow_table *t, struct pydp_flow *f, const struct pydp_flow_key *key,
-                  uint8_t tcp_flags, uint32_t now_ms);
 uint32_t pydp_flow_packets(const struct pydp_flow_table *t, const struct pydp_flow *f);
 uint32_t pydp_flow_timeout(const struct pydp_config *cfg, uint8_t state);
 uint32_t pydp_flow_last_ms(const struct pydp_flow_table *t, const struct pydp_flow *f);

@@ -20,7 +20,7 @@
  * line 0 alone. Matching ignores the bit. The bucket is hash & mask, where hash = pydp_flow_hash(key): the
  * signature is a second hash, independent of the bucket bits, so its 30 bits all tell ways apart.
  *
- * Hits on the signature alone (pydp_flow_lookup_sig, the fast path): at most one way of a bucket holds a given
+ * Hits on the signature alone (pydp_flow_find, the fast path): at most one way of a bucket holds a given
  * signature (an insert happens only when the lookup found none), so a packet of a stored flow always finds its
  * own way. A packet of a flow NOT stored matches a stored one with probability (occupied ways compared) x 2^-30:
  * with 1M flows in the default 2M entries (4 occupied ways per bucket on average) 3.7e-9 per new flow. Such a
@@ -491,16 +491,6 @@ pydp_flow_find(struct pydp_flow_table *t, uint32_t hash, uint32_t sig, uint32_t 
 }
 
 struct pydp_flow *
-pydp_flow_lookup_sig(struct pydp_flow_table *t, uint32_t hash, uint32_t sig, uint32_t now_ms,
-                     const struct pydp_config *cfg)
-{
-    struct pydp_flow_bucket *b;
-    int w = pydp_flow_find(t, hash, sig, now_ms, cfg, &b);
-
-    return w < 0 ? NULL : &b->flows[w];
-}
-
-struct pydp_flow *
 pydp_flow_lookup(struct pydp_flow_table *t, const struct pydp_flow_key *key, uint32_t hash, uint32_t now_ms,
                  const struct pydp_config *cfg)
 {
@@ -723,16 +713,6 @@ pydp_flow_hit_at(struct pydp_flow_table *t, struct pydp_flow_bucket *b, unsigned
     }
     flw_count(b, w, now_ms);
     return 0;
-}
-
-int
-pydp_flow_hit(struct pydp_flow_table *t, struct pydp_flow *f, const struct pydp_flow_key *key, uint8_t tcp_flags,
-              uint32_t now_ms)
-{
-    unsigned w;
-    struct pydp_flow_bucket *b = flw_bucket_of(t, f, &w);
-
-    return pydp_flow_hit_at(t, b, w, key, tcp_flags, now_ms);
 }
 
 void

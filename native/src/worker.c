@@ -74,31 +74,33 @@ static inline void wrk_load_config(struct dp_worker *w)
     w->stats->config_swaps++;
 }
 
-/* Counts n packets of the class of info. */
-static inline void wrk_count_class(struct pydp_worker_stats *s, const struct pydp_pkt_info *info, uint64_t n)
-{
-    if (info->family == PYDP_AF_INET6)
-        s->cls_ipv6 += n;
-    if (info->flags & PYDP_PF_FRAGMENT)
-        s->cls_fragment += n;
-    else if (info->flags & PYDP_PF_ICMP_ERROR)
-        s->cls_icmp_error += n;
-    else if (info->flags & PYDP_PF_IPSEC)
-        s->cls_ipsec += n;
-    else if (info->key.proto == IPPROTO_TCP)
-        s->cls_tcp += n;
-    else if (info->key.proto == IPPROTO_UDP)
-        s->cls_udp += n;
-    else if (info->key.proto == IPPROTO_ICMP || info->key.proto == IPPROTO_ICMPV6)
-        s->cls_icmp += n;
-    else
-        s->cls_other += n;
-}
-
-/* What decides a packet's class (wrk_count_class): packets with the same one are counted as a run. */
+/* What decides a packet's class: family, parser flags, protocol. Packets with the same code are counted as a run. */
 static inline uint32_t wrk_class_of(const struct pydp_pkt_info *info)
 {
     return (uint32_t)info->family << 16 | (uint32_t)info->flags << 8 | info->key.proto;
+}
+
+/* Counts n packets of class code c (wrk_class_of). */
+static inline void wrk_count_class(struct pydp_worker_stats *s, uint32_t c, uint64_t n)
+{
+    uint8_t family = (uint8_t)(c >> 16), flags = (uint8_t)(c >> 8), proto = (uint8_t)c;
+
+    if (family == PYDP_AF_INET6)
+        s->cls_ipv6 += n;
+    if (flags & PYDP_PF_FRAGMENT)
+        s->cls_fragment += n;
+    else if (flags & PYDP_PF_ICMP_ERROR)
+        s->cls_icmp_error += n;
+    else if (flags & PYDP_PF_IPSEC)
+        s->cls_ipsec += n;
+    else if (proto == IPPROTO_TCP)
+        s->cls_tcp += n;
+    else if (proto == IPPROTO_UDP)
+        s->cls_udp += n;
+    else if (proto == IPPROTO_ICMP || proto == IPPROTO_ICMPV6)
+        s->cls_icmp += n;
+    else
+        s->cls_other += n;
 }
 
 /* A packet between the stages of the burst pipeline. */
@@ -114,7 +116,6 @@ struct wrk_pkt {
 struct wrk_tally {
     uint64_t rx_bytes;
     uint32_t hits;
-    uint32_t lookups;
     uint32_t inserts;
     uint32_t cl_packets;            /* forwarded packets and bytes of cluster cl (the cluster of most packets) */
     uint64_t cl_bytes;
@@ -124,7 +125,6 @@ struct wrk_tally {
     __m128i vip_dst;
     uint32_t cls;                   /* the class (wrk_class_of) of the current run of packets, and its length */
     uint32_t cls_run;
-    struct pydp_pkt_info cls_info;
 };
 
 #define WRK_STAGE 32                /* packets per pass of the burst pipeline */
@@ -232,9 +232,8 @@ static inline int wrk_classify(struct dp_worker *w, struct wrk_tally *t, uint32_
     }
     if (unlikely(wrk_class_of(&p->info) != t->cls)) {
         if (t->cls_run != 0)
-            wrk_count_class(w->stats, &t->cls_info, t->cls_run);
+            wrk_count_class(w->stats, t->cls, t->cls_run);
         t->cls = wrk_class_of(&p->info);
-        t->cls_info = p->info;
         t->cls_run = 0;
     }
     t->cls_run++;
@@ -254,7 +253,6 @@ static inline void wrk_forward(struct dp_worker *w, struct wrk_tally *t, uint32_
     const struct pydp_edge *e;
     uint32_t slot, len;
 
-    t->lookups++;
     slot = wrk_choose_edge(w, t, p, now);
     if (unlikely(slot == PYDP_MAGLEV_NONE)) {
         cs->drop_no_edge++;
@@ -324,7 +322,7 @@ static void wrk_burst(struct dp_worker *w, uint32_t pi, struct rte_mbuf **pkts, 
         }
     }
     if (t.cls_run != 0)
-        wrk_count_class(w->stats, &t.cls_info, t.cls_run);
+        wrk_count_class(w->stats, t.cls, t.cls_run);
     if (nk == 0)
         return;
     t.cl = v[0].v.cluster;
@@ -342,7 +340,7 @@ static void wrk_burst(struct dp_worker *w, uint32_t pi, struct rte_mbuf **pkts, 
     }
     if (t.inserts != 0)
         pydp_flow_fence();  /* new flows' records (non-temporal stores) before anything else of this burst */
-    w->stats->flow_lookups += t.lookups;
+    w->stats->flow_lookups += nk;           /* every packet that reached the flow table */
     w->stats->flow_hits += t.hits;
     w->cstats[t.cl].packets += t.cl_packets;
     w->cstats[t.cl].bytes += t.cl_bytes;

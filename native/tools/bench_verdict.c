@@ -201,16 +201,12 @@ main(int argc, char **argv)
                 pydp_verdict_classify(cfg, &nburst[k], &nv[k]);
                 pydp_flow_prefetch_bucket(t, nv[k].hash);
             }
-#ifndef BV_NOWAYS
             for (k = 0; k < nb && k < BV_AHEAD; k++)
                 pydp_flow_prefetch_record(t, v[k].hash, v[k].sig, burst[k].key.proto, burst[k].tcp_flags);
-#endif
             for (k = 0; k < nb; k++) {
-#ifndef BV_NOWAYS
                 if (k + BV_AHEAD < nb)
                     pydp_flow_prefetch_record(t, v[k + BV_AHEAD].hash, v[k + BV_AHEAD].sig, burst[k + BV_AHEAD].key.proto,
                                               burst[k + BV_AHEAD].tcp_flags);
-#endif
                 pydp_verdict_pick(cfg, maglev, t, &burst[k], now, &v[k]);
                 hits += (v[k].what & PYDP_VW_HIT) != 0;
                 inserts += (v[k].what & PYDP_VW_INSERT) != 0;
@@ -226,34 +222,6 @@ main(int argc, char **argv)
 
         for (i = 0; i < flows; i += BV_BURST) {
             uint32_t nb = flows - i < BV_BURST ? flows - i : BV_BURST, k;
-#ifdef BV_SLIDE
-            uint32_t c;
-
-            for (c = 0; c < nb && c < BV_SLIDE; c++) {
-                burst[c] = pk[i + c];
-                pydp_verdict_classify(cfg, &burst[c], &v[c]);
-                pydp_flow_prefetch_bucket(t, v[c].hash);
-            }
-            for (k = 0; k < nb; k++) {
-                if (c < nb) {
-                    burst[c] = pk[i + c];
-                    pydp_verdict_classify(cfg, &burst[c], &v[c]);
-                    pydp_flow_prefetch_bucket(t, v[c].hash);
-                    c++;
-                }
-                if (k + BV_AHEAD < c)
-                    pydp_flow_prefetch_record(t, v[k + BV_AHEAD].hash, v[k + BV_AHEAD].sig,
-                                              burst[k + BV_AHEAD].key.proto, burst[k + BV_AHEAD].tcp_flags);
-                pydp_verdict_pick(cfg, maglev, t, &burst[k], now, &v[k]);
-                hits += (v[k].what & PYDP_VW_HIT) != 0;
-                inserts += (v[k].what & PYDP_VW_INSERT) != 0;
-            }
-            pydp_flow_fence();
-            n += nb;
-            if ((i / BV_BURST) % 219 == 218)
-                now++;
-            continue;
-#endif
             for (k = 0; k < nb; k++) {
                 burst[k] = pk[i + k];
                 pydp_verdict_classify(cfg, &burst[k], &v[k]);

@@ -238,10 +238,27 @@ def test_groups_share_an_edge(golden):
 
 
 def test_counters_add_up(golden):
+    """The worker adds most counters once per pass of packets, not per packet: every one must still add up."""
     s = golden.summary
     assert s["rx_packets"] == len(golden.cases)
     assert s["rx_packets"] == s["tx_packets"] + s["exc_to_kernel"] + sum(s["drops"].values())
     assert s["flows"]["inserts"] > 0 and s["flows"]["hits"] > 0
+    assert s["rx_bytes"] == sum(len(c.frame) for c in golden.cases)
+    forwarded = [c for c in golden.cases if c.verdict == "edge"]
+    assert len(forwarded) == len(golden.out) == s["tx_packets"]
+    assert s["tx_bytes"] == sum(len(f) for f in golden.out)
+    for name, cl in s["clusters"].items():
+        sent = [f for c, f in zip(forwarded, golden.out) if c.cluster == name]
+        assert cl["packets"] == len(sent) == sum(e["packets"] for e in cl["edges"].values()), name
+        assert cl["bytes"] == sum(len(f) for f in sent) == sum(e["bytes"] for e in cl["edges"].values()), name
+    # every packet that reached the flow table (forwarded, or dropped there for want of an edge) was looked up
+    # once and counted in exactly one class
+    looked_up = forwarded + [c for c in golden.cases if c.verdict == "drop:no_edge"]
+    assert s["flows"]["lookups"] == len(looked_up)
+    classes = dict(s["classes"])
+    assert classes.pop("ipv6") == sum(1 for c in looked_up if c.frame[12:14] == b"\x86\xdd") > 0
+    assert sum(classes.values()) == len(looked_up)
+    assert classes["tcp"] > 0 and classes["udp"] > 0 and classes["ipsec"] > 0
 
 
 def test_distribution_follows_maglev(tmp_path):
