@@ -10,6 +10,7 @@
 #include <sys/file.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <sys/vfs.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -47,7 +48,7 @@ _Static_assert(sizeof(((struct pydp_shm_header *)0)->workers) / 64 == PYDP_MAX_W
 _Static_assert(sizeof(((struct pydp_shm_header *)0)->ports) / 128 == PYDP_MAX_PORTS, "ports");
 
 #define SHM_ALIGN 4096u
-#define SHM_HUGE_ALIGN (2u << 20)
+#define SHM_HUGETLBFS_MAGIC 0x958458f6u   /* statfs f_type of hugetlbfs (linux/magic.h) */
 
 static void shm_err(char *err, const char *fmt, ...)
 {
@@ -119,41 +120,32 @@ static int shm_map(struct pydp_shm *shm, const char *path, int fd, uint64_t size
     return 0;
 }
 
-static int shm_on_hugetlbfs(const char *path)
+/* The page size of the hugetlbfs that will hold path (its directory), or 0 when it is not on one: a file there
+ * can only be sized in whole pages (2 MiB or 1 GiB, as the mount's pagesize= says). */
+static uint64_t shm_huge_page(const char *path)
 {
     char dir[256];
     char *slash;
-    struct stat st;
-    FILE *f;
-    char line[512];
-    int huge = 0;
+    struct statfs sf;
 
     snprintf(dir, sizeof(dir), "%s", path);
     slash = strrchr(dir, '/');
-    if (slash == NULL || slash == dir)
+    if (slash == NULL)
         return 0;
-    *slash = '\0';
-    if (stat(dir, &st) != 0)
+    if (slash == dir)
+        slash[1] = '\0';
+    else
+        *slash = '\0';
+    if (statfs(dir, &sf) != 0 || (uint32_t)sf.f_type != SHM_HUGETLBFS_MAGIC || sf.f_bsize <= 0)
         return 0;
-    f = fopen("/proc/mounts", "r");
-    if (f == NULL)
-        return 0;
-    while (fgets(line, sizeof(line), f)) {
-        char dev[128], mnt[256], type[64];
-
-        if (sscanf(line, "%127s %255s %63s", dev, mnt, type) == 3 && strcmp(type, "hugetlbfs") == 0 &&
-            strcmp(mnt, dir) == 0)
-            huge = 1;
-    }
-    fclose(f);
-    return huge;
+    return (uint64_t)sf.f_bsize;
 }
 
 int pydp_shm_create(struct pydp_shm *shm, const char *path, const struct pydp_shm_params *p, char *err)
 {
     struct pydp_shm_header tmp;
     struct pydp_shm_header *h;
-    uint64_t size;
+    uint64_t size, huge;
     uint32_t w, s;
     int fd;
 
@@ -181,8 +173,9 @@ int pydp_shm_create(struct pydp_shm *shm, const char *path, const struct pydp_sh
     }
     memset(&tmp, 0, sizeof(tmp));
     size = shm_layout(&tmp, p);
-    if (shm_on_hugetlbfs(path))
-        size = shm_align(size, SHM_HUGE_ALIGN);
+    huge = shm_huge_page(path);
+    if (huge != 0)
+        size = shm_align(size, huge);
 
     /* A region left behind by a data plane that died is replaced: the data plane is its only creator. */
     unlink(path);
