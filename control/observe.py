@@ -263,7 +263,7 @@ def _snapshot(region: Region, worker: int) -> tuple[np.ndarray, np.ndarray]:
     bi, wi = np.nonzero(sig1)
     fl = b["flows"][bi, wi]                 # fancy indexing copies
     last = b["last_ms"][bi, wi]
-    pkts = b["way"]["pkts"][bi, wi]         # the hot packet counter, not yet folded into the record's packets
+    pkts = b["pkts"][bi, wi]                # the hot packet counter, not yet folded into the record's packets
     sig2 = b["sig"][bi, wi]
     s1 = sig1[bi, wi]
     # bit 1 of a signature is the half-open flag (PYDP_FLOW_SIG_SYN); the record keeps the signature without it

@@ -257,9 +257,11 @@ class Region:
         return self._view(first, "struct pydp_flow_bucket", table.nb_buckets)
 
     def flow_tables(self) -> dict:
-        """Occupancy of the flow tables summed over workers: capacity, live, expired, evicted, and false_matches
-        (signature hits whose key differed when a change needed it confirmed: native/src/flow.c)."""
-        out = {"capacity": 0, "live": 0, "expired": 0, "evicted": 0, "false_matches": 0}
+        """Occupancy of the flow tables summed over workers: capacity, live, expired, evicted, false_matches
+        (signature hits whose key differed when a change needed it confirmed) and pin_checks (hits that confirmed
+        their pin against the flow's record after its cluster slot changed, or a flow from the peer's first hit:
+        native/src/flow.c)."""
+        out = {"capacity": 0, "live": 0, "expired": 0, "evicted": 0, "false_matches": 0, "pin_checks": 0}
         for w in range(self.nb_workers):
             t = lib.pydp_shm_flows(self._shm, w)
             out["capacity"] += t.nb_buckets * lib.PYDP_FLOW_WAYS
@@ -267,6 +269,7 @@ class Region:
             out["expired"] += t.expired
             out["evicted"] += t.evicted
             out["false_matches"] += t.false_matches
+            out["pin_checks"] += t.pin_checks
         return out
 
     def worker_states(self) -> np.ndarray:

@@ -22,7 +22,7 @@ extern "C" {
 /* cdef-begin */
 
 #define PYDP_SHM_MAGIC 0x314d534850445950
-#define PYDP_LAYOUT_VERSION 5
+#define PYDP_LAYOUT_VERSION 6
 
 #define PYDP_MAX_CLUSTERS 64
 #define PYDP_MAX_EDGES 16
@@ -34,8 +34,9 @@ extern "C" {
 #define PYDP_MAGLEV_MAX_SIZE 655373
 #define PYDP_MAGLEV_NONE 255
 #define PYDP_IDLE_DEEP_AFTER_MS 100   /* a worker idle this long backs off to idle_sleep_deep_us */
-#define PYDP_FLOW_WAYS 8
+#define PYDP_FLOW_WAYS 6         /* ways per bucket: all that a hit reads of them fits one cache line */
 #define PYDP_FLOW_SIG_SYN 2        /* bit of a way's signature: the flow is half-open (state TCP_SYN) */
+#define PYDP_FLOW_PIN_CHECK 0x80   /* bit of a way's pin byte: confirm the pin against the record first (flow sync) */
 #define PYDP_FLOW_PKTS_FOLD 256    /* a way's hot packet counter folds into the flow's packets at this count */
 #define PYDP_CMD_RING_SIZE 256
 #define PYDP_EVENT_RING_SIZE 4096
@@ -181,7 +182,7 @@ struct pydp_flow {
     struct pydp_flow_key key;
     uint32_t hash;
     uint32_t created_ms;
-    uint32_t packets;        /* packets counted so far; the way's pkts (struct pydp_flow_way) are not yet in it */
+    uint32_t packets;        /* packets counted so far; the bucket's pkts[way] are not yet in it */
     uint16_t cluster;
     uint16_t cluster_uid;
     uint16_t edge_uid;
@@ -190,22 +191,24 @@ struct pydp_flow {
     uint32_t sig;            /* the key's signature (pydp_flow_sig | 1, half-open bit clear) */
 };                            /* 64 bytes */
 
-/* The hot part of a way: with the bucket's signatures and last-packet times, all an established hit reads. */
-struct pydp_flow_way {
-    uint16_t cluster_uid;
-    uint16_t edge_uid;
-    uint8_t  cluster;
-    uint8_t  edge;
-    uint8_t  state;          /* enum pydp_flow_state (the cold record's state is a copy) */
-    uint8_t  pkts;           /* packets not yet added to the flow's packets (folded every PYDP_FLOW_PKTS_FOLD) */
-};                            /* 8 bytes */
-
+/* A bucket: one hot line with everything an established hit reads and writes, then the cold records. */
 struct pydp_flow_bucket {
-    uint32_t sig[8];         /* line 0: 0 = empty way, else signature | 1, bit 1 = PYDP_FLOW_SIG_SYN (flow.c) */
-    uint32_t last_ms[8];     /*         last packet of each way */
-    struct pydp_flow_way way[8];   /* line 1: the hot part of each way */
-    struct pydp_flow flows[8];     /* lines 2..9: the cold records */
-};                            /* 640 bytes */
+    uint32_t sig[6];         /* line 0: 0 = empty way, else signature | 1, bit 1 = PYDP_FLOW_SIG_SYN (flow.c) */
+    uint32_t last_ms[6];     /*   last packet of each way */
+    uint8_t  pin[6];         /*   edge slot (bits 0-3) | enum pydp_flow_state << 4 | PYDP_FLOW_PIN_CHECK (bit 7) */
+    uint8_t  pkts[6];        /*   packets not yet added to the record's packets (folded every PYDP_FLOW_PKTS_FOLD) */
+    uint8_t  pad0[4];
+    struct pydp_flow flows[6];     /* lines 1..6: the cold records */
+};                            /* 448 bytes */
+
+/* What a flow's pin depends on in a cluster slot: the flow table keeps the last one its worker saw (flow.c). */
+struct pydp_flow_ident {
+    uint16_t uid;
+    uint8_t  family;
+    uint8_t  pad0;
+    uint8_t  vip[16];
+    uint16_t edge_uid[16];
+};                            /* 52 bytes */
 
 struct pydp_flow_table {
     uint32_t nb_buckets;     /* power of two */
@@ -214,10 +217,15 @@ struct pydp_flow_table {
     uint64_t expired;        /* expired flows reclaimed (on lookup or by an insert) */
     uint64_t evicted;        /* live flows pushed out of a full bucket */
     uint64_t false_matches;  /* signature hits whose key did not match when a change needed it confirmed */
-    uint64_t pad0[11];
-    /* struct pydp_flow_bucket buckets[nb_buckets] follows, 128-byte aligned: a bucket's two hot lines are one
-     * aligned pair (the adjacent-line prefetcher fetches them together) */
-};                            /* 128 bytes */
+    uint64_t pin_checks;     /* hits whose pin was confirmed against the record after a cluster slot changed */
+    uint64_t pad0[10];
+    /* a flow of cluster c last seen at or before pin_since[c] (ms) confirms its pin against its record before it
+     * is forwarded on it: the slot's cluster, cluster IP or an edge changed then (pydp_flow_config) */
+    uint32_t pin_since[64];
+    struct pydp_flow_ident ident[64];   /* each cluster slot as the owning worker last saw it */
+    uint8_t  pad1[64];
+    /* struct pydp_flow_bucket buckets[nb_buckets] follows, 64-byte aligned */
+};                            /* 3776 bytes */
 
 /* ---- counters (per worker; written only by that worker) ---- */
 
@@ -497,11 +505,29 @@ int pydp_flow_find(struct pydp_flow_table *t, uint32_t hash, uint32_t sig, uint3
 int pydp_flow_hit_at(struct pydp_flow_table *t, struct pydp_flow_bucket *b, unsigned w,
                      const struct pydp_flow_key *key, uint8_t tcp_flags, uint32_t now_ms);
 int pydp_flow_confirm(const struct pydp_flow *f, const struct pydp_flow_key *key);
-struct pydp_flow_way *pydp_flow_way_of(const struct pydp_flow_table *t, const struct pydp_flow *f);
-/* pins a flow to an edge: the hot way and the cold record */
+/* the edge slot and state of way w of b, as a hit reads them (line 0) */
+uint8_t pydp_flow_edge_at(const struct pydp_flow_bucket *b, unsigned w);
+uint8_t pydp_flow_state_at(const struct pydp_flow_bucket *b, unsigned w);
+/* the edge slot, state and not-yet-folded packets of a flow's way (the control plane's and tests' form) */
+uint8_t pydp_flow_edge(const struct pydp_flow_table *t, const struct pydp_flow *f);
+uint8_t pydp_flow_state(const struct pydp_flow_table *t, const struct pydp_flow *f);
+uint8_t pydp_flow_hot_pkts(const struct pydp_flow_table *t, const struct pydp_flow *f);
+/* Is the pin of way w of b (a flow of cluster `cluster`) known to be current without reading its record: not
+ * marked PYDP_FLOW_PIN_CHECK and last seen after the last change of the cluster's slot (pin_since)? */
+int pydp_flow_pin_current(const struct pydp_flow_table *t, const struct pydp_flow_bucket *b, unsigned w,
+                          uint16_t cluster);
+/* the caller found the record's pin (cluster, uids) current: clears the mark, counts a pin check */
+void pydp_flow_pin_confirmed(struct pydp_flow_table *t, struct pydp_flow_bucket *b, unsigned w);
+/* The owning worker starts using cfg: every cluster slot whose identity (uid, family, cluster IP, edge uids)
+ * differs from what the table last saw gets pin_since = now_ms. */
+void pydp_flow_config(struct pydp_flow_table *t, const struct pydp_config *cfg, uint32_t now_ms);
+/* Keeps pin_since within 2^30 ms of now (cluster now_ms % 64 per call; the worker calls it once a millisecond),
+ * so an old change never looks like a future one when the clock wraps. */
+void pydp_flow_tick(struct pydp_flow_table *t, uint32_t now_ms);
+/* pins a flow to an edge: the hot line and the cold record */
 void pydp_flow_pin(struct pydp_flow_table *t, struct pydp_flow *f, uint16_t cluster, uint16_t cluster_uid,
                    uint8_t edge, uint16_t edge_uid);
-/* pipelined lookups over a burst: prefetch every bucket's hot lines, then the cold record of a packet that will
+/* pipelined lookups over a burst: prefetch every bucket's hot line, then the cold record of a packet that will
  * read it (a TCP state change confirms the key) */
 void pydp_flow_prefetch_bucket(const struct pydp_flow_table *t, uint32_t hash);
 void pydp_flow_prefetch_record(const struct pydp_flow_table *t, uint32_t hash, uint32_t sig, uint8_t proto,

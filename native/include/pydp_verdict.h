@@ -8,7 +8,7 @@
  * buckets can be prefetched between them:
  *
  *   pydp_verdict_classify   cluster-IP lookup, enabled, owned, IPSec fold of the key, flow hash
- *   pydp_verdict_pick       flow lookup on the signature (the hot lines only); the pinned edge while usable, else
+ *   pydp_verdict_pick       flow lookup on the signature (the hot line only); the pinned edge while usable, else
  *                           Maglev (a re-hash, after confirming the key); a new flow unless the packet is a
  *                           fragment or an ICMP error; time, count and state of the flow
  *

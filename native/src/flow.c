@@ -1,19 +1,27 @@
 /*
- * flow.c - the per-worker flow table: a bucketed, 8-way set-associative hash table in caller-provided memory.
+ * flow.c - the per-worker flow table: a bucketed, 6-way set-associative hash table in caller-provided memory.
  *
- * Layout (see pydp.h): struct pydp_flow_table (two cache lines), then nb_buckets x struct pydp_flow_bucket, each
- * 128-byte aligned. A bucket is two hot lines and eight cold ones:
+ * Layout (see pydp.h): struct pydp_flow_table (its counters, and what pins depend on: pin_since and ident), then
+ * nb_buckets x struct pydp_flow_bucket, each 64-byte aligned. A bucket is one hot line and six cold ones:
  *
- *     line 0   sig[8], last_ms[8]                       which way holds a flow, and when it last saw a packet
- *     line 1   way[8] (struct pydp_flow_way, 8 bytes)   cluster, edge and their uids, state, a packet counter
- *     2..9     flows[8] (struct pydp_flow, 64 bytes)    the cold record: full key, hash, created, packets, ...
+ *     line 0   sig[6], last_ms[6], pin[6], pkts[6]          which way holds a flow, when it last saw a packet, its
+ *                                                           edge slot and state, packets not yet folded
+ *     1..6     flows[6] (struct pydp_flow, 64 bytes)        the cold record: full key, hash, created, packets,
+ *                                                           cluster and the uids it was pinned with, ...
  *
- * An established hit reads lines 0 and 1 only: both addresses follow from the hash, so the worker fetches them
- * together (one aligned 128-byte pair) before it looks, instead of the signature line and then, dependent on it,
- * the flow's line. The cold record is written when a flow opens (whole, with non-temporal stores: see
- * flw_write), is re-pinned or changes state, and read by confirmations, flow sync, flush and `pydpctl flows`.
- * The worker prefetches it only for a packet that will read it: a hit whose TCP flags change the flow's state
- * (pydp_flow_prefetch_record).
+ * An established hit reads and writes line 0 only, one line from memory per packet: the worker prefetches it
+ * for a whole pass before it looks. The cold record is written when a flow opens (whole, with non-temporal
+ * stores: see flw_write), is re-pinned or changes state, and read by confirmations (a key before a state change,
+ * a pin after its cluster slot changed), flow sync, flush and `pydpctl flows`. The worker prefetches it only for
+ * a packet that will read it: a hit whose TCP flags change the flow's state (pydp_flow_prefetch_record).
+ *
+ * Pins: a hit forwards on line 0's edge slot when the edge there is up or draining and the pin is known to be
+ * current: the flow was last seen after the last change of its cluster's slot (pydp_flow_pin_current). The owning
+ * worker tells the table each config it starts using (pydp_flow_config); a cluster slot whose uid, family,
+ * cluster IP or any edge uid changed gets pin_since = now, and each flow of it last seen at or before that
+ * confirms its pin once against its record (cluster, cluster uid, edge uid: pin_checks) before it is forwarded
+ * on it -- or is re-pinned by Maglev, as before. A cluster IP belongs to one slot at a time, so a packet classified
+ * to an unchanged slot belongs to the flows that slot pinned. pydp_flow_tick keeps pin_since within 2^30 ms of now.
  *
  * Signatures: a way holds sig = pydp_flow_sig(key) | 1 (0 means "empty way"), bit 1 = PYDP_FLOW_SIG_SYN, set
  * while the flow is half-open (state TCP_SYN), so an insert into a full bucket finds the half-open ways from
@@ -23,10 +31,10 @@
  * Hits on the signature alone (pydp_flow_find, the fast path): at most one way of a bucket holds a given
  * signature (an insert happens only when the lookup found none), so a packet of a stored flow always finds its
  * own way. A packet of a flow NOT stored matches a stored one with probability (occupied ways compared) x 2^-30:
- * with 1M flows in the default 2M entries (4 occupied ways per bucket on average) 3.7e-9 per new flow. Such a
- * packet is forwarded to the other flow's edge (a new TCP connection there is refused by that edge and retried by
- * the client) and refreshes that flow's time; everything that would change the stored flow -- a new state from
- * TCP flags, a re-pin because its edge went away or its cluster differs -- first compares the full key
+ * with 1M flows in the default 2M entries (3.1M with six ways: about 2 occupied ways per bucket) 1.9e-9 per new
+ * flow. Such a packet is forwarded to the edge in the other flow's slot of its own cluster (a new TCP connection
+ * there is refused by that edge and retried by the client) and refreshes that flow's time; everything that would
+ * change the stored flow -- a new state from TCP flags, a re-pin because its edge went away -- first compares the full key
  * (pydp_flow_confirm) and leaves the flow alone when it differs (counted in false_matches). pydp_flow_lookup
  * (flow sync, tests, the control plane) always compares the full key.
  *
@@ -37,7 +45,7 @@
  * state. Expired ways are reclaimed lazily: by a lookup that finds its key expired, or by an insert that needs room.
  * The fast path stores last_ms only when it changed (most packets of a busy flow arrive within its millisecond).
  *
- * Packets: a way's pkts counts the packets the fast path saw since the last fold; every PYDP_FLOW_PKTS_FOLD
+ * Packets: pkts[w] counts the packets the fast path saw since the last fold; every PYDP_FLOW_PKTS_FOLD
  * packets it is added to the cold record's packets (one cold write per 256 packets). A flow's count is
  * packets + pkts (pydp_flow_packets; the control plane reads both).
  *
@@ -61,7 +69,7 @@
  *
  * Concurrency: only the owning worker writes the table; the control plane reads it at any time. A way is never
  * visible with a non-zero signature and a half-written flow: a way being reused is first unpublished (sig = 0),
- * then the flow, its hot way and last_ms are written, then the signature is published last (release store; a
+ * then the flow, its pin, pkts and last_ms are written, then the signature is published last (release store; a
  * compiler barrier on x86). A reader should copy sig, then the flow, then re-read sig and keep the copy only if
  * both reads agree, are non-zero and match the record's sig (half-open bit aside). The one exception is the
  * fast path's new record (pydp_flow_open): its non-temporal stores may become visible to other cores after the
@@ -95,11 +103,14 @@
 
 _Static_assert(sizeof(struct pydp_flow_key) == 40, "flow key must be 40 bytes");
 _Static_assert(sizeof(struct pydp_flow) == 64, "flow must be 64 bytes");
-_Static_assert(sizeof(struct pydp_flow_way) == 8, "a way's hot part must be 8 bytes");
-_Static_assert(sizeof(struct pydp_flow_bucket) == 640, "bucket must be 10 cache lines (5 aligned pairs)");
-_Static_assert(sizeof(struct pydp_flow_table) == 128, "table header must be two cache lines");
-_Static_assert(offsetof(struct pydp_flow_bucket, way) == 64, "the ways must follow the signature line");
-_Static_assert(offsetof(struct pydp_flow_bucket, flows) == 128, "the cold records must follow the hot lines");
+_Static_assert(PYDP_FLOW_WAYS == 6, "line 0 holds six ways");
+_Static_assert(sizeof(struct pydp_flow_bucket) == 448, "bucket must be 7 cache lines");
+_Static_assert(offsetof(struct pydp_flow_bucket, flows) == 64, "the cold records must follow the hot line");
+_Static_assert(sizeof(struct pydp_flow_ident) == 52, "an ident must be 52 bytes");
+_Static_assert(sizeof(struct pydp_flow_table) % 64 == 0, "the buckets must start on a cache line");
+_Static_assert(PYDP_MAX_EDGES <= 16 && PYDP_FLOW_OTHER < 8, "a pin byte holds an edge slot, a state and a flag");
+
+#define FLW_ALL_WAYS ((1u << PYDP_FLOW_WAYS) - 1)
 
 static inline struct pydp_flow_bucket *
 flw_buckets(const struct pydp_flow_table *t)
@@ -117,6 +128,24 @@ static inline uint32_t
 flw_sig(uint32_t sig)
 {
     return (sig | 1u) & ~(uint32_t)PYDP_FLOW_SIG_SYN;
+}
+
+static inline uint8_t
+flw_state(const struct pydp_flow_bucket *b, unsigned w)
+{
+    return (uint8_t)((b->pin[w] >> 4) & 7);
+}
+
+static inline uint8_t
+flw_edge(const struct pydp_flow_bucket *b, unsigned w)
+{
+    return (uint8_t)(b->pin[w] & 0x0f);
+}
+
+static inline uint8_t
+flw_pin_byte(uint8_t edge, uint8_t state)
+{
+    return (uint8_t)((edge & 0x0f) | state << 4);
 }
 
 /* The bucket holding f, and f's way in it. */
@@ -152,12 +181,13 @@ flw_match_masked(const struct pydp_flow_bucket *b, uint32_t sig, uint32_t ignore
 #ifdef __SSE2__
     __m128i s = _mm_set1_epi32((int)sig);
     __m128i keep = _mm_set1_epi32((int)~ignore);
+    /* ways 0..3 and 2..5: the overlap reports ways 2 and 3 twice, which an OR does not mind */
     __m128i lo = _mm_and_si128(_mm_loadu_si128((const __m128i *)(const void *)&b->sig[0]), keep);
-    __m128i hi = _mm_and_si128(_mm_loadu_si128((const __m128i *)(const void *)&b->sig[4]), keep);
+    __m128i hi = _mm_and_si128(_mm_loadu_si128((const __m128i *)(const void *)&b->sig[2]), keep);
     unsigned mlo = (unsigned)_mm_movemask_ps(_mm_castsi128_ps(_mm_cmpeq_epi32(lo, s)));
     unsigned mhi = (unsigned)_mm_movemask_ps(_mm_castsi128_ps(_mm_cmpeq_epi32(hi, s)));
 
-    return mlo | (mhi << 4);
+    return mlo | (mhi << 2);
 #else
     unsigned m = 0, w;
 
@@ -188,14 +218,14 @@ flw_match_syn(const struct pydp_flow_bucket *b)
     return flw_match_masked(b, PYDP_FLOW_SIG_SYN, ~(uint32_t)PYDP_FLOW_SIG_SYN);
 }
 
-/* Sets f's state (way w of b: the hot way and the cold copy) and mirrors "half-open" into the way's signature:
+/* Sets f's state (way w of b: the pin byte and the cold copy) and mirrors "half-open" into the way's signature:
  * state first, then the signature, so a reader that copies sig, flow, sig sees the change as a changed signature. */
 static inline void
 flw_set_state(struct pydp_flow_bucket *b, unsigned w, struct pydp_flow *f, uint8_t st)
 {
     uint32_t sig = b->sig[w] & ~(uint32_t)PYDP_FLOW_SIG_SYN;
 
-    b->way[w].state = st;
+    b->pin[w] = (uint8_t)((b->pin[w] & (0x0f | PYDP_FLOW_PIN_CHECK)) | st << 4);
     f->state = st;
     flw_barrier();
     __atomic_store_n(&b->sig[w], st == PYDP_FLOW_TCP_SYN ? sig | PYDP_FLOW_SIG_SYN : sig, __ATOMIC_RELAXED);
@@ -268,7 +298,7 @@ flw_way_expired(const struct pydp_flow_bucket *b, unsigned w, uint32_t now, cons
         return 0;
     if (flw_expired_age(age, tmax))
         return 1;
-    return flw_expired_age(age, pydp_flow_timeout(cfg, b->way[w].state));
+    return flw_expired_age(age, pydp_flow_timeout(cfg, flw_state(b, w)));
 }
 
 /* TCP state after a packet with the given flags (client to server direction). */
@@ -309,8 +339,8 @@ flw_next_state(uint8_t proto, uint8_t st, uint8_t tcp_flags)
 static inline void
 flw_fold_pkts(struct pydp_flow_bucket *b, unsigned w)
 {
-    b->flows[w].packets += b->way[w].pkts;
-    b->way[w].pkts = 0;
+    b->flows[w].packets += b->pkts[w];
+    b->pkts[w] = 0;
 }
 
 /* The least recently used way of a full bucket, among its half-open ways if it has any (SYN-first eviction: a
@@ -324,10 +354,11 @@ flw_lru(const struct pydp_flow_bucket *b, uint32_t now)
     const __m128i synbit = _mm_set1_epi32(PYDP_FLOW_SIG_SYN);
     const __m128i n = _mm_set1_epi32((int)now);
     const __m128i lo = _mm_set1_epi32(INT32_MIN);
+    /* ways 0..3 and 2..5 (the overlap changes neither the maximum nor the lowest way that has it) */
     __m128i s0 = _mm_loadu_si128((const __m128i *)(const void *)&b->sig[0]);
-    __m128i s1 = _mm_loadu_si128((const __m128i *)(const void *)&b->sig[4]);
+    __m128i s1 = _mm_loadu_si128((const __m128i *)(const void *)&b->sig[2]);
     __m128i a0 = _mm_sub_epi32(n, _mm_loadu_si128((const __m128i *)(const void *)&b->last_ms[0]));
-    __m128i a1 = _mm_sub_epi32(n, _mm_loadu_si128((const __m128i *)(const void *)&b->last_ms[4]));
+    __m128i a1 = _mm_sub_epi32(n, _mm_loadu_si128((const __m128i *)(const void *)&b->last_ms[2]));
     __m128i c0 = _mm_cmpeq_epi32(_mm_and_si128(s0, synbit), synbit);
     __m128i c1 = _mm_cmpeq_epi32(_mm_and_si128(s1, synbit), synbit);
     __m128i all = _mm_cmpeq_epi32(_mm_or_si128(c0, c1), _mm_setzero_si128());
@@ -345,14 +376,14 @@ flw_lru(const struct pydp_flow_bucket *b, uint32_t now)
     m = _mm_max_epi32(m, _mm_shuffle_epi32(m, 0x4e));
     m = _mm_max_epi32(m, _mm_shuffle_epi32(m, 0xb1));
     eq = (unsigned)_mm_movemask_ps(_mm_castsi128_ps(_mm_and_si128(_mm_cmpeq_epi32(a0, m), c0))) |
-         ((unsigned)_mm_movemask_ps(_mm_castsi128_ps(_mm_and_si128(_mm_cmpeq_epi32(a1, m), c1))) << 4);
+         ((unsigned)_mm_movemask_ps(_mm_castsi128_ps(_mm_and_si128(_mm_cmpeq_epi32(a1, m), c1))) << 2);
     return (unsigned)__builtin_ctz(eq);
 #else
     unsigned cand = flw_match_syn(b), i, lru;
     int32_t oldest;
 
     if (cand == 0)
-        cand = (1u << PYDP_FLOW_WAYS) - 1;
+        cand = FLW_ALL_WAYS;
     lru = (unsigned)__builtin_ctz(cand);
     oldest = flw_age(now, b->last_ms[lru]);
     for (i = lru + 1; i < PYDP_FLOW_WAYS; i++) {
@@ -376,10 +407,10 @@ flw_maybe_expired(const struct pydp_flow_bucket *b, uint32_t now, uint32_t tmin)
     const __m128i n = _mm_set1_epi32((int)now);
     const __m128i tv = _mm_set1_epi32(t);
     __m128i a0 = _mm_sub_epi32(n, _mm_loadu_si128((const __m128i *)(const void *)&b->last_ms[0]));
-    __m128i a1 = _mm_sub_epi32(n, _mm_loadu_si128((const __m128i *)(const void *)&b->last_ms[4]));
+    __m128i a1 = _mm_sub_epi32(n, _mm_loadu_si128((const __m128i *)(const void *)&b->last_ms[2]));
 
     return (unsigned)_mm_movemask_ps(_mm_castsi128_ps(_mm_cmpgt_epi32(a0, tv))) |
-           ((unsigned)_mm_movemask_ps(_mm_castsi128_ps(_mm_cmpgt_epi32(a1, tv))) << 4);
+           ((unsigned)_mm_movemask_ps(_mm_castsi128_ps(_mm_cmpgt_epi32(a1, tv))) << 2);
 #else
     unsigned m = 0, i;
 
@@ -437,10 +468,9 @@ pydp_flow_prefetch_bucket(const struct pydp_flow_table *t, uint32_t hash)
     const struct pydp_flow_bucket *b = flw_bucket(t, hash);
 
     __builtin_prefetch(&b->sig[0], 1, 3);
-    __builtin_prefetch(&b->way[0], 1, 3);
 }
 
-/* Second stage of a pipelined lookup, with the hot lines in cache: fetch the cold record when the packet will read
+/* Second stage of a pipelined lookup, with the hot line in cache: fetch the cold record when the packet will read
  * it, that is when it matches a way whose state its TCP flags change (the state change first confirms the full
  * key). A hit that changes nothing reads no record, and a new flow writes its record whole without reading it
  * (flw_write). */
@@ -458,7 +488,7 @@ pydp_flow_prefetch_record(const struct pydp_flow_table *t, uint32_t hash, uint32
     if (m == 0)
         return;
     w = (unsigned)__builtin_ctz(m);
-    if (flw_tcp_next(b->way[w].state, tcp_flags) != b->way[w].state)
+    if (flw_tcp_next(flw_state(b, w), tcp_flags) != flw_state(b, w))
         __builtin_prefetch(&b->flows[w], 0, 3);
 }
 
@@ -483,7 +513,7 @@ pydp_flow_find(struct pydp_flow_table *t, uint32_t hash, uint32_t sig, uint32_t 
         return -1;
     w = (unsigned)__builtin_ctz(m);         /* at most one way holds a signature */
     if (__builtin_expect(flw_expired_age(flw_age(now_ms, b->last_ms[w]),
-                                         pydp_flow_timeout(cfg, b->way[w].state)), 0)) {
+                                         pydp_flow_timeout(cfg, flw_state(b, w))), 0)) {
         flw_reclaim(t, b, w);
         return -1;
     }
@@ -504,7 +534,7 @@ pydp_flow_lookup(struct pydp_flow_table *t, const struct pydp_flow_key *key, uin
         m &= m - 1;
         if (!flw_key_eq(&f->key, key))
             continue;
-        if (flw_expired_age(flw_age(now_ms, b->last_ms[w]), pydp_flow_timeout(cfg, b->way[w].state))) {
+        if (flw_expired_age(flw_age(now_ms, b->last_ms[w]), pydp_flow_timeout(cfg, flw_state(b, w)))) {
             flw_reclaim(t, b, w);
             return NULL;
         }
@@ -519,13 +549,91 @@ pydp_flow_confirm(const struct pydp_flow *f, const struct pydp_flow_key *key)
     return flw_key_eq(&f->key, key);
 }
 
-struct pydp_flow_way *
-pydp_flow_way_of(const struct pydp_flow_table *t, const struct pydp_flow *f)
+uint8_t
+pydp_flow_edge_at(const struct pydp_flow_bucket *b, unsigned w)
+{
+    return flw_edge(b, w);
+}
+
+uint8_t
+pydp_flow_state_at(const struct pydp_flow_bucket *b, unsigned w)
+{
+    return flw_state(b, w);
+}
+
+uint8_t
+pydp_flow_edge(const struct pydp_flow_table *t, const struct pydp_flow *f)
 {
     unsigned w;
-    struct pydp_flow_bucket *b = flw_bucket_of(t, f, &w);
+    const struct pydp_flow_bucket *b = flw_bucket_of(t, f, &w);
 
-    return &b->way[w];
+    return flw_edge(b, w);
+}
+
+uint8_t
+pydp_flow_state(const struct pydp_flow_table *t, const struct pydp_flow *f)
+{
+    unsigned w;
+    const struct pydp_flow_bucket *b = flw_bucket_of(t, f, &w);
+
+    return flw_state(b, w);
+}
+
+uint8_t
+pydp_flow_hot_pkts(const struct pydp_flow_table *t, const struct pydp_flow *f)
+{
+    unsigned w;
+    const struct pydp_flow_bucket *b = flw_bucket_of(t, f, &w);
+
+    return b->pkts[w];
+}
+
+int
+pydp_flow_pin_current(const struct pydp_flow_table *t, const struct pydp_flow_bucket *b, unsigned w,
+                      uint16_t cluster)
+{
+    return !(b->pin[w] & PYDP_FLOW_PIN_CHECK) &&
+           (int32_t)(b->last_ms[w] - t->pin_since[cluster & (PYDP_MAX_CLUSTERS - 1)]) > 0;
+}
+
+void
+pydp_flow_pin_confirmed(struct pydp_flow_table *t, struct pydp_flow_bucket *b, unsigned w)
+{
+    b->pin[w] &= (uint8_t)~PYDP_FLOW_PIN_CHECK;
+    t->pin_checks++;
+}
+
+void
+pydp_flow_config(struct pydp_flow_table *t, const struct pydp_config *cfg, uint32_t now_ms)
+{
+    unsigned c, e;
+
+    for (c = 0; c < PYDP_MAX_CLUSTERS; c++) {
+        const struct pydp_cluster *cl = &cfg->clusters[c];
+        struct pydp_flow_ident id;
+
+        memset(&id, 0, sizeof(id));
+        if (c < cfg->nb_clusters && cl->family != PYDP_AF_NONE) {
+            id.uid = cl->uid;
+            id.family = cl->family;
+            memcpy(id.vip, cl->vip, sizeof(id.vip));
+            for (e = 0; e < PYDP_MAX_EDGES; e++)
+                id.edge_uid[e] = cl->edges[e].uid;
+        }
+        if (memcmp(&id, &t->ident[c], sizeof(id)) != 0) {
+            t->ident[c] = id;
+            t->pin_since[c] = now_ms;
+        }
+    }
+}
+
+void
+pydp_flow_tick(struct pydp_flow_table *t, uint32_t now_ms)
+{
+    unsigned c = now_ms & (PYDP_MAX_CLUSTERS - 1);
+
+    if ((int32_t)(now_ms - t->pin_since[c]) > (int32_t)(1u << 30))
+        t->pin_since[c] = now_ms - (1u << 30);
 }
 
 void
@@ -534,12 +642,8 @@ pydp_flow_pin(struct pydp_flow_table *t, struct pydp_flow *f, uint16_t cluster, 
 {
     unsigned w;
     struct pydp_flow_bucket *b = flw_bucket_of(t, f, &w);
-    struct pydp_flow_way *h = &b->way[w];
 
-    h->cluster = (uint8_t)cluster;
-    h->cluster_uid = cluster_uid;
-    h->edge = edge;
-    h->edge_uid = edge_uid;
+    b->pin[w] = flw_pin_byte(edge, flw_state(b, w));
     f->cluster = cluster;
     f->cluster_uid = cluster_uid;
     f->edge = edge;
@@ -588,13 +692,22 @@ flw_take_way(struct pydp_flow_table *t, struct pydp_flow_bucket *b, uint32_t now
     return w;
 }
 
+/* What flw_write stores of a new flow besides its key. */
+struct flw_new {
+    uint16_t cluster;
+    uint16_t cluster_uid;
+    uint16_t edge_uid;
+    uint8_t  edge;
+    uint8_t  state;
+};
+
 /*
- * Writes a new flow into way w of b and publishes it: the cold record, the hot way, the time, then the signature
- * (with the half-open bit for state TCP_SYN).
+ * Writes a new flow into way w of b and publishes it: the cold record, the pin byte, packets and time, then the
+ * signature (with the half-open bit for state TCP_SYN).
  *
  * The record is written whole, in place, as four 16-byte non-temporal stores: a new flow's line is almost never
  * in the cache (the way it replaces was chosen for being old), and a normal store would first read the line
- * from memory only to overwrite all 64 bytes of it. In a SYN flood that read, on top of the two hot lines, was
+ * from memory only to overwrite all 64 bytes of it. In a SYN flood that read, on top of the bucket's hot line, was
  * what kept the memory system from overlapping more inserts. (Building the record on the stack and copying it
  * would also read 16-byte words back from narrower stores: a store-forwarding failure that waits for every older
  * store to leave the store buffer.) The worker calls pydp_flow_fence() before it leaves a burst, so another
@@ -603,7 +716,7 @@ flw_take_way(struct pydp_flow_table *t, struct pydp_flow_bucket *b, uint32_t now
  */
 static inline void
 flw_write(struct pydp_flow_bucket *b, unsigned w, const struct pydp_flow_key *key, uint32_t hash, uint32_t sig,
-          uint32_t now_ms, const struct pydp_flow_way *h, uint8_t pkts)
+          uint32_t now_ms, const struct flw_new *h, uint8_t pkts)
 {
     struct pydp_flow *f = &b->flows[w];
 #ifdef __SSE2__
@@ -637,8 +750,8 @@ flw_write(struct pydp_flow_bucket *b, unsigned w, const struct pydp_flow_key *ke
     f->state = h->state;
     f->sig = sig;
 #endif
-    b->way[w] = *h;
-    b->way[w].pkts = pkts;
+    b->pin[w] = flw_pin_byte(h->edge, h->state);
+    b->pkts[w] = pkts;
     b->last_ms[w] = now_ms;
     flw_publish(b, w, h->state == PYDP_FLOW_TCP_SYN ? sig | PYDP_FLOW_SIG_SYN : sig);
 }
@@ -656,7 +769,7 @@ pydp_flow_insert(struct pydp_flow_table *t, const struct pydp_flow_key *key, uin
                  const struct pydp_config *cfg, int *evicted)
 {
     struct pydp_flow_bucket *b = flw_bucket(t, hash);
-    struct pydp_flow_way h = { .state = PYDP_FLOW_OTHER };
+    struct flw_new h = { .state = PYDP_FLOW_OTHER };
     int ev;
     unsigned w = flw_take_way(t, b, now_ms, cfg, &ev);
 
@@ -673,8 +786,8 @@ pydp_flow_open(struct pydp_flow_table *t, const struct pydp_flow_key *key, uint3
                uint16_t edge_uid, uint8_t tcp_flags, int *evicted)
 {
     struct pydp_flow_bucket *b = flw_bucket(t, hash);
-    struct pydp_flow_way h = {
-        .cluster_uid = cluster_uid, .edge_uid = edge_uid, .cluster = (uint8_t)cluster, .edge = edge,
+    struct flw_new h = {
+        .cluster = cluster, .cluster_uid = cluster_uid, .edge_uid = edge_uid, .edge = edge,
         .state = flw_next_state(key->proto, PYDP_FLOW_EMPTY, tcp_flags),
     };
     unsigned w = flw_take_way(t, b, now_ms, cfg, evicted);
@@ -690,7 +803,7 @@ flw_count(struct pydp_flow_bucket *b, unsigned w, uint32_t now_ms)
 {
     if (b->last_ms[w] != now_ms)
         b->last_ms[w] = now_ms;
-    if (__builtin_expect(++b->way[w].pkts == 0, 0))
+    if (__builtin_expect(++b->pkts[w] == 0, 0))
         b->flows[w].packets += PYDP_FLOW_PKTS_FOLD;
 }
 
@@ -698,7 +811,7 @@ int
 pydp_flow_hit_at(struct pydp_flow_table *t, struct pydp_flow_bucket *b, unsigned w, const struct pydp_flow_key *key,
                  uint8_t tcp_flags, uint32_t now_ms)
 {
-    uint8_t st = b->way[w].state;
+    uint8_t st = flw_state(b, w);
     uint8_t next = flw_next_state(key->proto, st, tcp_flags);
 
     if (__builtin_expect(next != st, 0)) {
@@ -720,12 +833,12 @@ pydp_flow_touch(struct pydp_flow_table *t, struct pydp_flow *f, uint8_t tcp_flag
 {
     unsigned w;
     struct pydp_flow_bucket *b = flw_bucket_of(t, f, &w);
-    uint8_t st = flw_next_state(f->key.proto, b->way[w].state, tcp_flags);
+    uint8_t st = flw_next_state(f->key.proto, flw_state(b, w), tcp_flags);
 
     b->last_ms[w] = now_ms;
     flw_fold_pkts(b, w);
     f->packets++;
-    if (st != b->way[w].state || st != f->state)
+    if (st != flw_state(b, w) || st != f->state)
         flw_set_state(b, w, f, st);
 }
 
@@ -735,7 +848,7 @@ pydp_flow_packets(const struct pydp_flow_table *t, const struct pydp_flow *f)
     unsigned w;
     const struct pydp_flow_bucket *b = flw_bucket_of(t, f, &w);
 
-    return f->packets + b->way[w].pkts;
+    return f->packets + b->pkts[w];
 }
 
 uint32_t
@@ -755,7 +868,7 @@ pydp_flow_flush(struct pydp_flow_table *t, int cluster, int edge)
     uint32_t i;
 
     for (i = 0; i < t->nb_buckets; i++, b++) {
-        unsigned m = ~flw_match_empty(b) & ((1u << PYDP_FLOW_WAYS) - 1);
+        unsigned m = ~flw_match_empty(b) & FLW_ALL_WAYS;
 
         while (m != 0) {
             unsigned w = (unsigned)__builtin_ctz(m);
@@ -786,7 +899,7 @@ pydp_flow_count(const struct pydp_flow_table *t, uint32_t now_ms, const struct p
 
     flw_timeout_range(cfg, &tmin, &tmax);
     for (i = 0; i < t->nb_buckets; i++, b++) {
-        unsigned m = ~flw_match_empty(b) & ((1u << PYDP_FLOW_WAYS) - 1);
+        unsigned m = ~flw_match_empty(b) & FLW_ALL_WAYS;
 
         while (m != 0) {
             unsigned w = (unsigned)__builtin_ctz(m);
@@ -828,6 +941,8 @@ pydp_flow_install(struct pydp_flow_table *t, const struct pydp_flow *in, uint32_
     pydp_flow_pin(t, f, in->cluster, in->cluster_uid, in->edge, in->edge_uid);
     b = flw_bucket_of(t, f, &w);
     flw_set_state(b, w, f, in->state == PYDP_FLOW_EMPTY ? PYDP_FLOW_OTHER : in->state);
+    /* pinned by the peer: its first hit here confirms the pin against this appliance's config */
+    b->pin[w] |= PYDP_FLOW_PIN_CHECK;
     b->last_ms[w] = now_ms;
     return f;
 }

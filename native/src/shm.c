@@ -22,8 +22,8 @@ _Static_assert(sizeof(struct pydp_edge) == 64, "pydp_edge layout");
 _Static_assert(sizeof(struct pydp_cluster) == 1088, "pydp_cluster layout");
 _Static_assert(sizeof(struct pydp_flow_key) == 40, "pydp_flow_key layout");
 _Static_assert(sizeof(struct pydp_flow) == 64, "pydp_flow layout");
-_Static_assert(sizeof(struct pydp_flow_bucket) == 640, "pydp_flow_bucket layout");
-_Static_assert(sizeof(struct pydp_flow_table) == 128, "pydp_flow_table layout");
+_Static_assert(sizeof(struct pydp_flow_bucket) == 448, "pydp_flow_bucket layout");
+_Static_assert(sizeof(struct pydp_flow_table) == 3776, "pydp_flow_table layout");
 _Static_assert(sizeof(struct pydp_port_stats) == 256, "pydp_port_stats layout");
 _Static_assert(sizeof(struct pydp_worker_stats) == 1280, "pydp_worker_stats layout");
 _Static_assert(sizeof(struct pydp_cluster_stats) == 576, "pydp_cluster_stats layout");
@@ -244,8 +244,10 @@ static int shm_layout_differs(const struct pydp_shm_header *h)
                                  .maglev_max = h->maglev_max, .flow_capacity = h->flow_capacity };
     struct pydp_shm_header want;
     uint64_t size;
+    uint32_t buckets = h->flow_capacity / PYDP_FLOW_WAYS;
 
-    if (h->flow_capacity < PYDP_FLOW_WAYS || (h->flow_capacity & (h->flow_capacity - 1)) != 0)
+    /* a table is a power-of-two number of buckets of PYDP_FLOW_WAYS ways */
+    if (buckets == 0 || h->flow_capacity % PYDP_FLOW_WAYS != 0 || (buckets & (buckets - 1)) != 0)
         return 1;
     memset(&want, 0, sizeof(want));
     size = shm_layout(&want, &p);

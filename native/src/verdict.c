@@ -50,22 +50,31 @@ pydp_verdict_classify_at(const struct pydp_config *cfg, int ci, struct pydp_pkt_
     return v->action;
 }
 
+/* An edge keeps its flows while up or draining. */
 static inline int
-vd_edge_usable(const struct pydp_cluster *c, const struct pydp_flow_way *h)
+vd_keeps_flows(const struct pydp_edge *e)
 {
-    const struct pydp_edge *e = &c->edges[h->edge & (PYDP_MAX_EDGES - 1)];
-
-    return e->uid == h->edge_uid && (e->state == PYDP_EDGE_UP || e->state == PYDP_EDGE_DRAINING);
+    return e->state == PYDP_EDGE_UP || e->state == PYDP_EDGE_DRAINING;
 }
 
-uint32_t
+/* The pin in a flow's record still names this cluster and this edge of it (after the cluster's slot changed, or
+ * for a flow pinned by the peer). */
+static inline int
+vd_record_pin_current(const struct pydp_cluster *c, uint16_t cluster, const struct pydp_flow *f)
+{
+    const struct pydp_edge *e = &c->edges[f->edge & (PYDP_MAX_EDGES - 1)];
+
+    return f->cluster == cluster && f->cluster_uid == c->uid && e->uid == f->edge_uid && vd_keeps_flows(e);
+}
+
+/* flatten: the flow-table calls of a hit (flow.c, another unit; LTO sees them) are inlined into the worker's loop */
+__attribute__((flatten)) uint32_t
 pydp_verdict_pick(const struct pydp_config *cfg, const uint8_t *table, struct pydp_flow_table *t,
                   const struct pydp_pkt_info *info, uint32_t now_ms, struct pydp_verdict *v)
 {
     const struct pydp_cluster *c = &cfg->clusters[v->cluster];
     struct pydp_flow_bucket *b;
     struct pydp_flow *f;
-    struct pydp_flow_way *h;
     uint32_t slot;
     int evicted = 0;
     int w;
@@ -74,9 +83,13 @@ pydp_verdict_pick(const struct pydp_config *cfg, const uint8_t *table, struct py
     w = pydp_flow_find(t, v->hash, v->sig, now_ms, cfg, &b);
     if (w >= 0) {
         f = &b->flows[w];
-        h = &b->way[w];
-        if (__builtin_expect(h->cluster == v->cluster && h->cluster_uid == c->uid && vd_edge_usable(c, h), 1)) {
-            slot = h->edge;
+        slot = pydp_flow_edge_at(b, (unsigned)w);
+        if (__builtin_expect(pydp_flow_pin_current(t, b, (unsigned)w, v->cluster) &&
+                             vd_keeps_flows(&c->edges[slot]), 1)) {
+            /* the hot line alone: the pin was made or confirmed after the cluster's slot last changed */
+        } else if (!pydp_flow_pin_current(t, b, (unsigned)w, v->cluster) &&
+                   vd_record_pin_current(c, v->cluster, f) && f->edge == slot) {
+            pydp_flow_pin_confirmed(t, b, (unsigned)w);
         } else {
             /* a re-pin changes the stored flow: only for its own key */
             if (__builtin_expect(!pydp_flow_confirm(f, &info->key), 0)) {
@@ -95,7 +108,7 @@ pydp_verdict_pick(const struct pydp_config *cfg, const uint8_t *table, struct py
             if (__builtin_expect(r != 0, 0)) {
                 if (r < 0)
                     goto false_match;
-                if (h->state == PYDP_FLOW_TCP_FIN)
+                if (pydp_flow_state_at(b, (unsigned)w) == PYDP_FLOW_TCP_FIN)
                     v->what |= PYDP_VW_END;
             }
         }

@@ -61,8 +61,9 @@ static inline uint32_t wrk_now_ms(void)
     return wrk_tsc_ms(rte_rdtsc());
 }
 
-/* Picks up a newly published config: the slot is generation & 1. */
-static inline void wrk_load_config(struct dp_worker *w)
+/* Picks up a newly published config: the slot is generation & 1. The flow table learns which cluster slots changed
+ * (their flows confirm their pins once, see flow.c). */
+static inline void wrk_load_config(struct dp_worker *w, uint32_t now)
 {
     uint64_t gen = __atomic_load_n(&dp.shm.hdr->generation, __ATOMIC_ACQUIRE);
 
@@ -71,6 +72,7 @@ static inline void wrk_load_config(struct dp_worker *w)
     w->gen = gen;
     w->cfg = pydp_shm_config(&dp.shm, (uint32_t)gen);
     w->maglev = pydp_shm_maglev(&dp.shm, (uint32_t)gen, 0);
+    pydp_flow_config(w->flows, w->cfg, now);
     w->stats->config_swaps++;
 }
 
@@ -422,7 +424,7 @@ int dp_worker_loop(struct dp_worker *w, uint32_t stop_after_idle)
             w->stats->busy_cycles += tsc - start;
         start = tsc;
 
-        wrk_load_config(w);
+        wrk_load_config(w, now);
         for (pi = 0; pi < nb_ports; pi++) {
             uint16_t n = rte_eth_rx_burst(dp.ports[pi].port_id, (uint16_t)w->id, pkts, (uint16_t)burst);
             struct pydp_port_stats *ps = &w->stats->port[pi];
@@ -448,8 +450,10 @@ int dp_worker_loop(struct dp_worker *w, uint32_t stop_after_idle)
         }
         __atomic_store_n(&w->state->seen_gen, w->gen, __ATOMIC_RELEASE);
         w->stats->polls++;
-        if (w->state->heartbeat_ms != now)     /* every iteration, busy or idle; a store once per ms at most */
+        if (w->state->heartbeat_ms != now) {   /* every iteration, busy or idle; a store once per ms at most */
             w->state->heartbeat_ms = now;
+            pydp_flow_tick(w->flows, now);
+        }
         was_busy = got != 0;
         if (got) {
             idle = 0;

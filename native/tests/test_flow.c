@@ -157,20 +157,22 @@ test_sizes(void)
     const uint64_t hdr = sizeof(struct pydp_flow_table), bk = sizeof(struct pydp_flow_bucket);
     struct pydp_flow_table *t;
 
-    CHECK_EQ(hdr, 128);
-    CHECK_EQ(bk, 640);
+    CHECK_EQ(hdr, 3776);
+    CHECK_EQ(bk, 448);
+    CHECK_EQ(PYDP_FLOW_WAYS, 6);
     CHECK_EQ(pydp_flow_table_bytes(0), hdr + 8 * bk);
     CHECK_EQ(pydp_flow_table_bytes(1), hdr + 8 * bk);
-    CHECK_EQ(pydp_flow_table_bytes(64), hdr + 8 * bk);
-    CHECK_EQ(pydp_flow_table_bytes(65), hdr + 16 * bk);
-    CHECK_EQ(pydp_flow_table_bytes(1000), hdr + 128 * bk);
-    CHECK_EQ(pydp_flow_table_bytes(1u << 20), hdr + (1u << 17) * bk);
-    CHECK_EQ(pydp_flow_table_bytes((1u << 20) + 1), hdr + (1u << 18) * bk);
-    CHECK_EQ(pydp_flow_table_bytes(UINT32_MAX), hdr + (1ull << 29) * bk);
+    CHECK_EQ(pydp_flow_table_bytes(48), hdr + 8 * bk);
+    CHECK_EQ(pydp_flow_table_bytes(49), hdr + 16 * bk);
+    CHECK_EQ(pydp_flow_table_bytes(1000), hdr + 256 * bk);
+    CHECK_EQ(pydp_flow_table_bytes(6u << 17), hdr + (1u << 17) * bk);
+    CHECK_EQ(pydp_flow_table_bytes((6u << 17) + 1), hdr + (1u << 18) * bk);
+    CHECK_EQ(pydp_flow_table_bytes(1u << 21), hdr + (1u << 19) * bk);     /* the default 2M: 3M entries */
+    CHECK_EQ(pydp_flow_table_bytes(UINT32_MAX), hdr + (1ull << 30) * bk);
 
     t = tst_table(1000);
-    CHECK_EQ(t->nb_buckets, 128);
-    CHECK_EQ(t->mask, 127);
+    CHECK_EQ(t->nb_buckets, 256);
+    CHECK_EQ(t->mask, 255);
     {
         struct pydp_config cfg = tst_cfg();
         CHECK_EQ(pydp_flow_count(t, 12345, &cfg), 0);
@@ -420,57 +422,58 @@ static void
 test_lru(void)
 {
     struct pydp_config cfg = tst_cfg();
-    struct pydp_flow_table *t = tst_table(64);      /* 8 buckets */
-    struct pydp_flow_key k[12];
-    uint32_t h[12];
-    struct pydp_flow *f[12], *g;
+    enum { W = PYDP_FLOW_WAYS, A = PYDP_FLOW_WAYS - 3, B = PYDP_FLOW_WAYS - 2 };   /* A, B: flows that close */
+    struct pydp_flow_table *t = tst_table(8 * PYDP_FLOW_WAYS);      /* 8 buckets */
+    struct pydp_flow_key k[W + 4];
+    uint32_t h[W + 4];
+    struct pydp_flow *f[W + 4], *g;
     const uint32_t T = UINT32_MAX - 20;             /* the ages straddle the wrap */
     int ev, i;
 
     CHECK_EQ(t->nb_buckets, 8);
-    for (i = 0; i < 12; i++) {
+    for (i = 0; i < W + 4; i++) {
         k[i] = tst_key4(0x0b000000u + (uint32_t)i, (uint16_t)(2000 + i), 443, 6);
         h[i] = ((uint32_t)(i + 1) << 12) | 3;       /* all in bucket 3, distinct signatures */
     }
-    for (i = 0; i < 8; i++) {
+    for (i = 0; i < W; i++) {
         f[i] = tst_new_flow(t, &k[i], h[i], T + (uint32_t)i, &cfg, TH_ACK, 0, 0, &ev);
         CHECK_EQ(ev, 0);
     }
     /* flow 0 gets a packet: flow 1 is now the least recently used */
     pydp_flow_touch(t, f[0], TH_ACK, T + 40);
-    g = tst_new_flow(t, &k[8], h[8], T + 50, &cfg, TH_ACK, 0, 0, &ev);
+    g = tst_new_flow(t, &k[W], h[W], T + 50, &cfg, TH_ACK, 0, 0, &ev);
     CHECK_EQ(ev, 1);
     CHECK(g == f[1]);
     CHECK(pydp_flow_lookup(t, &k[1], h[1], T + 50, &cfg) == NULL);
-    for (i = 0; i < 9; i++)
+    for (i = 0; i <= W; i++)
         if (i != 1)
             CHECK(pydp_flow_lookup(t, &k[i], h[i], T + 50, &cfg) != NULL);
-    f[8] = g;
-    CHECK_EQ(pydp_flow_count(t, T + 50, &cfg), 8);
+    f[W] = g;
+    CHECK_EQ(pydp_flow_count(t, T + 50, &cfg), W);
 
-    /* flow 5 closes (FIN: 10 s); once it has expired it is taken before the LRU flow (2), with no eviction */
-    pydp_flow_touch(t, f[5], TH_FIN | TH_ACK, T + 60);
-    g = tst_new_flow(t, &k[9], h[9], T + 60 + 10001, &cfg, TH_ACK, 0, 0, &ev);
+    /* flow A closes (FIN: 10 s); once it has expired it is taken before the LRU flow (2), with no eviction */
+    pydp_flow_touch(t, f[A], TH_FIN | TH_ACK, T + 60);
+    g = tst_new_flow(t, &k[W + 1], h[W + 1], T + 60 + 10001, &cfg, TH_ACK, 0, 0, &ev);
     CHECK_EQ(ev, 0);
-    CHECK(g == f[5]);
-    CHECK(pydp_flow_lookup(t, &k[5], h[5], T + 60 + 10001, &cfg) == NULL);
+    CHECK(g == f[A]);
+    CHECK(pydp_flow_lookup(t, &k[A], h[A], T + 60 + 10001, &cfg) == NULL);
     CHECK(pydp_flow_lookup(t, &k[2], h[2], T + 60 + 10001, &cfg) == f[2]);
-    CHECK(pydp_flow_lookup(t, &k[9], h[9], T + 60 + 10001, &cfg) == g);
-    f[9] = g;
+    CHECK(pydp_flow_lookup(t, &k[W + 1], h[W + 1], T + 60 + 10001, &cfg) == g);
+    f[W + 1] = g;
 
     /* a FIN flow not yet expired is not preferred: the LRU one (2) goes */
-    pydp_flow_touch(t, f[6], TH_RST, T + 20000);
-    g = tst_new_flow(t, &k[10], h[10], T + 20001, &cfg, TH_ACK, 0, 0, &ev);
+    pydp_flow_touch(t, f[B], TH_RST, T + 20000);
+    g = tst_new_flow(t, &k[W + 2], h[W + 2], T + 20001, &cfg, TH_ACK, 0, 0, &ev);
     CHECK_EQ(ev, 1);
     CHECK(g == f[2]);
-    CHECK(pydp_flow_lookup(t, &k[6], h[6], T + 20001, &cfg) == f[6]);
+    CHECK(pydp_flow_lookup(t, &k[B], h[B], T + 20001, &cfg) == f[B]);
 
     /* a lookup that reclaims an expired way leaves room: the next insert does not evict */
-    CHECK(pydp_flow_lookup(t, &k[6], h[6], T + 20000 + 10001, &cfg) == NULL);
-    g = tst_new_flow(t, &k[11], h[11], T + 20000 + 10001, &cfg, TH_ACK, 0, 0, &ev);
+    CHECK(pydp_flow_lookup(t, &k[B], h[B], T + 20000 + 10001, &cfg) == NULL);
+    g = tst_new_flow(t, &k[W + 3], h[W + 3], T + 20000 + 10001, &cfg, TH_ACK, 0, 0, &ev);
     CHECK_EQ(ev, 0);
-    CHECK(g == f[6]);
-    CHECK_EQ(pydp_flow_count(t, T + 20000 + 10001, &cfg), 8);
+    CHECK(g == f[B]);
+    CHECK_EQ(pydp_flow_count(t, T + 20000 + 10001, &cfg), W);
     /* the other buckets stayed empty */
     for (i = 0; i < 8; i++) {
         unsigned w;
@@ -490,44 +493,45 @@ test_lru(void)
 static void
 test_syn_first_eviction(void)
 {
+    enum { W = PYDP_FLOW_WAYS, H = PYDP_FLOW_WAYS / 2 };
     struct pydp_config cfg = tst_cfg();
-    struct pydp_flow_table *t = tst_table(64);      /* 8 buckets */
-    struct pydp_flow_key k[16];
-    uint32_t h[16];
-    struct pydp_flow *f[16], *g;
+    struct pydp_flow_table *t = tst_table(64);
+    struct pydp_flow_key k[2 * W + 1];
+    uint32_t h[2 * W + 1];
+    struct pydp_flow *f[2 * W + 1], *g;
     const struct pydp_flow_bucket *bk = (const struct pydp_flow_bucket *)(t + 1) + 5;
     const uint32_t T = 1000;
     int ev, i;
 
-    for (i = 0; i < 16; i++) {
+    for (i = 0; i < 2 * W + 1; i++) {
         k[i] = tst_key4(0x0c000000u + (uint32_t)i, (uint16_t)(3000 + i), 443, 6);
         h[i] = ((uint32_t)(i + 1) << 12) | 5;       /* all in bucket 5 */
     }
-    /* ways 0..3: established, oldest; ways 4..7: half-open (SYN), newer */
-    for (i = 0; i < 8; i++) {
-        f[i] = tst_new_flow(t, &k[i], h[i], T + (uint32_t)i, &cfg, i < 4 ? TH_ACK : TH_SYN, 0, 0, &ev);
+    /* the first half of the ways: established, oldest; the second half: half-open (SYN), newer */
+    for (i = 0; i < W; i++) {
+        f[i] = tst_new_flow(t, &k[i], h[i], T + (uint32_t)i, &cfg, i < H ? TH_ACK : TH_SYN, 0, 0, &ev);
         CHECK_EQ(ev, 0);
-        CHECK_EQ(f[i]->state, i < 4 ? PYDP_FLOW_TCP_EST : PYDP_FLOW_TCP_SYN);
+        CHECK_EQ(f[i]->state, i < H ? PYDP_FLOW_TCP_EST : PYDP_FLOW_TCP_SYN);
         /* the signature mirrors "half-open", so the eviction scan needs no flow line */
-        CHECK_EQ((bk->sig[i] & PYDP_FLOW_SIG_SYN) != 0, i >= 4);
+        CHECK_EQ((bk->sig[i] & PYDP_FLOW_SIG_SYN) != 0, i >= H);
     }
-    /* four more SYNs: each takes the oldest SYN way, never an established one */
-    for (i = 8; i < 12; i++) {
+    /* as many more SYNs: each takes the oldest SYN way, never an established one */
+    for (i = W; i < W + (W - H); i++) {
         g = tst_new_flow(t, &k[i], h[i], T + 100 + (uint32_t)i, &cfg, TH_SYN, 0, 0, &ev);
         CHECK_EQ(ev, 1);
-        CHECK(g == f[i - 4]);
+        CHECK(g == f[i - (W - H)]);
         f[i] = g;
     }
-    for (i = 0; i < 4; i++)
+    for (i = 0; i < H; i++)
         CHECK(pydp_flow_lookup(t, &k[i], h[i], T + 200, &cfg) == f[i]);
-    CHECK_EQ(t->evicted, 4);
+    CHECK_EQ(t->evicted, W - H);
     /* the SYN flows complete their handshakes: now all are established and plain LRU (flow 0) applies */
-    for (i = 8; i < 12; i++) {
+    for (i = W; i < W + (W - H); i++) {
         pydp_flow_touch(t, f[i], TH_ACK, T + 300);
-        CHECK_EQ(bk->sig[i - 4] & PYDP_FLOW_SIG_SYN, 0);
+        CHECK_EQ(bk->sig[i - (W - H)] & PYDP_FLOW_SIG_SYN, 0);
         CHECK(pydp_flow_lookup(t, &k[i], h[i], T + 300, &cfg) == f[i]);
     }
-    g = tst_new_flow(t, &k[12], h[12], T + 400, &cfg, TH_SYN, 0, 0, &ev);
+    g = tst_new_flow(t, &k[2 * W], h[2 * W], T + 400, &cfg, TH_SYN, 0, 0, &ev);
     CHECK_EQ(ev, 1);
     CHECK(g == f[0]);
     free(t);
@@ -611,11 +615,9 @@ test_flow_open(void)
                 CHECK_EQ(fb->cluster_uid, cuid);
                 CHECK_EQ(fb->edge, ed);
                 CHECK_EQ(fb->edge_uid, euid);
-                CHECK_EQ(bb->way[wb].cluster, ba->way[wa].cluster);
-                CHECK_EQ(bb->way[wb].cluster_uid, ba->way[wa].cluster_uid);
-                CHECK_EQ(bb->way[wb].edge, ba->way[wa].edge);
-                CHECK_EQ(bb->way[wb].edge_uid, ba->way[wa].edge_uid);
-                CHECK_EQ(bb->way[wb].state, ba->way[wa].state);
+                CHECK_EQ(bb->pin[wb], ba->pin[wa]);
+                CHECK_EQ(pydp_flow_edge_at(bb, wb), ed);
+                CHECK_EQ(pydp_flow_state_at(bb, wb), fb->state);
                 CHECK_EQ(pydp_flow_packets(b, fb), pydp_flow_packets(a, fa));
                 CHECK_EQ(bb->sig[wb], ba->sig[wa]);
                 CHECK_EQ(bb->last_ms[wb], ba->last_ms[wa]);
@@ -685,7 +687,7 @@ test_bulk(void)
 
     cfg.tcp_est_timeout_ms = 3600000;                /* nothing expires during the fill */
     t = tst_table(BULK_N);
-    CHECK_EQ(t->nb_buckets, BULK_N / 8);
+    CHECK(t->nb_buckets * PYDP_FLOW_WAYS >= BULK_N && t->nb_buckets / 2 * PYDP_FLOW_WAYS < BULK_N);
 
     t0 = tst_now_s();
     for (i = 0; i < BULK_N; i++) {
@@ -710,8 +712,8 @@ test_bulk(void)
     live = pydp_flow_count(t, now, &cfg);
     CHECK_EQ(live + evictions, BULK_N);
     printf("flow bulk: %u flows into %u ways: %llu live (%.1f%% occupancy), %llu evictions (%.2f%%), "
-           "%.2f M lookup+insert/s\n", BULK_N, t->nb_buckets * 8, (unsigned long long)live,
-           100.0 * (double)live / (double)(t->nb_buckets * 8), (unsigned long long)evictions,
+           "%.2f M lookup+insert/s\n", BULK_N, t->nb_buckets * PYDP_FLOW_WAYS, (unsigned long long)live,
+           100.0 * (double)live / (double)(t->nb_buckets * PYDP_FLOW_WAYS), (unsigned long long)evictions,
            100.0 * (double)evictions / BULK_N, BULK_N / (t1 - t0) / 1e6);
 
     /* the last 100K inserted all hit */
@@ -791,29 +793,29 @@ test_counters(void)
     int ev;
 
     CHECK_EQ(t->live, 0);
-    /* nine UDP flows in one bucket: eight fill it, the ninth evicts the oldest */
-    for (i = 0; i < 9; i++) {
+    /* PYDP_FLOW_WAYS + 1 UDP flows in one bucket: the last evicts the oldest */
+    for (i = 0; i <= PYDP_FLOW_WAYS; i++) {
         k = tst_key4(i + 1, 1000, 53, 17);
         tst_new_flow(t, &k, h, 100 + i, &cfg, 0, 0, 0, &ev);
     }
-    CHECK_EQ(t->live, 8);
+    CHECK_EQ(t->live, PYDP_FLOW_WAYS);
     CHECK_EQ(t->evicted, 1);
     CHECK_EQ(t->expired, 0);
     /* a lookup after the UDP timeout reclaims the flow */
-    k = tst_key4(9, 1000, 53, 17);
-    CHECK(pydp_flow_lookup(t, &k, h, 108 + cfg.udp_timeout_ms + 1, &cfg) == NULL);
-    CHECK_EQ(t->live, 7);
+    k = tst_key4(PYDP_FLOW_WAYS + 1, 1000, 53, 17);
+    CHECK(pydp_flow_lookup(t, &k, h, 100 + PYDP_FLOW_WAYS + cfg.udp_timeout_ms + 1, &cfg) == NULL);
+    CHECK_EQ(t->live, PYDP_FLOW_WAYS - 1);
     CHECK_EQ(t->expired, 1);
     /* an insert over an expired way counts it as expired, not evicted */
     k = tst_key4(100, 1000, 53, 17);
     tst_new_flow(t, &k, h, 200000, &cfg, 0, 0, 0, &ev);
-    CHECK_EQ(t->live, 8);
+    CHECK_EQ(t->live, PYDP_FLOW_WAYS);
     k = tst_key4(101, 1000, 53, 17);
     tst_new_flow(t, &k, h, 200000, &cfg, 0, 0, 0, &ev);
     CHECK_EQ(ev, 0);
     CHECK_EQ(t->expired, 2);
     CHECK_EQ(t->evicted, 1);
-    CHECK_EQ(pydp_flow_flush(t, -1, -1), 8);
+    CHECK_EQ(pydp_flow_flush(t, -1, -1), PYDP_FLOW_WAYS);
     CHECK_EQ(t->live, 0);
     free(t);
 }
@@ -955,6 +957,91 @@ test_event_ring(void)
     free(r);
 }
 
+/* pydp_flow_config: which config changes a cluster slot's identity (its flows then confirm their pins), which do
+ * not; pydp_flow_tick keeps the change times within 2^30 ms of now. */
+static void
+test_pin_config(void)
+{
+    struct pydp_config cfg = tst_cfg();
+    struct pydp_flow_table *t = tst_table(64);
+    struct pydp_cluster *c = &cfg.clusters[0];
+    struct pydp_flow_key k = tst_key4(0x0a000009, 1000, 80, 17);
+    struct pydp_flow *f;
+    const struct pydp_flow_bucket *b;
+    uint32_t h = tst_hash(&k), now;
+    unsigned w;
+    int ev;
+
+    cfg.nb_clusters = 1;
+    c->family = PYDP_AF_INET;
+    c->uid = 1;
+    c->vip[0] = 198;
+    c->edges[0].uid = 10;
+    c->edges[0].state = PYDP_EDGE_UP;
+    pydp_flow_config(t, &cfg, 100);
+    CHECK_EQ(t->pin_since[0], 100);
+    CHECK_EQ(t->pin_since[1], 0);               /* an unused slot stays unused: no change */
+
+    /* a flow opened after the change is current from its first packet; one last seen at the change is not */
+    f = pydp_flow_open(t, &k, h, pydp_flow_sig(&k), 150, &cfg, 0, 1, 0, 10, 0, &ev);
+    b = (const struct pydp_flow_bucket *)(t + 1) + (h & t->mask);
+    w = (unsigned)(f - b->flows);
+    CHECK(pydp_flow_pin_current(t, b, w, 0));
+    pydp_flow_config(t, &cfg, 150);             /* nothing changed: nothing to check */
+    CHECK(pydp_flow_pin_current(t, b, w, 0));
+
+    /* not identity: edge state, weight, enabled, owned, name, Maglev size */
+    c->edges[0].state = PYDP_EDGE_DRAINING;
+    c->edges[0].weight = 7;
+    c->enabled = 0;
+    c->owned = 1;
+    c->name[0] = 'x';
+    c->maglev_size = 65537;
+    pydp_flow_config(t, &cfg, 200);
+    CHECK_EQ(t->pin_since[0], 100);
+    CHECK(pydp_flow_pin_current(t, b, w, 0));
+
+    /* identity: the cluster IP, the family, an edge's uid, the cluster's uid, the slot going out of use */
+    c->vip[3] = 1;
+    pydp_flow_config(t, &cfg, 300);
+    CHECK_EQ(t->pin_since[0], 300);
+    CHECK(!pydp_flow_pin_current(t, b, w, 0));
+    c->family = PYDP_AF_INET6;
+    pydp_flow_config(t, &cfg, 310);
+    CHECK_EQ(t->pin_since[0], 310);
+    c->edges[5].uid = 3;
+    pydp_flow_config(t, &cfg, 320);
+    CHECK_EQ(t->pin_since[0], 320);
+    c->uid = 2;
+    pydp_flow_config(t, &cfg, 330);
+    CHECK_EQ(t->pin_since[0], 330);
+    cfg.nb_clusters = 0;
+    pydp_flow_config(t, &cfg, 340);
+    CHECK_EQ(t->pin_since[0], 340);
+
+    /* a touch after the change makes the pin current again (the caller confirmed the record first) */
+    pydp_flow_touch(t, f, 0, 341);
+    CHECK(pydp_flow_pin_current(t, b, w, 0));
+    /* the check mark (a flow from the peer) holds whatever the time */
+    ((struct pydp_flow_bucket *)(uintptr_t)b)->pin[w] |= PYDP_FLOW_PIN_CHECK;
+    CHECK(!pydp_flow_pin_current(t, b, w, 0));
+    CHECK_EQ(pydp_flow_edge(t, f), 0);
+    CHECK(pydp_flow_state(t, f) == PYDP_FLOW_UDP);
+    pydp_flow_pin_confirmed(t, (struct pydp_flow_bucket *)(uintptr_t)b, w);
+    CHECK(pydp_flow_pin_current(t, b, w, 0));
+    CHECK_EQ(t->pin_checks, 1);
+
+    /* tick: a change time more than 2^30 ms old moves up to now - 2^30 (slot now % 64 per call); newer ones stay */
+    now = 0x80000000u + 3;                      /* slot 3 */
+    t->pin_since[3] = 5;
+    t->pin_since[4] = now - 1000;
+    pydp_flow_tick(t, now);
+    CHECK_EQ(t->pin_since[3], now - (1u << 30));
+    pydp_flow_tick(t, now + 1);                 /* slot 4 */
+    CHECK_EQ(t->pin_since[4], now - 1000);
+    free(t);
+}
+
 int
 main(void)
 {
@@ -973,5 +1060,6 @@ main(void)
     test_bulk();
     test_install();
     test_event_ring();
+    test_pin_config();
     return check_report("flow");
 }

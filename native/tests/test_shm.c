@@ -17,6 +17,7 @@
 #define NB_WORKERS 2
 #define MAGLEV_MAX 257
 #define FLOW_CAP 1024
+#define FLOW_BUCKETS 256          /* the power of two >= FLOW_CAP / PYDP_FLOW_WAYS */
 #define ALIGN 4096u
 
 enum { P_REGION, P_ZEROS, P_SMALL, P_VERSION, P_HDRSIZE, P_COUNT };
@@ -184,7 +185,7 @@ test_header(struct pydp_shm *shm)
     CHECK_EQ(h->nb_workers, NB_WORKERS);
     CHECK_EQ(h->nb_ports, 1);
     CHECK_EQ(h->maglev_max, MAGLEV_MAX);
-    CHECK_EQ(h->flow_capacity, FLOW_CAP);
+    CHECK_EQ(h->flow_capacity, FLOW_BUCKETS * PYDP_FLOW_WAYS);      /* the ways of whole buckets: at least asked */
     CHECK_EQ(h->dp_pid, getpid());
     CHECK_EQ(h->generation, 0);
     CHECK(h->created_ms > 0);
@@ -256,8 +257,8 @@ test_header(struct pydp_shm *shm)
         CHECK(c->tcp_est_timeout_ms > 0);
     }
     for (w = 0; w < NB_WORKERS; w++) {
-        CHECK_EQ(pydp_shm_flows(shm, (uint32_t)w)->nb_buckets, FLOW_CAP / PYDP_FLOW_WAYS);
-        CHECK_EQ(pydp_shm_flows(shm, (uint32_t)w)->mask, FLOW_CAP / PYDP_FLOW_WAYS - 1);
+        CHECK_EQ(pydp_shm_flows(shm, (uint32_t)w)->nb_buckets, FLOW_BUCKETS);
+        CHECK_EQ(pydp_shm_flows(shm, (uint32_t)w)->mask, FLOW_BUCKETS - 1);
     }
 }
 

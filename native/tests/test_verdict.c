@@ -21,6 +21,7 @@
 static struct pydp_shm tv_shm;
 static char tv_path[128];
 static uint32_t tv_now = 5000;
+static uint16_t tv_edge_uids[3] = { 10, 11, 12 };     /* the uids tv_publish gives cluster 0's edges */
 
 static void
 tv_ip4(uint8_t *out, uint8_t a, uint8_t b, uint8_t c, uint8_t d)
@@ -73,7 +74,7 @@ tv_publish(const uint8_t states[3], uint8_t enabled, uint8_t owned, uint16_t clu
     c->uid = cluster_uid;
     c->maglev_size = TV_MAGLEV;
     for (i = 0; i < 3; i++)
-        tv_edge(c, i, states[i], (uint16_t)(10 + i));
+        tv_edge(c, i, states[i], tv_edge_uids[i]);
     c = &slot->clusters[1];
     memset(c, 0, sizeof(*c));
     snprintf(c->name, sizeof(c->name), "dead");
@@ -95,6 +96,10 @@ tv_publish(const uint8_t states[3], uint8_t enabled, uint8_t owned, uint16_t clu
         fprintf(stderr, "config_publish: %s\n", err);
         exit(2);
     }
+    /* as the worker does when it picks up a new config: a millisecond later, the flow table learns what changed */
+    tv_now++;
+    pydp_flow_config(pydp_shm_flows(&tv_shm, 0), pydp_shm_config(&tv_shm, (uint32_t)(tv_shm.hdr->generation & 1)),
+                     tv_now);
     return pydp_shm_config(&tv_shm, (uint32_t)(tv_shm.hdr->generation & 1));
 }
 
@@ -300,20 +305,21 @@ test_eviction(void)
     struct pydp_flow_table *t = pydp_shm_flows(&tv_shm, 0);
     const struct pydp_config *cfg = tv_publish(up3, 1, 1, 1);
     struct pydp_verdict v;
-    uint32_t i, inserts = 0, evictions = 0;
+    uint32_t i, ways, inserts = 0, evictions = 0;
 
     pydp_flow_table_init(t, TV_FLOWS);
+    ways = t->nb_buckets * PYDP_FLOW_WAYS;
     /* twice as many live flows as ways: the later ones push earlier ones out, each insert says so */
-    for (i = 0; i < 2 * TV_FLOWS; i++) {
+    for (i = 0; i < 2 * ways; i++) {
         CHECK_EQ(tv_run(cfg, tv_pkt(10, 100 + i, (uint16_t)(5000 + i), 17, 0, 0), &v), PYDP_ACT_FORWARD);
         inserts += (v.what & PYDP_VW_INSERT) != 0;
         evictions += (v.what & PYDP_VW_EVICTED) != 0;
         CHECK(v.flow != NULL && v.flow->edge == v.edge);
     }
-    CHECK_EQ(inserts, 2 * TV_FLOWS);
+    CHECK_EQ(inserts, 2 * ways);
     CHECK_EQ(evictions, t->evicted);
-    CHECK(evictions >= TV_FLOWS);
-    CHECK_EQ(t->live, TV_FLOWS);
+    CHECK(evictions >= ways);
+    CHECK_EQ(t->live, ways);
 }
 
 /* A hit is decided on the signature; a change of the stored flow needs its key. A stored flow whose key differs
@@ -331,8 +337,8 @@ test_signature_hits(void)
     pydp_flow_table_init(t, TV_FLOWS);
     CHECK_EQ(tv_run(cfg, tv_pkt(10, 6, 6000, 6, 0, TH_ACK), &v), PYDP_ACT_FORWARD);
     CHECK_EQ(v.flow->state, PYDP_FLOW_TCP_EST);
-    CHECK_EQ(pydp_flow_way_of(t, v.flow)->state, PYDP_FLOW_TCP_EST);
-    CHECK_EQ(pydp_flow_way_of(t, v.flow)->edge, v.edge);
+    CHECK_EQ(pydp_flow_state(t, v.flow), PYDP_FLOW_TCP_EST);
+    CHECK_EQ(pydp_flow_edge(t, v.flow), v.edge);
     CHECK_EQ(v.flow->sig, (v.sig | 1) & ~(uint32_t)PYDP_FLOW_SIG_SYN);
     v.flow->key.sport ^= 0x100;                     /* the stored key is now another flow's */
     CHECK_EQ(tv_run(cfg, tv_pkt(10, 6, 6000, 6, 0, TH_ACK), &v2), PYDP_ACT_FORWARD);
@@ -351,7 +357,7 @@ test_signature_hits(void)
     CHECK_EQ(tv_run(cfg, tv_pkt(10, 6, 6000, 6, 0, TH_ACK), &v2), PYDP_ACT_FORWARD);
     CHECK_EQ(v2.what, PYDP_VW_LOOKUP | PYDP_VW_FALSE);
     CHECK(v2.edge != v.edge);
-    CHECK_EQ(v.flow->edge, pydp_flow_way_of(t, v.flow)->edge);
+    CHECK_EQ(v.flow->edge, pydp_flow_edge(t, v.flow));
     CHECK_EQ(t->false_matches, 2);
 
     /* the hot packet counter folds into the cold record every PYDP_FLOW_PKTS_FOLD packets */
@@ -363,7 +369,111 @@ test_signature_hits(void)
     }
     CHECK_EQ(pydp_flow_packets(t, v.flow), n);
     CHECK_EQ(v.flow->packets, 3 * PYDP_FLOW_PKTS_FOLD);
-    CHECK_EQ(pydp_flow_way_of(t, v.flow)->pkts, 5);
+    CHECK_EQ(pydp_flow_hot_pkts(t, v.flow), 5);
+}
+
+/* A hit forwards on the hot line alone while its cluster's slot stays the same; after a change of the slot (an
+ * edge's uid here) each flow last seen before it confirms its pin once against its record, and a flow from the
+ * peer confirms its pin on its first hit. */
+static void
+test_pin_checks(void)
+{
+    static const uint8_t up3[3] = { PYDP_EDGE_UP, PYDP_EDGE_UP, PYDP_EDGE_UP };
+    struct pydp_flow_table *t = pydp_shm_flows(&tv_shm, 0);
+    const struct pydp_config *cfg;
+    struct pydp_verdict v, v2;
+    struct pydp_pkt_info p = tv_pkt(10, 7, 7000, 17, 0, 0);
+    struct pydp_flow in;
+    struct pydp_flow *f;
+    uint8_t states[3];
+    uint32_t first, other, peer, i;
+    int ev;
+
+    pydp_flow_table_init(t, TV_FLOWS);
+    cfg = tv_publish(up3, 1, 1, 1);
+    tv_now++;
+    CHECK_EQ(tv_run(cfg, p, &v), PYDP_ACT_FORWARD);
+    CHECK_EQ(v.what, PYDP_VW_LOOKUP | PYDP_VW_INSERT);
+    first = v.edge;
+    other = (first + 1) % 3;
+    tv_now++;
+    CHECK_EQ(tv_run(cfg, p, &v2), PYDP_ACT_FORWARD);
+    CHECK_EQ(v2.what, PYDP_VW_LOOKUP | PYDP_VW_HIT);
+    CHECK_EQ(t->pin_checks, 0);
+
+    /* another edge draining changes no identity: still the hot line alone */
+    memcpy(states, up3, 3);
+    states[other] = PYDP_EDGE_DRAINING;
+    cfg = tv_publish(states, 1, 1, 1);
+    tv_now++;
+    CHECK_EQ(tv_run(cfg, p, &v2), PYDP_ACT_FORWARD);
+    CHECK_EQ(v2.what, PYDP_VW_LOOKUP | PYDP_VW_HIT);
+    CHECK_EQ(v2.edge, first);
+    CHECK_EQ(t->pin_checks, 0);
+
+    /* another slot's edge replaced (new uid): the flow confirms its pin once, then the hot line again */
+    tv_edge_uids[other] = 99;
+    cfg = tv_publish(up3, 1, 1, 1);
+    tv_now++;
+    for (i = 0; i < 3; i++, tv_now++) {
+        CHECK_EQ(tv_run(cfg, p, &v2), PYDP_ACT_FORWARD);
+        CHECK_EQ(v2.what, PYDP_VW_LOOKUP | PYDP_VW_HIT);
+        CHECK_EQ(v2.edge, first);
+        CHECK_EQ(t->pin_checks, 1);
+    }
+
+    /* its own edge replaced: the record's pin no longer holds, Maglev re-pins it */
+    tv_edge_uids[first] = 98;
+    cfg = tv_publish(up3, 1, 1, 1);
+    tv_now++;
+    CHECK_EQ(tv_run(cfg, p, &v2), PYDP_ACT_FORWARD);
+    CHECK_EQ(v2.what, PYDP_VW_LOOKUP | PYDP_VW_HIT | PYDP_VW_REHASHED);
+    CHECK_EQ(v2.edge, tv_maglev()[pydp_maglev_slot(v2.hash, TV_MAGLEV)]);
+    CHECK_EQ(v2.flow->edge_uid, tv_edge_uids[v2.edge]);
+    CHECK_EQ(pydp_flow_edge(t, v2.flow), v2.edge);
+    CHECK_EQ(t->pin_checks, 1);
+    tv_now++;
+    CHECK_EQ(tv_run(cfg, p, &v2), PYDP_ACT_FORWARD);
+    CHECK_EQ(v2.what, PYDP_VW_LOOKUP | PYDP_VW_HIT);
+    CHECK_EQ(t->pin_checks, 1);
+
+    /* a flow from the peer, pinned to an edge Maglev would not pick: kept after one confirmation */
+    p = tv_pkt(10, 8, 7100, 17, 0, 0);
+    CHECK_EQ(pydp_verdict_classify(cfg, &p, &v), PYDP_ACT_FORWARD);
+    peer = (tv_maglev()[pydp_maglev_slot(v.hash, TV_MAGLEV)] + 1) % 3;
+    memset(&in, 0, sizeof(in));
+    in.key = p.key;
+    in.cluster = 0;
+    in.cluster_uid = 1;
+    in.edge = (uint8_t)peer;
+    in.edge_uid = tv_edge_uids[peer];
+    in.state = PYDP_FLOW_UDP;
+    f = pydp_flow_install(t, &in, 0, tv_now, cfg, &ev);
+    CHECK(f != NULL);
+    CHECK_EQ(pydp_flow_edge(t, f), peer);
+    CHECK(pydp_flow_state(t, f) == PYDP_FLOW_UDP);
+    for (i = 0; i < 2; i++) {
+        tv_now++;
+        CHECK_EQ(tv_run(cfg, p, &v2), PYDP_ACT_FORWARD);
+        CHECK_EQ(v2.what, PYDP_VW_LOOKUP | PYDP_VW_HIT);
+        CHECK(v2.flow == f);
+        CHECK_EQ(v2.edge, peer);
+        CHECK_EQ(t->pin_checks, 2);
+    }
+    /* ... and one the peer pinned to an edge this appliance does not have (another uid): re-pinned */
+    p = tv_pkt(10, 9, 7200, 17, 0, 0);
+    in.key = p.key;
+    in.edge_uid = 4242;
+    CHECK(pydp_flow_install(t, &in, 0, tv_now, cfg, &ev) != NULL);
+    tv_now++;
+    CHECK_EQ(tv_run(cfg, p, &v2), PYDP_ACT_FORWARD);
+    CHECK_EQ(v2.what, PYDP_VW_LOOKUP | PYDP_VW_HIT | PYDP_VW_REHASHED);
+    CHECK_EQ(v2.flow->edge_uid, tv_edge_uids[v2.edge]);
+    CHECK_EQ(t->pin_checks, 2);
+
+    tv_edge_uids[0] = 10;
+    tv_edge_uids[1] = 11;
+    tv_edge_uids[2] = 12;
 }
 
 int
@@ -385,6 +495,7 @@ main(void)
     test_tcp_end_and_ipsec();
     test_eviction();
     test_signature_hits();
+    test_pin_checks();
     pydp_shm_close(&tv_shm);
     return check_report("verdict");
 }

@@ -134,7 +134,8 @@ def test_stats_and_info_shapes(region):
     assert st["clusters"]["web"]["active"] is True and st["clusters"]["dns"]["active"] is False
     assert set(st["clusters"]["web"]["edges"]) == {"e1", "e2"}
     assert st["ports"][0]["drops"].keys() >= {"malformed", "not_active", "no_edge", "tx"}
-    assert st["flow_table"]["capacity"] == 2048 and st["flow_table"]["live"] == 1
+    # flow_capacity 1024 per worker, two workers: whole buckets of six ways, 256 x 6 each
+    assert st["flow_table"]["capacity"] == 2 * 256 * lib.PYDP_FLOW_WAYS and st["flow_table"]["live"] == 1
     assert len(st["workers"]) == 2
     info = observe.dataplane_info(region)
     assert info["pid"] == os.getpid() and info["generation"] == st["generation"]
@@ -161,7 +162,7 @@ def test_metrics_collector(region):
     assert samples[("pydp_edge_state", (("cluster", "web"), ("edge", "e1"), ("state", "up")))] == 1
     assert samples[("pydp_edge_state", (("cluster", "web"), ("edge", "e1"), ("state", "down")))] == 0
     assert samples[("pydp_flow_table_live_flows", (("worker", "1"),))] == 1
-    assert samples[("pydp_flow_table_capacity_flows", (("worker", "0"),))] == 1024
+    assert samples[("pydp_flow_table_capacity_flows", (("worker", "0"),))] == 256 * lib.PYDP_FLOW_WAYS
 
 
 def test_exception_classes_in_stats_and_metrics(region):

@@ -22,6 +22,7 @@ from pydp.shm import Region, ShmError, numpy_dtype, pack_addr, unpack_addr  # no
 WORKERS = 2
 MAGLEV_MAX = 257
 FLOW_CAPACITY = 1024
+BUCKETS = 256          # the power of two >= FLOW_CAPACITY / PYDP_FLOW_WAYS: capacity is whole buckets, at least asked
 
 # Every struct the numpy views are built from, directly or nested.
 VIEW_STRUCTS = [
@@ -54,7 +55,7 @@ def test_create_header(region, shm_path):
     assert h.header_size == ffi.sizeof("struct pydp_shm_header")
     assert region.nb_workers == WORKERS
     assert region.maglev_max == MAGLEV_MAX
-    assert h.flow_capacity == FLOW_CAPACITY
+    assert h.flow_capacity == BUCKETS * lib.PYDP_FLOW_WAYS      # whole buckets: at least what was asked
     assert region.generation == 0
     assert h.total_size == os.stat(shm_path).st_size
 
@@ -165,14 +166,19 @@ def test_view_shapes(region):
     assert cs["edges"].shape == (WORKERS, lib.PYDP_MAX_CLUSTERS, lib.PYDP_MAX_EDGES)
     for w in range(WORKERS):
         fb = region.flow_buckets(w)
-        assert fb.shape == (FLOW_CAPACITY // lib.PYDP_FLOW_WAYS,)
-        assert fb["flows"].shape == (FLOW_CAPACITY // lib.PYDP_FLOW_WAYS, lib.PYDP_FLOW_WAYS)
-        assert fb["way"].shape == (FLOW_CAPACITY // lib.PYDP_FLOW_WAYS, lib.PYDP_FLOW_WAYS)
+        assert fb.shape == (BUCKETS,)
+        assert fb["flows"].shape == (BUCKETS, lib.PYDP_FLOW_WAYS)
+        for hot in ("sig", "last_ms", "pin", "pkts"):         # the hot line: everything a hit reads
+            assert fb[hot].shape == (BUCKETS, lib.PYDP_FLOW_WAYS)
         assert not fb["sig"].any()
     ft = region.flow_tables()
-    assert ft == {"capacity": WORKERS * FLOW_CAPACITY, "live": 0, "expired": 0, "evicted": 0, "false_matches": 0}
-    lib.pydp_shm_flows(region._shm, 1).false_matches = 3     # the worker's counter, summed over workers
+    assert ft == {"capacity": WORKERS * BUCKETS * lib.PYDP_FLOW_WAYS, "live": 0, "expired": 0, "evicted": 0,
+                  "false_matches": 0, "pin_checks": 0}
+    lib.pydp_shm_flows(region._shm, 1).false_matches = 3     # the worker's counters, summed over workers
+    lib.pydp_shm_flows(region._shm, 0).pin_checks = 2
+    lib.pydp_shm_flows(region._shm, 1).pin_checks = 5
     assert region.flow_tables()["false_matches"] == 3
+    assert region.flow_tables()["pin_checks"] == 7
     st = region.worker_states()
     assert st.shape == (WORKERS,)
     assert (st["seen_gen"] == np.iinfo(np.uint64).max).all()
