@@ -372,6 +372,19 @@ test_signature_hits(void)
     CHECK_EQ(pydp_flow_hot_pkts(t, v.flow), 5);
 }
 
+/* One packet one millisecond later: a hit with these flags, on this edge, with this many pin checks so far. */
+static void
+tv_hit(const struct pydp_config *cfg, struct pydp_pkt_info p, uint8_t what, uint32_t edge, uint64_t checks)
+{
+    struct pydp_verdict v;
+
+    tv_now++;
+    CHECK_EQ(tv_run(cfg, p, &v), PYDP_ACT_FORWARD);
+    CHECK_EQ(v.what, what);
+    CHECK_EQ(v.edge, edge);
+    CHECK_EQ(pydp_shm_flows(&tv_shm, 0)->pin_checks, checks);
+}
+
 /* A hit forwards on the hot line alone while its cluster's slot stays the same; after a change of the slot (an
  * edge's uid here) each flow last seen before it confirms its pin once against its record, and a flow from the
  * peer confirms its pin on its first hit. */
@@ -396,31 +409,19 @@ test_pin_checks(void)
     CHECK_EQ(v.what, PYDP_VW_LOOKUP | PYDP_VW_INSERT);
     first = v.edge;
     other = (first + 1) % 3;
-    tv_now++;
-    CHECK_EQ(tv_run(cfg, p, &v2), PYDP_ACT_FORWARD);
-    CHECK_EQ(v2.what, PYDP_VW_LOOKUP | PYDP_VW_HIT);
-    CHECK_EQ(t->pin_checks, 0);
+    tv_hit(cfg, p, PYDP_VW_LOOKUP | PYDP_VW_HIT, first, 0);
 
     /* another edge draining changes no identity: still the hot line alone */
     memcpy(states, up3, 3);
     states[other] = PYDP_EDGE_DRAINING;
     cfg = tv_publish(states, 1, 1, 1);
-    tv_now++;
-    CHECK_EQ(tv_run(cfg, p, &v2), PYDP_ACT_FORWARD);
-    CHECK_EQ(v2.what, PYDP_VW_LOOKUP | PYDP_VW_HIT);
-    CHECK_EQ(v2.edge, first);
-    CHECK_EQ(t->pin_checks, 0);
+    tv_hit(cfg, p, PYDP_VW_LOOKUP | PYDP_VW_HIT, first, 0);
 
     /* another slot's edge replaced (new uid): the flow confirms its pin once, then the hot line again */
     tv_edge_uids[other] = 99;
     cfg = tv_publish(up3, 1, 1, 1);
-    tv_now++;
-    for (i = 0; i < 3; i++, tv_now++) {
-        CHECK_EQ(tv_run(cfg, p, &v2), PYDP_ACT_FORWARD);
-        CHECK_EQ(v2.what, PYDP_VW_LOOKUP | PYDP_VW_HIT);
-        CHECK_EQ(v2.edge, first);
-        CHECK_EQ(t->pin_checks, 1);
-    }
+    for (i = 0; i < 3; i++)
+        tv_hit(cfg, p, PYDP_VW_LOOKUP | PYDP_VW_HIT, first, 1);
 
     /* its own edge replaced: the record's pin no longer holds, Maglev re-pins it */
     tv_edge_uids[first] = 98;
@@ -432,10 +433,7 @@ test_pin_checks(void)
     CHECK_EQ(v2.flow->edge_uid, tv_edge_uids[v2.edge]);
     CHECK_EQ(pydp_flow_edge(t, v2.flow), v2.edge);
     CHECK_EQ(t->pin_checks, 1);
-    tv_now++;
-    CHECK_EQ(tv_run(cfg, p, &v2), PYDP_ACT_FORWARD);
-    CHECK_EQ(v2.what, PYDP_VW_LOOKUP | PYDP_VW_HIT);
-    CHECK_EQ(t->pin_checks, 1);
+    tv_hit(cfg, p, PYDP_VW_LOOKUP | PYDP_VW_HIT, v2.edge, 1);
 
     /* a flow from the peer, pinned to an edge Maglev would not pick: kept after one confirmation */
     p = tv_pkt(10, 8, 7100, 17, 0, 0);
@@ -452,14 +450,8 @@ test_pin_checks(void)
     CHECK(f != NULL);
     CHECK_EQ(pydp_flow_edge(t, f), peer);
     CHECK(pydp_flow_state(t, f) == PYDP_FLOW_UDP);
-    for (i = 0; i < 2; i++) {
-        tv_now++;
-        CHECK_EQ(tv_run(cfg, p, &v2), PYDP_ACT_FORWARD);
-        CHECK_EQ(v2.what, PYDP_VW_LOOKUP | PYDP_VW_HIT);
-        CHECK(v2.flow == f);
-        CHECK_EQ(v2.edge, peer);
-        CHECK_EQ(t->pin_checks, 2);
-    }
+    for (i = 0; i < 2; i++)
+        tv_hit(cfg, p, PYDP_VW_LOOKUP | PYDP_VW_HIT, peer, 2);
     /* ... and one the peer pinned to an edge this appliance does not have (another uid): re-pinned */
     p = tv_pkt(10, 9, 7200, 17, 0, 0);
     in.key = p.key;
