@@ -21,7 +21,9 @@
  * cluster IP or any edge uid changed gets pin_since = now, and each flow of it last seen at or before that
  * confirms its pin once against its record (cluster, cluster uid, edge uid: pin_checks) before it is forwarded
  * on it -- or is re-pinned by Maglev, as before. A cluster IP belongs to one slot at a time, so a packet classified
- * to an unchanged slot belongs to the flows that slot pinned. pydp_flow_tick keeps pin_since within 2^30 ms of now.
+ * to an unchanged slot belongs to the flows that slot pinned. A flow installed by flow sync carries
+ * PYDP_FLOW_PIN_CHECK in its pin byte: the peer's pin is confirmed the same way on its first hit here.
+ * pydp_flow_tick keeps pin_since within 2^30 ms of now.
  *
  * Signatures: a way holds sig = pydp_flow_sig(key) | 1 (0 means "empty way"), bit 1 = PYDP_FLOW_SIG_SYN, set
  * while the flow is half-open (state TCP_SYN), so an insert into a full bucket finds the half-open ways from
@@ -34,9 +36,9 @@
  * with 1M flows in the default 2M entries (3.1M with six ways: about 2 occupied ways per bucket) 1.9e-9 per new
  * flow. Such a packet is forwarded to the edge in the other flow's slot of its own cluster (a new TCP connection
  * there is refused by that edge and retried by the client) and refreshes that flow's time; everything that would
- * change the stored flow -- a new state from TCP flags, a re-pin because its edge went away -- first compares the full key
- * (pydp_flow_confirm) and leaves the flow alone when it differs (counted in false_matches). pydp_flow_lookup
- * (flow sync, tests, the control plane) always compares the full key.
+ * change the stored flow -- a new state from TCP flags, a re-pin because its edge went away -- first compares the
+ * full key (pydp_flow_confirm) and leaves the flow alone when it differs (counted in false_matches).
+ * pydp_flow_lookup (flow sync, tests, the control plane) always compares the full key.
  *
  * Eviction: an insert into a full bucket takes the first expired way, else the least recently used half-open flow
  * (TCP SYN state), else the least recently used way of all: a SYN flood cannot push out established flows.
