@@ -1,6 +1,6 @@
 """Fault: the flow table filled by a SYN flood from random sources.
 
-A real pydp-dataplane (one worker, a 4096-flow table, af_packet port in a namespace) with pydp-control (--own-all);
+A real pydp-dataplane (one worker, a 6144-flow table, af_packet port in a namespace) with pydp-control (--own-all);
 tests/traffic.py keeps long-lived UDP flows going (one datagram per flow every ~0.5 s) while a raw sender in the
 client namespace floods the cluster IP with TCP SYNs from random sources and ports, several times the table's
 size. Expected outcome:
@@ -32,9 +32,9 @@ from netlab import EDGE_MACS as MACS
 
 pytestmark = [pytest.mark.dpdk, pytest.mark.netns]
 
-CAPACITY = 4096
+CAPACITY = 6144                   # 1024 buckets of six ways: the table holds exactly what is asked
 SYN_TIMEOUT = 6
-FLOOD = 40000                     # SYNs per burst: about ten times the table
+FLOOD = 40000                     # SYNs per burst: six and a half times the table
 FLOWS, ROUNDS, PPS = 64, 44, 128  # established flows: one datagram per flow every 0.5 s for 22 s
 METRICS = "127.0.0.1:19474"
 
