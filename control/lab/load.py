@@ -28,8 +28,10 @@ class Load:
         self.conns = conns
         self.proc: subprocess.Popen | None = None
         self.summary: dict | None = None
+        self.t0 = 0.0                   # when the client started: byte_check counts nginx's lines from then on
 
     def start(self, timeout: float = 30.0) -> "Load":
+        self.t0 = time.time()
         with open(self.dir / "client.err", "w") as err:
             self.proc = subprocess.Popen(self.argv, stdout=subprocess.DEVNULL, stderr=err)
         self.lab.record("pids", self.proc.pid)
@@ -98,14 +100,9 @@ class Load:
 
     def byte_check(self) -> dict:
         """After stop(): per long-lived connection, the bytes the client read against the bytes nginx logged as
-        sent on that connection (same client address and port, on the edge that answered it)."""
-        logs = {name: e.access_log() for name, e in self.lab.edges.items()}
-        server: dict[tuple[str, str, int], int] = {}
-        for name, lines in logs.items():
-            for rec in lines:
-                if rec["uri"].startswith("/conn/"):
-                    key = (name, rec["addr"], rec["port"])
-                    server[key] = server.get(key, 0) + rec["bytes"]
+        sent on that connection (same client address and port, on the edge that answered it, since this load
+        started: an earlier load in the same lab may have used the same address and port)."""
+        server = server_bytes({name: e.access_log() for name, e in self.lab.edges.items()}, self.t0)
         rows = []
         for c in self.summary["conns"]:
             srv = server.get((c["edge"], c["src"], c["port"]), 0)
@@ -113,6 +110,18 @@ class Load:
                          "broken": c["broken"], "equal": c["bytes"] == srv and c["bytes"] > 0})
         return {"rows": rows, "equal": sum(r["equal"] for r in rows),
                 "survived": sum(r["equal"] and r["broken"] is None for r in rows), "total": len(rows)}
+
+
+def server_bytes(logs: dict[str, list[dict]], t0: float) -> dict[tuple[str, str, int], int]:
+    """(edge, client address, client port) -> bytes nginx sent on the long-lived connections (/conn/...) in the
+    access-log lines (Edge.access_log()) of each edge written at or after t0."""
+    out: dict[tuple[str, str, int], int] = {}
+    for name, lines in logs.items():
+        for rec in lines:
+            if rec["uri"].startswith("/conn/") and rec["t"] >= t0:
+                key = (name, rec["addr"], rec["port"])
+                out[key] = out.get(key, 0) + rec["bytes"]
+    return out
 
 
 def when(pred, timeout: float) -> float | None:
