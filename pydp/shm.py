@@ -78,6 +78,14 @@ def unpack_addr(family: int, raw: bytes) -> ipaddress.IPv4Address | ipaddress.IP
     return None
 
 
+def region_bytes(*, workers: int, ports: int = 1, maglev_max: int = 65537, flow_capacity: int = 2097152) -> int:
+    """The size of a region with these parameters (pydp_shm_bytes), before a hugetlbfs mount rounds it up to whole
+    pages: what the data plane's shared memory takes of the hugepages when dataplane.shm_path is on one."""
+    p = ffi.new("struct pydp_shm_params *", {
+        "nb_workers": workers, "nb_ports": ports, "maglev_max": maglev_max, "flow_capacity": flow_capacity})
+    return int(lib.pydp_shm_bytes(p))
+
+
 class Region:
     """A mapping of the region: attached by the control plane, or wrapping the data plane's own handle."""
 

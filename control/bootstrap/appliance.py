@@ -560,6 +560,28 @@ def _tap_address(text: str) -> str:
     return str(iface)
 
 
+def hugepages_needed(cfg) -> tuple[int, str]:
+    """The 2 MiB pages the data plane of cfg takes, and what takes them: the EAL's memory_mb (with hugepages on),
+    and the shared-memory region (flow tables, Maglev tables, counters) when dataplane.shm_path is on
+    /dev/hugepages, the mount this script makes."""
+    dp = cfg.dataplane
+    pages, what = 0, []
+    if dp.hugepages:
+        pages += -(-dp.memory_mb // 2)
+        what.append(f"dataplane.memory_mb = {dp.memory_mb}")
+    if dp.shm_path.startswith("/dev/hugepages/"):
+        from pydp.shm import region_bytes     # the compiled module: only when there is a region to size
+
+        workers = len(dp.worker_lcores)
+        maglev = max([dp.maglev_size] + [c.maglev_size or 0 for c in cfg.clusters])
+        shm = -(-region_bytes(workers=workers, ports=max(1, len(cfg.ports)), maglev_max=maglev,
+                              flow_capacity=dp.flow_capacity) // (2 << 20))
+        pages += shm
+        what.append(f"the shared memory of {workers} worker{'s' if workers != 1 else ''} at dataplane.flow_capacity "
+                    f"= {dp.flow_capacity} ({shm * 2} MiB)")
+    return pages, " and ".join(what) or "the data plane"
+
+
 def plan(args, env: Env, ipr) -> tuple[list[Step], list[str]]:
     if not 1 <= args.hugepages <= 1 << 20:
         raise UsageError(f"--hugepages {args.hugepages}: give a number of 2 MiB pages from 1 to {1 << 20}")
@@ -570,9 +592,9 @@ def plan(args, env: Env, ipr) -> tuple[list[Step], list[str]]:
         raise UsageError("--vfio-noiommu is for a PCI NIC (--nic 0000:03:00.0); a kernel interface needs no vfio")
     addresses = [_tap_address(a) for a in args.tap_address]
     text, cfg = build_config(args, ipr)
-    if cfg.dataplane.hugepages and cfg.dataplane.memory_mb > args.hugepages * 2:
-        raise UsageError(f"dataplane.memory_mb = {cfg.dataplane.memory_mb} needs {cfg.dataplane.memory_mb // 2} "
-                         f"hugepages of 2 MiB: --hugepages {args.hugepages} is too few")
+    pages, what = hugepages_needed(cfg)
+    if pages > args.hugepages:
+        raise UsageError(f"{what} need {pages} hugepages of 2 MiB: --hugepages {args.hugepages} is too few")
     notes: list[str] = []
     steps = [check_step("check cpu", "CPU", lambda: check_cpu(env)),
              check_step("check memory", "memory", lambda: check_memory(env, args.hugepages)),

@@ -427,6 +427,8 @@ struct pydp_shm_params {
 };
 
 /* shared memory (shm.c); errors are written to err (PYDP_ERR_LEN bytes) */
+/* the bytes of a region with these parameters (before a hugetlbfs mount rounds them up to whole pages) */
+uint64_t pydp_shm_bytes(const struct pydp_shm_params *p);
 int pydp_shm_create(struct pydp_shm *shm, const char *path, const struct pydp_shm_params *p, char *err);
 int pydp_shm_attach(struct pydp_shm *shm, const char *path, char *err);
 void pydp_shm_close(struct pydp_shm *shm);

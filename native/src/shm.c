@@ -103,6 +103,14 @@ static uint64_t shm_layout(struct pydp_shm_header *h, const struct pydp_shm_para
     return off;
 }
 
+uint64_t pydp_shm_bytes(const struct pydp_shm_params *p)
+{
+    struct pydp_shm_header tmp;
+
+    memset(&tmp, 0, sizeof(tmp));
+    return shm_layout(&tmp, p);
+}
+
 static int shm_map(struct pydp_shm *shm, const char *path, int fd, uint64_t size, int owner, char *err)
 {
     void *base = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);

@@ -24,22 +24,22 @@ pytestmark = pytest.mark.netns
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO / "examples" / "appliance.toml"
-BASE = ["appliance", "--no-install", "--hugepages", "256"]
+BASE = ["appliance", "--no-install", "--hugepages", "512"]
 
 
 def host_hugepages_ready() -> bool:
-    """256 pages reserved and hugetlbfs mounted: the live hugepage steps then find their work done, so a test never
+    """512 pages reserved and hugetlbfs mounted: the live hugepage steps then find their work done, so a test never
     changes the host's reservation (other helpers' data planes use it)."""
     mounted = any(line.split()[1:3] == ["/dev/hugepages", "hugetlbfs"]
                   for line in Path("/proc/mounts").read_text().splitlines())
-    return mounted and int(Path("/proc/sys/vm/nr_hugepages").read_text()) >= 256
+    return mounted and int(Path("/proc/sys/vm/nr_hugepages").read_text()) >= 512
 
 
 @pytest.fixture
 def ns():
     """A namespace with a veth pair: eth1 (the data NIC, down, no address) and peer1."""
     if not host_hugepages_ready():
-        pytest.skip("needs 256 hugepages reserved and hugetlbfs on /dev/hugepages (scripts/setup.sh)")
+        pytest.skip("needs 512 hugepages reserved and hugetlbfs on /dev/hugepages (scripts/setup.sh)")
     with netns("pydpt-app") as name:
         veth(name, "eth1", "peer1")
         run("ip", "-n", name, "link", "set", "eth1", "down")
@@ -100,7 +100,7 @@ def test_appliance_dry_run_then_run_then_nothing(ns, tmp_path, bootstrap):
     cfg = pconfig.load(root / "etc/pydp/appliance.toml")
     assert [(p.name, p.device, p.tap) for p in cfg.ports] == [("wan0", "net_af_packet0,iface=eth1", "pydp-wan0")]
     assert (root / "etc/pydp/appliance.toml").stat().st_mode & 0o777 == 0o600
-    assert "vm.nr_hugepages = 256\n" in written["/etc/sysctl.d/80-pydp-hugepages.conf"]
+    assert "vm.nr_hugepages = 512\n" in written["/etc/sysctl.d/80-pydp-hugepages.conf"]
     assert written["/etc/fstab"] == "hugetlbfs /dev/hugepages hugetlbfs pagesize=2M 0 0\n"
     rule = written["/etc/udev/rules.d/80-pydp-tap.rules"]
     assert 'KERNEL=="pydp-wan0", RUN+="' in rule and "address add 198.51.100.2/24 dev pydp-wan0" in rule
@@ -187,14 +187,16 @@ def test_appliance_without_nic_uses_the_config_ports(ns, tmp_path, bootstrap):
     (["--nic", "0000:7f:1f.7"], 2, "unknown PCI device 0000:7f:1f.7"),
     ([], 2, "give the data NIC with --nic"),
     (["--nic", "eth1", "--tap-address", "198.51.100.2"], 2, "give a unicast address with its prefix length"),
-    (["--nic", "eth1", "--hugepages", "8"], 2, "dataplane.memory_mb = 512 needs 256 hugepages"),
+    (["--nic", "eth1", "--hugepages", "8"], 2, "dataplane.memory_mb = 512 and the shared memory of 1 worker at "
+                                                "dataplane.flow_capacity = 2097152 (234 MiB) need 373 hugepages"),
+    (["--nic", "eth1", "--hugepages", "300"], 2, "need 373 hugepages of 2 MiB: --hugepages 300 is too few"),
     (["--nic", "eth1", "--config", "/nonexistent.toml"], 2, "--config /nonexistent.toml: No such file"),
     (["--nic", "0000:03:00.0", "--xdp"], 2, "--xdp makes --nic IFACE an af_xdp port"),
     (["--nic", "eth1", "--vfio-noiommu"], 2, "--vfio-noiommu is for a PCI NIC"),
 ])
 def test_bad_input_is_refused_and_writes_nothing(ns, tmp_path, bootstrap, args, code, message):
     root = tmp_path / "root"
-    base = [a for a in BASE if a not in ("--hugepages", "256")] if "--hugepages" in args else BASE
+    base = [a for a in BASE if a not in ("--hugepages", "512")] if "--hugepages" in args else BASE
     proc = bootstrap(ns, *base, *args, "--root", str(root), check=False)
     assert proc.returncode == code, proc.stdout + proc.stderr
     assert message in proc.stderr and proc.stderr.count("\n") == 1, proc.stderr
@@ -282,10 +284,10 @@ def test_no_hugepages(ns, tmp_path, bootstrap):
     proc = bootstrap(ns, *BASE, "--nic", "eth1", "--procfs", str(procfs), "--root", str(tmp_path / "root"),
                      check=False)
     assert proc.returncode == 1
-    assert ("pydp-bootstrap: error: no hugepages: the kernel reserved 0 of the 256 pages asked (memory too small "
+    assert ("pydp-bootstrap: error: no hugepages: the kernel reserved 0 of the 512 pages asked (memory too small "
             "or fragmented)") in proc.stderr
     assert (procfs / "sys/vm/nr_hugepages").read_text() == "0\n"
-    assert "[FAILED ] at least 256 hugepages reserved now" in proc.stdout
+    assert "[FAILED ] at least 512 hugepages reserved now" in proc.stdout
     assert "[skipped] appliance config /etc/pydp/appliance.toml" in proc.stdout
 
 
@@ -347,7 +349,7 @@ def test_live_dry_run_plans_packages_and_changes_nothing(ns, bootstrap):
     targets = [Path("/etc/pydp/appliance.toml"), Path("/etc/systemd/system/pydp-dataplane.service"),
                Path("/etc/sysctl.d/80-pydp-hugepages.conf")]
     before = [p.exists() for p in targets]
-    out = json.loads(bootstrap(ns, "appliance", "--nic", "eth1", "--hugepages", "256", "--dry-run", "--json").stdout)
+    out = json.loads(bootstrap(ns, "appliance", "--nic", "eth1", "--hugepages", "512", "--dry-run", "--json").stdout)
     steps = {s["step"]: s for s in out["steps"]}
     assert steps["packages"]["status"] in ("ok", "would-change")
     if steps["packages"]["status"] == "would-change":
