@@ -17,7 +17,7 @@ except ImportError as exc:  # a checkout without a build: skip, except in CI (se
     if os.environ.get("PYDP_REQUIRE_DPDK") == "1":
         raise
     pytest.skip(f"pydp is not built: {exc}", allow_module_level=True)
-from pydp.shm import Region, ShmError, numpy_dtype, pack_addr, unpack_addr  # noqa: E402
+from pydp.shm import Region, ShmError, numpy_dtype, pack_addr, region_bytes, unpack_addr  # noqa: E402
 
 WORKERS = 2
 MAGLEV_MAX = 257
@@ -58,6 +58,16 @@ def test_create_header(region, shm_path):
     assert h.flow_capacity == BUCKETS * lib.PYDP_FLOW_WAYS      # whole buckets: at least what was asked
     assert region.generation == 0
     assert h.total_size == os.stat(shm_path).st_size
+
+
+def test_region_bytes_is_the_created_size(region):
+    """region_bytes (what pydp-bootstrap counts against --hugepages) is the size a region with those parameters
+    takes (off hugetlbfs: no page rounding)."""
+    assert region_bytes(workers=WORKERS, ports=1, maglev_max=MAGLEV_MAX, flow_capacity=FLOW_CAPACITY) == \
+        region.hdr.total_size
+    # the flow tables dominate: twice the workers, about twice the bytes
+    one = region_bytes(workers=1, flow_capacity=2097152)
+    assert 1.9 < region_bytes(workers=2, flow_capacity=2097152) / one < 2.1
 
 
 def test_attach_round_trip(region, shm_path):
