@@ -510,10 +510,9 @@ int pydp_flow_confirm(const struct pydp_flow *f, const struct pydp_flow_key *key
 /* the edge slot and state of way w of b, as a hit reads them (line 0) */
 uint8_t pydp_flow_edge_at(const struct pydp_flow_bucket *b, unsigned w);
 uint8_t pydp_flow_state_at(const struct pydp_flow_bucket *b, unsigned w);
-/* the edge slot, state and not-yet-folded packets of a flow's way (the control plane's and tests' form) */
+/* the edge slot and state of a flow's way (the control plane's and tests' form) */
 uint8_t pydp_flow_edge(const struct pydp_flow_table *t, const struct pydp_flow *f);
 uint8_t pydp_flow_state(const struct pydp_flow_table *t, const struct pydp_flow *f);
-uint8_t pydp_flow_hot_pkts(const struct pydp_flow_table *t, const struct pydp_flow *f);
 /* Is the pin of way w of b (a flow of cluster `cluster`) known to be current without reading its record: not
  * marked PYDP_FLOW_PIN_CHECK and last seen after the last change of the cluster's slot (pin_since)? */
 int pydp_flow_pin_current(const struct pydp_flow_table *t, const struct pydp_flow_bucket *b, unsigned w,

@@ -581,15 +581,6 @@ pydp_flow_state(const struct pydp_flow_table *t, const struct pydp_flow *f)
     return flw_state(b, w);
 }
 
-uint8_t
-pydp_flow_hot_pkts(const struct pydp_flow_table *t, const struct pydp_flow *f)
-{
-    unsigned w;
-    const struct pydp_flow_bucket *b = flw_bucket_of(t, f, &w);
-
-    return b->pkts[w];
-}
-
 int
 pydp_flow_pin_current(const struct pydp_flow_table *t, const struct pydp_flow_bucket *b, unsigned w,
                       uint16_t cluster)

@@ -77,18 +77,17 @@ pydp_verdict_pick(const struct pydp_config *cfg, const uint8_t *table, struct py
     struct pydp_flow *f;
     uint32_t slot;
     int evicted = 0;
-    int w;
+    int w, current;
 
     v->what = PYDP_VW_LOOKUP;
     w = pydp_flow_find(t, v->hash, v->sig, now_ms, cfg, &b);
     if (w >= 0) {
         f = &b->flows[w];
         slot = pydp_flow_edge_at(b, (unsigned)w);
-        if (__builtin_expect(pydp_flow_pin_current(t, b, (unsigned)w, v->cluster) &&
-                             vd_keeps_flows(&c->edges[slot]), 1)) {
+        current = pydp_flow_pin_current(t, b, (unsigned)w, v->cluster);
+        if (__builtin_expect(current && vd_keeps_flows(&c->edges[slot]), 1)) {
             /* the hot line alone: the pin was made or confirmed after the cluster's slot last changed */
-        } else if (!pydp_flow_pin_current(t, b, (unsigned)w, v->cluster) &&
-                   vd_record_pin_current(c, v->cluster, f) && f->edge == slot) {
+        } else if (!current && f->edge == slot && vd_record_pin_current(c, v->cluster, f)) {
             pydp_flow_pin_confirmed(t, b, (unsigned)w);
         } else {
             /* a re-pin changes the stored flow: only for its own key */

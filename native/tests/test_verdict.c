@@ -369,7 +369,14 @@ test_signature_hits(void)
     }
     CHECK_EQ(pydp_flow_packets(t, v.flow), n);
     CHECK_EQ(v.flow->packets, 3 * PYDP_FLOW_PKTS_FOLD);
-    CHECK_EQ(pydp_flow_hot_pkts(t, v.flow), 5);
+    {
+        struct pydp_flow_bucket *b;
+        int w = pydp_flow_find(t, v.hash, v.sig, tv_now, cfg, &b);
+
+        CHECK(w >= 0 && &b->flows[w] == v.flow);
+        if (w >= 0)
+            CHECK_EQ(b->pkts[w], 5);            /* the rest is still in the hot line */
+    }
 }
 
 /* One packet one millisecond later: a hit with these flags, on this edge, with this many pin checks so far. */
